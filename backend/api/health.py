@@ -1,0 +1,35 @@
+"""Liveness and readiness probes. Neither writes anything."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from backend.api.deps import RuntimeDep
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+_PROBE_TIMEOUT_S = 2.0
+
+
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """The process is up (no I/O)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "Postgres or Redis unreachable"}})
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    """Postgres and Redis answer; 503 otherwise."""
+    checks = {"postgres": runtime.sessions.ping(), "redis": runtime.redis.ping()}
+    results = await asyncio.gather(
+        *(asyncio.wait_for(c, _PROBE_TIMEOUT_S) for c in checks.values()), return_exceptions=True
+    )
+    status = {
+        name: "ok" if not isinstance(r, BaseException) else f"error: {type(r).__name__}"
+        for name, r in zip(checks, results, strict=True)
+    }
+    ok = all(v == "ok" for v in status.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": status}, status_code=200 if ok else 503)

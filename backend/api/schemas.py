@@ -1,0 +1,108 @@
+"""Request and response bodies of the sessions API, one class per direction."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.errors import BadRequest
+from backend.store.models import ChatMessage, ChatSession
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Free-form data of the host app (e.g. the page the panel was opened on)."""
+
+
+class SessionUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(max_length=200)
+
+
+class SessionPublic(BaseModel):
+    id: UUID
+    title: str | None
+    metadata: dict[str, Any]
+    message_count: int
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, s: ChatSession) -> SessionPublic:
+        return cls(
+            id=s.id,
+            title=s.title,
+            metadata=s.metadata,
+            message_count=s.message_count,
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
+            created_at=s.created_at,
+            updated_at=s.updated_at,
+        )
+
+
+class MessagePublic(BaseModel):
+    id: UUID
+    sequence: int
+    role: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    name: str | None
+    refusal: str | None
+    client_message_id: str | None
+    token_count: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, m: ChatMessage) -> MessagePublic:
+        return cls(
+            id=m.id,
+            sequence=m.sequence,
+            role=m.role,
+            content=m.content,
+            tool_calls=m.tool_calls,
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+            refusal=m.refusal,
+            client_message_id=m.client_message_id,
+            token_count=m.token_count,
+            created_at=m.created_at,
+        )
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionPublic]
+    next_cursor: str | None
+    """Pass as `cursor` to get the next page; null on the last page."""
+
+
+class SessionDetail(SessionPublic):
+    messages: list[MessagePublic]
+    """Messages with sequence greater than the request's `after`, oldest first."""
+    next_after: int | None
+    """Pass as `after` to get the next page of messages; null when there are no more."""
+
+
+def encode_cursor(session: ChatSession) -> str:
+    raw = f"{session.updated_at.isoformat()}|{session.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, ident = raw.partition("|")
+        return datetime.fromisoformat(stamp), UUID(ident)
+    except ValueError as e:
+        raise BadRequest("malformed cursor") from e

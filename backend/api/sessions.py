@@ -1,0 +1,76 @@
+"""Sessions: create, list, read with messages, rename, delete. Only the caller's own sessions are visible."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
+from backend.api.schemas import (
+    MessagePublic,
+    SessionCreate,
+    SessionDetail,
+    SessionPage,
+    SessionPublic,
+    SessionUpdate,
+    decode_cursor,
+    encode_cursor,
+)
+
+router = APIRouter(prefix="/api/chat/sessions", tags=["sessions"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_session(body: SessionCreate, user: CurrentUser, runtime: RuntimeDep) -> SessionPublic:
+    """Start a new chat session owned by the caller."""
+    session = await runtime.sessions.create(user.user_id, title=body.title, metadata=body.metadata)
+    return SessionPublic.of(session)
+
+
+@router.get("")
+async def list_sessions(
+    user: CurrentUser,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> SessionPage:
+    """The caller's sessions, most recently active first."""
+    before = decode_cursor(cursor) if cursor else None
+    sessions = await runtime.sessions.list_for_user(user.user_id, limit=limit + 1, before=before)
+    page, more = sessions[:limit], len(sessions) > limit
+    return SessionPage(
+        sessions=[SessionPublic.of(s) for s in page], next_cursor=encode_cursor(page[-1]) if more else None
+    )
+
+
+@router.get("/{session_id}")
+async def get_session(
+    session: OwnedSession,
+    runtime: RuntimeDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> SessionDetail:
+    """One session with a page of its messages (sequence greater than `after`)."""
+    messages = await runtime.sessions.messages(session.id, after=after, limit=limit + 1)
+    page, more = messages[:limit], len(messages) > limit
+    return SessionDetail(
+        **SessionPublic.of(session).model_dump(),
+        messages=[MessagePublic.of(m) for m in page],
+        next_after=page[-1].sequence if more else None,
+    )
+
+
+@router.patch("/{session_id}")
+async def update_session(
+    session: OwnedSession, body: SessionUpdate, user: CurrentUser, runtime: RuntimeDep
+) -> SessionPublic:
+    """Rename a session."""
+    return SessionPublic.of(await runtime.sessions.rename(session.id, user.user_id, body.title))
+
+
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_session(session: OwnedSession, user: CurrentUser, runtime: RuntimeDep) -> Response:
+    """Delete a session and its messages."""
+    await runtime.sessions.delete(session.id, user.user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

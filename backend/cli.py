@@ -1,0 +1,80 @@
+"""The `copilot` command: serve, db upgrade (more subcommands are added by later features)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from backend.config import Settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backend.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if args.dev:
+        overrides["dev_auth"] = True
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    settings = Settings(**overrides)
+    _configure_logging(settings.log_level)
+    if settings.dev_auth:
+        logging.getLogger("copilot").warning(
+            "development auth is ON: requests without a token act as user %r", settings.dev_user_id
+        )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def _db_upgrade(_: argparse.Namespace) -> int:
+    from backend.store.migrate import upgrade_dsn
+
+    settings = Settings()
+    _configure_logging(settings.log_level)
+    if settings.database_url is None:
+        print(
+            "DATABASE_URL is not set (the embedded database migrates itself at `copilot serve`)",
+            file=sys.stderr,
+        )
+        return 2
+    applied = asyncio.run(upgrade_dsn(settings.database_url))
+    print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="copilot", description="copilot-chat service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", help="interface to bind (default: COPILOT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: COPILOT_PORT or 8000)")
+    serve.add_argument("--dev", action="store_true", help="development auth: no token needed (never in production)")
+    serve.set_defaults(func=_serve)
+
+    db = commands.add_parser("db", help="database administration")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(func=_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The service's settings: one typed object, read from the environment and `.env`, validated at startup.
+
+Nothing else in the package reads `os.environ`; the app factory takes a `Settings` and passes it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of copilot-chat. Environment variables are `COPILOT_<FIELD>` unless an alias is listed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COPILOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    environment: Literal["development", "production"] = "development"
+    """`production` refuses the development auth mode and a missing JWT key."""
+
+    host: str = "127.0.0.1"
+    """Interface `copilot serve` binds to."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port `copilot serve` listens on."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Root log level."""
+
+    # --- storage -------------------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "COPILOT_DATABASE_URL")
+    )
+    """Postgres DSN (`postgresql://user@host:5432/db`). Unset: an embedded PostgreSQL under `data_dir`."""
+
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "COPILOT_REDIS_URL"))
+    """Redis URL (`redis://host:6379/0`). Unset: an embedded Redis under `data_dir`."""
+
+    redis_cluster: bool = False
+    """Treat `redis_url` as a Redis Cluster node (keys are hash-tagged per session)."""
+
+    data_dir: Path = Path(".copilot-data")
+    """Where the embedded PostgreSQL and Redis keep their data (only used when the URLs are unset)."""
+
+    db_pool_min_size: int = Field(default=2, ge=1)
+    """Connections the asyncpg pool keeps open."""
+
+    db_pool_max_size: int = Field(default=20, ge=1)
+    """Upper bound of the asyncpg pool."""
+
+    migrate_on_startup: bool = True
+    """Apply pending SQL migrations at startup (under an advisory lock, so N pods may start at once)."""
+
+    session_cache_ttl_seconds: int = Field(default=3600, ge=1)
+    """How long a session's cached messages live in Redis after their last write or fill."""
+
+    # --- auth ----------------------------------------------------------------------------------------
+    jwt_secret: SecretStr | None = None
+    """HS256 secret that signs bearer tokens. One of `jwt_secret` / `jwks_url` is needed unless `dev_auth`."""
+
+    jwks_url: str | None = None
+    """JWKS endpoint of the identity provider (RS256/ES256 tokens)."""
+
+    jwt_audience: str | None = None
+    """Expected `aud` claim, checked when set."""
+
+    jwt_issuer: str | None = None
+    """Expected `iss` claim, checked when set."""
+
+    dev_auth: bool = False
+    """Development auth: requests without a token act as `dev_user_id`. Off by default; refused in production."""
+
+    dev_user_id: str = "dev-user"
+    """The user of development auth."""
+
+    admin_user_ids: list[str] = Field(default_factory=list)
+    """Users (JWT `sub`) allowed on admin endpoints, besides tokens whose `roles` claim holds `admin`."""
+
+    # --- API limits ----------------------------------------------------------------------------------
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    """Requests with a larger body are refused with 413 before anything is parsed or written."""
+
+    max_message_chars: int = Field(default=100_000, ge=1)
+    """Longest user message accepted."""
+
+    max_title_chars: int = Field(default=200, ge=1)
+    """Longest session title accepted."""
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.environment == "production":
+            if self.dev_auth:
+                raise ValueError("COPILOT_DEV_AUTH must be off when COPILOT_ENVIRONMENT=production")
+            if self.jwt_secret is None and self.jwks_url is None:
+                raise ValueError("production needs COPILOT_JWT_SECRET or COPILOT_JWKS_URL")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("COPILOT_JWT_SECRET must be at least 32 characters")
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
+        return self

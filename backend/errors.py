@@ -1,0 +1,79 @@
+"""The service's error hierarchy. Each class carries its HTTP status and a stable machine-readable code.
+
+Routes raise these; one exception handler (in `app.py`) turns them into JSON before a stream starts. Once an SSE
+response has started, the turn reports errors inside the stream instead (an `error` chunk, then `finish`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CopilotError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(CopilotError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(CopilotError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(CopilotError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(CopilotError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(CopilotError):
+    status_code = 409
+    code = "conflict"
+
+
+class Gone(CopilotError):
+    status_code = 410
+    code = "gone"
+
+
+class PayloadTooLarge(CopilotError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(CopilotError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+class ModelError(CopilotError):
+    """The model provider failed; `retryable` says whether a later attempt may succeed."""
+
+    status_code = 502
+    code = "model_error"
+
+    def __init__(self, message: str, *, retryable: bool = False, provider_code: str | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.provider_code = provider_code

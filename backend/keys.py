@@ -1,0 +1,26 @@
+"""Every Redis key the service uses, in one place.
+
+Keys of one session share the hash tag `{<session id>}` so a Redis Cluster keeps them on one slot and the
+multi-key scripts that touch them stay valid.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+PREFIX = "copilot"
+
+
+def session_messages(session_id: UUID) -> str:
+    """List: a sentinel at index 0, then the session's messages, message `n` at index `n`."""
+    return f"{PREFIX}:{{{session_id}}}:messages"
+
+
+def session_meta(session_id: UUID) -> str:
+    """String: the session row as JSON."""
+    return f"{PREFIX}:{{{session_id}}}:meta"
+
+
+def session_generation(session_id: UUID) -> str:
+    """Random token replaced by every write of the session; a cache fill only lands if it has not changed."""
+    return f"{PREFIX}:{{{session_id}}}:gen"

@@ -1,0 +1,161 @@
+"""Redis cache of sessions and their messages, kept coherent with Postgres.
+
+Postgres is the truth; the cache is only ever written from it, never the other way round. Three rules keep it
+coherent:
+
+- An append pushes just the new messages, and only if the cached list ends right before them; any other state
+  (a gap, a reordering between two writers) drops the list, to be refilled from Postgres. O(new messages).
+- Every write stamps a fresh random generation on the session in the same script (random, not a counter: a
+  counter restarts after a Redis flush and could match an old value). A reader that missed the cache notes the
+  generation before it reads Postgres and its fill only lands if the generation has not moved, so a slow reader
+  can never install state older than a write that committed meanwhile.
+- Updates of stored rows (title, token totals, an edited message) drop what they touch instead of patching it.
+
+Messages live in a list with a sentinel at index 0, so message `n` sits at index `n` and a page is one LRANGE.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from redis.asyncio import Redis
+
+from backend import keys
+from backend.store.models import ChatMessage, ChatSession
+
+_SENTINEL = b"-"
+# The generation must outlive any fill in flight; a day is far beyond that and keeps Redis tidy.
+_GENERATION_TTL_MS = 86_400_000
+_FILL_BATCH = 1000
+
+_APPEND = """
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
+local n = redis.call('LLEN', KEYS[1])
+if n == 0 then return 0 end
+if n ~= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return -1 end
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_INVALIDATE = """
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"""
+
+_FILL_MESSAGES = """
+local gen = redis.call('GET', KEYS[2]) or ''
+if gen ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+local batch = tonumber(ARGV[3])
+for i = 4, #ARGV, batch do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + batch - 1, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_FILL_META = """
+local gen = redis.call('GET', KEYS[2]) or ''
+if gen ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
+return 1
+"""
+
+
+def _encode(value: Any) -> bytes:
+    # asyncpg hands out its own UUID subclass, which orjson does not know; str() is its canonical form.
+    return orjson.dumps(value, default=str)
+
+
+def _new_generation() -> bytes:
+    return secrets.token_bytes(12)
+
+
+def _decode_message(data: bytes) -> ChatMessage:
+    d = orjson.loads(data)
+    d["id"] = UUID(d["id"])
+    d["session_id"] = UUID(d["session_id"])
+    d["created_at"] = datetime.fromisoformat(d["created_at"])
+    return ChatMessage(**d)
+
+
+def _decode_session(data: bytes | str) -> ChatSession:
+    d = orjson.loads(data)
+    d["id"] = UUID(d["id"])
+    d["created_at"] = datetime.fromisoformat(d["created_at"])
+    d["updated_at"] = datetime.fromisoformat(d["updated_at"])
+    return ChatSession(**d)
+
+
+class SessionCache:
+    """Cached sessions and message lists. Every method is safe to call with Redis state of any age."""
+
+    def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
+        self._redis = redis
+        self._ttl_ms = ttl_seconds * 1000
+        self._append = redis.register_script(_APPEND)
+        self._invalidate = redis.register_script(_INVALIDATE)
+        self._fill_messages = redis.register_script(_FILL_MESSAGES)
+        self._fill_meta = redis.register_script(_FILL_META)
+
+    async def generation(self, session_id: UUID) -> bytes:
+        """Read before loading from Postgres; pass to `fill_*` afterwards."""
+        generation = await self._redis.get(keys.session_generation(session_id))
+        return generation.encode() if isinstance(generation, str) else generation or b""
+
+    # --- reads ---------------------------------------------------------------------------------------
+    async def get_session(self, session_id: UUID) -> ChatSession | None:
+        data = await self._redis.get(keys.session_meta(session_id))
+        return _decode_session(data) if data else None
+
+    async def get_messages(self, session_id: UUID, after: int, limit: int | None) -> list[ChatMessage] | None:
+        """Messages after sequence `after` (at most `limit`), or None when the session's list is not cached."""
+        key = keys.session_messages(session_id)
+        stop = -1 if limit is None else after + limit
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.lrange(key, after + 1, stop)
+            exists, rows = await pipe.execute()
+        if not exists:
+            return None
+        return [_decode_message(r) for r in rows]
+
+    # --- fills after a miss --------------------------------------------------------------------------
+    async def fill_session(self, session: ChatSession, generation: bytes) -> bool:
+        keys_ = [keys.session_meta(session.id), keys.session_generation(session.id)]
+        return bool(await self._fill_meta(keys=keys_, args=[generation, self._ttl_ms, _encode(session)]))
+
+    async def fill_messages(self, session_id: UUID, messages: Sequence[ChatMessage], generation: bytes) -> bool:
+        """Install the whole message list (every message of the session, in order) if nothing wrote meanwhile."""
+        keys_ = [keys.session_messages(session_id), keys.session_generation(session_id)]
+        args: list[Any] = [generation, self._ttl_ms, _FILL_BATCH, _SENTINEL]
+        args.extend(_encode(m) for m in messages)
+        return bool(await self._fill_messages(keys=keys_, args=args))
+
+    # --- after a committed write ---------------------------------------------------------------------
+    async def appended(self, session_id: UUID, messages: Sequence[ChatMessage]) -> None:
+        """Messages were appended (consecutive sequences, oldest first)."""
+        keys_ = [
+            keys.session_messages(session_id),
+            keys.session_generation(session_id),
+            keys.session_meta(session_id),
+        ]
+        first = messages[0].sequence if messages else 0
+        args: list[Any] = [first, self._ttl_ms, _GENERATION_TTL_MS, _new_generation()]
+        args.extend(_encode(m) for m in messages)
+        await self._append(keys=keys_, args=args)
+
+    async def invalidate(self, session_id: UUID, *, messages: bool = False) -> None:
+        """A stored row changed: drop the session entry (and the message list if a message changed)."""
+        keys_ = [keys.session_generation(session_id), keys.session_meta(session_id)]
+        if messages:
+            keys_.append(keys.session_messages(session_id))
+        await self._invalidate(keys=keys_, args=[_GENERATION_TTL_MS, _new_generation()])

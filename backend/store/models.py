@@ -1,0 +1,63 @@
+"""Stored values: a chat session and its messages. Pure data; the SQL and the cache live elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSession:
+    id: UUID
+    user_id: str
+    title: str | None
+    metadata: dict[str, Any]
+    message_count: int
+    """Sequence of the newest message (sequences start at 1 and have no gaps)."""
+    prompt_tokens: int
+    completion_tokens: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message about to be appended; the store allocates its sequence."""
+
+    role: Role
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    refusal: str | None = None
+    client_message_id: str | None = None
+    """Set by the client for user messages: a resend with the same id returns the stored message."""
+    token_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    id: UUID
+    session_id: UUID
+    sequence: int
+    role: Role
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    name: str | None
+    refusal: str | None
+    client_message_id: str | None
+    token_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    messages: list[ChatMessage]
+    """The stored messages in the order given: new rows, or the earlier rows a client id matched."""
+    duplicates: frozenset[str] = field(default_factory=frozenset)
+    """Client message ids that were already stored (nothing new was written for them)."""

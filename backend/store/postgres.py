@@ -1,0 +1,200 @@
+"""Postgres access for sessions and messages: the source of truth. Every query of the service's tables is here.
+
+Messages are append-only. An append locks the session row, allocates the next sequences from its counter and
+inserts the rows in one transaction, so concurrent writers get gap-free, unique sequences (never "save
+`messages[count:]`", which lost messages when two writers raced in the reference system).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import orjson
+
+from backend.store.models import AppendResult, ChatMessage, ChatSession, NewMessage
+
+_SESSION_COLUMNS = (
+    "id, user_id, title, metadata, message_count, prompt_tokens, completion_tokens, created_at, updated_at"
+)
+_MESSAGE_COLUMNS = (
+    "id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, "
+    "token_count, created_at"
+)
+
+# One statement inserts a whole step's messages: parallel arrays, one element per message.
+_INSERT_MESSAGES = f"""
+INSERT INTO chat_messages (
+    id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count
+)
+SELECT u.id, $1, u.seq, u.role, u.content, u.tool_calls::jsonb, u.tool_call_id, u.name, u.refusal,
+       u.client_message_id, u.token_count
+FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+            $10::text[], $11::int[])
+    AS u(id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count)
+RETURNING {_MESSAGE_COLUMNS}
+"""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    assert pool is not None
+    return pool
+
+
+def _session(row: asyncpg.Record) -> ChatSession:
+    return ChatSession(**dict(row.items()))
+
+
+def _message(row: asyncpg.Record) -> ChatMessage:
+    return ChatMessage(**dict(row.items()))
+
+
+class ChatRepository:
+    """Sessions and messages in Postgres. Ownership is part of every session query: a session of another user
+    is indistinguishable from a missing one."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create_session(
+        self, user_id: str, *, title: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> ChatSession:
+        row = await self._pool.fetchrow(
+            f"INSERT INTO chat_sessions (id, user_id, title, metadata) VALUES ($1, $2, $3, $4) "
+            f"RETURNING {_SESSION_COLUMNS}",
+            uuid4(),
+            user_id,
+            title,
+            metadata or {},
+        )
+        assert row is not None
+        return _session(row)
+
+    async def get_session(self, session_id: UUID) -> ChatSession | None:
+        row = await self._pool.fetchrow(f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = $1", session_id)
+        return _session(row) if row else None
+
+    async def list_sessions(
+        self, user_id: str, *, limit: int, before: tuple[datetime, UUID] | None = None
+    ) -> list[ChatSession]:
+        """The user's sessions, most recently updated first, starting after the keyset cursor `before`."""
+        if before is None:
+            rows = await self._pool.fetch(
+                f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1 "
+                "ORDER BY updated_at DESC, id DESC LIMIT $2",
+                user_id,
+                limit,
+            )
+        else:
+            rows = await self._pool.fetch(
+                f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE user_id = $1 AND (updated_at, id) < ($2, $3) "
+                "ORDER BY updated_at DESC, id DESC LIMIT $4",
+                user_id,
+                before[0],
+                before[1],
+                limit,
+            )
+        return [_session(r) for r in rows]
+
+    async def update_title(self, session_id: UUID, user_id: str, title: str | None) -> ChatSession | None:
+        row = await self._pool.fetchrow(
+            f"UPDATE chat_sessions SET title = $3, updated_at = now() WHERE id = $1 AND user_id = $2 "
+            f"RETURNING {_SESSION_COLUMNS}",
+            session_id,
+            user_id,
+            title,
+        )
+        return _session(row) if row else None
+
+    async def delete_session(self, session_id: UUID, user_id: str) -> bool:
+        status = await self._pool.execute(
+            "DELETE FROM chat_sessions WHERE id = $1 AND user_id = $2", session_id, user_id
+        )
+        return bool(status == "DELETE 1")
+
+    async def append_messages(
+        self,
+        session_id: UUID,
+        messages: Sequence[NewMessage],
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> AppendResult:
+        """Append `messages` (and add usage to the session totals) in one transaction.
+
+        A message whose `client_message_id` is already stored is not written again: the stored row is returned in
+        its place and its id is listed in `duplicates`. Raises `LookupError` when the session does not exist.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            last = await conn.fetchval("SELECT message_count FROM chat_sessions WHERE id = $1 FOR UPDATE", session_id)
+            if last is None:
+                raise LookupError(f"session {session_id} does not exist")
+            client_ids = [m.client_message_id for m in messages if m.client_message_id is not None]
+            existing: dict[str, ChatMessage] = {}
+            if client_ids:
+                # The row lock above serialises appends to this session, so this read cannot race an insert.
+                rows = await conn.fetch(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM chat_messages "
+                    "WHERE session_id = $1 AND client_message_id = ANY($2::text[])",
+                    session_id,
+                    client_ids,
+                )
+                existing = {r["client_message_id"]: _message(r) for r in rows}
+            fresh = [m for m in messages if m.client_message_id not in existing]
+            inserted: dict[int, ChatMessage] = {}
+            if fresh:
+                rows = await conn.fetch(
+                    _INSERT_MESSAGES,
+                    session_id,
+                    [uuid4() for _ in fresh],
+                    list(range(last + 1, last + 1 + len(fresh))),
+                    [m.role for m in fresh],
+                    [m.content for m in fresh],
+                    # As JSON text: asyncpg would read a list of lists as a two-dimensional array.
+                    [None if m.tool_calls is None else orjson.dumps(m.tool_calls).decode() for m in fresh],
+                    [m.tool_call_id for m in fresh],
+                    [m.name for m in fresh],
+                    [m.refusal for m in fresh],
+                    [m.client_message_id for m in fresh],
+                    [m.token_count for m in fresh],
+                )
+                inserted = {r["sequence"]: _message(r) for r in rows}
+            if fresh or prompt_tokens or completion_tokens:
+                await conn.execute(
+                    "UPDATE chat_sessions SET message_count = $2, prompt_tokens = prompt_tokens + $3, "
+                    "completion_tokens = completion_tokens + $4, updated_at = now() WHERE id = $1",
+                    session_id,
+                    last + len(fresh),
+                    prompt_tokens,
+                    completion_tokens,
+                )
+        ordered_new = iter(inserted[s] for s in sorted(inserted))
+        result = [
+            existing[m.client_message_id] if m.client_message_id in existing else next(ordered_new) for m in messages
+        ]
+        return AppendResult(result, frozenset(existing))
+
+    async def get_messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
+        """Messages with sequence > `after`, oldest first, at most `limit`."""
+        rows = await self._pool.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = $1 AND sequence > $2 "
+            "ORDER BY sequence LIMIT $3",
+            session_id,
+            after,
+            limit,
+        )
+        return [_message(r) for r in rows]
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")

@@ -1,0 +1,138 @@
+"""Shared fixtures: a real Postgres database and Redis DB of the tests' own, an app served over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+import uvicorn
+from redis.asyncio import Redis
+
+from backend.app import create_app
+from backend.config import Settings
+from backend.store.migrate import upgrade_dsn
+
+ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_DB = "copilot_test"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def _dsn_for(database: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{database}"
+
+
+DATABASE_URL = _dsn_for(TEST_DB)
+
+
+@pytest.fixture(scope="session")
+def migrated_database() -> str:
+    """A database of the tests' own, created and migrated once per run."""
+
+    async def prepare() -> None:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {TEST_DB}")
+        finally:
+            await admin.close()
+        await upgrade_dsn(DATABASE_URL)
+
+    asyncio.run(prepare())
+    return DATABASE_URL
+
+
+@pytest.fixture
+async def db(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, emptied before the test."""
+    conn = await asyncpg.connect(migrated_database)
+    await conn.execute("TRUNCATE chat_sessions CASCADE")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(db: asyncpg.Connection, redis: Redis) -> Settings:
+    return Settings(
+        database_url=DATABASE_URL,
+        redis_url=REDIS_URL,
+        jwt_secret=JWT_SECRET,
+        db_pool_min_size=1,
+        db_pool_max_size=10,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+def make_token(user_id: str, *, secret: str = JWT_SECRET, ttl: int = 3600, **claims: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl, **claims}, secret, algorithm="HS256")
+
+
+def auth(user_id: str, **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """The app served by uvicorn on a free loopback port, in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LiveServer:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        if self._task:
+            await self._task
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[LiveServer]:
+    async with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.fixture
+async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def as_user() -> Callable[[str], dict[str, str]]:
+    return auth

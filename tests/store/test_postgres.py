@@ -1,0 +1,84 @@
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from backend.store.models import NewMessage
+from backend.store.postgres import ChatRepository, create_pool
+
+
+@pytest.fixture
+async def repo(db: asyncpg.Connection, migrated_database: str) -> AsyncIterator[ChatRepository]:
+    pool = await create_pool(migrated_database, min_size=1, max_size=20)
+    yield ChatRepository(pool)
+    await pool.close()
+
+
+async def test_concurrent_appends_get_gap_free_unique_sequences(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+
+    async def writer(w: int) -> None:
+        for i in range(10):
+            batch = [NewMessage("user", f"w{w}-{i}-a"), NewMessage("assistant", f"w{w}-{i}-b")]
+            await repo.append_messages(session.id, batch)
+
+    await asyncio.gather(*(writer(w) for w in range(20)))
+    messages = await repo.get_messages(session.id)
+    assert [m.sequence for m in messages] == list(range(1, 401))
+    # A batch is contiguous: each writer's pair stays together.
+    for first, second in zip(messages[::2], messages[1::2], strict=True):
+        assert first.content is not None and second.content == first.content[:-1] + "b"
+    stored = await repo.get_session(session.id)
+    assert stored is not None and stored.message_count == 400
+
+
+async def test_resend_with_same_client_id_stores_one_message(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    results = await asyncio.gather(
+        *(repo.append_messages(session.id, [NewMessage("user", "hi", client_message_id="c-1")]) for _ in range(10))
+    )
+    ids = {r.messages[0].id for r in results}
+    assert len(ids) == 1
+    assert sum(1 for r in results if not r.duplicates) == 1
+    assert [m.sequence for m in await repo.get_messages(session.id)] == [1]
+    # A rejected duplicate leaves no gap behind it.
+    after = await repo.append_messages(session.id, [NewMessage("assistant", "hello")])
+    assert after.messages[0].sequence == 2
+
+
+async def test_usage_is_added_to_session_totals(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    await repo.append_messages(session.id, [NewMessage("assistant", "x")], prompt_tokens=10, completion_tokens=3)
+    await repo.append_messages(session.id, [], prompt_tokens=5, completion_tokens=2)
+    stored = await repo.get_session(session.id)
+    assert stored is not None
+    assert (stored.prompt_tokens, stored.completion_tokens) == (15, 5)
+
+
+async def test_append_to_missing_session_raises(repo: ChatRepository) -> None:
+    import uuid
+
+    with pytest.raises(LookupError):
+        await repo.append_messages(uuid.uuid4(), [NewMessage("user", "x")])
+
+
+async def test_tool_calls_round_trip_as_json(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "calc", "arguments": '{"x": 1}'}}]
+    await repo.append_messages(
+        session.id,
+        [NewMessage("assistant", None, tool_calls=calls), NewMessage("tool", "2", tool_call_id="call_1")],
+    )
+    stored = await repo.get_messages(session.id)
+    assert stored[0].tool_calls == calls
+    assert stored[1].tool_call_id == "call_1"
+
+
+async def test_listing_is_newest_first_with_keyset_pages(repo: ChatRepository) -> None:
+    made = [await repo.create_session("alice") for _ in range(5)]
+    await repo.create_session("bob")
+    first = await repo.list_sessions("alice", limit=3)
+    assert [s.id for s in first] == [s.id for s in reversed(made)][:3]
+    rest = await repo.list_sessions("alice", limit=3, before=(first[-1].updated_at, first[-1].id))
+    assert [s.id for s in first + rest] == [s.id for s in reversed(made)]

@@ -1,0 +1,247 @@
+"""The Vercel AI SDK *UI message stream* protocol: one typed chunk per wire event, and its SSE framing.
+
+The `ai` npm package (v6) parses every event's `data:` as a chunk against `uiMessageChunkSchema`; the
+classes here are the subset we emit, field for field (camelCase on the wire). Chunks are values: the
+SSE `id:` (the stream cursor) is passed to `encode()` separately. Ordering rules live in `protocol_check`.
+
+Serialisation: optional fields are left out when `None` (`exclude_if`), but required fields whose value
+may be `null` (`input`, `output`, `data`, `messageMetadata`) are always written. A global
+`exclude_none=True` would drop `"output": null`, which the SDK itself always sends.
+
+Hot path (measured on CPython 3.11, pydantic-core 2.50): `model_dump_json()` costs ~1.3 us, most of it
+Python-side overhead, so `to_json` calls the pydantic-core serializer directly (~0.5 us, ~0.8 us for a
+400-character delta). `text-delta`, the one chunk sent per token, goes through orjson from a literal
+dict instead (~0.35 us, ~0.45 us at 400 characters); a test checks that both give identical bytes.
+Building the model (~1.3 us, validation) is now the larger cost of a delta, and it is the caller's.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+FinishReason = Literal["stop", "length", "content-filter", "tool-calls", "error", "other"]
+"""Reasons `ai@6` accepts. No `unknown`: v6 rejects it (v5 allowed it)."""
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+class BaseChunk(BaseModel):
+    """Common configuration: camelCase aliases, no unknown fields, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class Start(BaseChunk):
+    type: Literal["start"] = "start"
+    message_id: str
+    """Id of the assistant message; the client replaces a message with the same id in place."""
+    message_metadata: JsonValue = Field(default=None, exclude_if=_is_none)
+    """Deep-merged into `message.metadata` by the client."""
+
+
+class StartStep(BaseChunk):
+    type: Literal["start-step"] = "start-step"
+
+
+class FinishStep(BaseChunk):
+    """Ends a step. v5/v6 clients forget open text parts here, so every `text-end` must come first."""
+
+    type: Literal["finish-step"] = "finish-step"
+
+
+class TextStart(BaseChunk):
+    type: Literal["text-start"] = "text-start"
+    id: str
+    """Text part id; later `text-delta`/`text-end` refer to it."""
+
+
+class TextDelta(BaseChunk):
+    type: Literal["text-delta"] = "text-delta"
+    id: str
+    """Id of an open text part (after its `text-start`)."""
+    delta: str
+    """Text appended to the part."""
+
+
+class TextEnd(BaseChunk):
+    type: Literal["text-end"] = "text-end"
+    id: str
+    """Id of the open text part to close."""
+
+
+class ToolInputStart(BaseChunk):
+    type: Literal["tool-input-start"] = "tool-input-start"
+    tool_call_id: str
+    """Id of the tool call; every later tool chunk of this call carries it."""
+    tool_name: str
+    """Name of the tool; the client's part type is `tool-<toolName>`."""
+
+
+class ToolInputDelta(BaseChunk):
+    type: Literal["tool-input-delta"] = "tool-input-delta"
+    tool_call_id: str
+    """Id of a call opened by `tool-input-start`."""
+    input_text_delta: str
+    """Raw JSON text of the arguments, appended; the client parses it as partial JSON."""
+
+
+class ToolInputAvailable(BaseChunk):
+    type: Literal["tool-input-available"] = "tool-input-available"
+    tool_call_id: str
+    """Id of the tool call (a `tool-input-start` before it is optional)."""
+    tool_name: str
+    """Name of the tool."""
+    input: JsonValue
+    """Parsed arguments. Always written, even when `null`."""
+
+
+class ToolOutputAvailable(BaseChunk):
+    type: Literal["tool-output-available"] = "tool-output-available"
+    tool_call_id: str
+    """Id of a tool call the client already knows (from `tool-input-*`)."""
+    output: JsonValue
+    """Result of the tool. Always written, even when `null`."""
+
+
+class ToolOutputError(BaseChunk):
+    type: Literal["tool-output-error"] = "tool-output-error"
+    tool_call_id: str
+    """Id of a tool call the client already knows (from `tool-input-*`)."""
+    error_text: str
+    """Message shown in the tool part (`state: output-error`)."""
+
+
+class Error(BaseChunk):
+    """An error after streaming started; `useChat` stops reading here and shows `errorText`."""
+
+    type: Literal["error"] = "error"
+    error_text: str
+    """Message for the user; never a stack trace."""
+
+
+class Finish(BaseChunk):
+    type: Literal["finish"] = "finish"
+    finish_reason: FinishReason | None = Field(default=None, exclude_if=_is_none)
+    """Why the message ended; reported to `onFinish`."""
+    message_metadata: JsonValue = Field(default=None, exclude_if=_is_none)
+    """Deep-merged into `message.metadata` by the client."""
+
+
+class MessageMetadata(BaseChunk):
+    type: Literal["message-metadata"] = "message-metadata"
+    message_metadata: JsonValue
+    """Deep-merged into `message.metadata` by the client. Always written."""
+
+
+class Abort(BaseChunk):
+    """Tells the client the turn was stopped; it changes no client state."""
+
+    type: Literal["abort"] = "abort"
+    reason: str | None = Field(default=None, exclude_if=_is_none)
+    """Why the turn was stopped."""
+
+
+class DataPart(BaseChunk):
+    """A custom `data-<name>` part. Same `type` and `id` again replaces the part in place."""
+
+    type: str = Field(pattern=r"^data-.+")
+    """`data-<name>`; the client stores it as a part of that type."""
+    data: JsonValue
+    """Payload. Always written, even when `null`."""
+    id: str | None = Field(default=None, exclude_if=_is_none)
+    """Stable id, so a later chunk can update the part."""
+    transient: bool | None = Field(default=None, exclude_if=_is_none)
+    """`true`: only delivered to `onData`, never stored in the message."""
+
+
+def _chunk_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None
+    return "data" if kind.startswith("data-") else kind
+
+
+Chunk = Annotated[
+    Annotated[Start, Tag("start")]
+    | Annotated[StartStep, Tag("start-step")]
+    | Annotated[FinishStep, Tag("finish-step")]
+    | Annotated[TextStart, Tag("text-start")]
+    | Annotated[TextDelta, Tag("text-delta")]
+    | Annotated[TextEnd, Tag("text-end")]
+    | Annotated[ToolInputStart, Tag("tool-input-start")]
+    | Annotated[ToolInputDelta, Tag("tool-input-delta")]
+    | Annotated[ToolInputAvailable, Tag("tool-input-available")]
+    | Annotated[ToolOutputAvailable, Tag("tool-output-available")]
+    | Annotated[ToolOutputError, Tag("tool-output-error")]
+    | Annotated[Error, Tag("error")]
+    | Annotated[Finish, Tag("finish")]
+    | Annotated[MessageMetadata, Tag("message-metadata")]
+    | Annotated[Abort, Tag("abort")]
+    | Annotated[DataPart, Tag("data")],
+    Discriminator(_chunk_tag),
+]
+"""Any chunk we emit, discriminated by `type` (`data-*` types map to `DataPart`)."""
+
+_CHUNK_ADAPTER: Final[TypeAdapter[Chunk]] = TypeAdapter(Chunk)
+
+DONE: Final = b"data: [DONE]\n\n"
+"""Last event of every stream. The client only skips it; the end of the body completes the message."""
+
+UI_MESSAGE_STREAM_HEADERS: Final = MappingProxyType(
+    {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "connection": "keep-alive",
+        "x-vercel-ai-ui-message-stream": "v1",
+        "x-accel-buffering": "no",
+    }
+)
+"""The SDK's `UI_MESSAGE_STREAM_HEADERS`; `x-accel-buffering: no` stops nginx from buffering the stream."""
+
+
+def to_json(chunk: Chunk) -> bytes:
+    """The chunk as compact JSON in wire form (camelCase, optional `None` fields left out)."""
+    if type(chunk) is TextDelta:
+        return orjson.dumps({"type": "text-delta", "id": chunk.id, "delta": chunk.delta})
+    return chunk.__pydantic_serializer__.to_json(chunk, by_alias=True)
+
+
+def frame(data: bytes, event_id: str | None = None) -> bytes:
+    """One SSE event carrying `data` (a JSON chunk without newlines), with an `id:` line if given.
+
+    `event_id` must not contain a newline; it is the cursor a client resumes from.
+    """
+    if event_id is None:
+        return b"data: %b\n\n" % data
+    return b"id: %b\ndata: %b\n\n" % (event_id.encode(), data)
+
+
+def encode(chunk: Chunk, event_id: str | None = None) -> bytes:
+    """`chunk` as one SSE event: `id: <event_id>\\ndata: <json>\\n\\n` (no `id:` line when `None`)."""
+    return frame(to_json(chunk), event_id)
+
+
+def decode(data: str | bytes) -> Chunk:
+    """Parse one JSON chunk (the `data:` of an event, as `to_json` wrote it) back into its model.
+
+    Raises `pydantic.ValidationError` for an unknown `type`, a missing field or an unknown field.
+    """
+    return _CHUNK_ADAPTER.validate_json(data)
+
+
+def heartbeat() -> bytes:
+    """An SSE comment: keeps proxies from closing an idle stream; every client ignores it."""
+    return b": keep-alive\n\n"

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.api import health, sessions
+from backend.api import chat, health, sessions
 from backend.api.limits import BodyLimit
 from backend.config import Settings
 from backend.errors import CopilotError
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(chat.router)
 
     @app.exception_handler(CopilotError)
     async def copilot_error(_: Request, exc: CopilotError) -> JSONResponse:

@@ -84,6 +84,57 @@ class Settings(BaseSettings):
     admin_user_ids: list[str] = Field(default_factory=list)
     """Users (JWT `sub`) allowed on admin endpoints, besides tokens whose `roles` claim holds `admin`."""
 
+    # --- model --------------------------------------------------------------------------------------
+    llm_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "COPILOT_LLM_BASE_URL")
+    )
+    """OpenAI-compatible endpoint (OpenAI, OpenRouter, vLLM, ...). Unset with no API key: the built-in demo model."""
+
+    llm_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "COPILOT_LLM_API_KEY")
+    )
+    """API key of the model provider."""
+
+    model: str = "gpt-4o-mini"
+    """Chat model used for turns (the demo model ignores it)."""
+
+    title_model: str | None = None
+    """Model for session titles; defaults to `model`."""
+
+    llm_max_retries: int = Field(default=3, ge=0, le=10)
+    """Retries of a model call that failed before its first chunk (rate limit, 5xx, overloaded, connection)."""
+
+    llm_retry_base_seconds: float = Field(default=0.5, gt=0)
+    """First retry delay; doubled each retry (with jitter), capped by `llm_retry_max_seconds`."""
+
+    llm_retry_max_seconds: float = Field(default=8.0, gt=0)
+    """Longest delay between two retries."""
+
+    llm_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    """A model stream that sends nothing for this long ends the step with an error."""
+
+    turn_max_seconds: float = Field(default=600.0, gt=0)
+    """Longest a whole turn (all its steps and tools) may run."""
+
+    max_tool_rounds: int = Field(default=10, ge=1)
+    """Model calls per turn; a model still calling tools after this many ends with an error."""
+
+    invalid_tool_json_retries: int = Field(default=1, ge=0, le=5)
+    """Retries of a step whose tool-call arguments were not valid JSON."""
+
+    tools: list[str] = Field(default_factory=list)
+    """Extra tool registries, `package.module:attribute` (a ToolRegistry or a function returning one)."""
+
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
+
+    # --- turns and their streams --------------------------------------------------------------------
+    turn_stream_ttl_seconds: int = Field(default=3600, ge=60)
+    """How long a turn's stream stays replayable after its last chunk (reconnect window)."""
+
+    publish_window_ms: float = Field(default=10.0, ge=0, le=1000)
+    """Chunks produced within this window are written to Redis in one round trip."""
+
     # --- API limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     """Requests with a larger body are refused with 413 before anything is parsed or written."""

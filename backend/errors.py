@@ -73,7 +73,16 @@ class ModelError(CopilotError):
     status_code = 502
     code = "model_error"
 
-    def __init__(self, message: str, *, retryable: bool = False, provider_code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        provider_code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.provider_code = provider_code
+        self.retry_after = retry_after
+        """Seconds the provider asked us to wait (HTTP `retry-after`), if it said."""

@@ -24,3 +24,18 @@ def session_meta(session_id: UUID) -> str:
 def session_generation(session_id: UUID) -> str:
     """Random token replaced by every write of the session; a cache fill only lands if it has not changed."""
     return f"{PREFIX}:{{{session_id}}}:gen"
+
+
+def turn_events(turn_id: str) -> str:
+    """Stream: the UI chunks of one turn, from `start` to an `end` entry."""
+    return f"{PREFIX}:turn:{{{turn_id}}}:events"
+
+
+def turn_meta(turn_id: str) -> str:
+    """Hash: session, user and status of one turn."""
+    return f"{PREFIX}:turn:{{{turn_id}}}:meta"
+
+
+def active_turn(session_id: UUID) -> str:
+    """String: the id of the session's running turn (absent when none runs)."""
+    return f"{PREFIX}:{{{session_id}}}:active-turn"

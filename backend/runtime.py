@@ -15,12 +15,21 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backend.auth import Authenticator
+from backend.chat.llm import LLMClient, RetryPolicy
+from backend.chat.prompt import default_prompt
+from backend.chat.runner import TurnRunner
+from backend.chat.title import TitleWriter
+from backend.chat.tokens import TokenCounter
+from backend.chat.turn import TurnEngine, TurnLimits
 from backend.config import Settings
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
+from backend.streams.active import ActiveTurns
+from backend.streams.turns import TurnRegistry
+from backend.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger("copilot.runtime")
 
@@ -32,6 +41,10 @@ class Runtime:
     redis: Redis
     sessions: SessionStore
     auth: Authenticator
+    llm: LLMClient
+    tools: ToolRegistry
+    registry: TurnRegistry
+    turns: TurnRunner
 
 
 @asynccontextmanager
@@ -59,4 +72,60 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds)
         )
         stack.push_async_callback(sessions.close)
-        yield Runtime(settings=settings, pool=pool, redis=redis, sessions=sessions, auth=Authenticator(settings))
+        llm = await _open_llm(settings, stack)
+        tools = build_registry(settings.tools)
+        registry = TurnRegistry(redis, ttl_seconds=settings.turn_stream_ttl_seconds)
+        titles = TitleWriter(llm, sessions, model=settings.title_model)
+        stack.push_async_callback(titles.close)
+        counter = TokenCounter(llm.model)
+        engine = TurnEngine(
+            store=sessions,
+            llm=llm,
+            tools=tools,
+            counter=counter,
+            limits=TurnLimits(settings.max_tool_rounds, settings.invalid_tool_json_retries),
+        )
+        prompt = default_prompt()
+        turns = TurnRunner(
+            engine=engine,
+            store=sessions,
+            registry=registry,
+            active=ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+            titles=titles,
+            prompt=lambda: prompt,
+            counter=counter,
+            turn_max_seconds=settings.turn_max_seconds,
+            publish_window_seconds=settings.publish_window_ms / 1000,
+        )
+        stack.push_async_callback(turns.shutdown)
+        yield Runtime(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            sessions=sessions,
+            auth=Authenticator(settings),
+            llm=llm,
+            tools=tools,
+            registry=registry,
+            turns=turns,
+        )
+
+
+async def _open_llm(settings: Settings, stack: AsyncExitStack) -> LLMClient:
+    base_url, model = settings.llm_base_url, settings.model
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    if base_url is None and api_key is None:
+        from backend.devtools.mock_llm import MockLLMServer
+
+        demo = await stack.enter_async_context(MockLLMServer())
+        base_url, model = demo.base_url, "mock-model"
+        log.warning("no model configured: using the built-in DEMO model at %s (set OPENAI_API_KEY)", base_url)
+    llm = LLMClient(
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        retry=RetryPolicy(settings.llm_max_retries, settings.llm_retry_base_seconds, settings.llm_retry_max_seconds),
+        idle_timeout=settings.llm_idle_timeout_seconds,
+    )
+    stack.push_async_callback(llm.close)
+    return llm

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import jwt
+import orjson
 import pytest
 import uvicorn
 from redis.asyncio import Redis
@@ -55,6 +56,9 @@ def migrated_database() -> str:
 async def db(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, emptied before the test."""
     conn = await asyncpg.connect(migrated_database)
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads
+    )
     await conn.execute("TRUNCATE chat_sessions CASCADE")
     yield conn
     await conn.close()

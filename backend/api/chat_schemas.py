@@ -1,0 +1,74 @@
+"""Bodies of the turn endpoints: a plain `{message}` body and the body `useChat`'s default transport posts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backend.api.schemas import MessagePublic
+from backend.chat.messages import ui_text_of
+from backend.chat.runner import UserMessage
+
+
+class PageContext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, max_length=2048)
+    content: str | None = Field(default=None, max_length=50_000)
+    """What the panel can see of the page the user is on; shown to the model for this turn."""
+
+
+class SendMessage(BaseModel):
+    """Either `{message, client_message_id?, context?}` or useChat's `{id, messages, trigger}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str | None = Field(default=None, min_length=1)
+    client_message_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """Idempotency key: a resend with the same id joins the same turn instead of starting another."""
+    context: PageContext | None = None
+
+    id: str | None = None
+    """useChat: the chat id (the session id)."""
+    messages: list[dict[str, Any]] | None = None
+    """useChat: the UIMessages of the chat; only the last user message is used, history comes from storage."""
+    trigger: Literal["submit-message", "regenerate-message"] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SendMessage:
+        if self.message is None and not self.messages:
+            raise ValueError("send either 'message' or useChat's 'messages'")
+        if self.trigger == "regenerate-message":
+            raise ValueError("regenerate-message is not supported; send the message again instead")
+        return self
+
+    def to_user_message(self, max_chars: int) -> UserMessage:
+        if self.message is not None:
+            text, client_id = self.message, self.client_message_id
+        else:
+            assert self.messages
+            last = self.messages[-1]
+            if last.get("role") != "user":
+                raise ValueError("the last message of 'messages' must be a user message")
+            text = ui_text_of(last)
+            client_id = self.client_message_id or (str(last["id"]) if last.get("id") else None)
+        if not text.strip():
+            raise ValueError("the message is empty")
+        if len(text) > max_chars:
+            raise ValueError(f"the message is longer than {max_chars} characters")
+        context = self.context.model_dump(exclude_none=True) if self.context else None
+        return UserMessage(text=text, client_message_id=client_id, page_context=context)
+
+
+class TurnResult(BaseModel):
+    task_id: str
+    status: str
+    messages: list[MessagePublic]
+    """What the turn stored: assistant messages and tool results, in order."""
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int

@@ -1,0 +1,84 @@
+"""What happens in a turn, as domain events. The UI stream translator turns them into AI SDK chunks; nothing
+here knows about the wire protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    message_id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallReady:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    call_id: str
+    ok: bool
+    output: Any
+    error_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Transient progress the UI may show (e.g. "compacting the conversation"); never stored in the message."""
+
+    name: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnFailed:
+    """The turn cannot go on. What it produced so far is stored; the message ends with `finish: error`."""
+
+    error_text: str
+    code: str = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    finish_reason: str
+
+
+TurnEvent = (
+    TurnStarted
+    | StepStarted
+    | TextDelta
+    | ToolCallStarted
+    | ToolCallReady
+    | ToolFinished
+    | StepFinished
+    | Status
+    | TurnFailed
+    | TurnEnded
+)

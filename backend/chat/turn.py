@@ -1,0 +1,251 @@
+"""One turn of a conversation: call the model, run the tools it asks for, call it again, until it is done.
+
+`TurnEngine.run` is an async generator of turn events. Reading it top to bottom is the data path of a turn:
+history → prompt → model stream → tools (concurrently) → store the step → next step. Every step's assistant
+message and tool results are stored in one append when the step ends; a turn that is cancelled or times out
+stores what it had, marked interrupted, before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from backend.chat import events as ev
+from backend.chat.llm import Completed, LLMClient, TextChunk, ToolCall, ToolCallStarted, Usage
+from backend.chat.messages import stored_to_openai, to_openai_messages
+from backend.chat.prompt import SystemPrompt
+from backend.chat.tokens import TokenCounter
+from backend.errors import ModelError
+from backend.store.models import ChatMessage, NewMessage
+from backend.store.sessions import SessionStore
+from backend.tools.base import ToolContext, ToolOutcome, run_tool
+from backend.tools.registry import ToolRegistry
+
+log = logging.getLogger("copilot.turn")
+
+INTERRUPTED_MARK = "[interrupted]"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    turn_id: str
+    """Task id of the turn: the id a client reconnects with."""
+    session_id: UUID
+    user_id: str
+    is_authenticated: bool
+    page_context: Mapping[str, Any] | None = None
+    """What the panel knows about the page (`url`, `content`); shown to the model for this turn only."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLimits:
+    max_tool_rounds: int = 10
+    invalid_tool_json_retries: int = 1
+
+
+@dataclass(slots=True)
+class _Step:
+    text: list[str] = field(default_factory=list)
+    completed: Completed | None = None
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+
+class TurnEngine:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        llm: LLMClient,
+        tools: ToolRegistry,
+        counter: TokenCounter,
+        limits: TurnLimits,
+    ) -> None:
+        self._store = store
+        self._llm = llm
+        self._tools = tools
+        self._counter = counter
+        self._limits = limits
+
+    async def run(self, req: TurnRequest, prompt: SystemPrompt) -> AsyncIterator[ev.TurnEvent]:
+        yield ev.TurnStarted(message_id=f"msg-{req.turn_id}", metadata={"taskId": req.turn_id})
+        history = [stored_to_openai(m) for m in await self._store.messages(req.session_id)]
+        context = _page_context_messages(req.page_context)
+        tool_schemas = self._tools.schemas()
+        json_retries = 0
+
+        for _ in range(self._limits.max_tool_rounds):
+            step = _Step()
+            yield ev.StepStarted()
+            messages = to_openai_messages(history, system_prompt=prompt.text, context=context)
+            try:
+                async for event in self._llm.stream(messages, tool_schemas):
+                    if isinstance(event, TextChunk):
+                        step.text.append(event.text)
+                        yield ev.TextDelta(event.text)
+                    elif isinstance(event, ToolCallStarted):
+                        yield ev.ToolCallStarted(event.id, event.name)
+                    else:
+                        step.completed = event
+            except ModelError as e:
+                await self._save(req, _assistant(step.content, []))
+                yield ev.TurnFailed(e.message, e.provider_code or "model_error")
+                yield ev.TurnEnded("error")
+                return
+            except (asyncio.CancelledError, GeneratorExit):
+                await _shielded(self._save(req, _assistant(_interrupted(step.content), [])))
+                raise
+
+            assert step.completed is not None
+            calls = step.completed.tool_calls
+            broken = [c for c in calls if c.arguments is None]
+            if broken:
+                # Nothing of this attempt is stored; the model gets another try at the step.
+                for c in calls:
+                    reason = c.parse_error if c.arguments is None else "not run: another call of this step was invalid"
+                    yield ev.ToolFinished(c.id, ok=False, output=None, error_text=reason)
+                yield ev.StepFinished()
+                if json_retries < self._limits.invalid_tool_json_retries:
+                    json_retries += 1
+                    log.warning("turn %s: invalid tool arguments, retrying the step", req.turn_id)
+                    continue
+                yield ev.TurnFailed("The model produced invalid tool arguments.", "invalid_tool_arguments")
+                yield ev.TurnEnded("error")
+                return
+
+            assistant = _assistant(step.content, calls)
+            if not calls:
+                await self._save(req, assistant, usage=step.completed.usage)
+                yield ev.StepFinished()
+                yield ev.TurnEnded(step.completed.finish_reason)
+                return
+
+            for c in calls:
+                yield ev.ToolCallReady(c.id, c.name, c.arguments or {})
+            outcomes: dict[str, ToolOutcome] = {}
+            try:
+                async for call, outcome in self._run_tools(req, calls):
+                    outcomes[call.id] = outcome
+                    yield ev.ToolFinished(call.id, outcome.ok, outcome.output, outcome.error_text)
+            except (asyncio.CancelledError, GeneratorExit):
+                done = [c for c in calls if c.id in outcomes]
+                partial = [_assistant(_interrupted(step.content), done), *_tool_messages(done, outcomes)]
+                await _shielded(self._save(req, *partial, usage=step.completed.usage))
+                raise
+            stored = await self._save(req, assistant, *_tool_messages(calls, outcomes), usage=step.completed.usage)
+            history.extend(stored_to_openai(m) for m in stored)
+            yield ev.StepFinished()
+
+        yield ev.TurnFailed(
+            f"Stopped after {self._limits.max_tool_rounds} model calls in one turn.", "tool_round_limit"
+        )
+        yield ev.TurnEnded("error")
+
+    async def _run_tools(
+        self, req: TurnRequest, calls: Sequence[ToolCall]
+    ) -> AsyncIterator[tuple[ToolCall, ToolOutcome]]:
+        """Run the step's calls concurrently; yield each result as it finishes."""
+        tasks = {
+            asyncio.create_task(
+                run_tool(
+                    self._tools.get(c.name),
+                    c.name,
+                    c.arguments or {},
+                    ToolContext(
+                        user_id=req.user_id,
+                        session_id=req.session_id,
+                        tool_call_id=c.id,
+                        is_authenticated=req.is_authenticated,
+                    ),
+                )
+            ): c
+            for c in calls
+        }
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: calls.index(tasks[t])):
+                    yield tasks[task], task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _save(
+        self, req: TurnRequest, *messages: dict[str, Any] | None, usage: Usage | None = None
+    ) -> list[ChatMessage]:
+        rows = [self._new_message(m) for m in messages if m is not None]
+        if not rows and usage is None:
+            return []
+        result = await self._store.append(
+            req.session_id,
+            rows,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+        return result.messages
+
+    def _new_message(self, message: dict[str, Any]) -> NewMessage:
+        return NewMessage(
+            role=message["role"],
+            content=message.get("content"),
+            tool_calls=message.get("tool_calls"),
+            tool_call_id=message.get("tool_call_id"),
+            token_count=self._counter.count_message(message),
+        )
+
+
+def _assistant(content: str, calls: Sequence[ToolCall]) -> dict[str, Any] | None:
+    if not content and not calls:
+        return None
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json or "{}"}}
+            for c in calls
+        ]
+    return message
+
+
+def _tool_messages(calls: Sequence[ToolCall], outcomes: Mapping[str, ToolOutcome]) -> list[dict[str, Any]]:
+    return [
+        {"role": "tool", "tool_call_id": c.id, "content": _as_text(outcomes[c.id].output)}
+        for c in calls
+        if c.id in outcomes
+    ]
+
+
+def _as_text(output: Any) -> str:
+    return output if isinstance(output, str) else orjson.dumps(output, default=str).decode()
+
+
+def _interrupted(content: str) -> str:
+    return f"{content}\n\n{INTERRUPTED_MARK}" if content else INTERRUPTED_MARK
+
+
+def _page_context_messages(page: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not page:
+        return []
+    # Page content comes from the browser: it is context for the model, never part of the system prompt.
+    url = page.get("url") or ""
+    content = page.get("content") or ""
+    return [{"role": "user", "content": f'<page_context url="{url}">\n{content}\n</page_context>'}]
+
+
+async def _shielded(work: Any) -> None:
+    """Finish storing a partial reply even though the turn is being cancelled."""
+    try:
+        await asyncio.shield(work)
+    except Exception:
+        log.exception("could not store the partial reply of a cancelled turn")

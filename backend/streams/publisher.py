@@ -1,0 +1,64 @@
+"""Coalesced publishing of one turn's chunks: deltas that arrive within a few milliseconds go out together.
+
+The turn never waits on Redis per token: `emit` only buffers (merging consecutive text deltas of one part) and
+a flusher task writes the buffer in one pipelined round trip at most every `window` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from backend.chat import protocol as p
+from backend.streams.turns import TurnRegistry, TurnStatus
+
+log = logging.getLogger("copilot.publisher")
+
+
+class TurnPublisher:
+    def __init__(self, registry: TurnRegistry, turn_id: str, *, window_seconds: float) -> None:
+        self._registry = registry
+        self._turn_id = turn_id
+        self._window = window_seconds
+        self._buffer: list[p.Chunk] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._flusher = asyncio.create_task(self._run())
+
+    def emit(self, chunk: p.Chunk) -> None:
+        last = self._buffer[-1] if self._buffer else None
+        if type(chunk) is p.TextDelta and type(last) is p.TextDelta and last.id == chunk.id:
+            self._buffer[-1] = p.TextDelta(id=chunk.id, delta=last.delta + chunk.delta)
+        else:
+            self._buffer.append(chunk)
+        self._wake.set()
+
+    async def close(self, status: TurnStatus) -> bool:
+        """Flush what is buffered and end the turn's stream; False if the turn had already been ended."""
+        self._closed = True
+        self._wake.set()
+        await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
+        return await self._registry.end(self._turn_id, status)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            await self._wake.wait()
+            if self._closed:
+                return
+            await asyncio.sleep(self._window)
+            self._wake.clear()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("turn %s: publishing failed; chunks stay buffered for the next flush", self._turn_id)
+
+    async def _flush(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        try:
+            await self._registry.publish(self._turn_id, [p.to_json(c) for c in batch])
+        except BaseException:
+            self._buffer[:0] = batch
+            raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     environment: Literal["development", "production"] = "development"
@@ -123,7 +124,8 @@ class Settings(BaseSettings):
     """Retries of a step whose tool-call arguments were not valid JSON."""
 
     tools: list[str] = Field(default_factory=list)
-    """Extra tool registries, `package.module:attribute` (a ToolRegistry or a function returning one)."""
+    """Extra tool registries as a JSON list of `package.module:attribute` (a ToolRegistry or a function returning
+    one), e.g. `["acme.copilot_tools:registry"]`."""
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
@@ -142,8 +144,20 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=100_000, ge=1)
     """Longest user message accepted."""
 
-    max_title_chars: int = Field(default=200, ge=1)
-    """Longest session title accepted."""
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "llm_base_url",
+        "llm_api_key",
+        "jwt_secret",
+        "jwks_url",
+        "title_model",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `docker compose` passes `${VAR:-}` as an empty string; that means "not configured", not "".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
@@ -157,3 +171,16 @@ class Settings(BaseSettings):
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
         return self
+
+
+def settings_table() -> str:
+    """The configuration table of the README, generated from the fields above (a test keeps them in sync)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names = list(alias.choices) if isinstance(alias, AliasChoices) else [f"COPILOT_{name.upper()}"]
+        variable = " / ".join(f"`{n}`" for n in names)
+        default = info.get_default(call_default_factory=True)
+        shown = "unset" if default is None else f"`{default}`" if default != [] else "empty"
+        rows.append(f"| {variable} | {shown} | {(info.description or '').strip()} |")
+    return "\n".join(rows)

@@ -15,10 +15,12 @@ import jwt
 import orjson
 import pytest
 import uvicorn
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from backend.app import create_app
 from backend.config import Settings
+from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 
 ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -140,3 +142,32 @@ async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def as_user() -> Callable[[str], dict[str, str]]:
     return auth
+
+
+@pytest.fixture
+async def mock_llm() -> AsyncIterator[MockLLMServer]:
+    """The project's OpenAI-compatible mock model, over real HTTP on loopback."""
+    async with MockLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def chat_settings(settings: Settings, mock_llm: MockLLMServer) -> Settings:
+    """Settings of a service whose model is the mock, with fast retries and timeouts."""
+    return settings.model_copy(
+        update={
+            "llm_base_url": mock_llm.base_url,
+            "llm_api_key": SecretStr("test"),
+            "model": "mock-model",
+            "llm_retry_base_seconds": 0.01,
+            "llm_retry_max_seconds": 0.05,
+            "llm_idle_timeout_seconds": 1.0,
+            "publish_window_ms": 2.0,
+        }
+    )
+
+
+@pytest.fixture
+async def chat(chat_settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, LiveServer]]:
+    async with LiveServer(chat_settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        yield client, live

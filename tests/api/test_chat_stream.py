@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from backend.chat.protocol_check import check_body
 from backend.config import Settings
@@ -19,33 +17,6 @@ from tests.conftest import LiveServer, auth
 from tests.sse import chunks, read_stream, text_of, types
 
 ALICE = auth("alice")
-
-
-@pytest.fixture
-async def mock_llm() -> AsyncIterator[MockLLMServer]:
-    async with MockLLMServer() as server:
-        yield server
-
-
-@pytest.fixture
-def chat_settings(settings: Settings, mock_llm: MockLLMServer) -> Settings:
-    return settings.model_copy(
-        update={
-            "llm_base_url": mock_llm.base_url,
-            "llm_api_key": SecretStr("test"),
-            "model": "mock-model",
-            "llm_retry_base_seconds": 0.01,
-            "llm_retry_max_seconds": 0.05,
-            "llm_idle_timeout_seconds": 1.0,
-            "publish_window_ms": 2.0,
-        }
-    )
-
-
-@pytest.fixture
-async def chat(chat_settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, LiveServer]]:
-    async with LiveServer(chat_settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
-        yield client, live
 
 
 async def new_session(client: httpx.AsyncClient, headers: dict[str, str] = ALICE, title: str | None = "t") -> str:

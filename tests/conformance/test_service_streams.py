@@ -1,0 +1,65 @@
+"""What the service really streams, assembled by the real `ai` client: text, tools across steps, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.api.test_chat_stream import new_session, send
+from tests.conformance.ai_sdk import assemble, violations
+from tests.conftest import LiveServer
+
+
+async def reply(chat: tuple[httpx.AsyncClient, LiveServer], message: str) -> tuple[bytes, dict[str, Any]]:
+    client, _ = chat
+    sid = await new_session(client)
+    _, body = await send(client, sid, message)
+    assert violations(body) == []
+    return body, assemble(body)
+
+
+async def test_text_reply(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    _, result = await reply(chat, '[[mock:text content="Hello from the service"]]')
+    message = result["chat"]["message"]
+    assert result["chat"]["status"] == "ready" and result["chat"]["finishReason"] == "stop"
+    texts = [p["text"] for p in message["parts"] if p["type"] == "text"]
+    assert texts == ["Hello from the service"]
+    assert message["metadata"]["taskId"]
+
+
+async def test_tools_across_steps(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    _, result = await reply(
+        chat, '[[mock:tool name=calculate args={"expression": "6*7"}]] [[mock:tool name=get_current_time args={}]]'
+    )
+    parts = result["chat"]["message"]["parts"]
+    assert [p["type"] for p in parts if p["type"] != "step-start"] == [
+        "tool-calculate",
+        "tool-get_current_time",
+        "text",
+    ]
+    assert sum(p["type"] == "step-start" for p in parts) == 2
+    calc = next(p for p in parts if p["type"] == "tool-calculate")
+    assert calc["state"] == "output-available" and calc["input"] == {"expression": "6*7"}
+    assert "42" in str(calc["output"])
+    assert "42" in next(p["text"] for p in parts if p["type"] == "text")
+
+
+async def test_tool_error(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    _, result = await reply(chat, '[[mock:tool name=calculate args={"expression": "1/0"}]]')
+    calc = next(p for p in result["chat"]["message"]["parts"] if p["type"] == "tool-calculate")
+    assert calc["state"] == "output-error" and calc["errorText"]
+
+
+async def test_model_error_after_partial_text(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    _, result = await reply(chat, "[[mock:text tokens=10]] [[mock:cut after=4]]")
+    assert result["chat"]["status"] == "error"
+    assert result["chat"]["error"]
+    texts = [p["text"] for p in result["chat"]["message"]["parts"] if p["type"] == "text"]
+    assert texts and texts[0].strip()  # the partial text stays in the message
+
+
+async def test_provider_error_before_any_text(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    _, result = await reply(chat, "[[mock:region_block]]")
+    assert result["chat"]["status"] == "error"
+    assert "region" in str(result["chat"]["error"])

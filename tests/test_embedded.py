@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import asyncpg
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 from redis.asyncio import Redis
 
@@ -116,3 +116,28 @@ async def test_a_killed_run_leaves_nothing_that_blocks_the_next_start(tmp_path: 
         assert not any(psutil.pid_exists(pid) for pid in leftovers)
         assert await _read(urls) == (["before the kill"], b"before the kill")
     _assert_stopped(tmp_path)
+
+
+async def test_the_service_runs_on_embedded_defaults_and_keeps_its_data(tmp_path: Path) -> None:
+    """`copilot serve` with nothing configured: embedded PostgreSQL and Redis, the demo model, data kept."""
+    import httpx
+
+    from backend.config import Settings
+    from tests.conftest import LiveServer
+
+    bare = Settings(data_dir=tmp_path, dev_auth=True, _env_file=None)  # type: ignore[call-arg]
+    assert bare.database_url is None and bare.redis_url is None and bare.llm_base_url is None
+    async with LiveServer(bare) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = (await client.post("/api/chat/sessions", json={"title": "kept"})).json()["id"]
+        async with client.stream("POST", f"/api/chat/sessions/{sid}/stream", json={"message": "hello"}) as r:
+            body = await r.aread()
+        assert b"demo model" in body.lower()
+        for _ in range(100):  # the turn stores its reply just after the stream ends
+            messages = (await client.get(f"/api/chat/sessions/{sid}")).json()["messages"]
+            if len(messages) == 2:
+                break
+            await asyncio.sleep(0.05)
+    async with LiveServer(bare) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        detail = (await client.get(f"/api/chat/sessions/{sid}")).json()
+        assert detail["title"] == "kept"
+        assert [m["role"] for m in detail["messages"]] == ["user", "assistant"]

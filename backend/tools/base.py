@@ -67,7 +67,10 @@ class Tool(ABC, Generic[ArgsT]):
 
     @abstractmethod
     async def execute(self, args: ArgsT, ctx: ToolContext) -> Any:
-        """Do the work and return a JSON-serialisable value. Raise to report a failure to the model."""
+        """Do the work and return a JSON-serialisable value. Raise to report a failure to the model.
+
+        Must not block the event loop (the timeout could not interrupt it): run blocking work in a thread.
+        """
 
     def schema(self) -> dict[str, Any]:
         """The entry of the OpenAI `tools=[...]` list. A fresh copy of a cached value; safe to mutate."""

@@ -442,3 +442,13 @@ async def test_first_message_gets_a_title(chat: tuple[httpx.AsyncClient, LiveSer
             break
         await asyncio.sleep(0.05)
     assert title
+
+
+async def test_heartbeats_while_the_model_is_silent(chat_settings: Settings) -> None:
+    quick = chat_settings.model_copy(update={"heartbeat_seconds": 0.2, "llm_idle_timeout_seconds": 5.0})
+    async with LiveServer(quick) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        _, body = await send(client, sid, "[[mock:text tokens=6]] [[mock:stall after=2 seconds=1]]")
+    assert body.count(b": keep-alive\n\n") >= 3
+    assert_well_formed(body)
+    assert len(text_of(body).split()) == 6

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     turn_stream_ttl_seconds: int = Field(default=3600, ge=60)
     """How long a turn's stream stays replayable after its last chunk (reconnect window)."""
 
+    turn_lease_seconds: float = Field(default=30.0, ge=1)
+    """A running turn's pod renews its lease; a turn whose lease lapsed this long is closed as interrupted by any
+    pod (detected within this plus a third of it)."""
+
+    double_texting: Literal["reject", "interrupt", "enqueue"] = "reject"
+    """A message while a turn runs: `reject` (409 with the active task id), `interrupt` (stop it, then start),
+    `enqueue` (start once it ends)."""
+
     publish_window_ms: float = Field(default=10.0, ge=0, le=1000)
     """Chunks produced within this window are written to Redis in one round trip."""
 

@@ -39,3 +39,17 @@ def turn_meta(turn_id: str) -> str:
 def active_turn(session_id: UUID) -> str:
     """String: the id of the session's running turn (absent when none runs)."""
     return f"{PREFIX}:{{{session_id}}}:active-turn"
+
+
+def turn_tombstone(turn_id: str) -> str:
+    """String: the user of a turn, kept for days after its stream expired (410 instead of 404)."""
+    return f"{PREFIX}:turn:{{{turn_id}}}:tombstone"
+
+
+def turn_cancel(turn_id: str) -> str:
+    """String: set when someone asked the turn to stop; its owner polls for it."""
+    return f"{PREFIX}:turn:{{{turn_id}}}:cancel"
+
+
+TURN_LEASES = f"{PREFIX}:turn-leases"
+"""Sorted set: running turns scored by the deadline of their owner's lease."""

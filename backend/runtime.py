@@ -74,7 +74,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         stack.push_async_callback(sessions.close)
         llm = await _open_llm(settings, stack)
         tools = build_registry(settings.tools)
-        registry = TurnRegistry(redis, ttl_seconds=settings.turn_stream_ttl_seconds)
+        registry = TurnRegistry(
+            redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
+        )
         titles = TitleWriter(llm, sessions, model=settings.title_model)
         stack.push_async_callback(titles.close)
         counter = TokenCounter(llm.model)
@@ -96,7 +98,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             counter=counter,
             turn_max_seconds=settings.turn_max_seconds,
             publish_window_seconds=settings.publish_window_ms / 1000,
+            double_texting=settings.double_texting,
         )
+        await turns.start()
         stack.push_async_callback(turns.shutdown)
         yield Runtime(
             settings=settings,

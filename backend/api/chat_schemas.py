@@ -72,3 +72,10 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+class CancelResult(BaseModel):
+    task_id: str | None
+    """The turn that was stopped; null when the session had no running turn."""
+    status: str
+    """`cancelled` (or another final status if it ended first), or `idle`."""

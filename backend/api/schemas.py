@@ -87,7 +87,14 @@ class SessionPage(BaseModel):
     """Pass as `cursor` to get the next page; null on the last page."""
 
 
+class ActiveTask(BaseModel):
+    task_id: str
+    status: str
+
+
 class SessionDetail(SessionPublic):
+    active_task: ActiveTask | None
+    """The reply being generated now, if any: resume it with `GET /api/chat/tasks/{task_id}/stream`."""
     messages: list[MessagePublic]
     """Messages with sequence greater than the request's `after`, oldest first."""
     next_after: int | None

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
 from backend.api.schemas import (
+    ActiveTask,
     MessagePublic,
     SessionCreate,
     SessionDetail,
@@ -54,8 +55,10 @@ async def get_session(
     """One session with a page of its messages (sequence greater than `after`)."""
     messages = await runtime.sessions.messages(session.id, after=after, limit=limit + 1)
     page, more = messages[:limit], len(messages) > limit
+    active = await runtime.turns.active_task(session.id)
     return SessionDetail(
         **SessionPublic.of(session).model_dump(),
+        active_task=ActiveTask(task_id=active[0], status=active[1]) if active else None,
         messages=[MessagePublic.of(m) for m in page],
         next_after=page[-1].sequence if more else None,
     )

@@ -66,6 +66,13 @@ class TurnFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnAborted:
+    """Someone stopped the turn (the stop button). What it produced is stored, marked interrupted."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TurnEnded:
     finish_reason: str
 
@@ -80,5 +87,6 @@ TurnEvent = (
     | StepFinished
     | Status
     | TurnFailed
+    | TurnAborted
     | TurnEnded
 )

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from backend.chat import events as ev
 from backend.chat.prompt import SystemPrompt
+from backend.chat.recovery import reap
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnRequest
@@ -31,6 +32,11 @@ from backend.streams.turns import TurnRegistry, TurnStatus
 log = logging.getLogger("copilot.runner")
 
 _TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
+_CANCEL, _SHUTDOWN = "cancel", "shutdown"
+_CANCEL_POLL_SECONDS = 0.25
+_CANCEL_WAIT_SECONDS = 3.0
+
+DoubleTexting = Literal["reject", "interrupt", "enqueue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class TurnRunner:
         counter: TokenCounter,
         turn_max_seconds: float,
         publish_window_seconds: float,
+        double_texting: DoubleTexting = "reject",
     ) -> None:
         self._engine = engine
         self._store = store
@@ -71,7 +78,9 @@ class TurnRunner:
         self._counter = counter
         self._turn_max_seconds = turn_max_seconds
         self._window = publish_window_seconds
+        self._double_texting = double_texting
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
 
     async def submit(
         self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool
@@ -79,11 +88,13 @@ class TurnRunner:
         turn_id = _turn_id(session.id, message.client_message_id)
         if await self._registry.info(turn_id) is not None:
             return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
-        if not await self._active.claim(session.id, turn_id):
+        while not await self._active.claim(session.id, turn_id):
             current = await self._active.current(session.id)
             if current == turn_id:
                 return Submitted(turn_id, None, repeated=True)
-            raise Conflict("a reply is still being generated in this session", active_task_id=current)
+            if current is None:
+                continue  # released between our claim and our read: try again
+            await self._make_way(session.id, current)
         try:
             stored = await self._store.append(
                 session.id,
@@ -119,6 +130,93 @@ class TurnRunner:
             self._titles.schedule(session.id, user_id, message.text)
         return Submitted(turn_id, user.sequence, repeated=False)
 
+    async def _make_way(self, session_id: uuid.UUID, current: str) -> None:
+        """Apply the double-texting policy to the session's running turn `current`."""
+        if self._double_texting == "reject":
+            raise Conflict("a reply is still being generated in this session", active_task_id=current)
+        if self._double_texting == "interrupt":
+            await self.cancel(session_id)
+            return
+        # enqueue: wait for the running turn to end (its lease bounds the wait if its pod dies)
+        deadline = asyncio.get_running_loop().time() + self._turn_max_seconds + self._registry.lease_seconds * 2
+        while await self._active.current(session_id) == current:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Conflict("the previous reply did not finish in time", active_task_id=current)
+            if await self._registry.lease_expired(current):
+                await self._reap(current)
+            await asyncio.sleep(0.05)
+
+    async def cancel(self, session_id: uuid.UUID) -> str | None:
+        """Stop the session's running turn from any pod; returns its task id once it has ended (None if idle)."""
+        turn_id = await self._active.current(session_id)
+        if turn_id is None:
+            return None
+        task = self._tasks.get(turn_id)
+        if task is not None:
+            task.cancel(_CANCEL)
+        else:
+            await self._registry.request_cancel(turn_id)  # its owner polls for this
+        for _ in range(int(_CANCEL_WAIT_SECONDS / 0.05)):
+            info = await self._registry.info(turn_id)
+            if info is None or info.status != "running":
+                break
+            if await self._registry.lease_expired(turn_id):
+                await self._reap(turn_id)
+            await asyncio.sleep(0.05)
+        return turn_id
+
+    def follow(
+        self, turn_id: str, *, after: str = "0", heartbeat_seconds: float
+    ) -> AsyncIterator[tuple[str, bytes | None]]:
+        """The turn's entries from cursor `after`; a follower that finds the owner dead closes the turn itself."""
+
+        async def on_idle() -> bool:
+            info = await self._registry.info(turn_id)
+            if info is None or info.status != "running":
+                return True
+            if await self._registry.lease_expired(turn_id):
+                await self._reap(turn_id)
+                return True
+            return False
+
+        return self._registry.follow(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, on_idle=on_idle)
+
+    async def start(self) -> None:
+        """Start this pod's supervisor: lease renewal, stop requests, and closing turns of dead pods."""
+        self._supervisor = asyncio.create_task(self._supervise(), name="turn-supervisor")
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        renew_every = self._registry.lease_seconds / 3
+        next_renewal = 0.0
+        while True:
+            await asyncio.sleep(_CANCEL_POLL_SECONDS)
+            try:
+                local = list(self._tasks)
+                for turn_id in await self._registry.cancel_requested(local):
+                    task = self._tasks.get(turn_id)
+                    if task is not None:
+                        task.cancel(_CANCEL)
+                if loop.time() >= next_renewal:
+                    next_renewal = loop.time() + renew_every
+                    await self._registry.renew(self._tasks)
+                    for turn_id in await self._registry.expired():
+                        if turn_id not in self._tasks:
+                            await self._reap(turn_id)
+            except Exception:
+                log.exception("turn supervisor tick failed")
+
+    async def _reap(self, turn_id: str) -> None:
+        await reap(turn_id, registry=self._registry, store=self._store, active=self._active, counter=self._counter)
+
+    async def active_task(self, session_id: uuid.UUID) -> tuple[str, TurnStatus] | None:
+        """The session's running turn (task id and status), if any."""
+        turn_id = await self._active.current(session_id)
+        if turn_id is None:
+            return None
+        info = await self._registry.info(turn_id)
+        return (turn_id, info.status) if info is not None else None
+
     async def wait(self, turn_id: str) -> None:
         """Until the turn ends, if it runs on this pod. A waiter that goes away does not cancel the turn."""
         task = self._tasks.get(turn_id)
@@ -129,8 +227,11 @@ class TurnRunner:
         """Stop every turn of this pod; each stores its partial reply and ends its stream as interrupted."""
         tasks = list(self._tasks.values())
         for task in tasks:
-            task.cancel("shutdown")
+            task.cancel(_SHUTDOWN)
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
 
     async def _drive(self, req: TurnRequest) -> None:
         publisher = TurnPublisher(self._registry, req.turn_id, window_seconds=self._window)
@@ -151,14 +252,19 @@ class TurnRunner:
             status = "failed"
             emit(ev.TurnFailed(f"The reply took longer than {self._turn_max_seconds:g}s and was stopped.", "timeout"))
         except asyncio.CancelledError as e:
-            status = "interrupted" if "shutdown" in e.args else "cancelled"
-            emit(ev.TurnFailed("The reply was interrupted." if status == "interrupted" else "Stopped.", status))
+            if _CANCEL in e.args:
+                status = "cancelled"
+                emit(ev.TurnAborted("stopped by the user"))
+            else:
+                status = "interrupted"
+                emit(ev.TurnFailed("The reply was interrupted because the server is shutting down.", "interrupted"))
         except Exception:
             log.exception("turn %s failed", req.turn_id)
             status = "failed"
             emit(ev.TurnFailed("Something went wrong while generating the reply.", "internal_error"))
         finally:
-            for chunk in translator.close("stop" if status == "completed" else "error"):
+            reason = {"completed": "stop", "cancelled": "other"}.get(status, "error")
+            for chunk in translator.close(reason):
                 publisher.emit(chunk)
             await asyncio.shield(self._finish(req, publisher, status))
 

@@ -70,6 +70,8 @@ class UIStreamTranslator:
                 return [p.DataPart(type=f"data-{name}", data=data, transient=True)]
             case ev.TurnFailed(error_text=error_text):
                 return [*self._end_step(), p.Error(error_text=error_text)]
+            case ev.TurnAborted(reason=reason):
+                return [*self._end_step(), p.Abort(reason=reason)]
             case ev.TurnEnded(finish_reason=reason):
                 return self.close(reason)
         return []

@@ -44,6 +44,10 @@ class SessionStore:
             raise NotFound("session not found")
         return session
 
+    async def get_any(self, session_id: UUID) -> ChatSession | None:
+        """The session whoever owns it (for internal recovery work, never for answering a request)."""
+        return await self._cached_session(session_id)
+
     async def list_for_user(
         self, user_id: str, *, limit: int, before: tuple[datetime, UUID] | None = None
     ) -> list[ChatSession]:

@@ -34,12 +34,13 @@ class TurnPublisher:
         self._wake.set()
 
     async def close(self, status: TurnStatus) -> bool:
-        """Flush what is buffered and end the turn's stream; False if the turn had already been ended."""
+        """Write what is buffered together with the end, atomically; False if someone else ended the turn
+        (its owner's lease had expired and another pod closed it), in which case nothing more is written."""
         self._closed = True
         self._wake.set()
         await asyncio.gather(self._flusher, return_exceptions=True)
-        await self._flush()
-        return await self._registry.end(self._turn_id, status)
+        batch, self._buffer = self._buffer, []
+        return await self._registry.finish(self._turn_id, status, [p.to_json(c) for c in batch])
 
     async def _run(self) -> None:
         while not self._closed:

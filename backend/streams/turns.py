@@ -1,15 +1,20 @@
-"""The turn registry on Redis: one Redis Stream of UI chunks per turn plus a small status record.
+"""The turn registry on Redis: one Redis Stream of UI chunks per turn, a status record, and leases.
 
 Any pod can follow any turn: the stream is the turn's whole output from its `start` chunk, entry ids are the SSE
-cursors, and an `end` entry closes it. The status flip out of `running` happens once (compare-and-set in Lua), so
-exactly one owner writes the end. Streams are never trimmed by length (a replay always starts at `start`); they
-expire as a whole, together with their status record, `ttl` after the last write.
+cursors, and an `end` entry closes it. The status flip out of `running` happens once, in a Lua compare-and-set
+that also appends the last chunks and the `end` entry, so exactly one writer (the owner, or whoever reaps a turn
+whose owner died) ends a message. Streams are never trimmed by length (a replay always starts at `start`); they
+expire as a whole, together with their status record, `ttl` after the last write. A small tombstone outlives them
+so a late reconnect can tell "expired" (410) from "never existed" (404).
+
+Running turns are listed in one sorted set scored by lease deadline: owners push their deadlines forward in one
+pipelined call per pod, and finding turns whose owner died is a range query, never a key scan.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,9 +25,12 @@ from backend.chat import protocol
 
 TurnStatus = Literal["running", "completed", "failed", "cancelled", "interrupted"]
 
-_END = """
+_TOMBSTONE_TTL_MS = 7 * 86_400_000
+
+_FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2])
+for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'c', ARGV[i]) end
 redis.call('XADD', KEYS[2], '*', 'end', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -38,33 +46,32 @@ class TurnInfo:
     status: TurnStatus
 
 
+class TurnExpired(LookupError):
+    """The turn existed but its stream has expired."""
+
+
 class TurnRegistry:
-    def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, *, ttl_seconds: int, lease_seconds: float) -> None:
         self._redis = redis
         self._ttl_ms = ttl_seconds * 1000
-        self._end = redis.register_script(_END)
+        self.lease_seconds = lease_seconds
+        self._finish = redis.register_script(_FINISH)
 
+    # --- lifecycle -----------------------------------------------------------------------------------
     async def create(self, turn_id: str, session_id: str, user_id: str) -> None:
         meta = keys.turn_meta(turn_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                meta,
-                mapping={
-                    "session_id": session_id,
-                    "user_id": user_id,
-                    "status": "running",
-                    "started_at": f"{time.time():.3f}",
-                },
-            )
+        fields: dict[str | bytes, str | bytes] = {
+            "session_id": session_id,
+            "user_id": user_id,
+            "status": "running",
+            "started_at": _now(),
+        }
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(meta, mapping=fields)
             pipe.pexpire(meta, self._ttl_ms)
+            pipe.set(keys.turn_tombstone(turn_id), user_id, px=_TOMBSTONE_TTL_MS)
+            pipe.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
             await pipe.execute()
-
-    async def info(self, turn_id: str) -> TurnInfo | None:
-        raw: dict[bytes, bytes] = await self._redis.hgetall(keys.turn_meta(turn_id))  # type: ignore[assignment]
-        if not raw:
-            return None
-        d = {k.decode(): v.decode() for k, v in raw.items()}
-        return TurnInfo(turn_id, d["session_id"], d["user_id"], d["status"])  # type: ignore[arg-type]
 
     async def publish(self, turn_id: str, payloads: Sequence[bytes]) -> None:
         """Append chunks (JSON) in one round trip, refreshing the expiry of the turn's keys."""
@@ -76,29 +83,109 @@ class TurnRegistry:
             pipe.pexpire(meta, self._ttl_ms)
             await pipe.execute()
 
-    async def end(self, turn_id: str, status: TurnStatus) -> bool:
-        """Flip `running` to `status` and close the stream; False if someone else already ended the turn."""
+    async def finish(self, turn_id: str, status: TurnStatus, payloads: Sequence[bytes] = ()) -> bool:
+        """Flip `running` to `status`, append the last chunks and the `end` entry, atomically.
+
+        False (and nothing written) if the turn had already been ended by someone else.
+        """
         keys_ = [keys.turn_meta(turn_id), keys.turn_events(turn_id)]
-        return bool(await self._end(keys=keys_, args=[status, f"{time.time():.3f}", self._ttl_ms]))
+        ended = bool(await self._finish(keys=keys_, args=[status, _now(), self._ttl_ms, *payloads]))
+        await self._redis.zrem(keys.TURN_LEASES, turn_id)
+        return ended
 
-    async def follow(self, turn_id: str, *, after: str = "0", heartbeat_seconds: float = 15.0) -> AsyncIterator[bytes]:
-        """SSE frames of the turn after cursor `after` ("0": from the start), live until its end, then `[DONE]`.
+    # --- leases and cancellation ---------------------------------------------------------------------
+    async def renew(self, turn_ids: Iterable[str]) -> None:
+        """Push the lease deadlines of running turns (only those still listed) forward, in one call."""
+        deadline = time.time() + self.lease_seconds
+        mapping = {turn_id: deadline for turn_id in turn_ids}
+        if mapping:
+            await self._redis.zadd(keys.TURN_LEASES, mapping, xx=True)
 
-        Waits at most `heartbeat_seconds` per read and sends an SSE comment when nothing came, so a long silent
-        tool never leaves a connection without traffic, and the loop never blocks forever.
+    async def expired(self, *, limit: int = 100) -> list[str]:
+        """Running turns whose owner stopped renewing their lease."""
+        ids: Any = await self._redis.zrangebyscore(keys.TURN_LEASES, "-inf", time.time(), start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    async def lease_expired(self, turn_id: str) -> bool:
+        deadline = await self._redis.zscore(keys.TURN_LEASES, turn_id)
+        return deadline is not None and deadline < time.time()
+
+    async def request_cancel(self, turn_id: str) -> None:
+        await self._redis.set(keys.turn_cancel(turn_id), 1, px=self._ttl_ms)
+
+    async def cancel_requested(self, turn_ids: Sequence[str]) -> set[str]:
+        if not turn_ids:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for turn_id in turn_ids:
+                pipe.exists(keys.turn_cancel(turn_id))
+            flags = await pipe.execute()
+        return {turn_id for turn_id, flag in zip(turn_ids, flags, strict=True) if flag}
+
+    # --- reading -------------------------------------------------------------------------------------
+    async def info(self, turn_id: str) -> TurnInfo | None:
+        raw: dict[bytes, bytes] = await self._redis.hgetall(keys.turn_meta(turn_id))  # type: ignore[assignment]
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        return TurnInfo(turn_id, d["session_id"], d["user_id"], d["status"])  # type: ignore[arg-type]
+
+    async def owner_of_expired(self, turn_id: str) -> str | None:
+        """The user of a turn whose stream has expired (None if no such turn ever existed)."""
+        value = await self._redis.get(keys.turn_tombstone(turn_id))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def chunks(self, turn_id: str) -> list[bytes]:
+        """Every chunk of the turn so far (JSON), in order."""
+        entries: Any = await self._redis.xrange(keys.turn_events(turn_id))
+        return [fields[b"c"] for _, fields in entries if b"c" in fields]
+
+    async def follow(
+        self,
+        turn_id: str,
+        *,
+        after: str = "0",
+        heartbeat_seconds: float = 15.0,
+        on_idle: Any = None,
+    ) -> AsyncIterator[tuple[str, bytes | None]]:
+        """Entries of the turn after cursor `after` ("0": from the start), live until its end.
+
+        Yields `(entry_id, chunk_json)`, `("", None)` when nothing arrived for `heartbeat_seconds` (the caller sends
+        a heartbeat), and returns after the `end` entry. `on_idle()` runs at each idle tick and may return True to
+        stop following (for instance when the turn's owner died and it has just been closed). No read blocks
+        forever, and there is no cap on how much is replayed.
         """
         events = keys.turn_events(turn_id)
         cursor = after
-        block_ms = int(heartbeat_seconds * 1000)
+        block_ms = max(1, int(heartbeat_seconds * 1000))
+        closing = False
         while True:
-            reply: Any = await self._redis.xread({events: cursor}, count=500, block=block_ms)
+            reply: Any = await self._redis.xread({events: cursor}, count=1000, block=block_ms)
             if not reply:
-                yield protocol.heartbeat()
+                if closing:
+                    return
+                yield "", None
+                if on_idle is not None and await on_idle():
+                    closing, block_ms = True, 50  # read what the closing writer appended, then stop
                 continue
             entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
             for entry_id, fields in entries:
                 cursor = entry_id.decode()
                 if b"end" in fields:
-                    yield protocol.DONE
                     return
-                yield protocol.frame(fields[b"c"], cursor)
+                yield cursor, fields[b"c"]
+
+
+def sse_frames(entries: AsyncIterator[tuple[str, bytes | None]]) -> AsyncIterator[bytes]:
+    """Turn registry entries into SSE: one event per chunk with its cursor, heartbeats, then `[DONE]`."""
+
+    async def frames() -> AsyncIterator[bytes]:
+        async for cursor, chunk in entries:
+            yield protocol.heartbeat() if chunk is None else protocol.frame(chunk, cursor)
+        yield protocol.DONE
+
+    return frames()
+
+
+def _now() -> str:
+    return f"{time.time():.3f}"

@@ -1,0 +1,88 @@
+"""Closing a turn whose owner died: end the message for its followers, keep the partial reply, free the session.
+
+Any pod may do this once the owner's lease has expired. The registry's compare-and-set decides who closes the turn,
+so the closing chunks (open parts ended, `error`, `finish`) are written exactly once, and only the winner stores
+the partial reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from uuid import UUID
+
+from backend.chat import protocol as p
+from backend.chat.tokens import TokenCounter
+from backend.chat.turn import INTERRUPTED_MARK
+from backend.store.models import NewMessage
+from backend.store.sessions import SessionStore
+from backend.streams.active import ActiveTurns
+from backend.streams.turns import TurnRegistry
+
+log = logging.getLogger("copilot.recovery")
+
+LOST_OWNER_TEXT = "The reply was interrupted because the server generating it stopped. Please try again."
+
+
+def closing_chunks(chunks: Sequence[p.Chunk]) -> tuple[list[p.Chunk], str]:
+    """What a stream that stopped after `chunks` needs to end properly, and the text of its unfinished step."""
+    open_text: str | None = None
+    step_open = False
+    step_text: list[str] = []
+    for chunk in chunks:
+        match chunk:
+            case p.StartStep():
+                step_open, step_text = True, []
+            case p.FinishStep():
+                step_open, open_text, step_text = False, None, []
+            case p.TextStart(id=text_id):
+                open_text = text_id
+            case p.TextEnd():
+                open_text = None
+            case p.TextDelta(delta=delta):
+                step_text.append(delta)
+    closing: list[p.Chunk] = []
+    if open_text is not None:
+        closing.append(p.TextEnd(id=open_text))
+    if step_open:
+        closing.append(p.FinishStep())
+    closing += [p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
+    return closing, "".join(step_text)
+
+
+async def reap(
+    turn_id: str, *, registry: TurnRegistry, store: SessionStore, active: ActiveTurns, counter: TokenCounter
+) -> bool:
+    """Close `turn_id` as interrupted if it still runs; True if this call closed it."""
+    info = await registry.info(turn_id)
+    if info is None or info.status != "running":
+        await registry.finish(turn_id, "interrupted")  # drops a stale lease entry; writes nothing
+        return False
+    chunks = [p.decode(raw) for raw in await registry.chunks(turn_id)]
+    closing, partial = closing_chunks(chunks)
+    if not await registry.finish(turn_id, "interrupted", [p.to_json(c) for c in closing]):
+        return False
+    session_id = UUID(info.session_id)
+    log.warning("turn %s lost its owner; closed as interrupted", turn_id)
+    if partial and not await _already_stored(store, session_id, partial):
+        content = f"{partial}\n\n{INTERRUPTED_MARK}"
+        message = NewMessage(
+            "assistant", content, token_count=counter.count_message({"role": "assistant", "content": content})
+        )
+        await store.append(session_id, [message])
+    await active.release(session_id, turn_id)
+    return True
+
+
+async def _already_stored(store: SessionStore, session_id: UUID, text: str) -> bool:
+    """The owner stores a step before it publishes the step's end; it may have died in between."""
+    session = await store.get_any(session_id)
+    if session is None:
+        return True
+    recent = await store.messages(session_id, after=max(0, session.message_count - 20))
+    for message in reversed(recent):
+        if message.role == "user":
+            return False
+        if message.role == "assistant" and (message.content or "").startswith(text):
+            return True
+    return False

@@ -60,7 +60,7 @@ class TurnRegistry:
     # --- lifecycle -----------------------------------------------------------------------------------
     async def create(self, turn_id: str, session_id: str, user_id: str) -> None:
         meta = keys.turn_meta(turn_id)
-        fields: dict[str | bytes, str | bytes] = {
+        fields: dict[Any, Any] = {
             "session_id": session_id,
             "user_id": user_id,
             "status": "running",

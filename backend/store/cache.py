@@ -62,6 +62,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+_CREATED = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
 _FILL_META = """
 local gen = redis.call('GET', KEYS[2]) or ''
 if gen ~= ARGV[1] then return 0 end
@@ -105,6 +114,7 @@ class SessionCache:
         self._invalidate = redis.register_script(_INVALIDATE)
         self._fill_messages = redis.register_script(_FILL_MESSAGES)
         self._fill_meta = redis.register_script(_FILL_META)
+        self._created = redis.register_script(_CREATED)
 
     async def generation(self, session_id: UUID) -> bytes:
         """Read before loading from Postgres; pass to `fill_*` afterwards."""
@@ -141,6 +151,11 @@ class SessionCache:
         return bool(await self._fill_messages(keys=keys_, args=args))
 
     # --- after a committed write ---------------------------------------------------------------------
+    async def created(self, session: ChatSession) -> None:
+        """A new session: cache it with its (empty) message list, so its first turn reads from Redis."""
+        keys_ = [keys.session_meta(session.id), keys.session_messages(session.id), keys.session_generation(session.id)]
+        await self._created(keys=keys_, args=[self._ttl_ms, _encode(session), _SENTINEL])
+
     async def appended(self, session_id: UUID, messages: Sequence[ChatMessage]) -> None:
         """Messages were appended (consecutive sequences, oldest first)."""
         keys_ = [

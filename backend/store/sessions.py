@@ -35,7 +35,12 @@ class SessionStore:
     async def create(
         self, user_id: str, *, title: str | None = None, metadata: dict[str, Any] | None = None
     ) -> ChatSession:
-        return await self._repo.create_session(user_id, title=title, metadata=metadata)
+        session = await self._repo.create_session(user_id, title=title, metadata=metadata)
+        try:
+            await self._cache.created(session)
+        except RedisError:
+            log.warning("could not cache new session %s", session.id)
+        return session
 
     async def get(self, session_id: UUID, user_id: str) -> ChatSession:
         """The session if `user_id` owns it; `NotFound` otherwise (another user's session looks missing)."""

@@ -1,7 +1,9 @@
-"""Coalesced publishing of one turn's chunks: deltas that arrive within a few milliseconds go out together.
+"""Coalesced publishing of one turn's chunks: the turn never waits on Redis per token.
 
-The turn never waits on Redis per token: `emit` only buffers (merging consecutive text deltas of one part) and
-a flusher task writes the buffer in one pipelined round trip at most every `window` seconds.
+`emit` only buffers (merging consecutive text deltas of one part). A flusher task writes the buffer in one
+pipelined round trip. The first chunk after a quiet period goes out at once (no added latency for the first
+token); while chunks keep coming, writes happen at most once per `window`, so a fast model costs one round trip
+per window instead of one per token.
 """
 
 from __future__ import annotations
@@ -43,16 +45,21 @@ class TurnPublisher:
         return await self._registry.finish(self._turn_id, status, [p.to_json(c) for c in batch])
 
     async def _run(self) -> None:
-        while not self._closed:
+        loop = asyncio.get_running_loop()
+        next_allowed = 0.0
+        while True:
             await self._wake.wait()
             if self._closed:
                 return
-            await asyncio.sleep(self._window)
+            wait = next_allowed - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # chunks arriving meanwhile join this write
             self._wake.clear()
+            next_allowed = loop.time() + self._window
             try:
                 await self._flush()
             except Exception:
-                log.exception("turn %s: publishing failed; chunks stay buffered for the next flush", self._turn_id)
+                log.exception("turn %s: publishing failed; chunks stay buffered for the next write", self._turn_id)
 
     async def _flush(self) -> None:
         if not self._buffer:

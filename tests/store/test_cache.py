@@ -138,3 +138,11 @@ async def test_redis_down_falls_back_to_postgres(repo: ChatRepository) -> None:
     assert (await store.get(s.id, "alice")).id == s.id
     await store.close()
     await dead.aclose()
+
+
+async def test_a_new_session_is_cached_with_an_empty_list(store: SessionStore, redis: Redis) -> None:
+    s = await store.create("alice")
+    assert await redis.llen(keys.session_messages(s.id)) == 1  # the sentinel: cached, no messages
+    await store.append(s.id, [NewMessage("user", "one")])
+    assert await redis.llen(keys.session_messages(s.id)) == 2  # extended in place, no refill needed
+    assert texts(await store.messages(s.id)) == ["one"]

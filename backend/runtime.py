@@ -99,6 +99,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             turn_max_seconds=settings.turn_max_seconds,
             publish_window_seconds=settings.publish_window_ms / 1000,
             double_texting=settings.double_texting,
+            model=llm.model,
         )
         await turns.start()
         stack.push_async_callback(turns.shutdown)

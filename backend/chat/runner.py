@@ -23,6 +23,7 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnRequest
 from backend.chat.ui_stream import UIStreamTranslator
 from backend.errors import Conflict
+from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts, start_turn
 from backend.store.models import ChatSession, NewMessage
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
@@ -68,6 +69,8 @@ class TurnRunner:
         turn_max_seconds: float,
         publish_window_seconds: float,
         double_texting: DoubleTexting = "reject",
+        telemetry: Telemetry | None = None,
+        model: str = "",
     ) -> None:
         self._engine = engine
         self._store = store
@@ -79,6 +82,8 @@ class TurnRunner:
         self._turn_max_seconds = turn_max_seconds
         self._window = publish_window_seconds
         self._double_texting = double_texting
+        self._telemetry = telemetry or NullTelemetry()
+        self._model = model
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -123,7 +128,7 @@ class TurnRunner:
             is_authenticated=is_authenticated,
             page_context=message.page_context,
         )
-        task = asyncio.create_task(self._drive(request), name=f"turn-{turn_id}")
+        task = asyncio.create_task(self._drive(request, len(message.text)), name=f"turn-{turn_id}")
         self._tasks[turn_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(turn_id, None))
         if session.title is None and user.sequence == 1:
@@ -233,10 +238,23 @@ class TurnRunner:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
 
-    async def _drive(self, req: TurnRequest) -> None:
+    async def _drive(self, req: TurnRequest, message_chars: int) -> None:
         publisher = TurnPublisher(self._registry, req.turn_id, window_seconds=self._window)
         translator = UIStreamTranslator()
         status: TurnStatus = "completed"
+        error_class: str | None = None
+        prompt = self._prompt()
+        log.info("turn %s: prompt %s@%s", req.turn_id, prompt.name, prompt.version)
+        facts = TurnFacts(
+            turn_id=req.turn_id,
+            session_id=req.session_id,
+            user_id=req.user_id,
+            prompt_name=prompt.name,
+            prompt_version=prompt.version,
+            model=self._model,
+            message_chars=message_chars,
+        )
+        telemetry = start_turn(self._telemetry, facts)
 
         def emit(event: ev.TurnEvent) -> None:
             for chunk in translator.translate(event):
@@ -244,12 +262,12 @@ class TurnRunner:
 
         try:
             async with asyncio.timeout(self._turn_max_seconds):
-                async for event in self._engine.run(req, self._prompt()):
+                async for event in self._engine.run(req, prompt, telemetry):
                     if isinstance(event, ev.TurnFailed):
-                        status = "failed"
+                        status, error_class = "failed", event.code
                     emit(event)
         except TimeoutError:
-            status = "failed"
+            status, error_class = "failed", "timeout"
             emit(ev.TurnFailed(f"The reply took longer than {self._turn_max_seconds:g}s and was stopped.", "timeout"))
         except asyncio.CancelledError as e:
             if _CANCEL in e.args:
@@ -258,14 +276,15 @@ class TurnRunner:
             else:
                 status = "interrupted"
                 emit(ev.TurnFailed("The reply was interrupted because the server is shutting down.", "interrupted"))
-        except Exception:
+        except Exception as e:
             log.exception("turn %s failed", req.turn_id)
-            status = "failed"
+            status, error_class = "failed", type(e).__name__
             emit(ev.TurnFailed("Something went wrong while generating the reply.", "internal_error"))
         finally:
             reason = {"completed": "stop", "cancelled": "other"}.get(status, "error")
             for chunk in translator.close(reason):
                 publisher.emit(chunk)
+            telemetry.ended(status=status, error_class=error_class)
             await asyncio.shield(self._finish(req, publisher, status))
 
     async def _finish(self, req: TurnRequest, publisher: TurnPublisher, status: TurnStatus) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from backend.chat.messages import stored_to_openai, to_openai_messages
 from backend.chat.prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter
 from backend.errors import ModelError
+from backend.observability.telemetry import Generation, NullTelemetry, TurnFacts, TurnTelemetry
 from backend.store.models import ChatMessage, NewMessage
 from backend.store.sessions import SessionStore
 from backend.tools.base import ToolContext, ToolOutcome, run_tool
@@ -76,7 +78,10 @@ class TurnEngine:
         self._counter = counter
         self._limits = limits
 
-    async def run(self, req: TurnRequest, prompt: SystemPrompt) -> AsyncIterator[ev.TurnEvent]:
+    async def run(
+        self, req: TurnRequest, prompt: SystemPrompt, telemetry: TurnTelemetry | None = None
+    ) -> AsyncIterator[ev.TurnEvent]:
+        telemetry = telemetry or NullTelemetry().turn_started(_NO_FACTS)
         yield ev.TurnStarted(message_id=f"msg-{req.turn_id}", metadata={"taskId": req.turn_id})
         history = [stored_to_openai(m) for m in await self._store.messages(req.session_id)]
         context = _page_context_messages(req.page_context)
@@ -87,9 +92,11 @@ class TurnEngine:
             step = _Step()
             yield ev.StepStarted()
             messages = to_openai_messages(history, system_prompt=prompt.text, context=context)
+            started, first_token = time.time(), None
             try:
                 async for event in self._llm.stream(messages, tool_schemas):
                     if isinstance(event, TextChunk):
+                        first_token = first_token or time.time()
                         step.text.append(event.text)
                         yield ev.TextDelta(event.text)
                     elif isinstance(event, ToolCallStarted):
@@ -97,6 +104,7 @@ class TurnEngine:
                     else:
                         step.completed = event
             except ModelError as e:
+                telemetry.generation(_generation(self._llm.model, started, first_token, step, messages, e.message))
                 await self._save(req, _assistant(step.content, []))
                 yield ev.TurnFailed(e.message, e.provider_code or "model_error")
                 yield ev.TurnEnded("error")
@@ -106,6 +114,7 @@ class TurnEngine:
                 raise
 
             assert step.completed is not None
+            telemetry.generation(_generation(self._llm.model, started, first_token, step, messages, None))
             calls = step.completed.tool_calls
             broken = [c for c in calls if c.arguments is None]
             if broken:
@@ -135,6 +144,13 @@ class TurnEngine:
             try:
                 async for call, outcome in self._run_tools(req, calls):
                     outcomes[call.id] = outcome
+                    telemetry.tool(
+                        name=call.name,
+                        call_id=call.id,
+                        ok=outcome.ok,
+                        duration_ms=outcome.duration_ms,
+                        error=outcome.error_text,
+                    )
                     yield ev.ToolFinished(call.id, outcome.ok, outcome.output, outcome.error_text)
             except (asyncio.CancelledError, GeneratorExit):
                 done = [c for c in calls if c.id in outcomes]
@@ -204,6 +220,32 @@ class TurnEngine:
             tool_call_id=message.get("tool_call_id"),
             token_count=self._counter.count_message(message),
         )
+
+
+def _generation(
+    model: str,
+    started: float,
+    first_token: float | None,
+    step: _Step,
+    messages: Sequence[dict[str, Any]],
+    error: str | None,
+) -> Generation:
+    done = step.completed
+    return Generation(
+        model=model,
+        started_at=started,
+        ended_at=time.time(),
+        first_token_at=first_token,
+        prompt_tokens=done.usage.prompt_tokens if done and done.usage else None,
+        completion_tokens=done.usage.completion_tokens if done and done.usage else None,
+        finish_reason=done.finish_reason if done else None,
+        error=error,
+        input_messages=messages,
+        output_text=step.content,
+    )
+
+
+_NO_FACTS = TurnFacts("", UUID(int=0), "", "", "", "", 0)
 
 
 def _assistant(content: str, calls: Sequence[ToolCall]) -> dict[str, Any] | None:

@@ -130,6 +130,43 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
 
+    # --- context window ---------------------------------------------------------------------------
+    context_window_tokens: int = Field(default=128_000, ge=1024)
+    """Context window of the model, in tokens (see `model_context_windows` for per-model values)."""
+
+    model_context_windows: dict[str, int] = Field(default_factory=dict)
+    """Per-model context windows as JSON, e.g. `{"gpt-4o": 128000, "claude-sonnet-4": 200000}`."""
+
+    reserved_output_tokens: int = Field(default=4096, ge=0)
+    """Tokens of the window kept free for the reply."""
+
+    context_safety_margin: float = Field(default=0.05, ge=0, lt=0.5)
+    """Fraction of the input budget kept free for counting error."""
+
+    compaction_soft_ratio: float = Field(default=0.6, gt=0, le=1)
+    """Prompt above this fraction of the input budget: the summary is extended in the background after the turn."""
+
+    compaction_hard_ratio: float = Field(default=0.85, gt=0, le=1)
+    """Prompt above this fraction: the summary is extended before the model call (the UI sees a status part)."""
+
+    compaction_target_ratio: float = Field(default=0.35, gt=0, lt=1)
+    """After a compaction the live messages take at most this fraction of the input budget."""
+
+    summary_model: str | None = None
+    """Model that writes the rolling summaries; defaults to `model`."""
+
+    summary_max_input_tokens: int = Field(default=16_000, ge=256)
+    """Most tokens of conversation one summariser call reads (older turns are folded in several calls)."""
+
+    summary_max_tokens: int = Field(default=1024, ge=64)
+    """Longest summary."""
+
+    summary_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A summariser call that takes longer fails; the turn then trims its prompt instead."""
+
+    max_tool_output_tokens: int = Field(default=4000, ge=64)
+    """Tool outputs longer than this are stored cut in the middle (head and tail kept, the cut marked)."""
+
     # --- turns and their streams --------------------------------------------------------------------
     turn_stream_ttl_seconds: int = Field(default=3600, ge=60)
     """How long a turn's stream stays replayable after its last chunk (reconnect window)."""
@@ -144,6 +181,44 @@ class Settings(BaseSettings):
 
     publish_window_ms: float = Field(default=10.0, ge=0, le=1000)
     """Chunks produced within this window are written to Redis in one round trip."""
+
+    # --- prompts, tracing, analytics ---------------------------------------------------------------
+    langfuse_public_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("LANGFUSE_PUBLIC_KEY", "COPILOT_LANGFUSE_PUBLIC_KEY")
+    )
+    """Langfuse project public key. With the secret key it turns on managed prompts and tracing."""
+
+    langfuse_secret_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LANGFUSE_SECRET_KEY", "COPILOT_LANGFUSE_SECRET_KEY")
+    )
+    """Langfuse project secret key."""
+
+    langfuse_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("LANGFUSE_HOST", "LANGFUSE_BASE_URL", "COPILOT_LANGFUSE_HOST")
+    )
+    """Langfuse base URL (a cloud region or self-hosted). Unset: `https://cloud.langfuse.com`."""
+
+    langfuse_prompt_name: str = "copilot-system"
+    """Name of the system prompt in Langfuse prompt management (text or chat prompt)."""
+
+    langfuse_prompt_label: str | None = None
+    """Label of the prompt version to serve. Unset: `production` in production, `latest` elsewhere."""
+
+    prompt_cache_ttl_seconds: float = Field(default=60, ge=1)
+    """How often the prompt is refetched in the background; a newly published version is used within this long."""
+
+    posthog_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("POSTHOG_API_KEY", "COPILOT_POSTHOG_API_KEY")
+    )
+    """PostHog project API key. Unset: no analytics events."""
+
+    posthog_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("POSTHOG_HOST", "COPILOT_POSTHOG_HOST")
+    )
+    """PostHog host (a cloud region or self-hosted). Unset: the SDK's default, US cloud."""
+
+    posthog_capture_content: bool = False
+    """Also send message text and tool error text to PostHog. Off: only counts, timings and ids are sent."""
 
     # --- API limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
@@ -160,6 +235,13 @@ class Settings(BaseSettings):
         "jwt_secret",
         "jwks_url",
         "title_model",
+        "summary_model",
+        "langfuse_public_key",
+        "langfuse_secret_key",
+        "langfuse_host",
+        "langfuse_prompt_label",
+        "posthog_api_key",
+        "posthog_host",
         mode="before",
     )
     @classmethod
@@ -176,9 +258,27 @@ class Settings(BaseSettings):
                 raise ValueError("production needs COPILOT_JWT_SECRET or COPILOT_JWKS_URL")
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("COPILOT_JWT_SECRET must be at least 32 characters")
+        if not self.compaction_target_ratio < self.compaction_soft_ratio <= self.compaction_hard_ratio:
+            raise ValueError("need COMPACTION_TARGET_RATIO < COMPACTION_SOFT_RATIO <= COMPACTION_HARD_RATIO")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
         return self
+
+    @property
+    def prompt_label(self) -> str:
+        """The Langfuse label served: `langfuse_prompt_label`, else `production` in production and `latest` elsewhere."""
+        if self.langfuse_prompt_label is not None:
+            return self.langfuse_prompt_label
+        return "production" if self.environment == "production" else "latest"
+
+
+def context_window_of(settings: Settings, model: str) -> int:
+    """The configured window of `model`: an exact entry, else the longest configured prefix, else the default."""
+    windows = settings.model_context_windows
+    if model in windows:
+        return windows[model]
+    prefixes = [name for name in windows if model.startswith(name)]
+    return windows[max(prefixes, key=len)] if prefixes else settings.context_window_tokens
 
 
 def settings_table() -> str:

@@ -53,3 +53,8 @@ def turn_cancel(turn_id: str) -> str:
 
 TURN_LEASES = f"{PREFIX}:turn-leases"
 """Sorted set: running turns scored by the deadline of their owner's lease."""
+
+
+def compaction_lock(session_id: UUID) -> str:
+    """String: held while a pod extends the session's rolling summary."""
+    return f"{PREFIX}:{{{session_id}}}:compaction"

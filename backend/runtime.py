@@ -15,13 +15,16 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backend.auth import Authenticator
+from backend.chat.compaction import Compactor
+from backend.chat.context import ContextBudget
 from backend.chat.llm import LLMClient, RetryPolicy
 from backend.chat.prompt import default_prompt
 from backend.chat.runner import TurnRunner
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
-from backend.config import Settings
+from backend.chat.window import Calibration, ContextPolicy
+from backend.config import Settings, context_window_of
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
@@ -80,12 +83,35 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         titles = TitleWriter(llm, sessions, model=settings.title_model)
         stack.push_async_callback(titles.close)
         counter = TokenCounter(llm.model)
+        compactor = Compactor(
+            llm=llm,
+            store=sessions,
+            redis=redis,
+            counter=counter,
+            model=settings.summary_model,
+            max_input_tokens=settings.summary_max_input_tokens,
+            max_summary_tokens=settings.summary_max_tokens,
+            timeout_seconds=settings.summary_timeout_seconds,
+        )
+        stack.push_async_callback(compactor.close)
+        budget = ContextBudget(
+            window=context_window_of(settings, llm.model),
+            reserved_output=settings.reserved_output_tokens,
+            margin=settings.context_safety_margin,
+            soft=settings.compaction_soft_ratio,
+            hard=settings.compaction_hard_ratio,
+            target=settings.compaction_target_ratio,
+        )
         engine = TurnEngine(
             store=sessions,
             llm=llm,
             tools=tools,
             counter=counter,
-            limits=TurnLimits(settings.max_tool_rounds, settings.invalid_tool_json_retries),
+            limits=TurnLimits(
+                settings.max_tool_rounds, settings.invalid_tool_json_retries, settings.max_tool_output_tokens
+            ),
+            policy=ContextPolicy(budget, Calibration()),
+            compactor=compactor,
         )
         prompt = default_prompt()
         turns = TurnRunner(

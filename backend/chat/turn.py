@@ -19,10 +19,11 @@ from uuid import UUID
 import orjson
 
 from backend.chat import events as ev
+from backend.chat.compaction import Compactor
 from backend.chat.llm import Completed, LLMClient, TextChunk, ToolCall, ToolCallStarted, Usage
-from backend.chat.messages import stored_to_openai, to_openai_messages
 from backend.chat.prompt import SystemPrompt
-from backend.chat.tokens import TokenCounter
+from backend.chat.tokens import TokenCounter, truncate_middle
+from backend.chat.window import ContextPolicy, ContextWindow
 from backend.errors import ModelError
 from backend.observability.telemetry import Generation, NullTelemetry, TurnFacts, TurnTelemetry
 from backend.store.models import ChatMessage, NewMessage
@@ -50,6 +51,7 @@ class TurnRequest:
 class TurnLimits:
     max_tool_rounds: int = 10
     invalid_tool_json_retries: int = 1
+    max_tool_output_tokens: int = 4000
 
 
 @dataclass(slots=True)
@@ -71,27 +73,49 @@ class TurnEngine:
         tools: ToolRegistry,
         counter: TokenCounter,
         limits: TurnLimits,
+        policy: ContextPolicy,
+        compactor: Compactor | None = None,
     ) -> None:
         self._store = store
         self._llm = llm
         self._tools = tools
         self._counter = counter
         self._limits = limits
+        self._policy = policy
+        self._compactor = compactor
 
     async def run(
         self, req: TurnRequest, prompt: SystemPrompt, telemetry: TurnTelemetry | None = None
     ) -> AsyncIterator[ev.TurnEvent]:
         telemetry = telemetry or NullTelemetry().turn_started(_NO_FACTS)
         yield ev.TurnStarted(message_id=f"msg-{req.turn_id}", metadata={"taskId": req.turn_id})
-        history = [stored_to_openai(m) for m in await self._store.messages(req.session_id)]
+        session = await self._store.get_any(req.session_id)
+        assert session is not None
+        window = await ContextWindow.load(self._store, session)
         context = _page_context_messages(req.page_context)
         tool_schemas = self._tools.schemas()
+        fixed = self._fixed_tokens(prompt, tool_schemas, context)
         json_retries = 0
+        squeeze = 1.0  # halved once when the provider says the prompt is too long
 
         for _ in range(self._limits.max_tool_rounds):
             step = _Step()
             yield ev.StepStarted()
-            messages = to_openai_messages(history, system_prompt=prompt.text, context=context)
+            if self._compactor is not None and self._policy.pressure(window.estimate(fixed)) == "hard":
+                yield ev.Status("compaction", {"state": "running"})
+                await window.compact(self._compactor, self._store, keep_tokens=self._policy.keep_tokens)
+                yield ev.Status("compaction", {"state": "done"})
+            available = int(self._policy.budget.limit * squeeze / self._policy.calibration.ratio) - fixed
+            messages = window.prompt(prompt.text, context, available=available, counter=self._counter)
+            if messages is None:
+                yield ev.TurnFailed(
+                    "This conversation no longer fits the model's context window, even summarised. "
+                    "Please start a new session.",
+                    "context_too_long",
+                )
+                yield ev.TurnEnded("error")
+                return
+            estimated = window.estimate(fixed)
             started, first_token = time.time(), None
             try:
                 async for event in self._llm.stream(messages, tool_schemas):
@@ -105,6 +129,16 @@ class TurnEngine:
                         step.completed = event
             except ModelError as e:
                 telemetry.generation(_generation(self._llm.model, started, first_token, step, messages, e.message))
+                if e.provider_code == "context_length_exceeded" and squeeze == 1.0 and not step.text:
+                    # One forced compaction (or, failing that, a tighter trim) and one retry of the step.
+                    squeeze = 0.5
+                    yield ev.StepFinished()
+                    if self._compactor is not None:
+                        yield ev.Status("compaction", {"state": "running"})
+                        keep = self._policy.keep_tokens // 2
+                        await window.compact(self._compactor, self._store, keep_tokens=keep)
+                        yield ev.Status("compaction", {"state": "done"})
+                    continue
                 await self._save(req, _assistant(step.content, []))
                 yield ev.TurnFailed(e.message, e.provider_code or "model_error")
                 yield ev.TurnEnded("error")
@@ -115,6 +149,8 @@ class TurnEngine:
 
             assert step.completed is not None
             telemetry.generation(_generation(self._llm.model, started, first_token, step, messages, None))
+            if step.completed.usage is not None:
+                self._policy.calibration.observe(estimated, step.completed.usage.prompt_tokens)
             calls = step.completed.tool_calls
             broken = [c for c in calls if c.arguments is None]
             if broken:
@@ -133,9 +169,11 @@ class TurnEngine:
 
             assistant = _assistant(step.content, calls)
             if not calls:
-                await self._save(req, assistant, usage=step.completed.usage)
+                window.extend(await self._save(req, assistant, usage=step.completed.usage))
                 yield ev.StepFinished()
                 yield ev.TurnEnded(step.completed.finish_reason)
+                if self._compactor is not None and self._policy.pressure(window.estimate(fixed)) != "ok":
+                    self._compactor.schedule(req.session_id, keep_tokens=self._policy.keep_tokens)
                 return
 
             for c in calls:
@@ -154,11 +192,11 @@ class TurnEngine:
                     yield ev.ToolFinished(call.id, outcome.ok, outcome.output, outcome.error_text)
             except (asyncio.CancelledError, GeneratorExit):
                 done = [c for c in calls if c.id in outcomes]
-                partial = [_assistant(_interrupted(step.content), done), *_tool_messages(done, outcomes)]
+                partial = [_assistant(_interrupted(step.content), done), *self._tool_messages(done, outcomes)]
                 await _shielded(self._save(req, *partial, usage=step.completed.usage))
                 raise
-            stored = await self._save(req, assistant, *_tool_messages(calls, outcomes), usage=step.completed.usage)
-            history.extend(stored_to_openai(m) for m in stored)
+            stored = await self._save(req, assistant, *self._tool_messages(calls, outcomes), usage=step.completed.usage)
+            window.extend(stored)
             yield ev.StepFinished()
 
         yield ev.TurnFailed(
@@ -212,6 +250,29 @@ class TurnEngine:
         )
         return result.messages
 
+    def _fixed_tokens(
+        self, prompt: SystemPrompt, tool_schemas: Sequence[dict[str, Any]], context: Sequence[dict[str, Any]]
+    ) -> int:
+        """System prompt, tool schemas and per-turn context: counted once per version, not per call."""
+        return (
+            self._counter.count_cached(prompt.text)
+            + self._counter.count_tools(tool_schemas)
+            + self._counter.count_messages(context)
+        )
+
+    def _tool_messages(self, calls: Sequence[ToolCall], outcomes: Mapping[str, ToolOutcome]) -> list[dict[str, Any]]:
+        """Tool results as stored messages; an oversized output is cut in the middle (head and tail kept)."""
+        cap = self._limits.max_tool_output_tokens
+        messages = []
+        for c in calls:
+            if c.id not in outcomes:
+                continue
+            text = _as_text(outcomes[c.id].output)
+            if len(text) > cap and self._counter.count_text(text) > cap:  # a token is at least one character
+                text = truncate_middle(text, cap, self._counter)
+            messages.append({"role": "tool", "tool_call_id": c.id, "content": text})
+        return messages
+
     def _new_message(self, message: dict[str, Any]) -> NewMessage:
         return NewMessage(
             role=message["role"],
@@ -258,14 +319,6 @@ def _assistant(content: str, calls: Sequence[ToolCall]) -> dict[str, Any] | None
             for c in calls
         ]
     return message
-
-
-def _tool_messages(calls: Sequence[ToolCall], outcomes: Mapping[str, ToolOutcome]) -> list[dict[str, Any]]:
-    return [
-        {"role": "tool", "tool_call_id": c.id, "content": _as_text(outcomes[c.id].output)}
-        for c in calls
-        if c.id in outcomes
-    ]
 
 
 def _as_text(output: Any) -> str:

@@ -22,6 +22,12 @@ class ChatSession:
     completion_tokens: int
     created_at: datetime
     updated_at: datetime
+    summary: str | None = None
+    """Rolling summary of messages 1..`summary_through`; the prompt uses it instead of them."""
+    summary_tokens: int = 0
+    summary_through: int = 0
+    live_tokens: int = 0
+    """Token total of the messages after `summary_through` (maintained by appends and summary commits)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ import orjson
 from backend.store.models import AppendResult, ChatMessage, ChatSession, NewMessage
 
 _SESSION_COLUMNS = (
-    "id, user_id, title, metadata, message_count, prompt_tokens, completion_tokens, created_at, updated_at"
+    "id, user_id, title, metadata, message_count, prompt_tokens, completion_tokens, created_at, updated_at, "
+    "summary, summary_tokens, summary_through, live_tokens"
 )
 _MESSAGE_COLUMNS = (
     "id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, "
@@ -173,17 +174,39 @@ class ChatRepository:
             if fresh or prompt_tokens or completion_tokens:
                 await conn.execute(
                     "UPDATE chat_sessions SET message_count = $2, prompt_tokens = prompt_tokens + $3, "
-                    "completion_tokens = completion_tokens + $4, updated_at = now() WHERE id = $1",
+                    "completion_tokens = completion_tokens + $4, live_tokens = live_tokens + $5, updated_at = now() "
+                    "WHERE id = $1",
                     session_id,
                     last + len(fresh),
                     prompt_tokens,
                     completion_tokens,
+                    sum(m.token_count for m in fresh),
                 )
         ordered_new = iter(inserted[s] for s in sorted(inserted))
         result = [
             existing[m.client_message_id] if m.client_message_id in existing else next(ordered_new) for m in messages
         ]
         return AppendResult(result, frozenset(existing))
+
+    async def commit_summary(
+        self, session_id: UUID, *, expected_through: int, through: int, summary: str, summary_tokens: int
+    ) -> ChatSession | None:
+        """Replace the rolling summary if it still covers `expected_through` (compare-and-set); None otherwise.
+
+        The live token total drops by the tokens of the messages the new summary folds in.
+        """
+        row = await self._pool.fetchrow(
+            "UPDATE chat_sessions s SET summary = $4, summary_tokens = $5, summary_through = $3, "
+            "live_tokens = s.live_tokens - coalesce((SELECT sum(m.token_count) FROM chat_messages m "
+            "WHERE m.session_id = s.id AND m.sequence > $2 AND m.sequence <= $3), 0) "
+            f"WHERE s.id = $1 AND s.summary_through = $2 AND $3 > $2 RETURNING {_SESSION_COLUMNS}",
+            session_id,
+            expected_through,
+            through,
+            summary,
+            summary_tokens,
+        )
+        return _session(row) if row else None
 
     async def get_messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
         """Messages with sequence > `after`, oldest first, at most `limit`."""

@@ -94,6 +94,21 @@ class SessionStore:
             self._repair_later(session_id)
         return result
 
+    async def commit_summary(
+        self, session_id: UUID, *, expected_through: int, through: int, summary: str, summary_tokens: int
+    ) -> ChatSession | None:
+        """Store a new rolling summary unless another writer moved it first (then None)."""
+        session = await self._repo.commit_summary(
+            session_id,
+            expected_through=expected_through,
+            through=through,
+            summary=summary,
+            summary_tokens=summary_tokens,
+        )
+        if session is not None:
+            await self._after_write(session_id, messages=False)
+        return session
+
     async def messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
         """Messages with sequence > `after`, oldest first (the caller has checked ownership)."""
         try:

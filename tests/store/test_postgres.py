@@ -82,3 +82,25 @@ async def test_listing_is_newest_first_with_keyset_pages(repo: ChatRepository) -
     assert [s.id for s in first] == [s.id for s in reversed(made)][:3]
     rest = await repo.list_sessions("alice", limit=3, before=(first[-1].updated_at, first[-1].id))
     assert [s.id for s in first + rest] == [s.id for s in reversed(made)]
+
+
+async def test_live_tokens_follow_appends_and_summary_commits(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    await repo.append_messages(session.id, [NewMessage("user", f"m{i}", token_count=10 * (i + 1)) for i in range(4)])
+    stored = await repo.get_session(session.id)
+    assert stored is not None and stored.live_tokens == 10 + 20 + 30 + 40
+    committed = await repo.commit_summary(session.id, expected_through=0, through=2, summary="s", summary_tokens=5)
+    assert committed is not None
+    assert (committed.summary_through, committed.summary_tokens, committed.live_tokens) == (2, 5, 30 + 40)
+
+
+async def test_only_one_of_two_concurrent_summaries_lands(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    await repo.append_messages(session.id, [NewMessage("user", "x", token_count=5) for _ in range(6)])
+    results = await asyncio.gather(
+        repo.commit_summary(session.id, expected_through=0, through=2, summary="a", summary_tokens=1),
+        repo.commit_summary(session.id, expected_through=0, through=4, summary="b", summary_tokens=1),
+    )
+    assert sum(r is not None for r in results) == 1
+    # A summary can only move forward.
+    assert await repo.commit_summary(session.id, expected_through=4, through=4, summary="c", summary_tokens=1) is None

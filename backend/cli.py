@@ -1,10 +1,11 @@
-"""The `copilot` command: serve, db upgrade (more subcommands are added by later features)."""
+"""The `copilot` command: serve, db upgrade, chat (a terminal client) and mock-llm (the mock model server)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +55,19 @@ def _db_upgrade(_: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from backend.devtools.terminal_chat import run
+
+    return run(args.url, args.token or os.environ.get("COPILOT_TOKEN"), args.session)
+
+
+def _mock_llm(args: argparse.Namespace) -> int:
+    from backend.devtools.mock_llm import run
+
+    run(args.host, args.port, default_tokens=args.tokens, default_delay_ms=args.delay_ms)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="copilot", description="copilot-chat service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database administration")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(func=_db_upgrade)
+
+    chat = commands.add_parser("chat", help="chat with a running server in the terminal")
+    chat.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default: %(default)s)")
+    chat.add_argument("--token", help="bearer token (default: COPILOT_TOKEN; none for a --dev server)")
+    chat.add_argument("--session", metavar="ID", help="continue this session instead of starting one")
+    chat.set_defaults(func=_chat)
+
+    mock = commands.add_parser("mock-llm", help="run the OpenAI-compatible mock model server")
+    mock.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    mock.add_argument("--port", type=int, default=8001, help="port (default: %(default)s)")
+    mock.add_argument("--tokens", type=int, metavar="N", help="length of replies that do not set one, in tokens")
+    mock.add_argument("--delay-ms", type=float, default=0.0, metavar="MS", help="pause between chunks (default: 0)")
+    mock.set_defaults(func=_mock_llm)
     return parser
 
 

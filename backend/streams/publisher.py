@@ -54,6 +54,8 @@ class TurnPublisher:
             wait = next_allowed - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)  # chunks arriving meanwhile join this write
+                if self._closed:
+                    return  # `close` writes the buffer together with the end (clearing `_wake` would hang it)
             self._wake.clear()
             next_allowed = loop.time() + self._window
             try:

@@ -13,6 +13,7 @@ pipelined call per pod, and finding turns whose owner died is a range query, nev
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from backend.chat import protocol
 TurnStatus = Literal["running", "completed", "failed", "cancelled", "interrupted"]
 
 _TOMBSTONE_TTL_MS = 7 * 86_400_000
+_MAX_BLOCK_SECONDS = 1.0
+"""Longest single XREAD of a follower; below the Redis client's socket timeout (redis-py 8 defaults to 5s)."""
+_CLOSING_BLOCK_SECONDS = 0.05
 
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
@@ -58,7 +62,9 @@ class TurnRegistry:
         self._finish = redis.register_script(_FINISH)
 
     # --- lifecycle -----------------------------------------------------------------------------------
-    async def create(self, turn_id: str, session_id: str, user_id: str) -> None:
+    async def create(self, turn_id: str, session_id: str, user_id: str, *, lease: bool = True) -> None:
+        """Open a turn's stream. `lease=False` for an operation's task stream, whose turn starts later
+        (`adopt`): a follower waits on it without anyone holding a lease yet."""
         meta = keys.turn_meta(turn_id)
         fields: dict[Any, Any] = {
             "session_id": session_id,
@@ -70,8 +76,13 @@ class TurnRegistry:
             pipe.hset(meta, mapping=fields)
             pipe.pexpire(meta, self._ttl_ms)
             pipe.set(keys.turn_tombstone(turn_id), user_id, px=_TOMBSTONE_TTL_MS)
-            pipe.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
+            if lease:
+                pipe.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
             await pipe.execute()
+
+    async def adopt(self, turn_id: str) -> None:
+        """This pod starts the turn of a stream opened earlier: take its lease."""
+        await self._redis.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
 
     async def publish(self, turn_id: str, payloads: Sequence[bytes]) -> None:
         """Append chunks (JSON) in one round trip, refreshing the expiry of the turn's keys."""
@@ -157,16 +168,23 @@ class TurnRegistry:
         """
         events = keys.turn_events(turn_id)
         cursor = after
-        block_ms = max(1, int(heartbeat_seconds * 1000))
+        loop = asyncio.get_running_loop()
+        heartbeat_at = loop.time() + heartbeat_seconds
         closing = False
         while True:
-            reply: Any = await self._redis.xread({events: cursor}, count=1000, block=block_ms)
+            # One XREAD never blocks longer than `_MAX_BLOCK_SECONDS`: a block longer than the client's socket
+            # timeout fails the read with `TimeoutError` instead of returning empty.
+            block = _CLOSING_BLOCK_SECONDS if closing else min(_MAX_BLOCK_SECONDS, heartbeat_at - loop.time())
+            reply: Any = await self._redis.xread({events: cursor}, count=1000, block=max(1, int(block * 1000)))
             if not reply:
                 if closing:
                     return
+                if loop.time() < heartbeat_at:
+                    continue
                 yield "", None
                 if on_idle is not None and await on_idle():
-                    closing, block_ms = True, 50  # read what the closing writer appended, then stop
+                    closing = True  # read what the closing writer appended, then stop
+                heartbeat_at = loop.time() + heartbeat_seconds
                 continue
             entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
             for entry_id, fields in entries:
@@ -174,6 +192,7 @@ class TurnRegistry:
                 if b"end" in fields:
                     return
                 yield cursor, fields[b"c"]
+            heartbeat_at = loop.time() + heartbeat_seconds
 
 
 def sse_frames(entries: AsyncIterator[tuple[str, bytes | None]]) -> AsyncIterator[bytes]:

@@ -1,0 +1,345 @@
+"""The turn registry and the recovery of turns whose owner died, against a real Redis (and Postgres for `reap`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from backend import keys
+from backend.chat import protocol as p
+from backend.chat.recovery import LOST_OWNER_TEXT, closing_chunks, reap
+from backend.chat.tokens import TokenCounter
+from backend.store.cache import SessionCache
+from backend.store.models import NewMessage
+from backend.store.postgres import ChatRepository, create_pool
+from backend.store.sessions import SessionStore
+from backend.streams.active import ActiveTurns
+from backend.streams.turns import TurnRegistry
+from tests.conftest import REDIS_URL
+
+
+@pytest.fixture
+def registry(redis: Redis) -> TurnRegistry:
+    return TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+
+
+def chunk(i: int) -> bytes:
+    return p.to_json(p.TextDelta(id="text-0", delta=f"{i} "))
+
+
+async def collect(entries: AsyncIterator[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
+    return [entry async for entry in entries]
+
+
+async def stream_entries(redis: Redis, turn_id: str) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await redis.xrange(keys.turn_events(turn_id))]
+
+
+# --- replay -----------------------------------------------------------------------------------------------
+
+
+async def test_replay_of_a_long_turn_is_complete_and_ordered(registry: TurnRegistry) -> None:
+    await registry.create("t-long", "s", "alice")
+    payloads = [chunk(i) for i in range(10_000)]
+    for start in range(0, len(payloads), 500):
+        await registry.publish("t-long", payloads[start : start + 500])
+    assert await registry.finish("t-long", "completed")
+
+    async with asyncio.timeout(30):
+        entries = await collect(registry.follow("t-long", heartbeat_seconds=30))
+    assert [c for _, c in entries] == payloads  # no cap, no gap, no heartbeat, in order
+    ids = [tuple(map(int, cursor.split("-"))) for cursor, _ in entries]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_reconnect_to_a_finished_turn_returns_at_once(registry: TurnRegistry) -> None:
+    await registry.create("t-done", "s", "alice")
+    await registry.publish("t-done", [chunk(0), chunk(1)])
+    assert await registry.finish("t-done", "completed", [p.to_json(p.Finish(finish_reason="stop"))])
+
+    # A heartbeat of 30s under a 5s budget: the replay must end on the `end` entry, not on an idle tick.
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        everything = await collect(registry.follow("t-done", heartbeat_seconds=30))
+        last = everything[-1][0]
+        after_last = await collect(registry.follow("t-done", after=last, heartbeat_seconds=30))
+    assert [c for _, c in everything] == [chunk(0), chunk(1), p.to_json(p.Finish(finish_reason="stop"))]
+    assert after_last == []
+    print(f"two reconnects to a finished turn took {time.monotonic() - started:.4f}s")
+
+
+async def test_follow_after_a_cursor_yields_exactly_the_later_entries(registry: TurnRegistry) -> None:
+    await registry.create("t-cur", "s", "alice")
+    await registry.publish("t-cur", [chunk(i) for i in range(20)])
+    await registry.finish("t-cur", "completed")
+    full = await collect(registry.follow("t-cur", heartbeat_seconds=30))
+    for k in (0, 1, 7, 19):
+        rest = await collect(registry.follow("t-cur", after=full[k][0], heartbeat_seconds=30))
+        assert rest == full[k + 1 :]
+
+
+async def test_follow_is_live_until_the_end(registry: TurnRegistry) -> None:
+    await registry.create("t-live", "s", "alice")
+    follower = asyncio.create_task(collect(registry.follow("t-live", heartbeat_seconds=30)))
+    await asyncio.sleep(0.05)
+    await registry.publish("t-live", [chunk(0)])
+    await registry.publish("t-live", [chunk(1)])
+    await registry.finish("t-live", "completed", [chunk(2)])
+    async with asyncio.timeout(5):
+        entries = await follower
+    assert [c for _, c in entries] == [chunk(0), chunk(1), chunk(2)]
+
+
+async def test_follow_heartbeats_while_idle_and_stops_when_told(registry: TurnRegistry) -> None:
+    await registry.create("t-idle", "s", "alice")
+    await registry.publish("t-idle", [chunk(0)])
+    ticks = 0
+
+    async def on_idle() -> bool:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 3:  # like a follower that found the owner dead and closed the turn itself
+            await registry.finish("t-idle", "interrupted", [chunk(1)])
+            return True
+        return False
+
+    async with asyncio.timeout(10):
+        entries = await collect(registry.follow("t-idle", heartbeat_seconds=0.05, on_idle=on_idle))
+    assert [c for _, c in entries] == [chunk(0), None, None, None, chunk(1)]
+
+
+async def test_follow_outlasts_the_redis_client_socket_timeout(registry: TurnRegistry) -> None:
+    """Regression: XREAD BLOCK longer than the client's socket timeout (redis-py's default is 5s) raised
+    `TimeoutError` instead of producing a heartbeat, killing every stream that was idle for 5s."""
+    client = Redis.from_url(REDIS_URL, socket_timeout=1.5)
+    try:
+        strict = TurnRegistry(client, ttl_seconds=600, lease_seconds=30)
+        await strict.create("t-quiet", "s", "alice")
+        entries = strict.follow("t-quiet", heartbeat_seconds=2.0)
+        async with asyncio.timeout(10):
+            assert await anext(entries) == ("", None)
+            await strict.finish("t-quiet", "completed", [chunk(0)])
+            assert [e async for e in entries][-1][1] == chunk(0)
+    finally:
+        await client.aclose()
+
+
+# --- the end, written once --------------------------------------------------------------------------------
+
+
+async def test_finish_writes_exactly_one_end_when_writers_race(registry: TurnRegistry, redis: Redis) -> None:
+    await registry.create("t-race", "s", "alice")
+    await registry.publish("t-race", [chunk(0)])
+    finish = p.to_json(p.Finish(finish_reason="stop"))
+    statuses = ["completed", "interrupted"] * 5
+    results = await asyncio.gather(*(registry.finish("t-race", s, [finish]) for s in statuses))  # type: ignore[arg-type]
+
+    assert results.count(True) == 1
+    entries = await stream_entries(redis, "t-race")
+    assert sum(1 for e in entries if e.get(b"c") == finish) == 1
+    assert sum(1 for e in entries if b"end" in e) == 1
+    assert b"end" in entries[-1]
+    info = await registry.info("t-race")
+    assert info is not None and info.status == statuses[results.index(True)]
+    assert await redis.zscore(keys.TURN_LEASES, "t-race") is None
+
+
+async def test_finish_of_an_ended_turn_writes_nothing(registry: TurnRegistry, redis: Redis) -> None:
+    await registry.create("t-once", "s", "alice")
+    assert await registry.finish("t-once", "cancelled", [chunk(0)])
+    before = await stream_entries(redis, "t-once")
+    assert not await registry.finish("t-once", "completed", [chunk(1)])
+    assert await stream_entries(redis, "t-once") == before
+    info = await registry.info("t-once")
+    assert info is not None and info.status == "cancelled"
+
+
+async def test_finish_of_an_unknown_turn_writes_nothing(registry: TurnRegistry, redis: Redis) -> None:
+    assert not await registry.finish("t-none", "interrupted", [chunk(0)])
+    assert await redis.exists(keys.turn_events("t-none"), keys.turn_meta("t-none")) == 0
+
+
+# --- leases, cancellation, expiry -------------------------------------------------------------------------
+
+
+async def backdate_lease(redis: Redis, turn_id: str) -> None:
+    """As if the lease had been granted long ago and never renewed."""
+    await redis.zadd(keys.TURN_LEASES, {turn_id: time.time() - 1}, xx=True)
+
+
+async def test_renew_keeps_a_lease_and_expired_finds_a_lapsed_one(registry: TurnRegistry, redis: Redis) -> None:
+    await registry.create("t-kept", "s", "alice")
+    await registry.create("t-lapsed", "s", "alice")
+    assert await registry.expired() == []
+    assert not await registry.lease_expired("t-kept")
+
+    await backdate_lease(redis, "t-kept")
+    await backdate_lease(redis, "t-lapsed")
+    assert sorted(await registry.expired()) == ["t-kept", "t-lapsed"]
+    await registry.renew(["t-kept"])
+
+    assert await registry.expired() == ["t-lapsed"]
+    assert not await registry.lease_expired("t-kept")
+    assert await registry.lease_expired("t-lapsed")
+
+
+async def test_a_short_lease_lapses_without_renewal(redis: Redis) -> None:
+    short = TurnRegistry(redis, ttl_seconds=600, lease_seconds=0.05)
+    await short.create("t-short", "s", "alice")
+    await asyncio.sleep(0.1)
+    assert await short.expired() == ["t-short"]
+    assert await short.lease_expired("t-short")
+
+
+async def test_renew_does_not_bring_back_an_ended_turn(registry: TurnRegistry) -> None:
+    await registry.create("t-ended", "s", "alice")
+    await registry.finish("t-ended", "completed")
+    await registry.renew(["t-ended"])
+    assert not await registry.lease_expired("t-ended")
+    assert await registry.expired() == []
+
+
+async def test_cancel_requests_are_seen_by_the_owner(registry: TurnRegistry) -> None:
+    await registry.create("t-a", "s", "alice")
+    await registry.create("t-b", "s", "alice")
+    assert await registry.cancel_requested(["t-a", "t-b"]) == set()
+    await registry.request_cancel("t-b")
+    assert await registry.cancel_requested(["t-a", "t-b"]) == {"t-b"}
+    assert await registry.cancel_requested([]) == set()
+
+
+async def test_an_expired_turn_leaves_a_tombstone(registry: TurnRegistry, redis: Redis) -> None:
+    await registry.create("t-old", "s", "alice")
+    await registry.finish("t-old", "completed", [chunk(0)])
+    info = await registry.info("t-old")
+    assert info is not None and (info.session_id, info.user_id) == ("s", "alice")
+
+    await redis.delete(keys.turn_meta("t-old"), keys.turn_events("t-old"))
+    assert await registry.info("t-old") is None
+    assert await registry.owner_of_expired("t-old") == "alice"
+    assert await registry.owner_of_expired("t-never") is None
+
+
+# --- recovery ---------------------------------------------------------------------------------------------
+
+
+def test_closing_an_open_text_part() -> None:
+    chunks: list[p.Chunk] = [
+        p.Start(message_id="m"),
+        p.StartStep(),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="Hello "),
+        p.TextDelta(id="text-0", delta="wor"),
+    ]
+    closing, partial = closing_chunks(chunks)
+    assert closing == [
+        p.TextEnd(id="text-0"),
+        p.FinishStep(),
+        p.Error(error_text=LOST_OWNER_TEXT),
+        p.Finish(finish_reason="error"),
+    ]
+    assert partial == "Hello wor"
+
+
+def test_closing_an_open_step_without_open_text() -> None:
+    chunks: list[p.Chunk] = [
+        p.Start(message_id="m"),
+        p.StartStep(),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="Let me check."),
+        p.TextEnd(id="text-0"),
+        p.ToolInputStart(tool_call_id="c1", tool_name="calculate"),
+        p.ToolInputAvailable(tool_call_id="c1", tool_name="calculate", input={"expression": "1+1"}),
+    ]
+    closing, partial = closing_chunks(chunks)
+    assert closing == [p.FinishStep(), p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
+    assert partial == "Let me check."
+
+
+def test_closing_with_nothing_open() -> None:
+    first_step: list[p.Chunk] = [
+        p.StartStep(),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="done already"),
+        p.TextEnd(id="text-0"),
+        p.FinishStep(),
+    ]
+    for chunks in ([], [p.Start(message_id="m")], [p.Start(message_id="m"), *first_step]):
+        closing, partial = closing_chunks(chunks)
+        assert closing == [p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
+        assert partial == ""  # a finished step was stored by its owner
+
+
+def test_closing_keeps_only_the_unfinished_step_text() -> None:
+    chunks: list[p.Chunk] = [
+        p.StartStep(),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="stored by the owner"),
+        p.TextEnd(id="text-0"),
+        p.FinishStep(),
+        p.StartStep(),
+        p.TextStart(id="text-1"),
+        p.TextDelta(id="text-1", delta="lost with it"),
+    ]
+    closing, partial = closing_chunks(chunks)
+    assert closing[0] == p.TextEnd(id="text-1")
+    assert partial == "lost with it"
+
+
+@pytest.fixture
+async def store(db: asyncpg.Connection, migrated_database: str, redis: Redis) -> AsyncIterator[SessionStore]:
+    pool = await create_pool(migrated_database, min_size=1, max_size=5)
+    yield SessionStore(ChatRepository(pool), SessionCache(redis, ttl_seconds=60))
+    await pool.close()
+
+
+async def test_reap_closes_a_dead_owners_turn_once(registry: TurnRegistry, store: SessionStore, redis: Redis) -> None:
+    session = await store.create("alice", title="t")
+    await store.append(session.id, [NewMessage("user", "hi")])
+    active = ActiveTurns(redis, lease_seconds=600)
+    turn_id = str(uuid.uuid4())
+    assert await active.claim(session.id, turn_id)
+    await registry.create(turn_id, str(session.id), "alice")
+    opening: list[p.Chunk] = [
+        p.Start(message_id="m"),
+        p.StartStep(),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="half a "),
+        p.TextDelta(id="text-0", delta="reply"),
+    ]
+    await registry.publish(turn_id, [p.to_json(c) for c in opening])
+    counter = TokenCounter("gpt-4o-mini")
+
+    results = await asyncio.gather(
+        *(reap(turn_id, registry=registry, store=store, active=active, counter=counter) for _ in range(5))
+    )
+
+    assert results.count(True) == 1
+    streamed = [orjson.loads(c) for c in await registry.chunks(turn_id)]
+    assert [c["type"] for c in streamed[len(opening) :]] == ["text-end", "finish-step", "error", "finish"]
+    info = await registry.info(turn_id)
+    assert info is not None and info.status == "interrupted"
+    messages = await store.messages(session.id)
+    assert [(m.role, m.content) for m in messages] == [("user", "hi"), ("assistant", "half a reply\n\n[interrupted]")]
+    assert await active.current(session.id) is None
+    assert await registry.expired() == []
+
+
+async def test_reap_leaves_an_ended_turn_alone(registry: TurnRegistry, store: SessionStore, redis: Redis) -> None:
+    session = await store.create("alice", title="t")
+    active = ActiveTurns(redis, lease_seconds=600)
+    await registry.create("t-fine", str(session.id), "alice")
+    await registry.publish("t-fine", [p.to_json(p.TextStart(id="text-0")), chunk(0)])
+    await registry.finish("t-fine", "completed")
+    before = await stream_entries(redis, "t-fine")
+    counter = TokenCounter("gpt-4o-mini")
+    assert not await reap("t-fine", registry=registry, store=store, active=active, counter=counter)
+    assert await stream_entries(redis, "t-fine") == before
+    assert await store.messages(session.id) == []

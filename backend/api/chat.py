@@ -10,10 +10,12 @@ from fastapi.responses import StreamingResponse
 from backend.api.chat_schemas import CancelResult, SendMessage, TurnResult, Usage
 from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
 from backend.api.schemas import MessagePublic
+from backend.auth import Principal
 from backend.chat import protocol
 from backend.chat.runner import Submitted
 from backend.errors import BadRequest, Gone, NotFound
 from backend.runtime import Runtime
+from backend.store.models import ChatSession
 from backend.streams.turns import sse_frames
 
 router = APIRouter(tags=["chat"])
@@ -29,7 +31,8 @@ def _stream(runtime: Runtime, turn_id: str, after: str = "0") -> StreamingRespon
     return StreamingResponse(sse_frames(entries), headers=headers, media_type="text/event-stream")
 
 
-async def _submit(body: SendMessage, session: OwnedSession, user: CurrentUser, runtime: RuntimeDep) -> Submitted:
+async def submit_turn(body: SendMessage, session: ChatSession, user: Principal, runtime: Runtime) -> Submitted:
+    """Start a turn for `body` (also used by the WebSocket transport); `BadRequest` for an unusable message."""
     try:
         message = body.to_user_message(runtime.settings.max_message_chars)
     except ValueError as e:
@@ -43,7 +46,7 @@ async def stream_reply(
     body: SendMessage, session: OwnedSession, user: CurrentUser, runtime: RuntimeDep
 ) -> StreamingResponse:
     """Send a message and stream the reply. The reply keeps going if the client disconnects."""
-    submitted = await _submit(body, session, user, runtime)
+    submitted = await submit_turn(body, session, user, runtime)
     return _stream(runtime, submitted.turn_id)
 
 
@@ -97,7 +100,7 @@ async def cancel_reply(session: OwnedSession, runtime: RuntimeDep) -> CancelResu
 @router.post("/api/chat/sessions/{session_id}/messages")
 async def send_and_wait(body: SendMessage, session: OwnedSession, user: CurrentUser, runtime: RuntimeDep) -> TurnResult:
     """Send a message and return what the turn stored once it ends (for server-to-server callers)."""
-    submitted = await _submit(body, session, user, runtime)
+    submitted = await submit_turn(body, session, user, runtime)
     await runtime.turns.wait(submitted.turn_id)
     info = await runtime.registry.info(submitted.turn_id)
     after = submitted.user_sequence or 0

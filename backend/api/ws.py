@@ -1,0 +1,169 @@
+"""WebSocket transport of turns: `GET /api/chat/sessions/{id}/ws`, over the same runner and streams as SSE.
+
+Auth is `Authorization: Bearer <jwt>` or `?token=<jwt>` (browsers cannot set headers on a WebSocket); development
+auth works as over HTTP. The handshake is accepted first and a refused socket is then closed with 4000 + the HTTP
+status: 4401 (no valid token) or 4404 (missing session, or another user's). Closing before accepting would reach a
+client as a bare HTTP 403, without the code.
+
+Client frames (`ws_schemas`): `message` (a `SendMessage` body) starts a turn and streams it; `cancel` stops the
+session's running turn (`idle` if none); `ping` → `pong`; `resume {after?}` follows the running turn from a cursor
+or from its start (`idle` if none). Server frames: `chunk {id, chunk}` per AI SDK chunk, `done {task_id}` after
+the turn's end, `heartbeat` while it is silent, and `error {code, message, details?}` for a refused client frame;
+the socket stays open after an error.
+
+Frames are read while at most one forwarder task streams a turn, so `cancel` works mid-turn; a new `message` or
+`resume` replaces the forwarder. A closed socket stops its forwarder, never the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from contextlib import suppress
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+from starlette.types import Message
+
+from backend.api.chat import submit_turn
+from backend.api.ws_schemas import (
+    CancelFrame,
+    ClientFrame,
+    Done,
+    ErrorFrame,
+    Heartbeat,
+    Idle,
+    PingFrame,
+    Pong,
+    ResumeFrame,
+    SendFrame,
+    ServerFrame,
+    chunk_frame,
+    client_frame,
+)
+from backend.auth import Principal
+from backend.errors import CopilotError, NotFound, PayloadTooLarge
+from backend.runtime import Runtime
+
+log = logging.getLogger("copilot.ws")
+
+router = APIRouter(tags=["chat"])
+
+
+@router.websocket("/api/chat/sessions/{session_id}/ws")
+async def turn_socket(
+    websocket: WebSocket,
+    session_id: str,
+    token: Annotated[str | None, Query()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    """Send messages, cancel, resume and receive the replies of one session over one socket."""
+    runtime: Runtime = websocket.app.state.runtime
+    await websocket.accept()
+    try:
+        user = await runtime.auth.authenticate(authorization or (f"Bearer {token}" if token else None))
+        session = await runtime.sessions.get(_session_uuid(session_id), user.user_id)
+    except CopilotError as e:
+        await websocket.close(code=4000 + e.status_code, reason=e.message.encode()[:123].decode(errors="ignore"))
+        return
+    connection = _Connection(websocket, runtime, user, session.id)
+    try:
+        await connection.serve()
+    finally:
+        await connection.stop_forwarding()
+
+
+class _Connection:
+    """One user's socket on one session: answers client frames and runs at most one forwarder."""
+
+    def __init__(self, websocket: WebSocket, runtime: Runtime, user: Principal, session_id: uuid.UUID) -> None:
+        self._ws = websocket
+        self._runtime = runtime
+        self._user = user
+        self._session_id = session_id
+        # The reader and the forwarder both send; uvicorn's protocols do not promise concurrent sends are safe.
+        self._send_lock = asyncio.Lock()
+        self._forwarder: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        """Answer client frames until the client goes away."""
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                await self._handle(self._parse(message))
+            except ValidationError as e:
+                await self._send(ErrorFrame(code="invalid_request", message=_summary(e)))
+            except CopilotError as e:
+                await self._send(ErrorFrame.of(e))
+
+    def _parse(self, message: Message) -> ClientFrame:
+        raw: str | bytes = message.get("text") or message.get("bytes") or b""
+        limit = self._runtime.settings.max_body_bytes
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"frame exceeds {limit} bytes")
+        return client_frame.validate_json(raw)
+
+    async def _handle(self, frame: ClientFrame) -> None:
+        runtime = self._runtime
+        match frame:
+            case PingFrame():
+                await self._send(Pong())
+            case SendFrame():
+                session = await runtime.sessions.get(self._session_id, self._user.user_id)  # fresh: title, deletion
+                submitted = await submit_turn(frame, session, self._user, runtime)
+                await self._forward(submitted.turn_id)
+            case ResumeFrame():
+                active = await runtime.turns.active_task(self._session_id)
+                if active is None:
+                    await self._send(Idle())
+                else:
+                    await self._forward(active[0], after=frame.after or "0")
+            case CancelFrame():
+                # The followed stream shows the end (`abort`, `finish`, `done`); only "nothing to stop" is said here.
+                if await runtime.turns.cancel(self._session_id) is None:
+                    await self._send(Idle())
+
+    async def _forward(self, turn_id: str, after: str = "0") -> None:
+        await self.stop_forwarding()
+        self._forwarder = asyncio.create_task(self._pump(turn_id, after), name=f"ws-forward-{turn_id}")
+
+    async def stop_forwarding(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.cancel()
+            await asyncio.wait([self._forwarder])
+            self._forwarder = None
+
+    async def _pump(self, turn_id: str, after: str) -> None:
+        """Send the turn's entries after `after` until its end, then `done`."""
+        heartbeat = self._runtime.settings.heartbeat_seconds
+        try:
+            async for entry_id, chunk in self._runtime.turns.follow(turn_id, after=after, heartbeat_seconds=heartbeat):
+                await self._send(Heartbeat() if chunk is None else chunk_frame(entry_id, chunk))
+            await self._send(Done(task_id=turn_id))
+        except WebSocketDisconnect:
+            return  # the reader sees the disconnect too and cleans up
+        except Exception:
+            log.exception("following turn %s over a WebSocket failed", turn_id)
+            with suppress(WebSocketDisconnect):
+                await self._send(ErrorFrame(code="internal_error", message="lost the reply's stream; send resume"))
+
+    async def _send(self, frame: ServerFrame | str) -> None:
+        text = frame if isinstance(frame, str) else frame.encode()
+        async with self._send_lock:
+            await self._ws.send_text(text)
+
+
+def _session_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as e:
+        raise NotFound("session not found") from e
+
+
+def _summary(error: ValidationError) -> str:
+    problems = (f"{'.'.join(str(p) for p in e['loc']) or 'frame'}: {e['msg']}" for e in error.errors()[:5])
+    return "; ".join(problems)

@@ -1,0 +1,100 @@
+"""Frames of the WebSocket transport: what a client may send, and what the server sends back.
+
+Every frame is one JSON text message with a `type`. Client frames are parsed against one discriminated union;
+server frames are small models, except `chunk`, whose AI SDK chunk is already JSON (as stored in the turn's Redis
+Stream) and is embedded as is instead of being parsed and serialised again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from backend.api.chat_schemas import SendMessage
+from backend.errors import CopilotError
+
+# --- client → server ---------------------------------------------------------------------------------
+
+
+class SendFrame(SendMessage):
+    """Start a turn with a `SendMessage` body (either form) and stream it."""
+
+    type: Literal["message"]
+
+
+class CancelFrame(BaseModel):
+    """Stop the session's running turn."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["cancel"]
+
+
+class PingFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["ping"]
+
+
+class ResumeFrame(BaseModel):
+    """Follow the session's running turn after a cursor (from its start without one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["resume"]
+    after: str | None = Field(default=None, pattern=r"^\d{1,20}-\d{1,20}$")
+    """The `id` of the last `chunk` frame received."""
+
+
+ClientFrame = Annotated[SendFrame | CancelFrame | PingFrame | ResumeFrame, Field(discriminator="type")]
+client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+# --- server → client ---------------------------------------------------------------------------------
+
+
+class ServerFrame(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def encode(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+class Pong(ServerFrame):
+    type: Literal["pong"] = "pong"
+
+
+class Idle(ServerFrame):
+    """The session has no running turn (answer to `resume` and `cancel`)."""
+
+    type: Literal["idle"] = "idle"
+
+
+class Heartbeat(ServerFrame):
+    """Sent while a followed turn is silent for `COPILOT_HEARTBEAT_SECONDS`."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+
+
+class Done(ServerFrame):
+    """The followed turn has ended (after its `finish` chunk)."""
+
+    type: Literal["done"] = "done"
+    task_id: str
+
+
+class ErrorFrame(ServerFrame):
+    """A refused client frame; the socket stays open. Codes are those of the HTTP API's errors."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, error: CopilotError) -> ErrorFrame:
+        return cls(code=error.code, message=error.message, details=error.details or None)
+
+
+def chunk_frame(entry_id: str, chunk: bytes) -> str:
+    """`{type: "chunk", id, chunk}` around a chunk that is already JSON."""
+    return orjson.dumps({"type": "chunk", "id": entry_id, "chunk": orjson.Fragment(chunk)}).decode()

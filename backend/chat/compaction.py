@@ -128,7 +128,6 @@ class Compactor:
 
     def summariser_messages(self, previous: str | None, span: Sequence[ChatMessage]) -> list[dict[str, str]]:
         """The summariser's prompt: the previous summary and the newly folded messages, within the input bound."""
-        per_message = max(64, self._max_input // max(1, len(span)))
         lines = []
         for m in span:
             text = m.content or ""
@@ -137,10 +136,17 @@ class Compactor:
                     f"{c['function']['name']}({c['function'].get('arguments', '')})" for c in m.tool_calls
                 )
                 text = f"{text}\n[called {calls}]".strip()
-            if m.token_count > per_message:
-                text = truncate_middle(text, per_message, self._counter)
-            lines.append(f"[{m.role}] {text}")
-        transcript = "\n\n".join(lines)
+            lines.append((f"[{m.role}] ", text))
+        # The bound holds for the transcript as sent (prefixes included, a token for each separator), however many
+        # messages the span has: a single turn over the bound is folded whole.
+        sizes = [self._counter.count_text(prefix + text) for prefix, text in lines]
+        caps = _fair_shares(sizes, self._max_input - len(lines))
+        parts = []
+        for (prefix, text), cap in zip(lines, caps, strict=True):
+            if cap is not None:
+                text = truncate_middle(text, cap - self._counter.count_text(prefix), self._counter)
+            parts.append(prefix + text)
+        transcript = "\n\n".join(parts)
         previous_text = previous or "(none yet)"
         max_words = max(50, int(self._max_summary * 0.7))
         return [
@@ -156,3 +162,16 @@ class Compactor:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+def _fair_shares(sizes: Sequence[int], budget: int) -> list[int | None]:
+    """Caps that make `sizes` sum to at most `budget`: the smallest items are kept whole (None) and what is left
+    is split evenly among the rest, so a few long messages are cut instead of every message."""
+    caps: list[int | None] = [None] * len(sizes)
+    left = max(0, budget)
+    for n, i in enumerate(sorted(range(len(sizes)), key=lambda j: sizes[j])):
+        share = left // (len(sizes) - n)
+        if sizes[i] > share:
+            caps[i] = share
+        left -= min(sizes[i], share)
+    return caps

@@ -8,7 +8,7 @@ results are always folded, kept or dropped together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -91,13 +91,18 @@ def choose_cut(messages: Sequence[Counted], *, keep_tokens: int, max_fold_tokens
 
 
 def trim_to_fit(
-    messages: Sequence[dict[str, Any]], counts: Sequence[int], available: int, *, truncate: Any
+    messages: Sequence[dict[str, Any]],
+    counts: Sequence[int],
+    available: int,
+    *,
+    shorten: Callable[[dict[str, Any], int], dict[str, Any]],
 ) -> list[dict[str, Any]] | None:
     """For one model call when the summary could not be extended: drop the oldest whole turns, then shorten
     oversized tool outputs, until the live messages fit `available` tokens. None if even the newest turn alone
     cannot fit.
 
-    `truncate(text, max_tokens) -> str` shortens a text keeping its head and tail.
+    `shorten(message, max_tokens)` returns the tool message with its content cut (head and tail kept) so the
+    whole message, framing included, takes at most `max_tokens`: `counts` include the framing too.
     """
     starts = [i for i, m in enumerate(messages) if m.get("role") == "user"] or [0]
     for start in starts:
@@ -114,6 +119,6 @@ def trim_to_fit(
         if kept[i].get("role") != "tool" or kept_counts[i] < 64:
             continue
         allowed = max(32, kept_counts[i] - over)
-        kept[i] = {**kept[i], "content": truncate(str(kept[i].get("content", "")), allowed)}
+        kept[i] = shorten(kept[i], allowed)
         over -= kept_counts[i] - allowed
     return kept if over <= 0 else None

@@ -90,11 +90,18 @@ class ContextWindow:
                 self.live,
                 self.counts,
                 available - self.summary_tokens,
-                truncate=lambda text, n: truncate_middle(text, n, counter),
+                shorten=lambda message, n: _shorten(message, n, counter),
             )
         if live is None:
             return None
         return to_openai_messages(live, system_prompt=system_prompt, context=[*summary, *context])
+
+
+def _shorten(message: dict[str, Any], max_tokens: int, counter: TokenCounter) -> dict[str, Any]:
+    # `max_tokens` is for the whole message: its role, call id and framing take their share first.
+    framing = counter.count_message({**message, "content": ""})
+    content = truncate_middle(str(message.get("content", "")), max_tokens - framing, counter)
+    return {**message, "content": content}
 
 
 def _summary_message(summary: str | None) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ class TurnFacts:
     message_chars: int
     """Length of the user message (its content is not sent anywhere unless explicitly enabled)."""
     message_text: str | None = None
-    """The user message itself; only filled when content capture is enabled."""
+    """The user message itself. Each sink decides whether to send it: PostHog only with `posthog_capture_content`."""
 
 
 @dataclass(frozen=True, slots=True)

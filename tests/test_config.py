@@ -1,0 +1,50 @@
+"""Settings read from the environment: the vendors' usual variable names and empty values."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.config import Settings
+
+
+def settings(**kwargs: object) -> Settings:
+    return Settings(_env_file=None, **kwargs)  # type: ignore[call-arg, arg-type]
+
+
+def test_vendor_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-1")
+    monkeypatch.setenv("LANGFUSE_BASE_URL", "https://langfuse.example")
+    monkeypatch.setenv("POSTHOG_API_KEY", "phc_1")
+    monkeypatch.setenv("POSTHOG_HOST", "https://eu.i.posthog.com")
+    s = settings()
+    assert s.langfuse_public_key == "pk-lf-1"
+    assert s.langfuse_secret_key is not None and s.langfuse_secret_key.get_secret_value() == "sk-lf-1"
+    assert s.langfuse_host == "https://langfuse.example"
+    assert (s.posthog_api_key, s.posthog_host) == ("phc_1", "https://eu.i.posthog.com")
+    assert "sk-lf-1" not in repr(s)
+
+
+def test_langfuse_host_alias_and_prefixed_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANGFUSE_HOST", "https://host.example")
+    assert settings().langfuse_host == "https://host.example"
+    monkeypatch.setenv("COPILOT_LANGFUSE_PROMPT_NAME", "team/copilot")
+    monkeypatch.setenv("COPILOT_PROMPT_CACHE_TTL_SECONDS", "15")
+    s = settings()
+    assert (s.langfuse_prompt_name, s.prompt_cache_ttl_seconds) == ("team/copilot", 15)
+
+
+def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST", "POSTHOG_API_KEY", "POSTHOG_HOST"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("COPILOT_LANGFUSE_PROMPT_LABEL", "")
+    s = settings()
+    assert (s.langfuse_public_key, s.langfuse_secret_key, s.langfuse_host) == (None, None, None)
+    assert (s.posthog_api_key, s.posthog_host, s.langfuse_prompt_label) == (None, None, None)
+
+
+def test_prompt_label_follows_the_environment() -> None:
+    assert settings().prompt_label == "latest"
+    production = settings(environment="production", jwt_secret="x" * 32)
+    assert production.prompt_label == "production"
+    assert settings(langfuse_prompt_label="staging").prompt_label == "staging"

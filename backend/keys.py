@@ -58,3 +58,31 @@ TURN_LEASES = f"{PREFIX}:turn-leases"
 def compaction_lock(session_id: UUID) -> str:
     """String: held while a pod extends the session's rolling summary."""
     return f"{PREFIX}:{{{session_id}}}:compaction"
+
+
+def operation(operation_id: str) -> str:
+    """Hash: a long-running operation (session, tool call, task id, status)."""
+    return f"{PREFIX}:op:{{{operation_id}}}"
+
+
+def operation_lock(session_id: UUID, tool_name: str, arguments_digest: str) -> str:
+    """String: held while an operation of this tool with these arguments runs in the session (a lease)."""
+    return f"{PREFIX}:{{{session_id}}}:op-lock:{tool_name}:{arguments_digest}"
+
+
+OPERATION_DEADLINES = f"{PREFIX}:op-deadlines"
+"""Sorted set: unfinished operations scored by the time after which they are failed."""
+
+COMPLETIONS = f"{PREFIX}:completions"
+"""Stream: completions of long-running operations (from the webhook or from services sharing Redis)."""
+
+COMPLETIONS_DEAD = f"{PREFIX}:completions:dead"
+"""Stream: completions that failed too many times, kept for inspection."""
+
+COMPLETIONS_GROUP = "copilot-completions"
+"""Consumer group of every pod on the completions stream."""
+
+
+def jobs(kind: str) -> str:
+    """Stream: jobs handed to external services of one kind (e.g. `report`)."""
+    return f"{PREFIX}:jobs:{kind}"

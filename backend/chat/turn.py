@@ -21,6 +21,7 @@ import orjson
 from backend.chat import events as ev
 from backend.chat.compaction import Compactor
 from backend.chat.llm import Completed, LLMClient, TextChunk, ToolCall, ToolCallStarted, Usage
+from backend.chat.operations import OperationRunner, Started
 from backend.chat.prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter, truncate_middle
 from backend.chat.window import ContextPolicy, ContextWindow
@@ -45,6 +46,9 @@ class TurnRequest:
     is_authenticated: bool
     page_context: Mapping[str, Any] | None = None
     """What the panel knows about the page (`url`, `content`); shown to the model for this turn only."""
+    note: str | None = None
+    """A turn without a new user message (a continuation) tells the model why it is speaking, after the history;
+    never stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class TurnEngine:
         limits: TurnLimits,
         policy: ContextPolicy,
         compactor: Compactor | None = None,
+        operations: OperationRunner | None = None,
     ) -> None:
         self._store = store
         self._llm = llm
@@ -83,6 +88,7 @@ class TurnEngine:
         self._limits = limits
         self._policy = policy
         self._compactor = compactor
+        self._operations = operations
 
     async def run(
         self, req: TurnRequest, prompt: SystemPrompt, telemetry: TurnTelemetry | None = None
@@ -107,6 +113,8 @@ class TurnEngine:
                 yield ev.Status("compaction", {"state": "done"})
             available = int(self._policy.budget.limit * squeeze / self._policy.calibration.ratio) - fixed
             messages = window.prompt(prompt.text, context, available=available, counter=self._counter)
+            if messages is not None and req.note:
+                messages.append({"role": "user", "content": req.note})
             if messages is None:
                 yield ev.TurnFailed(
                     "This conversation no longer fits the model's context window, even summarised. "
@@ -180,7 +188,8 @@ class TurnEngine:
                 yield ev.ToolCallReady(c.id, c.name, c.arguments or {})
             outcomes: dict[str, ToolOutcome] = {}
             try:
-                async for call, outcome in self._run_tools(req, calls):
+                launched: dict[str, Started] = {}
+                async for call, outcome in self._run_tools(req, calls, launched):
                     outcomes[call.id] = outcome
                     telemetry.tool(
                         name=call.name,
@@ -195,7 +204,12 @@ class TurnEngine:
                 partial = [_assistant(_interrupted(step.content), done), *self._tool_messages(done, outcomes)]
                 await _shielded(self._save(req, *partial, usage=step.completed.usage))
                 raise
-            stored = await self._save(req, assistant, *self._tool_messages(calls, outcomes), usage=step.completed.usage)
+            stored = await self._save(
+                req, assistant, *self._tool_messages(calls, outcomes, launched), usage=step.completed.usage
+            )
+            for operation in launched.values():
+                if operation.launch is not None:
+                    operation.launch()  # only now: its result must find the pending message stored
             window.extend(stored)
             yield ev.StepFinished()
 
@@ -205,25 +219,24 @@ class TurnEngine:
         yield ev.TurnEnded("error")
 
     async def _run_tools(
-        self, req: TurnRequest, calls: Sequence[ToolCall]
+        self, req: TurnRequest, calls: Sequence[ToolCall], started: dict[str, Started]
     ) -> AsyncIterator[tuple[ToolCall, ToolOutcome]]:
-        """Run the step's calls concurrently; yield each result as it finishes."""
-        tasks = {
-            asyncio.create_task(
-                run_tool(
-                    self._tools.get(c.name),
-                    c.name,
-                    c.arguments or {},
-                    ToolContext(
-                        user_id=req.user_id,
-                        session_id=req.session_id,
-                        tool_call_id=c.id,
-                        is_authenticated=req.is_authenticated,
-                    ),
-                )
-            ): c
-            for c in calls
-        }
+        """Run the step's calls concurrently; yield each result as it finishes. Long-running tools only start an
+        operation here (recorded in `started`); their work runs after the step is stored."""
+
+        async def call_one(c: ToolCall) -> ToolOutcome:
+            tool = self._tools.get(c.name)
+            ctx = ToolContext(
+                user_id=req.user_id, session_id=req.session_id, tool_call_id=c.id, is_authenticated=req.is_authenticated
+            )
+            if tool is not None and tool.is_long_running and self._operations is not None:
+                if tool.requires_auth and not req.is_authenticated:
+                    return await run_tool(tool, c.name, c.arguments or {}, ctx)  # the same refusal as any tool
+                started[c.id] = await self._operations.start(tool, c.arguments or {}, ctx)
+                return started[c.id].outcome
+            return await run_tool(tool, c.name, c.arguments or {}, ctx)
+
+        tasks = {asyncio.create_task(call_one(c)): c for c in calls}
         pending = set(tasks)
         try:
             while pending:
@@ -260,14 +273,20 @@ class TurnEngine:
             + self._counter.count_messages(context)
         )
 
-    def _tool_messages(self, calls: Sequence[ToolCall], outcomes: Mapping[str, ToolOutcome]) -> list[dict[str, Any]]:
+    def _tool_messages(
+        self,
+        calls: Sequence[ToolCall],
+        outcomes: Mapping[str, ToolOutcome],
+        started: Mapping[str, Started] | None = None,
+    ) -> list[dict[str, Any]]:
         """Tool results as stored messages; an oversized output is cut in the middle (head and tail kept)."""
         cap = self._limits.max_tool_output_tokens
         messages = []
         for c in calls:
             if c.id not in outcomes:
                 continue
-            text = _as_text(outcomes[c.id].output)
+            operation = (started or {}).get(c.id)
+            text = operation.stored if operation is not None else _as_text(outcomes[c.id].output)
             if len(text) > cap and self._counter.count_text(text) > cap:  # a token is at least one character
                 text = truncate_middle(text, cap, self._counter)
             messages.append({"role": "tool", "tool_call_id": c.id, "content": text})

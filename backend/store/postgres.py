@@ -208,6 +208,37 @@ class ChatRepository:
         )
         return _session(row) if row else None
 
+    async def replace_tool_result(
+        self, session_id: UUID, tool_call_id: str, content: str, token_count: int
+    ) -> ChatMessage | None:
+        """Replace the content of the tool message answering `tool_call_id` (a long-running operation's pending
+        placeholder) and keep the session's live token total right. None if there is no such message."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchrow(
+                "SELECT m.token_count, m.sequence, s.summary_through FROM chat_messages m "
+                "JOIN chat_sessions s ON s.id = m.session_id "
+                "WHERE m.session_id = $1 AND m.role = 'tool' AND m.tool_call_id = $2 FOR UPDATE OF m, s",
+                session_id,
+                tool_call_id,
+            )
+            if old is None:
+                return None
+            row = await conn.fetchrow(
+                f"UPDATE chat_messages SET content = $3, token_count = $4 WHERE session_id = $1 AND role = 'tool' "
+                f"AND tool_call_id = $2 RETURNING {_MESSAGE_COLUMNS}",
+                session_id,
+                tool_call_id,
+                content,
+                token_count,
+            )
+            if old["sequence"] > old["summary_through"]:
+                await conn.execute(
+                    "UPDATE chat_sessions SET live_tokens = live_tokens + $2, updated_at = now() WHERE id = $1",
+                    session_id,
+                    token_count - old["token_count"],
+                )
+        return _message(row) if row else None
+
     async def get_messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
         """Messages with sequence > `after`, oldest first, at most `limit`."""
         rows = await self._pool.fetch(

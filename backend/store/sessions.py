@@ -109,6 +109,16 @@ class SessionStore:
             await self._after_write(session_id, messages=False)
         return session
 
+    async def replace_tool_result(
+        self, session_id: UUID, tool_call_id: str, content: str, *, token_count: int
+    ) -> ChatMessage | None:
+        """Put a long-running operation's result in place of its pending tool message (an update: the cached
+        list is dropped, never patched)."""
+        message = await self._repo.replace_tool_result(session_id, tool_call_id, content, token_count)
+        if message is not None:
+            await self._after_write(session_id, messages=True)
+        return message
+
     async def messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
         """Messages with sequence > `after`, oldest first (the caller has checked ownership)."""
         try:

@@ -23,6 +23,7 @@ EXPECTED_PARAMETERS = {
     "get_current_time": ({"timezone"}, set()),
     "calculate": ({"expression"}, {"expression"}),
     "search_help_docs": ({"query", "limit"}, {"query"}),
+    "generate_report": ({"topic", "sections"}, {"topic"}),
 }
 
 
@@ -42,7 +43,8 @@ def test_builtin_tools_and_their_schemas() -> None:
         assert set(params["properties"]) == properties
         assert set(params.get("required", [])) == required
         assert all(prop.get("description") for prop in params["properties"].values())
-        assert not tool.requires_auth and not tool.is_long_running
+        assert not tool.requires_auth
+        assert tool.is_long_running == (tool.name == "generate_report")
 
 
 def test_help_docs_limit_bounds_are_in_the_schema() -> None:

@@ -9,7 +9,7 @@ from backend.tools.base import Tool, ToolContext
 from backend.tools.registry import ToolRegistry, build_registry, default_registry, load_registry
 from tests.tools.sample_registry import Echo
 
-BUILTIN_NAMES = ["get_current_time", "calculate", "search_help_docs"]
+BUILTIN_NAMES = ["get_current_time", "calculate", "search_help_docs", "generate_report"]
 
 
 def test_register_get_iterate() -> None:

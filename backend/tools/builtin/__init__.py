@@ -8,8 +8,9 @@ from backend.tools.base import Tool
 from backend.tools.builtin.calculator import Calculate
 from backend.tools.builtin.clock import GetCurrentTime
 from backend.tools.builtin.help_docs import SearchHelpDocs
+from backend.tools.builtin.report import GenerateReport
 
 
 def builtin_tools() -> list[Tool[Any]]:
     """Fresh instances of the built-in tools."""
-    return [GetCurrentTime(), Calculate(), SearchHelpDocs()]
+    return [GetCurrentTime(), Calculate(), SearchHelpDocs(), GenerateReport()]

@@ -1,0 +1,415 @@
+// The panel: sessions, the transcript, sending, stopping, following replies that run (also after a reload or in
+// another tab) and long-running operations until their result arrives.
+
+import { Api, ApiError } from "./api.js";
+import { applyChunk, emptyReply, fromStored, pendingTask } from "./messages.js";
+import { emptyState, errorBox, renderSessions, renderTranscript } from "./render.js";
+import { readChunks } from "./stream.js";
+
+const POLL_MS = 2000;
+const SESSIONS_EVERY_POLLS = 3;
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000];
+
+/** One task stream being read: a reply, or the continuation of a long-running operation. */
+class Follow {
+  constructor(taskId, { visible = false } = {}) {
+    this.taskId = taskId;
+    this.message = emptyReply(`t${taskId}`);
+    this.visible = visible; // shown before its `start` arrives (a reply the user just asked for)
+    this.started = false;
+    this.ended = false;
+    this.cursor = undefined;
+    this.abort = new AbortController();
+  }
+}
+
+class Panel {
+  constructor(api, dom) {
+    this.api = api;
+    this.dom = dom;
+    this.sessions = [];
+    this.sessionId = null;
+    this.title = null;
+    this.stored = [];
+    this.follows = new Map();
+    this.finishedTasks = new Set(); // task ids whose stream ended or is gone: never followed again
+    this.pendingUser = null;
+    this.problem = null;
+    this.sending = false;
+    this.polls = 0;
+    this.polling = false;
+    this.loads = 0;
+    this.renderQueued = false;
+  }
+
+  async start() {
+    const { dom } = this;
+    dom.composer.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.send(dom.input.value);
+    });
+    dom.input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.send(dom.input.value);
+      }
+    });
+    dom.stop.addEventListener("click", () => this.stop());
+    dom.newSession.addEventListener("click", () => this.newSession());
+    dom.toggleSidebar.addEventListener("click", () => dom.panel.classList.toggle("sidebar-open"));
+    window.addEventListener("hashchange", () => {
+      const id = sessionFromHash();
+      if (id && id !== this.sessionId) this.open(id);
+    });
+    document.addEventListener("visibilitychange", () => this.poll());
+    setInterval(() => this.poll(), POLL_MS);
+    await this.boot();
+  }
+
+  async boot() {
+    this.problem = null;
+    try {
+      await this.refreshSessions();
+    } catch (error) {
+      this.fail(error, () => this.boot());
+      return;
+    }
+    const id = sessionFromHash() || this.sessions[0]?.id;
+    if (id) await this.open(id);
+    else this.render();
+  }
+
+  // --- sessions ------------------------------------------------------------------------------------------------
+  async refreshSessions() {
+    const page = await this.api.listSessions();
+    this.sessions = page.sessions;
+    const current = this.sessions.find((s) => s.id === this.sessionId);
+    if (current) this.title = current.title;
+    this.renderSessions();
+  }
+
+  renderSessions() {
+    // Do not redraw under a title being edited or a delete waiting for its confirmation.
+    if (this.dom.sessions.querySelector(".rename-input, .confirm")) return;
+    renderSessions(this.dom.sessions, this.sessions, this.sessionId, {
+      select: (id) => {
+        this.dom.panel.classList.remove("sidebar-open");
+        this.open(id);
+      },
+      rename: (id, title) => this.act(() => this.api.renameSession(id, title || null)),
+      remove: (id) => this.act(() => this.removeSession(id)),
+      refresh: () => this.renderSessions(),
+    });
+    this.dom.title.textContent = this.sessionId ? this.title || "New chat" : "Copilot";
+  }
+
+  async act(action) {
+    try {
+      await action();
+      await this.refreshSessions();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  async newSession() {
+    await this.act(async () => {
+      const session = await this.api.createSession();
+      this.sessions.unshift(session);
+      await this.open(session.id);
+    });
+  }
+
+  async removeSession(id) {
+    await this.api.deleteSession(id);
+    this.sessions = this.sessions.filter((s) => s.id !== id);
+    if (id === this.sessionId) {
+      const next = this.sessions[0]?.id;
+      if (next) await this.open(next);
+      else this.close();
+    }
+  }
+
+  close() {
+    for (const follow of this.follows.values()) follow.abort.abort();
+    this.follows.clear();
+    Object.assign(this, { sessionId: null, title: null, stored: [], pendingUser: null, problem: null });
+    history.replaceState(null, "", location.pathname + location.search);
+    this.renderSessions();
+    this.render();
+  }
+
+  async open(id) {
+    this.close();
+    this.sessionId = id;
+    history.replaceState(null, "", `${location.pathname}${location.search}#s=${id}`);
+    this.renderSessions();
+    this.render();
+    await this.load();
+  }
+
+  // --- messages ------------------------------------------------------------------------------------------------
+  /** Read the session's stored messages, then follow its running reply and its unfinished operations. */
+  async load() {
+    const id = this.sessionId;
+    const ticket = ++this.loads; // loads may overlap (a poll, a reply that ended): only the latest one counts
+    let session;
+    try {
+      session = await this.api.getSession(id);
+    } catch (error) {
+      if (id !== this.sessionId || ticket !== this.loads) return;
+      if (error instanceof ApiError && error.status === 404) {
+        this.sessions = this.sessions.filter((s) => s.id !== id);
+        this.close();
+        return;
+      }
+      this.fail(error, () => this.load());
+      return;
+    }
+    if (id !== this.sessionId || ticket !== this.loads) return;
+    this.stored = session.messages;
+    this.title = session.title;
+    const listed = this.sessions.find((s) => s.id === id);
+    if (listed) listed.title = session.title;
+    for (const [taskId, follow] of this.follows) if (follow.ended) this.follows.delete(taskId);
+    const active = session.active_task;
+    if (active && active.status === "running") this.follow(active.task_id);
+    for (const m of this.stored) {
+      if (m.role !== "tool") continue;
+      const taskId = pendingTask(parseJson(m.content));
+      if (taskId) this.follow(taskId);
+    }
+    this.renderSessions();
+    this.render();
+  }
+
+  follow(taskId, { response = null, visible = false } = {}) {
+    if (this.follows.has(taskId) || this.finishedTasks.has(taskId)) return;
+    const follow = new Follow(taskId, { visible });
+    this.follows.set(taskId, follow);
+    this.read(follow, response);
+  }
+
+  /** Read a task stream to its end, resuming after the last cursor when the connection drops. */
+  async read(follow, response) {
+    const sessionId = this.sessionId;
+    let attempt = 0;
+    while (!follow.ended) {
+      try {
+        const stream = response || (await this.api.taskStream(follow.taskId, follow.cursor, follow.abort.signal));
+        response = null;
+        for await (const { id, chunk } of readChunks(stream)) {
+          attempt = 0;
+          if (id) follow.cursor = id;
+          if (chunk.type === "start") follow.started = true;
+          applyChunk(follow.message, chunk);
+          this.scheduleRender();
+        }
+        follow.ended = true;
+      } catch (error) {
+        if (follow.abort.signal.aborted) return;
+        if (error instanceof ApiError || error instanceof SyntaxError || attempt >= RECONNECT_DELAYS_MS.length) {
+          // 404/410: the stream is gone (expired, or the session was deleted); the stored messages tell the rest.
+          follow.ended = true;
+          this.finishedTasks.add(follow.taskId);
+          if (!(error instanceof ApiError)) follow.message.error = `Lost the reply: ${error.message}`;
+          break;
+        }
+        await sleep(RECONNECT_DELAYS_MS[attempt++]);
+      }
+    }
+    this.finishedTasks.add(follow.taskId);
+    if (sessionId !== this.sessionId) return;
+    if (follow.message.error) this.problem = { message: follow.message.error, retry: () => this.retry() };
+    if (follow.started || follow.visible) {
+      await this.load(); // the stored messages now hold the reply (and a finished operation's result)
+      this.refreshSessions().catch(() => {}); // the first reply gives the session its title
+    } else {
+      this.follows.delete(follow.taskId);
+    }
+  }
+
+  async send(text) {
+    text = text.trim();
+    if (!text || this.busy()) return;
+    this.problem = null;
+    this.sending = true;
+    this.dom.input.value = "";
+    try {
+      if (!this.sessionId) {
+        const session = await this.api.createSession();
+        this.sessions.unshift(session);
+        await this.open(session.id);
+      }
+      const clientMessageId = newId();
+      this.pendingUser = { text, clientMessageId };
+      this.render();
+      const response = await this.api.sendMessage(this.sessionId, text, clientMessageId);
+      this.follow(response.headers.get("x-copilot-task-id"), { response, visible: true });
+    } catch (error) {
+      this.pendingUser = null; // a refused message is not stored
+      if (error instanceof ApiError && error.code === "conflict" && error.details.active_task_id) {
+        this.follow(error.details.active_task_id, { visible: true });
+      }
+      this.fail(error, () => this.send(text));
+      if (!this.dom.input.value) this.dom.input.value = text;
+    } finally {
+      this.sending = false;
+      this.render();
+    }
+  }
+
+  /** Send the last user message again (after a reply failed). */
+  retry() {
+    const last = [...this.stored].reverse().find((m) => m.role === "user");
+    if (last) this.send(last.content || "");
+  }
+
+  async stop() {
+    if (!this.sessionId) return;
+    try {
+      await this.api.cancel(this.sessionId);
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  async poll() {
+    if (document.hidden || !this.sessionId || this.sending || this.polling) return;
+    this.polling = true;
+    try {
+      await this.check();
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  /** Notice what another tab (or a finished operation) changed: new messages, or a reply that started. */
+  async check() {
+    this.polls += 1;
+    if (this.polls % SESSIONS_EVERY_POLLS === 0) this.refreshSessions().catch(() => {});
+    const id = this.sessionId;
+    const last = this.stored.length ? this.stored[this.stored.length - 1].sequence : 0;
+    let session;
+    try {
+      session = await this.api.peekSession(id, last);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404 && id === this.sessionId) await this.load();
+      return;
+    }
+    if (id !== this.sessionId) return;
+    const active = session.active_task?.status === "running" ? session.active_task.task_id : null;
+    const unfollowed = active && !this.follows.has(active) && !this.finishedTasks.has(active);
+    if (session.messages.length || unfollowed || session.title !== this.title) await this.load();
+  }
+
+  fail(error, retry) {
+    const message =
+      error instanceof ApiError && error.status === 401
+        ? "Not signed in: this panel needs a token from the app that embeds it."
+        : error.message || String(error);
+    this.problem = { message, retry: retry || null };
+    this.render();
+  }
+
+  busy() {
+    return this.sending || [...this.follows.values()].some((f) => (f.started || f.visible) && !f.ended);
+  }
+
+  // --- rendering -----------------------------------------------------------------------------------------------
+  scheduleRender() {
+    if (this.renderQueued) return;
+    this.renderQueued = true;
+    requestAnimationFrame(() => {
+      this.renderQueued = false;
+      this.render();
+    });
+  }
+
+  render() {
+    const { transcript } = this.dom;
+    const atBottom = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48;
+    const live = [...this.follows.values()].filter((f) => f.started || f.visible);
+    const views = fromStored(this.visibleStored(live));
+    const pending = this.pendingUser;
+    if (pending && !this.stored.some((m) => m.client_message_id === pending.clientMessageId)) {
+      views.push({ key: `u${pending.clientMessageId}`, role: "user", text: pending.text, sending: true });
+    }
+    views.push(...live.map((f) => f.message));
+    const extra = [];
+    if (!views.length && !this.problem) extra.push(emptyState());
+    if (this.problem) {
+      const { message, retry } = this.problem;
+      const onRetry = () => {
+        this.problem = null;
+        retry();
+      };
+      extra.push(errorBox(message, retry ? onRetry : null));
+    }
+    renderTranscript(transcript, views, extra);
+    if (atBottom) transcript.scrollTop = transcript.scrollHeight;
+    const busy = this.busy();
+    this.dom.stop.hidden = !busy || this.sending;
+    this.dom.send.disabled = busy;
+  }
+
+  /**
+   * Stored messages minus those a followed reply is replaying: a reply's earlier steps are stored while it runs,
+   * and its stream (replayed from `start`) carries them too. They are the stored messages from the first one that
+   * holds a tool call of a followed reply on (user messages stay).
+   */
+  visibleStored(live) {
+    const calls = new Set();
+    for (const follow of live) {
+      for (const part of follow.message.parts) if (part.type === "tool") calls.add(part.toolCallId);
+    }
+    if (!calls.size) return this.stored;
+    const first = this.stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
+    return first ? this.stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : this.stored;
+  }
+}
+
+function toolCallIds(message) {
+  if (message.role === "assistant") return (message.tool_calls || []).map((c) => c.id);
+  if (message.role === "tool") return [message.tool_call_id];
+  return [];
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+function sessionFromHash() {
+  const match = location.hash.match(/^#s=([0-9a-f-]{36})$/i);
+  return match ? match[1] : null;
+}
+
+function newId() {
+  // crypto.randomUUID exists only in secure contexts; getRandomValues everywhere.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+const byId = (id) => document.getElementById(id);
+const panel = new Panel(new Api(), {
+  panel: byId("panel"),
+  sessions: byId("session-list"),
+  newSession: byId("new-session"),
+  toggleSidebar: byId("toggle-sidebar"),
+  title: byId("session-title"),
+  transcript: byId("transcript"),
+  composer: byId("composer"),
+  input: byId("input"),
+  send: byId("send"),
+  stop: byId("stop"),
+});
+window.copilotPanel = panel; // for debugging from the console
+panel.start();

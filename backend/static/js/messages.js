@@ -1,0 +1,154 @@
+// The panel's message model, built either from stream chunks (a reply as it arrives) or from stored messages.
+//
+// A view message is {key, role: "user" | "assistant", parts, error, stopped, notice}; parts are
+// {type: "text", text, streaming} and {type: "tool", toolCallId, toolName, input, output, errorText, state}
+// with state "running" | "pending" | "done" | "error" ("pending": a long-running operation not finished yet).
+
+const INTERRUPTED = "[interrupted]";
+const OPERATION_TYPES = new Set(["operation_started", "operation_in_progress", "operation_pending"]);
+
+/** The task id of a long-running operation's output, if `output` is one that has not finished yet. */
+export function pendingTask(output) {
+  if (output && typeof output === "object" && OPERATION_TYPES.has(output.type) && output.task_id) {
+    return output.task_id;
+  }
+  return null;
+}
+
+export function emptyReply(key) {
+  return { key, role: "assistant", parts: [], error: null, stopped: false, notice: null, finished: false };
+}
+
+/**
+ * Apply one AI SDK UI message chunk to `message` (mutated). A `start` chunk clears what was built so far: a
+ * replay from the beginning rebuilds the reply instead of appending to it.
+ */
+export function applyChunk(message, chunk) {
+  const parts = message.parts;
+  const tool = (id) => parts.find((p) => p.type === "tool" && p.toolCallId === id);
+  const text = (id) => parts.find((p) => p.type === "text" && p.id === id && p.streaming);
+  switch (chunk.type) {
+    case "start":
+      Object.assign(message, emptyReply(message.key), { messageId: chunk.messageId || null });
+      break;
+    case "text-start":
+      parts.push({ type: "text", id: chunk.id, text: "", streaming: true });
+      break;
+    case "text-delta": {
+      const part = text(chunk.id);
+      if (part) part.text += chunk.delta;
+      break;
+    }
+    case "text-end": {
+      const part = text(chunk.id);
+      if (part) part.streaming = false;
+      break;
+    }
+    case "tool-input-start":
+      parts.push(toolPart(chunk.toolCallId, chunk.toolName));
+      break;
+    case "tool-input-delta": {
+      const part = tool(chunk.toolCallId);
+      if (part) part.inputText = (part.inputText || "") + chunk.inputTextDelta;
+      break;
+    }
+    case "tool-input-available":
+    case "tool-input-error": {
+      let part = tool(chunk.toolCallId);
+      if (!part) parts.push((part = toolPart(chunk.toolCallId, chunk.toolName)));
+      part.input = chunk.input;
+      if (chunk.type === "tool-input-error") Object.assign(part, { state: "error", errorText: chunk.errorText });
+      break;
+    }
+    case "tool-output-available": {
+      const part = tool(chunk.toolCallId);
+      if (part) Object.assign(part, { output: chunk.output, state: pendingTask(chunk.output) ? "pending" : "done" });
+      break;
+    }
+    case "tool-output-error": {
+      const part = tool(chunk.toolCallId);
+      if (part) Object.assign(part, { errorText: chunk.errorText, state: "error" });
+      break;
+    }
+    case "error":
+      message.error = chunk.errorText;
+      break;
+    case "abort":
+      message.stopped = true;
+      break;
+    case "finish":
+      message.finished = true;
+      message.notice = null;
+      for (const part of parts) if (part.type === "text") part.streaming = false;
+      break;
+    default:
+      if (chunk.type.startsWith("data-") && chunk.transient) message.notice = noticeOf(chunk);
+  }
+  return message;
+}
+
+function toolPart(toolCallId, toolName) {
+  return { type: "tool", toolCallId, toolName, input: undefined, output: undefined, errorText: null, state: "running" };
+}
+
+function noticeOf(chunk) {
+  const data = chunk.data;
+  if (data && typeof data === "object" && typeof data.message === "string") return data.message;
+  return chunk.type === "data-compaction" ? "Condensing the conversation…" : null;
+}
+
+/**
+ * Stored messages (OpenAI-shaped, oldest first) → view messages. The assistant messages and tool results
+ * between two user messages form one reply, as a streamed reply does.
+ */
+export function fromStored(stored) {
+  const views = [];
+  let reply = null;
+  for (const m of stored) {
+    if (m.role === "user") {
+      views.push({ key: `s${m.sequence}`, role: "user", text: m.content || "", clientMessageId: m.client_message_id });
+      reply = null;
+      continue;
+    }
+    if (m.role !== "assistant" && m.role !== "tool") continue;
+    if (!reply) views.push((reply = { ...emptyReply(`s${m.sequence}`), finished: true }));
+    if (m.role === "assistant") addAssistant(reply, m);
+    else addToolResult(reply, m);
+  }
+  return views;
+}
+
+function addAssistant(reply, m) {
+  let content = m.content || m.refusal || "";
+  if (content.endsWith(INTERRUPTED)) {
+    content = content.slice(0, -INTERRUPTED.length).trimEnd();
+    reply.stopped = true;
+  }
+  if (content) reply.parts.push({ type: "text", id: `s${m.sequence}`, text: content, streaming: false });
+  for (const call of m.tool_calls || []) {
+    const fn = call.function || {};
+    const part = toolPart(call.id, fn.name || "tool");
+    part.input = parseJson(fn.arguments || "{}");
+    reply.parts.push(part);
+  }
+}
+
+function addToolResult(reply, m) {
+  const part = reply.parts.find((p) => p.type === "tool" && p.toolCallId === m.tool_call_id);
+  if (!part) return;
+  const output = parseJson(m.content || "");
+  const error = output && typeof output === "object" && output.error;
+  if (error && typeof error === "object") {
+    Object.assign(part, { state: "error", errorText: error.message || "tool failed", output });
+  } else {
+    Object.assign(part, { state: pendingTask(output) ? "pending" : "done", output });
+  }
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}

@@ -1,0 +1,104 @@
+"""Headless Chromium (Debian's `chromium`, never a downloaded browser) driving the panel of a live server.
+
+The tests skip when no chromium binary is installed (`apt-get install chromium`; CI installs it in `.ci/run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright
+from pydantic import SecretStr
+
+from backend.config import Settings
+from tests.conftest import LiveServer
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WEBHOOK_SECRET = "browser-test-webhook-secret"
+
+
+def chromium_path() -> str | None:
+    explicit = os.environ.get("CHROMIUM_PATH")
+    if explicit:
+        return explicit
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no chromium binary (install Debian's `chromium`, or set CHROMIUM_PATH) for the browser tests")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+class PageErrors:
+    """Uncaught exceptions and console errors of the pages a test opened; the test fails if any occurred."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def watch(self, page: Page) -> Page:
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        page.on("console", self._console)
+        return page
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            self.errors.append(f"console: {message.text}")
+
+
+@pytest.fixture
+async def page_errors() -> AsyncIterator[PageErrors]:
+    errors = PageErrors()
+    yield errors
+    assert errors.errors == [], errors.errors
+
+
+@pytest.fixture
+async def page(browser: Browser, page_errors: PageErrors) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1000, "height": 720})
+    page = page_errors.watch(await context.new_page())
+    page.set_default_timeout(15_000)
+    yield page
+    with contextlib.suppress(Error):  # the browser may be gone already
+        await context.close()
+
+
+@pytest.fixture
+def panel_settings(chat_settings: Settings) -> Settings:
+    """A development-auth service (no token) on the mock model, with the operation webhook turned on."""
+    return chat_settings.model_copy(update={"dev_auth": True, "webhook_secret": SecretStr(WEBHOOK_SECRET)})
+
+
+@pytest.fixture
+async def live(panel_settings: Settings) -> AsyncIterator[LiveServer]:
+    async with LiveServer(panel_settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def api(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        yield client

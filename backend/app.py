@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.api import chat, health, sessions
+from backend.api import admin, chat, health, operations, panel, sessions, ws
 from backend.api.limits import BodyLimit
 from backend.config import Settings
 from backend.errors import CopilotError
@@ -34,6 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(chat.router)
+    app.include_router(admin.router)
+    app.include_router(ws.router)
+    app.include_router(operations.router)
+    app.include_router(panel.router)
+    app.mount("/static", panel.static_assets(), name="static")
 
     @app.exception_handler(CopilotError)
     async def copilot_error(_: Request, exc: CopilotError) -> JSONResponse:

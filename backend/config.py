@@ -167,6 +167,26 @@ class Settings(BaseSettings):
     max_tool_output_tokens: int = Field(default=4000, ge=64)
     """Tool outputs longer than this are stored cut in the middle (head and tail kept, the cut marked)."""
 
+    # --- long-running operations ------------------------------------------------------------------
+    webhook_secret: SecretStr | None = None
+    """Shared secret of the operation-completion webhook (HMAC-SHA256). Unset: the webhook answers 503."""
+
+    webhook_tolerance_seconds: float = Field(default=300.0, gt=0)
+    """Replay window: a webhook whose timestamp is further from now than this is refused."""
+
+    operation_lock_seconds: float = Field(default=60.0, ge=1)
+    """Lease of a running operation's lock; renewed while the work runs, so a crashed pod frees it after this."""
+
+    delegated_operation_timeout_seconds: float = Field(default=3600.0, ge=1)
+    """How long an operation handed to an external service may take before it is failed."""
+
+    completion_reclaim_idle_seconds: float = Field(default=60.0, ge=0.1)
+    """A completion read but not acknowledged for this long (its consumer died) is taken over by another pod.
+    Keep it above the worst-case handling time of one completion (a few seconds)."""
+
+    completion_max_deliveries: int = Field(default=5, ge=1)
+    """A completion that failed this many times is moved to the dead-letter stream."""
+
     # --- turns and their streams --------------------------------------------------------------------
     turn_stream_ttl_seconds: int = Field(default=3600, ge=60)
     """How long a turn's stream stays replayable after its last chunk (reconnect window)."""
@@ -236,6 +256,7 @@ class Settings(BaseSettings):
         "jwks_url",
         "title_model",
         "summary_model",
+        "webhook_secret",
         "langfuse_public_key",
         "langfuse_secret_key",
         "langfuse_host",
@@ -266,7 +287,7 @@ class Settings(BaseSettings):
 
     @property
     def prompt_label(self) -> str:
-        """The Langfuse label served: `langfuse_prompt_label`, else `production` in production and `latest` elsewhere."""
+        """The Langfuse label served: `langfuse_prompt_label`, else `production` in production, `latest` elsewhere."""
         if self.langfuse_prompt_label is not None:
             return self.langfuse_prompt_label
         return "production" if self.environment == "production" else "latest"

@@ -6,10 +6,13 @@ test can run several apps with their own settings in one process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -18,19 +21,23 @@ from backend.auth import Authenticator
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
 from backend.chat.llm import LLMClient, RetryPolicy
-from backend.chat.prompt import default_prompt
+from backend.chat.operations import OperationRunner
 from backend.chat.runner import TurnRunner
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
+from backend.observability.prompts import PromptSource
+from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
+from backend.streams.completions import CompletionConsumer
+from backend.streams.operations import OperationStore
 from backend.streams.turns import TurnRegistry
 from backend.tools.registry import ToolRegistry, build_registry
 
@@ -48,6 +55,8 @@ class Runtime:
     tools: ToolRegistry
     registry: TurnRegistry
     turns: TurnRunner
+    prompts: PromptSource
+    operations: OperationRunner
 
 
 @asynccontextmanager
@@ -102,6 +111,17 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             hard=settings.compaction_hard_ratio,
             target=settings.compaction_target_ratio,
         )
+        operations = OperationRunner(
+            redis=redis,
+            operations=OperationStore(redis),
+            registry=registry,
+            store=sessions,
+            counter=counter,
+            lock_seconds=settings.operation_lock_seconds,
+            delegated_timeout_seconds=settings.delegated_operation_timeout_seconds,
+            stale_claim_seconds=settings.completion_reclaim_idle_seconds,
+        )
+        stack.push_async_callback(operations.close)
         engine = TurnEngine(
             store=sessions,
             llm=llm,
@@ -112,15 +132,17 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             ),
             policy=ContextPolicy(budget, Calibration()),
             compactor=compactor,
+            operations=operations,
         )
-        prompt = default_prompt()
+        observability = await open_observability(settings, stack)
         turns = TurnRunner(
             engine=engine,
             store=sessions,
             registry=registry,
             active=ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
             titles=titles,
-            prompt=lambda: prompt,
+            prompt=observability.prompts.current,
+            telemetry=observability.telemetry,
             counter=counter,
             turn_max_seconds=settings.turn_max_seconds,
             publish_window_seconds=settings.publish_window_ms / 1000,
@@ -129,6 +151,15 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         await turns.start()
         stack.push_async_callback(turns.shutdown)
+        operations.set_continuation(turns.continue_operation)
+        consumer = CompletionConsumer(
+            redis,
+            consumer=f"pod-{uuid.uuid4().hex[:12]}",
+            reclaim_idle_seconds=settings.completion_reclaim_idle_seconds,
+            max_deliveries=settings.completion_max_deliveries,
+        )
+        await stack.enter_async_context(_background(consumer.consume(operations.complete), "completion consumer"))
+        await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
         yield Runtime(
             settings=settings,
             pool=pool,
@@ -139,7 +170,38 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             tools=tools,
             registry=registry,
             turns=turns,
+            prompts=observability.prompts,
+            operations=operations,
         )
+
+
+@asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run `work` for the lifetime of the runtime; a crash is logged, shutdown cancels it."""
+
+    async def guarded() -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped", name)
+
+    task = asyncio.create_task(guarded(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await action()
+        except Exception:
+            log.exception("periodic %s failed", getattr(action, "__name__", "task"))
 
 
 async def _open_llm(settings: Settings, stack: AsyncExitStack) -> LLMClient:

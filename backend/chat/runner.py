@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from backend.chat import events as ev
-from backend.chat.prompt import SystemPrompt
+from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.recovery import reap
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
@@ -27,6 +27,7 @@ from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts,
 from backend.store.models import ChatSession, NewMessage
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
+from backend.streams.operations import Operation
 from backend.streams.publisher import TurnPublisher
 from backend.streams.turns import TurnRegistry, TurnStatus
 
@@ -128,7 +129,7 @@ class TurnRunner:
             is_authenticated=is_authenticated,
             page_context=message.page_context,
         )
-        task = asyncio.create_task(self._drive(request, len(message.text)), name=f"turn-{turn_id}")
+        task = asyncio.create_task(self._drive(request, message.text), name=f"turn-{turn_id}")
         self._tasks[turn_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(turn_id, None))
         if session.title is None and user.sequence == 1:
@@ -158,12 +159,13 @@ class TurnRunner:
             return None
         task = self._tasks.get(turn_id)
         if task is not None:
-            task.cancel(_CANCEL)
+            _stop(task)
         else:
             await self._registry.request_cancel(turn_id)  # its owner polls for this
         for _ in range(int(_CANCEL_WAIT_SECONDS / 0.05)):
-            info = await self._registry.info(turn_id)
-            if info is None or info.status != "running":
+            # The owner frees the session last (after storing the partial reply and writing the end): once it has,
+            # a new message is accepted at once.
+            if await self._active.current(session_id) != turn_id:
                 break
             if await self._registry.lease_expired(turn_id):
                 await self._reap(turn_id)
@@ -201,7 +203,7 @@ class TurnRunner:
                 for turn_id in await self._registry.cancel_requested(local):
                     task = self._tasks.get(turn_id)
                     if task is not None:
-                        task.cancel(_CANCEL)
+                        _stop(task)
                 if loop.time() >= next_renewal:
                     next_renewal = loop.time() + renew_every
                     await self._registry.renew(self._tasks)
@@ -213,6 +215,44 @@ class TurnRunner:
 
     async def _reap(self, turn_id: str) -> None:
         await reap(turn_id, registry=self._registry, store=self._store, active=self._active, counter=self._counter)
+
+    async def continue_operation(self, op: Operation) -> None:
+        """Go on with the conversation after a long-running operation finished: a turn without a new user message,
+        on the operation's task stream, once the session is free. Idempotent (the turn id is the task id)."""
+        info = await self._registry.info(op.task_id)
+        if op.task_id in self._tasks or (info is not None and info.status != "running"):
+            return
+        deadline = asyncio.get_running_loop().time() + self._turn_max_seconds + self._registry.lease_seconds * 2
+        while not await self._active.claim(op.session_id, op.task_id):
+            current = await self._active.current(op.session_id)
+            if current == op.task_id:
+                return  # another pod is running it
+            if current is not None and await self._registry.lease_expired(current):
+                await self._reap(current)
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"session {op.session_id} stayed busy; the continuation is retried later")
+            await asyncio.sleep(0.1)
+        # Read again: another pod (one that took this completion over while we waited) may have run and ended the
+        # continuation in the meantime; it ends the stream before it frees the session.
+        info = await self._registry.info(op.task_id)
+        if info is not None and info.status != "running":
+            await self._active.release(op.session_id, op.task_id)
+            return
+        if info is None:  # the task stream expired while the operation ran
+            await self._registry.create(op.task_id, str(op.session_id), op.user_id)
+        else:
+            await self._registry.adopt(op.task_id)
+        note = (
+            f'<operation_finished tool="{op.tool_name}" operation_id="{op.operation_id}">The long-running operation '
+            "has finished; its result is now in the tool message above. Tell the user what came of it."
+            "</operation_finished>"
+        )
+        request = TurnRequest(
+            turn_id=op.task_id, session_id=op.session_id, user_id=op.user_id, is_authenticated=True, note=note
+        )
+        task = asyncio.create_task(self._drive(request, ""), name=f"continuation-{op.task_id}")
+        self._tasks[op.task_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(op.task_id, None))
 
     async def active_task(self, session_id: uuid.UUID) -> tuple[str, TurnStatus] | None:
         """The session's running turn (task id and status), if any."""
@@ -238,12 +278,14 @@ class TurnRunner:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
 
-    async def _drive(self, req: TurnRequest, message_chars: int) -> None:
+    async def _drive(self, req: TurnRequest, message_text: str) -> None:
         publisher = TurnPublisher(self._registry, req.turn_id, window_seconds=self._window)
         translator = UIStreamTranslator()
         status: TurnStatus = "completed"
         error_class: str | None = None
-        prompt = self._prompt()
+        prompt = self._prompt().render(
+            turn_variables(user_id=req.user_id, is_authenticated=req.is_authenticated, page_context=req.page_context)
+        )
         log.info("turn %s: prompt %s@%s", req.turn_id, prompt.name, prompt.version)
         facts = TurnFacts(
             turn_id=req.turn_id,
@@ -252,7 +294,8 @@ class TurnRunner:
             prompt_name=prompt.name,
             prompt_version=prompt.version,
             model=self._model,
-            message_chars=message_chars,
+            message_chars=len(message_text),
+            message_text=message_text,
         )
         telemetry = start_turn(self._telemetry, facts)
 
@@ -292,6 +335,13 @@ class TurnRunner:
             await publisher.close(status)
         finally:
             await self._active.release(req.session_id, req.turn_id)
+
+
+def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a turn once: the cancel flag stays set while it winds down, and a second cancellation would cut short
+    the storing of its partial reply and the writing of its end."""
+    if not task.cancelling():
+        task.cancel(_CANCEL)
 
 
 def _turn_id(session_id: uuid.UUID, client_message_id: str | None) -> str:

@@ -18,6 +18,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backend.auth import Authenticator
+from backend.cancellation import check_cancelled
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
 from backend.chat.llm import LLMClient, RetryPolicy
@@ -197,6 +198,7 @@ async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterat
 
 async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
     while True:
+        check_cancelled()
         await asyncio.sleep(seconds)
         try:
             await action()

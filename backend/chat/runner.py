@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from backend.cancellation import check_cancelled
 from backend.chat import events as ev
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.recovery import reap
@@ -197,6 +198,7 @@ class TurnRunner:
         renew_every = self._registry.lease_seconds / 3
         next_renewal = 0.0
         while True:
+            check_cancelled()
             await asyncio.sleep(_CANCEL_POLL_SECONDS)
             try:
                 local = list(self._tasks)

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backend import keys
+from backend.cancellation import check_cancelled
 
 log = logging.getLogger("copilot.completions")
 
@@ -96,12 +97,8 @@ class CompletionConsumer:
         """Process completions until cancelled."""
         await self.ensure_group()
         backoff = 0.5
-        task = asyncio.current_task()
         while True:
-            if task is not None and task.cancelling():
-                # Python 3.11's `asyncio.wait_for` (redis-py sends every command through it) loses a cancellation
-                # that lands as the command completes; the request is still counted, so it is honoured here.
-                raise asyncio.CancelledError
+            check_cancelled()
             try:
                 await self.step(handler)
                 backoff = 0.5
@@ -122,6 +119,8 @@ class CompletionConsumer:
         )
         handled = 0
         for entry_id, fields in reply[1]:
+            if entry_id is None:  # Redis 6.2 lists an entry deleted meanwhile without its id; 7 drops it
+                continue
             if fields is None:  # trimmed away meanwhile
                 await self._ack(entry_id)
                 continue

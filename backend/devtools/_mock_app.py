@@ -1,0 +1,212 @@
+"""``MockLLM``, the mock model's ASGI app: its routes, its state, and how one chat completion is answered.
+
+A request's markers pick scenarios (``_mock_scenarios``) that fill in a plan, the unmarked cases
+get the demo or tool-results reply here, and ``_mock_wire`` encodes and sends the plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from backend.devtools._mock_markers import Marker, MarkerError, parse_markers
+from backend.devtools._mock_scenarios import SCENARIOS, Turn
+from backend.devtools._mock_wire import (
+    ChunkStream,
+    Envelope,
+    Plan,
+    completion_body,
+    encode_text,
+    error_response,
+    filler,
+    json_reply,
+    sse_chunks,
+    token_usage,
+)
+
+MODEL_ID = "mock-model"
+MAX_RECORDED_REQUESTS = 1000
+
+
+def _message_text(content: object) -> str:
+    """The text of a message's ``content``: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+def _demo_answer(user_text: str, markers: Iterable[Marker]) -> str:
+    """The offline demo reply: says what it is and echoes the start of the user's message."""
+    for marker in markers:
+        user_text = user_text.replace(marker.text, " ")
+    echo = " ".join(user_text.split())
+    echo = echo if len(echo) <= 80 else echo[:79] + "…"
+    said = f'You said: "{echo}".' if echo else "Your message had no text."
+    return (
+        f"Hi! I'm the copilot-chat demo model ({MODEL_ID}), so this is a canned offline reply. "
+        f"{said} Connect a real model to get real answers."
+    )
+
+
+def _tool_results_answer(messages: list[dict[str, Any]]) -> str:
+    """The reply once tools have run: quotes each trailing ``tool`` message, naming its tool."""
+    results = list(itertools.takewhile(lambda m: m.get("role") == "tool", reversed(messages)))[::-1]
+    names = {
+        call.get("id"): call.get("function", {}).get("name")
+        for message in messages
+        if message.get("role") == "assistant"
+        for call in message.get("tool_calls") or []
+        if isinstance(call, dict)
+    }
+    quoted = " ".join(
+        f"{names.get(r.get('tool_call_id')) or 'The tool'} returned: {_message_text(r.get('content'))}" for r in results
+    )
+    return f"Here is what the tools told me. {quoted}"
+
+
+class MockLLM:
+    """The mock model's ASGI app and its state: recorded requests and per-key marker counters.
+
+    ``default_tokens`` is the length of ``text`` replies without ``tokens``; unmarked demo replies
+    are padded or cut to it. ``default_delay_ms`` is the pause between chunks unless a marker
+    says ``delay_ms``.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_tokens: int | None = None,
+        default_delay_ms: float = 0.0,
+        max_recorded: int = MAX_RECORDED_REQUESTS,
+    ) -> None:
+        self.default_tokens = default_tokens
+        self.default_delay = default_delay_ms / 1000
+        self._recorded: deque[dict[str, Any]] = deque(maxlen=max_recorded)
+        self._counters: dict[tuple[str, str], int] = {}
+        self._seq = itertools.count(1)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self._list_models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", self._get_model, methods=["GET"]),
+                Route("/_mock/requests", self._get_requests, methods=["GET"]),
+                Route("/_mock/requests", self._reset_requests, methods=["DELETE"]),
+            ]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
+            # The hot path skips Starlette's middleware, which would wrap the send of every chunk.
+            response = await self._chat_completions(Request(scope, receive))
+            await response(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Bodies of the chat completion requests received, oldest first."""
+        return list(self._recorded)
+
+    def reset(self) -> None:
+        """Forget the recorded requests and every marker counter."""
+        self._recorded.clear()
+        self._counters.clear()
+
+    async def _list_models(self, request: Request) -> Response:
+        """List the mock model; any other model name is accepted as well."""
+        return Response(orjson.dumps({"object": "list", "data": [_model(MODEL_ID)]}), media_type="application/json")
+
+    async def _get_model(self, request: Request) -> Response:
+        """Describe any model name as if it existed."""
+        return Response(orjson.dumps(_model(request.path_params["model_id"])), media_type="application/json")
+
+    async def _get_requests(self, request: Request) -> Response:
+        """The recorded chat completion request bodies, oldest first."""
+        return Response(orjson.dumps(self.requests), media_type="application/json")
+
+    async def _reset_requests(self, request: Request) -> Response:
+        """Forget recorded requests and marker counters."""
+        self.reset()
+        return Response(status_code=204)
+
+    async def _chat_completions(self, request: Request) -> Response:
+        """Answer a chat completion as the markers in its last user message say."""
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return error_response(400, "The request body is not valid JSON.", "invalid_request_error")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not messages or not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return error_response(400, "'messages' must be a non-empty list of objects.", "invalid_request_error")
+        self._recorded.append(body)
+        seq = next(self._seq)
+        model = str(body.get("model") or MODEL_ID)
+        prompt_tokens = max(1, len(raw) // 4)
+        users = [m for m in messages if m.get("role") == "user"]
+        user_text = _message_text(users[-1].get("content")) if users else ""
+        turn = Turn(seq, model, prompt_tokens, self.default_tokens, Plan(delay=self.default_delay))
+        try:
+            markers = parse_markers(user_text)
+            if (failure := self._run_scenarios(turn, markers)) is not None:
+                return failure
+        except MarkerError as e:
+            return error_response(400, str(e), "invalid_request_error", "invalid_mock_marker")
+
+        plan = turn.plan
+        if messages[-1].get("role") == "tool":
+            plan.content, plan.tool_calls = encode_text(_tool_results_answer(messages)), []
+        elif not plan.answered:
+            plan.content = encode_text(_demo_answer(user_text, markers))
+            if self.default_tokens is not None:
+                plan.content = (plan.content + filler(self.default_tokens))[: self.default_tokens]
+
+        env = Envelope(f"chatcmpl-mock-{seq}", model)
+        headers = {"x-request-id": f"req_mock_{seq}"}
+        if body.get("stream"):
+            stream_options = body.get("stream_options")
+            wants_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
+            chunks = sse_chunks(plan, env, token_usage(prompt_tokens, plan) if wants_usage else None)
+            headers["cache-control"] = "no-cache"
+            return ChunkStream(chunks, plan, headers, "text/event-stream")
+        return json_reply(completion_body(plan, env, token_usage(prompt_tokens, plan)), plan, headers)
+
+    def _run_scenarios(self, turn: Turn, markers: list[Marker]) -> Response | None:
+        """Apply each marker in order; the first error response wins."""
+        for marker in markers:
+            scenario = SCENARIOS.get(marker.name)
+            if scenario is None:
+                raise MarkerError(f"unknown mock scenario {marker.name!r}; known: {', '.join(SCENARIOS)}")
+            if not self._active(marker):
+                if marker.name != "bad_tool_args":
+                    continue
+                scenario = SCENARIOS["tool"]  # a malformed call that has used up its `times` comes back well-formed
+            if "delay_ms" in marker.params:
+                turn.plan.delay = marker.number("delay_ms", 0) / 1000
+            if (failure := scenario(turn, marker)) is not None:
+                return failure
+        return None
+
+    def _active(self, marker: Marker) -> bool:
+        """Whether the marker applies to this request: always, or with ``times=N`` the first N times per key."""
+        if "times" not in marker.params:
+            return True
+        key = (marker.name, str(marker.params.get("key", marker.text)))
+        seen = self._counters.get(key, 0)
+        self._counters[key] = seen + 1
+        return seen < marker.count("times", 0)
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "copilot-chat"}

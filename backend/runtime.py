@@ -23,13 +23,14 @@ from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
 from backend.chat.llm import LLMClient, RetryPolicy
 from backend.chat.operations import OperationRunner
+from backend.chat.prompt import default_prompt
+from backend.chat.prompt_source import PromptSource
 from backend.chat.runner import TurnRunner
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
-from backend.observability.prompts import PromptSource
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
@@ -136,13 +137,22 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             operations=operations,
         )
         observability = await open_observability(settings, stack)
+        prompts = PromptSource(
+            observability.langfuse.client if observability.langfuse else None,
+            name=settings.langfuse_prompt_name,
+            label=settings.prompt_label,
+            ttl_seconds=settings.prompt_cache_ttl_seconds,
+            fallback=default_prompt(),
+        )
+        await prompts.start()
+        stack.push_async_callback(prompts.close)
         turns = TurnRunner(
             engine=engine,
             store=sessions,
             registry=registry,
             active=ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
             titles=titles,
-            prompt=observability.prompts.current,
+            prompt=prompts.current,
             telemetry=observability.telemetry,
             counter=counter,
             turn_max_seconds=settings.turn_max_seconds,
@@ -171,7 +181,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             tools=tools,
             registry=registry,
             turns=turns,
-            prompts=observability.prompts,
+            prompts=prompts,
             operations=operations,
         )
 

@@ -16,7 +16,6 @@ from backend.chat.runner import Submitted
 from backend.errors import BadRequest, Gone, NotFound
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
-from backend.streams.turns import sse_frames
 
 router = APIRouter(tags=["chat"])
 
@@ -28,7 +27,7 @@ _SSE: dict[int | str, dict[str, Any]] = {
 def _stream(runtime: Runtime, turn_id: str, after: str = "0") -> StreamingResponse:
     entries = runtime.turns.follow(turn_id, after=after, heartbeat_seconds=runtime.settings.heartbeat_seconds)
     headers = {**protocol.UI_MESSAGE_STREAM_HEADERS, "x-copilot-task-id": turn_id}
-    return StreamingResponse(sse_frames(entries), headers=headers, media_type="text/event-stream")
+    return StreamingResponse(protocol.sse_stream(entries), headers=headers, media_type="text/event-stream")
 
 
 async def submit_turn(body: SendMessage, session: ChatSession, user: Principal, runtime: Runtime) -> Submitted:

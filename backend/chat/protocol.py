@@ -17,6 +17,7 @@ Building the model (~1.3 us, validation) is now the larger cost of a delta, and 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 
@@ -245,3 +246,15 @@ def decode(data: str | bytes) -> Chunk:
 def heartbeat() -> bytes:
     """An SSE comment: keeps proxies from closing an idle stream; every client ignores it."""
     return b": keep-alive\n\n"
+
+
+def sse_stream(entries: AsyncIterator[tuple[str, bytes | None]]) -> AsyncIterator[bytes]:
+    """A turn's registry entries as an SSE body: one event per chunk with its cursor as `id:`, a heartbeat comment
+    for each idle tick (`("", None)`), then `[DONE]`."""
+
+    async def frames() -> AsyncIterator[bytes]:
+        async for cursor, chunk in entries:
+            yield heartbeat() if chunk is None else frame(chunk, cursor)
+        yield DONE
+
+    return frames()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from backend.cancellation import check_cancelled
 from backend.chat import events as ev
 from backend.chat.prompt import SystemPrompt, turn_variables
+from backend.chat.publisher import TurnPublisher
 from backend.chat.recovery import reap
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
@@ -29,7 +30,6 @@ from backend.store.models import ChatSession, NewMessage
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.operations import Operation
-from backend.streams.publisher import TurnPublisher
 from backend.streams.turns import TurnRegistry, TurnStatus
 
 log = logging.getLogger("copilot.runner")

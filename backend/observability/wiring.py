@@ -1,7 +1,7 @@
-"""Builds the prompt source and the telemetry sinks the settings ask for, and closes them at shutdown.
+"""Builds the Langfuse connection and the telemetry sinks the settings ask for, and closes them at shutdown.
 
 Langfuse (prompts and tracing) is on when both of its keys are set, PostHog when its API key is set; whatever is
-not configured is simply absent (the built-in prompt, no sink). Closing flushes what the SDKs still buffer.
+not configured is simply absent (no connection, no sink). Closing flushes what the SDKs still buffer.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from backend.chat.prompt import default_prompt
 from backend.config import Settings
 from backend.observability.langfuse_tracing import LangfuseConnection, LangfuseTelemetry
 from backend.observability.posthog_analytics import PostHogTelemetry, connect_posthog
-from backend.observability.prompts import PromptSource
 from backend.observability.telemetry import FanOut, NullTelemetry, Telemetry
 
 log = logging.getLogger("copilot.observability")
@@ -22,12 +20,13 @@ log = logging.getLogger("copilot.observability")
 
 @dataclass(frozen=True, slots=True)
 class Observability:
-    prompts: PromptSource
+    langfuse: LangfuseConnection | None
+    """Shared by tracing and the prompt source; None when Langfuse is not configured."""
     telemetry: Telemetry
 
 
 async def open_observability(settings: Settings, stack: AsyncExitStack) -> Observability:
-    """Start the prompt source (its first fetch included) and the sinks; `stack` closes them, flushing first."""
+    """Open Langfuse and the sinks; `stack` closes them, flushing first."""
     langfuse: LangfuseConnection | None = None
     if settings.langfuse_public_key and settings.langfuse_secret_key:
         langfuse = LangfuseConnection.open(
@@ -40,16 +39,6 @@ async def open_observability(settings: Settings, stack: AsyncExitStack) -> Obser
     elif settings.langfuse_public_key or settings.langfuse_secret_key:
         log.warning("Langfuse needs both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY; it stays off")
 
-    prompts = PromptSource(
-        langfuse.client if langfuse else None,
-        name=settings.langfuse_prompt_name,
-        label=settings.prompt_label,
-        ttl_seconds=settings.prompt_cache_ttl_seconds,
-        fallback=default_prompt(),
-    )
-    await prompts.start()
-    stack.push_async_callback(prompts.close)
-
     sinks: list[Telemetry] = []
     if langfuse is not None:
         sinks.append(LangfuseTelemetry(langfuse))
@@ -61,4 +50,4 @@ async def open_observability(settings: Settings, stack: AsyncExitStack) -> Obser
         stack.push_async_callback(posthog.close)
         sinks.append(posthog)
     telemetry: Telemetry = FanOut(sinks) if sinks else NullTelemetry()
-    return Observability(prompts, telemetry)
+    return Observability(langfuse, telemetry)

@@ -22,7 +22,6 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from backend import keys
-from backend.chat import protocol
 
 TurnStatus = Literal["running", "completed", "failed", "cancelled", "interrupted"]
 
@@ -193,17 +192,6 @@ class TurnRegistry:
                     return
                 yield cursor, fields[b"c"]
             heartbeat_at = loop.time() + heartbeat_seconds
-
-
-def sse_frames(entries: AsyncIterator[tuple[str, bytes | None]]) -> AsyncIterator[bytes]:
-    """Turn registry entries into SSE: one event per chunk with its cursor, heartbeats, then `[DONE]`."""
-
-    async def frames() -> AsyncIterator[bytes]:
-        async for cursor, chunk in entries:
-            yield protocol.heartbeat() if chunk is None else protocol.frame(chunk, cursor)
-        yield protocol.DONE
-
-    return frames()
 
 
 def _now() -> str:

@@ -11,7 +11,7 @@ import pytest
 from langfuse import Langfuse
 
 from backend.chat.prompt import default_prompt, turn_variables
-from backend.observability.prompts import PromptSource
+from backend.chat.prompt_source import PromptSource
 from tests.observability.fakes import FakeLangfuse
 
 NAME = "copilot/system"

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat import protocol as p
-from backend.streams.publisher import TurnPublisher
+from backend.chat.publisher import TurnPublisher
 from backend.streams.turns import TurnRegistry
 
 

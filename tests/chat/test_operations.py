@@ -30,7 +30,7 @@ from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session, s
 from tests.chat.long_tools import FailingJob, GatedDelegation, SlowEcho
 from tests.conftest import LiveServer, auth
 from tests.sse import chunks, read_stream, text_of, types
-from tests.streams.test_durable_turns import Pod, pod_env, start_pod, wait_ready
+from tests.streams.test_durable_turns import Pod, pod_env, two_pods
 
 SECRET = "webhook-secret-for-the-tests"
 REPORT = '[[mock:tool name=generate_report args={"topic": "cats"}]]'
@@ -580,23 +580,8 @@ async def pods(
     """Two server processes sharing Postgres, Redis, the mock model and the webhook secret (the pods of
     `tests/streams/test_durable_turns.py`, with `COPILOT_WEBHOOK_SECRET`)."""
     env = {**pod_env(mock_llm), "COPILOT_WEBHOOK_SECRET": SECRET, "COPILOT_HEARTBEAT_SECONDS": "0.5"}
-    logs = [tmp_path / f"pod-{name}.log" for name in "ab"]
-    files = [path.open("wb") for path in logs]
-    started: list[Pod] = []
-    try:
-        for name, log, path in zip("ab", files, logs, strict=True):
-            started.append(await start_pod(name, env, log, path))
-        await asyncio.gather(*(wait_ready(pod) for pod in started))
-        yield started[0], started[1]
-    finally:
-        for pod in started:
-            pod.kill()
-            await pod.process.wait()
-            await pod.client.aclose()
-        for log in files:
-            log.close()
-        for path in logs:
-            print(f"--- {path.name} ---\n{path.read_text()[-5000:]}")  # shown when the test fails
+    async with two_pods(env, tmp_path) as started:
+        yield started
 
 
 @pytest.mark.slow

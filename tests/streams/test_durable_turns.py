@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -108,12 +109,9 @@ async def wait_ready(pod: Pod) -> None:
             await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def pods(
-    db: asyncpg.Connection, redis: Redis, mock_llm: MockLLMServer, tmp_path: Path
-) -> AsyncIterator[tuple[Pod, Pod]]:
-    """Two server processes on two ports, sharing the tests' Postgres and Redis and the mock model."""
-    env = pod_env(mock_llm)
+@asynccontextmanager
+async def two_pods(env: dict[str, str], tmp_path: Path) -> AsyncIterator[tuple[Pod, Pod]]:
+    """Two server processes on two ports with `env`; killed afterwards, their logs printed (shown on failure)."""
     logs = [(tmp_path / f"pod-{name}.log") for name in "ab"]
     files = [path.open("wb") for path in logs]
     started: list[Pod] = []
@@ -131,6 +129,15 @@ async def pods(
             log.close()
         for path in logs:
             print(f"--- {path.name} ---\n{path.read_text()[-5000:]}")  # shown when the test fails
+
+
+@pytest.fixture
+async def pods(
+    db: asyncpg.Connection, redis: Redis, mock_llm: MockLLMServer, tmp_path: Path
+) -> AsyncIterator[tuple[Pod, Pod]]:
+    """Two server processes on two ports, sharing the tests' Postgres and Redis and the mock model."""
+    async with two_pods(pod_env(mock_llm), tmp_path) as started:
+        yield started
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

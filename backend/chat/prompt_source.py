@@ -6,8 +6,10 @@ background task refetches every `ttl_seconds`, so a version an admin publishes (
 within one TTL without a restart. When a refetch fails the prompt in hand keeps serving (stale-while-error) and
 the next attempt comes sooner (`min(ttl, 10 s)`).
 
-This module keeps its own cache and asks the SDK with `cache_ttl_seconds=0`: the SDK's cache would otherwise
-refresh on a thread of its own, triggered by reads, and hide from us when the prompt was last fetched.
+This module keeps its own cache and fetches through the SDK's API client (`langfuse.api.prompts.get`) rather than
+`get_prompt`: the SDK's cache would refresh on a thread of its own, triggered by reads, and hide from us when the
+prompt was last fetched; and its HTTP layer retries a 5xx twice with back-off sleeps unless the request says
+`max_retries: 0`, which `get_prompt` cannot pass. The refresh loop is the only retry.
 
 Text prompts are used as they are. Chat prompts (a list of messages) become one system prompt: the `system`
 messages' contents joined with a blank line. Other messages and placeholders are ignored (and logged), since the
@@ -22,6 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+from langfuse.model import ChatPromptClient, TextPromptClient
 
 from backend.chat.prompt import SystemPrompt
 
@@ -34,18 +39,22 @@ _RETRY_SECONDS = 10.0
 PromptOrigin = Literal["langfuse", "fallback"]
 
 
+class PromptsApi(Protocol):
+    """What this module needs of `langfuse.Langfuse().api.prompts`."""
+
+    def get(self, prompt_name: str, *, label: str | None = None, request_options: Any = None) -> Any: ...
+
+
+class LangfuseApi(Protocol):
+    @property
+    def prompts(self) -> PromptsApi: ...
+
+
 class PromptClient(Protocol):
     """What this module needs of `langfuse.Langfuse`."""
 
-    def get_prompt(
-        self,
-        name: str,
-        *,
-        label: str | None = None,
-        cache_ttl_seconds: int | None = None,
-        max_retries: int | None = None,
-        fetch_timeout_seconds: int | None = None,
-    ) -> Any: ...
+    @property
+    def api(self) -> LangfuseApi: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +161,12 @@ class PromptSource:
             last_ok = await self.refresh()
 
     def _fetch(self, client: PromptClient) -> SystemPrompt:
-        prompt = client.get_prompt(
-            self._name,
+        response = client.api.prompts.get(
+            quote(self._name, safe=""),  # folder names ("team/prompt") travel as one path segment
             label=self._label,
-            cache_ttl_seconds=0,  # this module is the cache
-            max_retries=0,  # the refresh loop is the retry
-            fetch_timeout_seconds=self._timeout,
+            request_options={"timeout_in_seconds": self._timeout, "max_retries": 0},
         )
+        prompt = ChatPromptClient(response) if response.type == "chat" else TextPromptClient(response)
         in_use = self._prompt
         if self._source == "langfuse" and (prompt.name, str(prompt.version)) == (in_use.name, in_use.version):
             return in_use  # unchanged: versions are immutable in Langfuse

@@ -165,6 +165,22 @@ async def test_langfuse_down_later_keeps_serving_the_prompt_in_hand(
     await wait_for_version(source, "2")
 
 
+async def test_a_refresh_during_an_outage_is_one_request_that_fails_at_once(
+    langfuse: FakeLangfuse, started: list[PromptSource]
+) -> None:
+    # The SDK's HTTP layer retries a 5xx twice with back-off sleeps on its own; that made each refresh take
+    # seconds and hid the failure from `status()` meanwhile. The refresh loop is the only retry.
+    langfuse.publish(NAME, "managed v1")
+    source = await start(started, source_for(langfuse, ttl=60))
+    langfuse.down = True
+    before = len(langfuse.prompt_fetches())
+    assert await source.refresh() is False
+    assert len(langfuse.prompt_fetches()) == before + 1
+    status = source.status()
+    assert status.last_error is not None and "503" in status.last_error
+    assert source.current().text == "managed v1"
+
+
 async def test_a_slow_langfuse_does_not_hold_startup(langfuse: FakeLangfuse, started: list[PromptSource]) -> None:
     langfuse.publish(NAME, "slow")
     langfuse.delay_seconds = 5

@@ -552,7 +552,9 @@ def test_the_simulated_sessions_exercise_compaction_and_trimming() -> None:
     """The property above is only worth something if its sessions compact, trim and sometimes give up."""
     sessions = dict.fromkeys((*SEEN, "folded twice or more"), 0)  # how many sessions saw each event at least once
 
-    @settings(max_examples=100, deadline=None, database=None)
+    # A fixed draw of 200 sessions: with a random draw of 100, about one run in twelve saw fewer than 10 sessions
+    # give up (seed 11: 8) and failed CI by chance. The property test above keeps drawing new sessions.
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
     @given(configs, st.lists(turns, min_size=1, max_size=12), st.data())
     def probe(config: Config, session_turns: list[Turn], data: st.DataObject) -> None:
         session = run_session(config, session_turns, data)

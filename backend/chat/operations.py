@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from backend.cancellation import check_cancelled
 from backend.chat.tokens import TokenCounter
 from backend.store.sessions import SessionStore
 from backend.streams.completions import Completion, publish
@@ -132,9 +133,11 @@ class OperationRunner:
             log.exception("operation %s could not report its result; its deadline will fail it", op.operation_id)
         finally:
             renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)  # no renewal lands after the work ended
 
     async def _renew(self, op: Operation) -> None:
         while True:
+            check_cancelled()  # a redis-py call may have swallowed our cancellation: never renew forever
             await asyncio.sleep(self._lock_seconds / 3)
             await self._ops.renew_lock(op.lock_key, op.operation_id, ttl_seconds=self._lock_seconds)
 

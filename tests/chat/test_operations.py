@@ -7,6 +7,7 @@ DESIGN.md invariants 6 (locks are leases) and 7 (webhooks are authenticated and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -684,3 +685,42 @@ async def test_a_continuation_ended_by_another_pod_while_this_one_waited_is_not_
     assert len(turn_calls(mock_llm)) == calls_before
     assert await replies(db, sid) == 1
     assert not await redis.exists(keys.active_turn(session_id))  # the session is free again
+
+
+async def test_the_lock_renewer_stops_even_when_a_redis_call_swallows_its_cancellation(redis: Redis) -> None:
+    """Regression (seen on CI): on Python 3.11 a cancellation that lands as a redis-py command completes can be
+    dropped; the renewer then kept renewing the lock of an operation whose pod had closed it, forever."""
+    from backend.chat.operations import OperationRunner
+    from backend.streams.operations import Operation, OperationStore
+
+    renewals = 0
+    renewing = asyncio.Event()
+
+    class SwallowingStore(OperationStore):
+        async def renew_lock(self, lock_key: str, operation_id: str, *, ttl_seconds: float) -> bool:
+            nonlocal renewals
+            renewals += 1
+            renewing.set()
+            with contextlib.suppress(asyncio.CancelledError):  # as `asyncio.wait_for` in redis-py can on 3.11
+                await asyncio.sleep(0.05)
+            return True
+
+    manager = OperationRunner(
+        redis=redis,
+        operations=SwallowingStore(redis),
+        registry=Any,  # type: ignore[arg-type]
+        store=Any,  # type: ignore[arg-type]
+        counter=Any,  # type: ignore[arg-type]
+        lock_seconds=0.15,
+        delegated_timeout_seconds=10,
+        stale_claim_seconds=10,
+    )
+    op = Operation("op", uuid.uuid4(), "alice", "call", "slow_echo", "task", "pending", "lock")
+    renewer = asyncio.create_task(manager._renew(op))
+    await renewing.wait()
+    renewer.cancel()  # lands while `renew_lock` runs, which swallows it
+    await asyncio.wait([renewer], timeout=1)
+    assert renewer.done()
+    count = renewals
+    await asyncio.sleep(0.2)
+    assert renewals == count

@@ -9,14 +9,21 @@ coherent:
   counter restarts after a Redis flush and could match an old value). A reader that missed the cache notes the
   generation before it reads Postgres and its fill only lands if the generation has not moved, so a slow reader
   can never install state older than a write that committed meanwhile.
-- Updates of stored rows (title, token totals, an edited message) drop what they touch instead of patching it.
+- Updates of stored rows (title, summary, an edited message) drop what they touch instead of patching it.
+- An append that added messages installs the session row its own transaction returned (new count and token totals),
+  but only over a cached row with a lower message count: the count grows with every such append, so of two appends
+  whose cache updates arrive in the opposite order of their commits the older one finds a higher count and leaves
+  it. It never installs into a missing entry, which may have been dropped by a later rename or summary; the next
+  read fills it. An append without messages (usage only) drops the entry instead.
 
 Messages live in a list with a sentinel at index 0, so message `n` sits at index `n` and a page is one LRANGE.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -33,13 +40,28 @@ _SENTINEL = b"-"
 _GENERATION_TTL_MS = 86_400_000
 _FILL_BATCH = 1000
 
+# KEYS: list, generation, meta. ARGV: first new sequence, TTL, generation TTL, generation, the session row after
+# the append ('' when there is none to install) and its message count, then the new messages.
 _APPEND = """
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
-redis.call('DEL', KEYS[3])
+local cached = redis.call('GET', KEYS[3])
+if cached then
+  local count = nil
+  if ARGV[5] ~= '' then
+    local ok, row = pcall(cjson.decode, cached)
+    if ok and type(row) == 'table' then count = tonumber(row['message_count']) end
+  end
+  if count == nil then
+    redis.call('DEL', KEYS[3])
+  elseif count < tonumber(ARGV[6]) then
+    redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[2])
+  end
+end
+if #ARGV < 7 then return 0 end
 local n = redis.call('LLEN', KEYS[1])
 if n == 0 then return 0 end
 if n ~= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return -1 end
-for i = 5, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+for i = 7, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -88,12 +110,56 @@ def _new_generation() -> bytes:
     return secrets.token_bytes(12)
 
 
+class _DecodedRows:
+    """Decoded message rows by their exact bytes, oldest dropped first beyond `max_rows` rows or `max_bytes` bytes.
+
+    A session's live messages are read whole for every turn, and decoding a row (JSON, two UUIDs, a datetime, a
+    frozen dataclass) costs ten times more than finding it here. A row's bytes determine its value, so a hit is
+    always right however the list changed. The messages are shared between readers, like any frozen value: their
+    `tool_calls` lists are never modified in place.
+    """
+
+    __slots__ = ("_rows", "_size", "max_bytes", "max_row_bytes", "max_rows")
+
+    def __init__(self, *, max_rows: int, max_bytes: int, max_row_bytes: int) -> None:
+        # OrderedDict: dropping the oldest is O(1); with a dict, `next(iter(...))` walks past the slots of every
+        # earlier deletion, which made a full table quadratic.
+        self._rows: OrderedDict[bytes, ChatMessage] = OrderedDict()
+        self._size = 0
+        self.max_rows, self.max_bytes, self.max_row_bytes = max_rows, max_bytes, max_row_bytes
+
+    def get(self, data: bytes) -> ChatMessage | None:
+        return self._rows.get(data)
+
+    def put(self, data: bytes, message: ChatMessage) -> None:
+        if len(data) > self.max_row_bytes or data in self._rows:
+            return
+        self._rows[data] = message
+        self._size += len(data)
+        while len(self._rows) > self.max_rows or self._size > self.max_bytes:
+            oldest, _ = self._rows.popitem(last=False)
+            self._size -= len(oldest)
+
+
+_decoded_rows = _DecodedRows(max_rows=20_000, max_bytes=16 * 1024 * 1024, max_row_bytes=16 * 1024)
+
+
+@functools.lru_cache(maxsize=1024)
+def _session_uuid(value: str) -> UUID:
+    # Every row of a list names the same session.
+    return UUID(value)
+
+
 def _decode_message(data: bytes) -> ChatMessage:
-    d = orjson.loads(data)
-    d["id"] = UUID(d["id"])
-    d["session_id"] = UUID(d["session_id"])
-    d["created_at"] = datetime.fromisoformat(d["created_at"])
-    return ChatMessage(**d)
+    message = _decoded_rows.get(data)
+    if message is None:
+        d = orjson.loads(data)
+        d["id"] = UUID(d["id"])
+        d["session_id"] = _session_uuid(d["session_id"])
+        d["created_at"] = datetime.fromisoformat(d["created_at"])
+        message = ChatMessage(**d)
+        _decoded_rows.put(data, message)
+    return message
 
 
 def _decode_session(data: bytes | str) -> ChatSession:
@@ -156,15 +222,27 @@ class SessionCache:
         keys_ = [keys.session_meta(session.id), keys.session_messages(session.id), keys.session_generation(session.id)]
         await self._created(keys=keys_, args=[self._ttl_ms, _encode(session), _SENTINEL])
 
-    async def appended(self, session_id: UUID, messages: Sequence[ChatMessage]) -> None:
-        """Messages were appended (consecutive sequences, oldest first)."""
+    async def appended(
+        self, session_id: UUID, messages: Sequence[ChatMessage], session: ChatSession | None = None
+    ) -> None:
+        """An append committed: `messages` were added (consecutive sequences, oldest first; none for a usage-only
+        append) and `session` is the row the append's transaction returned (None: drop the cached row)."""
         keys_ = [
             keys.session_messages(session_id),
             keys.session_generation(session_id),
             keys.session_meta(session_id),
         ]
         first = messages[0].sequence if messages else 0
-        args: list[Any] = [first, self._ttl_ms, _GENERATION_TTL_MS, _new_generation()]
+        # Only an append that added messages raised the count, and the count is what orders the rows.
+        row = session if messages and session is not None and session.message_count >= messages[-1].sequence else None
+        args: list[Any] = [
+            first,
+            self._ttl_ms,
+            _GENERATION_TTL_MS,
+            _new_generation(),
+            b"" if row is None else _encode(row),
+            0 if row is None else row.message_count,
+        ]
         args.extend(_encode(m) for m in messages)
         await self._append(keys=keys_, args=args)
 

@@ -67,3 +67,5 @@ class AppendResult:
     """The stored messages in the order given: new rows, or the earlier rows a client id matched."""
     duplicates: frozenset[str] = field(default_factory=frozenset)
     """Client message ids that were already stored (nothing new was written for them)."""
+    session: ChatSession | None = None
+    """The session row as the append's transaction left it (message count and token totals included)."""

@@ -2,7 +2,14 @@
 
 Messages are append-only. An append locks the session row, allocates the next sequences from its counter and
 inserts the rows in one transaction, so concurrent writers get gap-free, unique sequences (never "save
-`messages[count:]`", which lost messages when two writers raced in the reference system).
+`messages[count:]`", which lost messages when two writers raced in the reference system). The same transaction
+returns the updated session row, so the cache can be brought up to date without reading it back.
+
+A pooled connection is handed back without a reset query (asyncpg's default, `pg_advisory_unlock_all(); CLOSE ALL;
+UNLISTEN *; RESET ALL`, is a server round trip and a transaction of its own on every release): the statements here
+never change session state, since they take no session-level advisory locks, LISTEN, SET or hold cursors open.
+asyncpg still rolls back a transaction left open. Anything that does change session state (the migrations' advisory
+lock) runs on a connection of its own, never one of this pool.
 """
 
 from __future__ import annotations
@@ -47,8 +54,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without a server round trip: see the module docstring for why there is nothing to reset."""
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+    )
     assert pool is not None
     return pool
 
@@ -132,15 +145,19 @@ class ChatRepository:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
     ) -> AppendResult:
-        """Append `messages` (and add usage to the session totals) in one transaction.
+        """Append `messages` (and add usage to the session totals) in one transaction; the result carries the
+        session row as that transaction left it.
 
         A message whose `client_message_id` is already stored is not written again: the stored row is returned in
         its place and its id is listed in `duplicates`. Raises `LookupError` when the session does not exist.
         """
         async with self._pool.acquire() as conn, conn.transaction():
-            last = await conn.fetchval("SELECT message_count FROM chat_sessions WHERE id = $1 FOR UPDATE", session_id)
-            if last is None:
+            session = await conn.fetchrow(
+                f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE", session_id
+            )
+            if session is None:
                 raise LookupError(f"session {session_id} does not exist")
+            last: int = session["message_count"]
             client_ids = [m.client_message_id for m in messages if m.client_message_id is not None]
             existing: dict[str, ChatMessage] = {}
             if client_ids:
@@ -172,10 +189,10 @@ class ChatRepository:
                 )
                 inserted = {r["sequence"]: _message(r) for r in rows}
             if fresh or prompt_tokens or completion_tokens:
-                await conn.execute(
+                session = await conn.fetchrow(
                     "UPDATE chat_sessions SET message_count = $2, prompt_tokens = prompt_tokens + $3, "
                     "completion_tokens = completion_tokens + $4, live_tokens = live_tokens + $5, updated_at = now() "
-                    "WHERE id = $1",
+                    f"WHERE id = $1 RETURNING {_SESSION_COLUMNS}",
                     session_id,
                     last + len(fresh),
                     prompt_tokens,
@@ -186,7 +203,8 @@ class ChatRepository:
         result = [
             existing[m.client_message_id] if m.client_message_id in existing else next(ordered_new) for m in messages
         ]
-        return AppendResult(result, frozenset(existing))
+        assert session is not None
+        return AppendResult(result, frozenset(existing), _session(session))
 
     async def commit_summary(
         self, session_id: UUID, *, expected_through: int, through: int, summary: str, summary_tokens: int

@@ -87,8 +87,10 @@ class SessionStore:
         except LookupError as e:
             raise NotFound("session not found") from e
         new = [m for m in result.messages if m.client_message_id not in result.duplicates]
+        if not new and not prompt_tokens and not completion_tokens:
+            return result  # nothing was written (a resent message): the cache is still right
         try:
-            await self._cache.appended(session_id, new)
+            await self._cache.appended(session_id, new, result.session)
         except RedisError:
             log.warning("cache update failed after append to %s; repairing in background", session_id)
             self._repair_later(session_id)

@@ -146,3 +146,97 @@ async def test_a_new_session_is_cached_with_an_empty_list(store: SessionStore, r
     await store.append(s.id, [NewMessage("user", "one")])
     assert await redis.llen(keys.session_messages(s.id)) == 2  # extended in place, no refill needed
     assert texts(await store.messages(s.id)) == ["one"]
+
+
+class CountingRepository(ChatRepository):
+    """Counts the session reads that reach Postgres."""
+
+    session_reads = 0
+
+    async def get_session(self, session_id):  # type: ignore[no-untyped-def]
+        self.session_reads += 1
+        return await super().get_session(session_id)
+
+
+async def test_an_append_keeps_the_session_cached_with_its_new_totals(
+    migrated_database: str, db: asyncpg.Connection, redis: Redis
+) -> None:
+    pool = await create_pool(migrated_database, min_size=1, max_size=2)
+    repo = CountingRepository(pool)
+    store = SessionStore(repo, SessionCache(redis, ttl_seconds=60))
+    try:
+        s = await store.create("alice", title="t")
+        for turn in range(1, 4):  # a user message, then a step with usage: a turn's appends
+            await store.append(s.id, [NewMessage("user", f"q{turn}", token_count=2)])
+            assert (await store.get(s.id, "alice")).message_count == 2 * turn - 1
+            await store.append(
+                s.id, [NewMessage("assistant", f"a{turn}", token_count=3)], prompt_tokens=10, completion_tokens=4
+            )
+            got = await store.get(s.id, "alice")
+            assert (got.message_count, got.prompt_tokens, got.completion_tokens) == (2 * turn, 10 * turn, 4 * turn)
+            assert got.live_tokens == 5 * turn
+        assert repo.session_reads == 0  # every read was served by Redis
+        assert await repo.get_session(s.id) == await store.get(s.id, "alice")  # the cached row is Postgres' row
+    finally:
+        await pool.close()
+
+
+async def test_an_older_append_never_overwrites_a_newer_cached_row(
+    store: SessionStore, cache: SessionCache, repo: ChatRepository
+) -> None:
+    s = await store.create("alice")
+    first = await repo.append_messages(s.id, [NewMessage("user", "one")], prompt_tokens=1)
+    second = await repo.append_messages(s.id, [NewMessage("assistant", "two")], prompt_tokens=2)
+    # Their cache updates arrive in the opposite order of their commits.
+    await cache.appended(s.id, second.messages, second.session)
+    await cache.appended(s.id, first.messages, first.session)
+    got = await store.get(s.id, "alice")
+    assert (got.message_count, got.prompt_tokens) == (2, 3)
+    assert got == await repo.get_session(s.id)
+
+
+async def test_a_late_append_does_not_refill_an_entry_a_later_write_dropped(
+    store: SessionStore, cache: SessionCache, repo: ChatRepository, redis: Redis
+) -> None:
+    s = await store.create("alice", title="old")
+    appended = await repo.append_messages(s.id, [NewMessage("user", "one")])  # commits first ...
+    await store.rename(s.id, "alice", "new")  # ... a rename commits and drops the cached row ...
+    await cache.appended(s.id, appended.messages, appended.session)  # ... and only then the append's update lands
+    assert await redis.exists(keys.session_meta(s.id)) == 0
+    got = await store.get(s.id, "alice")
+    assert (got.title, got.message_count) == ("new", 1)
+
+
+async def test_a_usage_only_append_drops_the_row_and_keeps_the_list(store: SessionStore, redis: Redis) -> None:
+    s = await store.create("alice")
+    await store.append(s.id, [NewMessage("user", "one")])
+    await store.append(s.id, [], prompt_tokens=5)
+    assert await redis.exists(keys.session_meta(s.id)) == 0  # no message count to order it by: dropped
+    assert await redis.llen(keys.session_messages(s.id)) == 2  # no message changed: kept
+    assert (await store.get(s.id, "alice")).prompt_tokens == 5
+
+
+async def test_a_resent_message_leaves_the_cache_alone(store: SessionStore, redis: Redis) -> None:
+    s = await store.create("alice")
+    await store.append(s.id, [NewMessage("user", "one", client_message_id="c-1")])
+    generation = await redis.get(keys.session_generation(s.id))
+    again = await store.append(s.id, [NewMessage("user", "one", client_message_id="c-1")])
+    assert again.duplicates == {"c-1"}
+    assert await redis.get(keys.session_generation(s.id)) == generation  # nothing was written
+    assert await redis.exists(keys.session_meta(s.id)) == 1
+    assert texts(await store.messages(s.id)) == ["one"]
+
+
+async def test_concurrent_appenders_leave_the_newest_row_cached(store: SessionStore, repo: ChatRepository) -> None:
+    s = await store.create("alice")
+
+    async def writer(w: int) -> None:
+        for i in range(10):
+            await store.append(s.id, [NewMessage("assistant", f"{w}-{i}")], prompt_tokens=1)
+            got = await store.get(s.id, "alice")
+            assert got.message_count == got.prompt_tokens  # a row as one commit left it, never a mix
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    got = await store.get(s.id, "alice")
+    assert got == await repo.get_session(s.id)
+    assert got.message_count == 80

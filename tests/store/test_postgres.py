@@ -104,3 +104,33 @@ async def test_only_one_of_two_concurrent_summaries_lands(repo: ChatRepository) 
     assert sum(r is not None for r in results) == 1
     # A summary can only move forward.
     assert await repo.commit_summary(session.id, expected_through=4, through=4, summary="c", summary_tokens=1) is None
+
+
+async def test_append_returns_the_session_row_it_left(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    result = await repo.append_messages(
+        session.id, [NewMessage("user", "x", token_count=4)], prompt_tokens=10, completion_tokens=3
+    )
+    assert result.session == await repo.get_session(session.id)
+    assert result.session is not None
+    assert (result.session.message_count, result.session.prompt_tokens, result.session.live_tokens) == (1, 10, 4)
+    repeat = await repo.append_messages(session.id, [])  # nothing written: the row as it is
+    assert repeat.session == result.session
+
+
+async def test_a_released_connection_is_not_reset_with_a_query(migrated_database: str, db: asyncpg.Connection) -> None:
+    """asyncpg's default reset (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) would cost a
+    round trip and a transaction per release; nothing here changes session state, so nothing is sent."""
+    pool = await create_pool(migrated_database, min_size=1, max_size=1)
+    sent: list[str] = []
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda q: sent.append(q.query))
+            await conn.fetchval("SELECT 1")
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.fetchval("SELECT 2")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+        assert sent == ["SELECT 1", "BEGIN;", "SELECT 2", "COMMIT;"]
+    finally:
+        await pool.close()

@@ -4,21 +4,30 @@
 anything: after the first chunk a retry would stream the answer again, duplicating text in the UI and in storage.
 SDK errors are translated into `ModelError` here, once, where they come in. Tool-call argument fragments are
 collected by index and parsed once, when the model's stream ends.
+
+The model is reached through the SDK's client (base URL, auth headers, HTTP client, status errors) but not through
+its typed `chat.completions.create`: that walks every message and tool schema of the request to transform it, and
+builds a pydantic model per streamed chunk, costs that grow with the history and with the reply. We post the
+request body as JSON bytes (`orjson`) with `AsyncOpenAI.post` and read the stream's `data:` events ourselves as
+plain dicts, keeping the SDK's rules for them: `[DONE]` ends the stream, an event holding an `error` raises
+`openai.APIError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
+import anyio
 import httpx2
 import openai
 import orjson
-from openai.types.chat import ChatCompletionChunk
 
 from backend.errors import ModelError
 
@@ -130,72 +139,179 @@ class LLMClient:
         self, messages: Sequence[dict[str, Any]], *, model: str | None = None, max_tokens: int = 64
     ) -> str:
         """A short non-streaming completion (titles, summaries)."""
+        body = {"model": model or self.model, "messages": list(messages), "max_tokens": max_tokens}
         try:
-            response = await self._client.chat.completions.create(
-                model=model or self.model,
-                messages=cast(Any, list(messages)),
-                max_tokens=max_tokens,
-            )
-        except (openai.OpenAIError, httpx2.HTTPError) as e:
+            response = await self._post(body, stream=False)
+            completion = orjson.loads(response.content)
+        except _CLIENT_ERRORS as e:
             raise _translate(e) from e
-        return response.choices[0].message.content or "" if response.choices else ""
+        except orjson.JSONDecodeError as e:
+            raise ModelError("the model sent a malformed response", provider_code="malformed_response") from e
+        choices = completion.get("choices") if isinstance(completion, dict) else None
+        if not choices or not isinstance(choices[0], dict):
+            return ""
+        message = choices[0].get("message")
+        return (message.get("content") if isinstance(message, dict) else None) or ""
+
+    async def _post(self, body: dict[str, Any], *, stream: bool) -> httpx2.Response:
+        """POST /chat/completions through the SDK's client: its base URL, auth, headers and status errors (4xx and
+        5xx raise `openai.APIStatusError`), without its request transform. Streamed responses must be closed."""
+        response: httpx2.Response = await self._client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            content=orjson.dumps(body),
+            options={"security": {"bearer_auth": True}},
+            stream=stream,
+        )
+        return response
 
     async def _stream_once(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
     ) -> AsyncIterator[ModelEvent]:
-        kwargs: dict[str, Any] = {"tools": list(tools)} if tools else {}
-        calls: dict[int, _PartialCall] = {}
-        finish_reason: str | None = None
-        usage: Usage | None = None
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            body["tools"] = list(tools)
+        reply = _Reply()
         try:
             async with asyncio.timeout(self._idle_timeout):
-                # The SDK's message and tool TypedDicts are not worth restating for dicts we build ourselves.
-                create: Any = self._client.chat.completions.create
-                stream: openai.AsyncStream[ChatCompletionChunk] = await create(
-                    model=self.model,
-                    messages=list(messages),
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    **kwargs,
-                )
+                response = await self._post(body, stream=True)
             try:
-                chunks = aiter(stream)
-                while True:
-                    try:
-                        async with asyncio.timeout(self._idle_timeout):
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    if chunk.usage is not None:
-                        usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
-                    for choice in chunk.choices:
-                        delta = choice.delta
-                        if delta.content:
-                            yield TextChunk(delta.content)
-                        for tc in delta.tool_calls or ():
-                            partial = calls.setdefault(tc.index, _PartialCall())
-                            if tc.id:
-                                partial.id = tc.id
-                            if tc.function and tc.function.name:
-                                partial.name += tc.function.name
-                            if tc.function and tc.function.arguments:
-                                partial.arguments.append(tc.function.arguments)
-                            if not partial.announced and partial.id and partial.name:
-                                partial.announced = True
-                                yield ToolCallStarted(partial.id, partial.name)
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
+                async with contextlib.aclosing(_sse_data(response)) as events:
+                    while True:
+                        try:
+                            async with asyncio.timeout(self._idle_timeout):
+                                data = await anext(events)
+                        except StopAsyncIteration:
+                            break
+                        for event in reply.read(_chunk(data, response)):
+                            yield event
             finally:
-                await stream.close()
+                await response.aclose()
         except TimeoutError as e:
             raise ModelError(
                 f"the model sent nothing for {self._idle_timeout:g}s", retryable=True, provider_code="idle_timeout"
             ) from e
-        except (openai.OpenAIError, httpx2.HTTPError) as e:
+        except _CLIENT_ERRORS as e:
             raise _translate(e) from e
-        if finish_reason is None:
+        yield reply.completed()
+
+
+class _Reply:
+    """What the chunks of one streamed reply said so far: tool calls by index, finish reason, usage."""
+
+    __slots__ = ("calls", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.calls: dict[int, _PartialCall] = {}
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def read(self, chunk: dict[str, Any]) -> list[ModelEvent]:
+        """Take in one `chat.completion.chunk`; the events it gives (text, tool calls whose id and name are known)."""
+        events: list[ModelEvent] = []
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or _EMPTY
+            text = delta.get("content")
+            if text:
+                events.append(TextChunk(text))
+            for tc in delta.get("tool_calls") or ():
+                partial = self.calls.setdefault(tc.get("index", 0), _PartialCall())
+                function = tc.get("function") or _EMPTY
+                if tc.get("id"):
+                    partial.id = tc["id"]
+                if function.get("name"):
+                    partial.name += function["name"]
+                if function.get("arguments"):
+                    partial.arguments.append(function["arguments"])
+                if not partial.announced and partial.id and partial.name:
+                    partial.announced = True
+                    events.append(ToolCallStarted(partial.id, partial.name))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def completed(self) -> Completed:
+        """The end of a stream that ended normally; a stream that never said why it finished was cut short."""
+        if self.finish_reason is None:
             raise ModelError("the model's stream ended before it finished", retryable=True, provider_code="truncated")
-        yield Completed(finish_reason, [_finish_call(i, p) for i, p in sorted(calls.items())], usage)
+        calls = [_finish_call(i, p) for i, p in sorted(self.calls.items())]
+        return Completed(self.finish_reason, calls, self.usage)
+
+
+_EMPTY: dict[str, Any] = {}
+
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError, ssl.SSLError, anyio.EndOfStream)
+"""What reading a response can raise for a broken connection (the SDK reports these as `APIConnectionError`)."""
+
+_CLIENT_ERRORS: tuple[type[Exception], ...] = (openai.OpenAIError, *_TRANSPORT_ERRORS)
+
+_DRAIN_SECONDS = 0.1
+
+
+async def _sse_data(response: httpx2.Response) -> AsyncGenerator[bytes, None]:
+    """The `data` of each server-sent event of `response`, up to `[DONE]`.
+
+    Lines end in LF, CRLF or CR; an event ends at a blank line; its `data:` lines are joined with LF. Other fields
+    (`event`, `id`, `retry`) and comments are ignored, as the SDK ignores them for chat completions.
+    """
+    chunks = response.aiter_bytes()
+    data: list[bytes] = []
+    pending = b""
+    async for chunk in chunks:
+        lines = (pending + chunk).splitlines(keepends=True) if pending else chunk.splitlines(keepends=True)
+        # An unterminated last line, or one ending in CR (maybe the first half of a CRLF), waits for more bytes.
+        pending = lines.pop() if lines and lines[-1][-1:] != b"\n" else b""
+        for line in lines:
+            if line in (b"\n", b"\r\n", b"\r"):
+                if data:
+                    event = data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
+                    if event.startswith(b"[DONE]"):
+                        await _drain(response, chunks)
+                        return
+                    yield event
+            elif line.startswith(b"data:"):
+                value = line[5:].rstrip(b"\r\n")
+                data.append(value[1:] if value.startswith(b" ") else value)
+    # An event not ended by a blank line when the body ends is incomplete: dropped, as the SSE spec says.
+
+
+async def _drain(response: httpx2.Response, chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]`, normally only the end of the body, so that an HTTP/1.1 connection goes back to
+    the pool instead of being closed. Bounded: a server that keeps the body open after `[DONE]` costs 0.1 s."""
+    if response.http_version != "HTTP/1.1":
+        return
+    with contextlib.suppress(TimeoutError, *_TRANSPORT_ERRORS):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+
+
+def _chunk(data: bytes, response: httpx2.Response) -> dict[str, Any]:
+    """One `chat.completion.chunk` as a dict. An `error` event raises `openai.APIError`, as the SDK's stream does."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise ModelError(
+            "the model sent a malformed stream event", retryable=True, provider_code="malformed_stream"
+        ) from e
+    if not isinstance(chunk, dict):
+        raise ModelError("the model sent a malformed stream event", retryable=True, provider_code="malformed_stream")
+    error = chunk.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else None
+        if not message or not isinstance(message, str):
+            message = "An error occurred during streaming"
+        raise openai.APIError(message, response.request, body=error)
+    return chunk
 
 
 def _finish_call(index: int, partial: _PartialCall) -> ToolCall:
@@ -215,7 +331,7 @@ _REGION_BLOCKED = "unsupported_country_region_territory"
 
 def _translate(e: Exception) -> ModelError:
     """Map an SDK or transport error to a `ModelError` with a message fit for the user."""
-    if isinstance(e, openai.APITimeoutError | openai.APIConnectionError | httpx2.HTTPError):
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError, *_TRANSPORT_ERRORS)):
         return ModelError("could not reach the model provider", retryable=True, provider_code="connection_error")
     if isinstance(e, openai.APIStatusError):
         code = _error_code(e)

@@ -40,6 +40,7 @@ STORED_SYSTEM_PREFIX: Final = "[System note from earlier in this conversation]\n
 """Prefix of a stored `system` message, which is sent as a `user` message (see `to_openai_messages`)."""
 
 _ROLES: Final = frozenset({"system", "user", "assistant", "tool"})
+_TEXT_ROLES: Final = frozenset({"system", "user", "assistant"})
 
 
 def to_openai_messages(
@@ -64,9 +65,7 @@ def to_openai_messages(
     messages: list[Mapping[str, Any]] = list(context)
     for item in history:
         message = stored_to_openai(item) if isinstance(item, ChatMessage) else item
-        if message.get("role") == "system":
-            message = _demote_system(message)
-        messages.append(message)
+        messages.append(_demote_system(message) if message.get("role") == "system" else message)
     repaired = repair(messages)
     if system_prompt is not None and system_prompt.strip():
         repaired.insert(0, {"role": "system", "content": system_prompt})
@@ -79,11 +78,15 @@ def stored_to_openai(message: ChatMessage) -> dict[str, Any]:
     The result is faithful, not safe to send: it keeps `refusal` and whatever the row holds. Pass lists of
     these through `repair` (or `to_openai_messages`) before a model call.
     """
+    content, tool_calls = message.content, message.tool_calls
+    if tool_calls is None and message.tool_call_id is None and message.name is None and message.refusal is None:
+        # Nearly every row: a user or assistant text.
+        return {"role": message.role} if content is None else {"role": message.role, "content": content}
     out: dict[str, Any] = {"role": message.role}
-    if message.content is not None:
-        out["content"] = message.content
-    if message.tool_calls is not None:
-        out["tool_calls"] = message.tool_calls
+    if content is not None:
+        out["content"] = content
+    if tool_calls is not None:
+        out["tool_calls"] = tool_calls
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     if message.name is not None:
@@ -101,29 +104,45 @@ def repair(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Applying it twice gives the same result as applying it once.
     """
     out: list[dict[str, Any]] = []
-    block: _ToolBlock | None = None
+    # The assistant message still open: a later assistant message may merge into it and tool results answer it.
+    # One without tool calls (most of them) stays a plain dict, sent as it is, until something merges into it.
+    block: _ToolBlock | dict[str, Any] | None = None
     for raw in messages:
-        message = _normalize(raw)
-        if message is None:
-            continue
-        role = message["role"]
+        role = raw.get("role")
+        content = raw.get("content")
+        message: dict[str, Any] | None
+        if type(content) is str and len(raw) == 2 and role in _TEXT_ROLES and content and not content.isspace():
+            # Most messages are only a role and a text: their clean copy is the same two keys.
+            message = {"role": role, "content": content}
+        else:
+            message = _normalize(raw)
+            if message is None:
+                continue
+            role = message["role"]
         if role == "tool":
-            # Without an open block there is no call this result could answer: an orphan.
-            if block is not None:
+            # Without an open block with calls there is no call this result could answer: an orphan.
+            if isinstance(block, _ToolBlock):
                 block.answer(message)
             continue
-        if role == "assistant" and block is not None and not block.results:
-            block.merge(message)
-            continue
-        if block is not None:
+        if role == "assistant" and block is not None:
+            if isinstance(block, dict):
+                block = _ToolBlock(block)
+            if not block.results:
+                block.merge(message)
+                continue
+        if isinstance(block, _ToolBlock):
             block.close_into(out)
-            block = None
+        elif block is not None:
+            out.append(block)
+        block = None
         if role == "assistant":
-            block = _ToolBlock(message)
+            block = _ToolBlock(message) if "tool_calls" in message else message
         else:
             out.append(message)
-    if block is not None:
+    if isinstance(block, _ToolBlock):
         block.close_into(out)
+    elif block is not None:
+        out.append(block)
     return out
 
 
@@ -156,17 +175,21 @@ def ui_text_of(message: Mapping[str, Any]) -> str:
 class _ToolBlock:
     """An assistant message being assembled, and the results that answer its tool calls so far."""
 
-    __slots__ = ("calls", "content", "name", "results")
+    __slots__ = ("calls", "content", "message", "name", "results")
 
-    def __init__(self, message: Mapping[str, Any]) -> None:
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.message: dict[str, Any] | None = message
+        """The normalized message this block started with, sent as it is unless another one is merged in."""
         self.content: str | None = message.get("content")
         self.name: str | None = message.get("name")
-        self.calls: dict[str, dict[str, Any]] = {call["id"]: call for call in message.get("tool_calls", ())}
+        calls = message.get("tool_calls")
+        self.calls: dict[str, dict[str, Any]] = {call["id"]: call for call in calls} if calls else {}
         self.results: dict[str, dict[str, Any]] = {}
         """Accepted results by call id. Non-empty once the first result is seen; then the block can no
         longer absorb another assistant message."""
 
     def merge(self, message: Mapping[str, Any]) -> None:
+        self.message = None
         content = message.get("content")
         if content is not None:
             self.content = content if self.content is None else f"{self.content}\n\n{content}"
@@ -180,13 +203,15 @@ class _ToolBlock:
             self.results[call_id] = result
 
     def close_into(self, out: list[dict[str, Any]]) -> None:
-        assistant: dict[str, Any] = {"role": "assistant"}
-        if self.content is not None:
-            assistant["content"] = self.content
-        if self.name is not None:
-            assistant["name"] = self.name
-        if self.calls:
-            assistant["tool_calls"] = list(self.calls.values())
+        assistant = self.message
+        if assistant is None:
+            assistant = {"role": "assistant"}
+            if self.content is not None:
+                assistant["content"] = self.content
+            if self.name is not None:
+                assistant["name"] = self.name
+            if self.calls:
+                assistant["tool_calls"] = list(self.calls.values())
         out.append(assistant)
         for call_id in self.calls:
             result = self.results.get(call_id)
@@ -198,37 +223,36 @@ def _normalize(message: Mapping[str, Any]) -> dict[str, Any] | None:
     role = message.get("role")
     if role not in _ROLES:
         raise ValueError(f"unknown chat message role {role!r}")
+    content = message.get("content")
     if role == "tool":
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
             return None
-        content = message.get("content")
         if not isinstance(content, str):
             content = _to_json(content)
         return {"role": "tool", "tool_call_id": call_id, "content": content}
 
-    out: dict[str, Any] = {"role": role}
+    name = message.get("name")
     if role == "assistant":
-        text = _text_of(message.get("content"))
+        text = _text_of(content)
         if text is None:
             # Only a refusal: send it as text so the model sees what it said.
             text = _text_of(message.get("refusal"))
-        calls = _tool_calls(message.get("tool_calls"))
+        raw_calls = message.get("tool_calls")
+        calls = _tool_calls(raw_calls) if raw_calls else []
         if text is None and not calls:
             return None
-        if text is not None:
-            out["content"] = text
+        out: dict[str, Any] = {"role": role} if text is None else {"role": role, "content": text}
+        if isinstance(name, str) and name:
+            out["name"] = name
         if calls:
             out["tool_calls"] = calls
-    else:
-        content = message.get("content")
-        if not _has_content(content):
-            return None
-        out["content"] = content
-    name = message.get("name")
+        return out
+    if not _has_content(content):
+        return None
     if isinstance(name, str) and name:
-        out["name"] = name
-    return out
+        return {"role": role, "content": content, "name": name}
+    return {"role": role, "content": content}
 
 
 def _demote_system(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -266,6 +290,8 @@ def _tool_calls(raw: object) -> list[dict[str, Any]]:
 
 def _text_of(content: object) -> str | None:
     """Assistant text: a string, or the text parts of a list joined; `None` when blank."""
+    if type(content) is str:
+        return content if content and not content.isspace() else None
     if isinstance(content, list):
         content = "".join(
             part["text"]
@@ -280,7 +306,7 @@ def _text_of(content: object) -> str | None:
 def _has_content(content: object) -> bool:
     """Whether user or system content says anything: non-blank text, or a list with a non-blank-text part."""
     if isinstance(content, str):
-        return bool(content.strip())
+        return bool(content) and not content.isspace()
     if isinstance(content, list):
         return any(isinstance(part, Mapping) and not _is_blank_text_part(part) for part in content)
     return False

@@ -53,8 +53,8 @@ class ContextWindow:
         return sum(self.counts)
 
     def extend(self, stored: list[ChatMessage]) -> None:
-        self.live.extend(stored_to_openai(m) for m in stored)
-        self.counts.extend(m.token_count for m in stored)
+        self.live += [stored_to_openai(m) for m in stored]
+        self.counts += [m.token_count for m in stored]
 
     def estimate(self, fixed_tokens: int) -> int:
         return fixed_tokens + self.summary_tokens + self.live_tokens

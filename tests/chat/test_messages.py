@@ -137,6 +137,26 @@ def test_input_is_not_modified() -> None:
     assert json.dumps(messages) == snapshot
 
 
+def test_the_output_shares_no_message_dict_with_the_input() -> None:
+    # Plain text messages take a short path; their copies must still be new dicts.
+    history: list[dict[str, Any]] = [
+        USER,
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "b", "name": "bob"},
+        {"role": "assistant", "content": "c", "tool_calls": [call("c1")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    out = repair(history)
+    assert out == [
+        USER,
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "b", "name": "bob"},
+        {"role": "assistant", "content": "c", "tool_calls": [call("c1")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    assert not {id(m) for m in out} & {id(m) for m in history}
+
+
 # --- merging split assistant messages --------------------------------------------------------------------
 
 

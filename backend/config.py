@@ -199,8 +199,9 @@ class Settings(BaseSettings):
     """A message while a turn runs: `reject` (409 with the active task id), `interrupt` (stop it, then start),
     `enqueue` (start once it ends)."""
 
-    publish_window_ms: float = Field(default=10.0, ge=0, le=1000)
-    """Chunks produced within this window are written to Redis in one round trip."""
+    publish_window_ms: float = Field(default=250.0, ge=0, le=5000)
+    """A turn's chunks go to followers on its own pod at once, and to its Redis Stream (followers on other pods,
+    replays) in one write per window: at most this far behind, at about one round trip per window."""
 
     # --- prompts, tracing, analytics ---------------------------------------------------------------
     langfuse_public_key: str | None = Field(

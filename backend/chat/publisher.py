@@ -1,15 +1,22 @@
-"""Coalesced publishing of one turn's chunks: the turn never waits on Redis per token.
+"""Publishing one turn's chunks: followers on this pod read them from memory, Redis gets them in batches.
 
-`emit` only buffers (merging consecutive text deltas of one part). A flusher task writes the buffer in one
-pipelined round trip. The first chunk after a quiet period goes out at once (no added latency for the first
-token); while chunks keep coming, writes happen at most once per `window`, so a fast model costs one round trip
-per window instead of one per token.
+Every chunk gets its stream entry id when it is emitted (`0-1`, `0-2`, …: the turn's stream is new and empty
+when its publisher starts, so these ids are the stream's own and cursors mean the same on every pod). Followers
+on this pod (the request that started the turn, a reconnect that lands here) are served from the publisher's log
+at once, without a Redis read per chunk; text deltas that come faster than they are taken or written are merged
+into one entry. A flusher writes the log to the turn's Redis Stream: the first chunk
+after a quiet period at once, then at most once per `window`, so a pod pays about one round trip per window
+whatever the model's pace. Followers on other pods and replays read the stream, at most one window behind.
+
+Writing with explicit ids also makes a retried write idempotent: an entry whose write did land is not added
+twice. The end is written atomically with the last chunks (`TurnRegistry.finish`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 
 from backend.chat import protocol as p
 from backend.streams.turns import TurnRegistry, TurnStatus
@@ -18,31 +25,113 @@ log = logging.getLogger("copilot.publisher")
 
 
 class TurnPublisher:
-    def __init__(self, registry: TurnRegistry, turn_id: str, *, window_seconds: float) -> None:
+    def __init__(
+        self,
+        registry: TurnRegistry,
+        turn_id: str,
+        *,
+        window_seconds: float,
+        on_cancel_requested: Callable[[], None] | None = None,
+    ) -> None:
         self._registry = registry
-        self._turn_id = turn_id
+        self._on_cancel_requested = on_cancel_requested
+        self.last_write = 0.0
+        """Event-loop time of the last write to Redis (each write also says whether a stop was asked for)."""
+        self.turn_id = turn_id
         self._window = window_seconds
-        self._buffer: list[p.Chunk] = []
+        self._ids: list[str] = []
+        self._payloads: list[bytes] = []
+        self._written = 0
+        """How many of the log's entries are in Redis."""
+        self._sealed = 0
+        """How many of the log's entries have been sent to Redis at least once (written or in flight): their
+        content is fixed, a retry must write the same."""
+        self._delivered = 0
+        """How many of the log's entries a follower on this pod has taken."""
+        self._last: p.Chunk | None = None
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set (and replaced) whenever the log grows or the turn ends: wakes this pod's followers."""
         self._closed = False
-        self._flusher = asyncio.create_task(self._run())
+        self.ended = False
+        """The turn's end is decided: the log is complete (or, if `taken_over`, continues in Redis only)."""
+        self.taken_over = False
+        """Another pod ended the turn (this pod's lease had lapsed): its closing entries are only in Redis."""
+        self._flusher = asyncio.create_task(self._run(), name=f"publisher-{turn_id}")
 
     def emit(self, chunk: p.Chunk) -> None:
-        last = self._buffer[-1] if self._buffer else None
-        if type(chunk) is p.TextDelta and type(last) is p.TextDelta and last.id == chunk.id:
-            self._buffer[-1] = p.TextDelta(id=chunk.id, delta=last.delta + chunk.delta)
+        last = self._last
+        if (
+            type(chunk) is p.TextDelta
+            and type(last) is p.TextDelta
+            and last.id == chunk.id
+            and len(self._ids) > max(self._sealed, self._delivered)
+        ):
+            # The previous delta is still unseen by anyone: extend it instead of adding an entry.
+            chunk = p.TextDelta(id=chunk.id, delta=last.delta + chunk.delta)
+            self._payloads[-1] = p.to_json(chunk)
         else:
-            self._buffer.append(chunk)
+            self._ids.append(f"0-{len(self._ids) + 1}")
+            self._payloads.append(p.to_json(chunk))
+        self._last = chunk
         self._wake.set()
+        self._notify()
 
     async def close(self, status: TurnStatus) -> bool:
-        """Write what is buffered together with the end, atomically; False if someone else ended the turn
+        """Write what is unwritten together with the end, atomically; False if someone else ended the turn
         (its owner's lease had expired and another pod closed it), in which case nothing more is written."""
         self._closed = True
         self._wake.set()
-        await asyncio.gather(self._flusher, return_exceptions=True)
-        batch, self._buffer = self._buffer, []
-        return await self._registry.finish(self._turn_id, status, [p.to_json(c) for c in batch])
+        try:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            start = self._written
+            self._sealed = len(self._ids)
+            ended = await self._registry.finish(self.turn_id, status, self._payloads[start:], ids=self._ids[start:])
+            self._written = len(self._ids)
+            self.taken_over = not ended
+            return ended
+        except BaseException:
+            self.taken_over = True  # followers here fall back to whatever Redis has; they never hang
+            raise
+        finally:
+            self.ended = True
+            self._notify()
+
+    def abandon(self) -> None:
+        """The turn's task ended without closing the publisher (cancelled before it started): stop, and send this
+        pod's followers to Redis, where whoever reaps the turn writes its end."""
+        if not self.ended:
+            self._flusher.cancel()
+            self.taken_over = self.ended = True
+            self._notify()
+
+    async def follow(self, *, after: str, heartbeat_seconds: float) -> AsyncIterator[tuple[str, bytes | None]]:
+        """This pod's view of the turn: entries after cursor `after` (`"0"`: from the start), live until its end;
+        `("", None)` after `heartbeat_seconds` of silence. The caller checks `taken_over` when it returns."""
+        position = _position(after)
+        loop = asyncio.get_running_loop()
+        while True:
+            changed = self._changed
+            while position < len(self._ids):
+                position += 1
+                self._delivered = max(self._delivered, position)
+                yield self._ids[position - 1], self._payloads[position - 1]
+            if self.ended:
+                return
+            try:
+                async with asyncio.timeout_at(loop.time() + heartbeat_seconds):
+                    await changed.wait()
+            except TimeoutError:
+                yield "", None
+
+    def serves(self, after: str) -> bool:
+        """Whether `follow(after=…)` can start at `after`: a cursor this publisher handed out (or the start)."""
+        position = _position(after)
+        return 0 <= position <= len(self._ids)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -53,22 +142,35 @@ class TurnPublisher:
                 return
             wait = next_allowed - loop.time()
             if wait > 0:
-                await asyncio.sleep(wait)  # chunks arriving meanwhile join this write
+                await asyncio.sleep(wait)  # chunks emitted meanwhile join this write
                 if self._closed:
-                    return  # `close` writes the buffer together with the end (clearing `_wake` would hang it)
+                    return  # `close` writes the rest together with the end (clearing `_wake` would hang it)
             self._wake.clear()
             next_allowed = loop.time() + self._window
             try:
                 await self._flush()
             except Exception:
-                log.exception("turn %s: publishing failed; chunks stay buffered for the next write", self._turn_id)
+                log.exception("turn %s: publishing failed; the chunks are written with the next write", self.turn_id)
 
     async def _flush(self) -> None:
-        if not self._buffer:
+        start, stop = self._written, len(self._ids)
+        if start == stop:
             return
-        batch, self._buffer = self._buffer, []
-        try:
-            await self._registry.publish(self._turn_id, [p.to_json(c) for c in batch])
-        except BaseException:
-            self._buffer[:0] = batch
-            raise
+        chunks, ids = self._payloads[start:stop], self._ids[start:stop]
+        self._sealed = max(self._sealed, stop)
+        outcome = await self._registry.publish(self.turn_id, chunks, ids=ids, set_expiry=start == 0)
+        self._written = stop
+        self.last_write = asyncio.get_running_loop().time()
+        if outcome == "ended":
+            log.warning("turn %s was ended elsewhere; its publisher stops writing", self.turn_id)
+            self._closed = True
+        elif outcome == "cancel_requested" and self._on_cancel_requested is not None:
+            self._on_cancel_requested()
+
+
+def _position(cursor: str) -> int:
+    """Index in the log of the entry after `cursor`; -1 for a cursor this publisher did not hand out."""
+    if cursor == "0":
+        return 0
+    first, _, second = cursor.partition("-")
+    return int(second) if first == "0" and second.isdigit() else -1

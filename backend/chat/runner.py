@@ -87,6 +87,8 @@ class TurnRunner:
         self._telemetry = telemetry or NullTelemetry()
         self._model = model
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._publishers: dict[str, TurnPublisher] = {}
+        """The turns this pod runs, for followers on this pod (read from memory, not from Redis)."""
         self._supervisor: asyncio.Task[None] | None = None
 
     async def submit(
@@ -117,7 +119,8 @@ class TurnRunner:
             user = stored.messages[0]
             # A message stored before whose turn is unknown (expired, or its pod died before starting it) is
             # answered now only if nothing answered it yet.
-            if stored.duplicates and user.sequence != (await self._store.get(session.id, user_id)).message_count:
+            latest = stored.session or await self._store.get(session.id, user_id)
+            if stored.duplicates and user.sequence != latest.message_count:
                 raise Conflict("this message was already answered", message_id=str(user.id))
             await self._registry.create(turn_id, str(session.id), user_id)
         except BaseException:
@@ -129,10 +132,9 @@ class TurnRunner:
             user_id=user_id,
             is_authenticated=is_authenticated,
             page_context=message.page_context,
+            session=session,
         )
-        task = asyncio.create_task(self._drive(request, message.text), name=f"turn-{turn_id}")
-        self._tasks[turn_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(turn_id, None))
+        self._start(request, message.text)
         if session.title is None and user.sequence == 1:
             self._titles.schedule(session.id, user_id, message.text)
         return Submitted(turn_id, user.sequence, repeated=False)
@@ -173,11 +175,26 @@ class TurnRunner:
             await asyncio.sleep(0.05)
         return turn_id
 
-    def follow(
+    async def follow(
         self, turn_id: str, *, after: str = "0", heartbeat_seconds: float
     ) -> AsyncIterator[tuple[str, bytes | None]]:
-        """The turn's entries from cursor `after`; a follower that finds the owner dead closes the turn itself."""
+        """The turn's entries from cursor `after`, live until its end. A turn this pod runs is followed in memory;
+        any other from its Redis Stream, and a follower that finds the owner dead closes the turn itself."""
+        publisher = self._publishers.get(turn_id)
+        if publisher is not None and publisher.serves(after):
+            async for entry in publisher.follow(after=after, heartbeat_seconds=heartbeat_seconds):
+                if entry[0]:
+                    after = entry[0]
+                yield entry
+            if not publisher.taken_over:
+                return
+            # Another pod ended the turn (this pod's lease had lapsed): its closing entries are in Redis only.
+        async for entry in self._follow_stream(turn_id, after=after, heartbeat_seconds=heartbeat_seconds):
+            yield entry
 
+    def _follow_stream(
+        self, turn_id: str, *, after: str, heartbeat_seconds: float
+    ) -> AsyncIterator[tuple[str, bytes | None]]:
         async def on_idle() -> bool:
             info = await self._registry.info(turn_id)
             if info is None or info.status != "running":
@@ -201,7 +218,9 @@ class TurnRunner:
             check_cancelled()
             await asyncio.sleep(_CANCEL_POLL_SECONDS)
             try:
-                local = list(self._tasks)
+                # A turn that wrote to Redis lately learnt of a stop request from that write; ask for the others.
+                quiet_since = loop.time() - _CANCEL_POLL_SECONDS
+                local = [turn_id for turn_id, pub in self._publishers.items() if pub.last_write < quiet_since]
                 for turn_id in await self._registry.cancel_requested(local):
                     task = self._tasks.get(turn_id)
                     if task is not None:
@@ -252,9 +271,7 @@ class TurnRunner:
         request = TurnRequest(
             turn_id=op.task_id, session_id=op.session_id, user_id=op.user_id, is_authenticated=True, note=note
         )
-        task = asyncio.create_task(self._drive(request, ""), name=f"continuation-{op.task_id}")
-        self._tasks[op.task_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(op.task_id, None))
+        self._start(request, "")
 
     async def active_task(self, session_id: uuid.UUID) -> tuple[str, TurnStatus] | None:
         """The session's running turn (task id and status), if any."""
@@ -280,8 +297,28 @@ class TurnRunner:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
 
-    async def _drive(self, req: TurnRequest, message_text: str) -> None:
-        publisher = TurnPublisher(self._registry, req.turn_id, window_seconds=self._window)
+    def _start(self, req: TurnRequest, message_text: str) -> None:
+        """Run the turn as a task of this pod; its publisher exists before anyone follows it."""
+        turn_id = req.turn_id
+        publisher = TurnPublisher(
+            self._registry,
+            turn_id,
+            window_seconds=self._window,
+            on_cancel_requested=lambda: _stop(task),
+        )
+        self._publishers[turn_id] = publisher
+        task = asyncio.create_task(self._drive(req, message_text, publisher), name=f"turn-{turn_id}")
+        self._tasks[turn_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(turn_id, None)
+            if self._publishers.get(turn_id) is publisher:
+                del self._publishers[turn_id]
+            publisher.abandon()
+
+        task.add_done_callback(done)
+
+    async def _drive(self, req: TurnRequest, message_text: str, publisher: TurnPublisher) -> None:
         translator = UIStreamTranslator()
         status: TurnStatus = "completed"
         error_class: str | None = None

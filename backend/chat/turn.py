@@ -27,7 +27,7 @@ from backend.chat.tokens import TokenCounter, truncate_middle
 from backend.chat.window import ContextPolicy, ContextWindow
 from backend.errors import ModelError
 from backend.observability.telemetry import Generation, NullTelemetry, TurnFacts, TurnTelemetry
-from backend.store.models import ChatMessage, NewMessage
+from backend.store.models import ChatMessage, ChatSession, NewMessage
 from backend.store.sessions import SessionStore
 from backend.tools.base import ToolContext, ToolOutcome, run_tool
 from backend.tools.registry import ToolRegistry
@@ -49,6 +49,9 @@ class TurnRequest:
     note: str | None = None
     """A turn without a new user message (a continuation) tells the model why it is speaking, after the history;
     never stored."""
+    session: ChatSession | None = None
+    """The session as the caller read it, if it did (saves a read): only its summary fields are used, and a
+    summary is a consistent starting point however recent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,7 @@ class TurnEngine:
     ) -> AsyncIterator[ev.TurnEvent]:
         telemetry = telemetry or NullTelemetry().turn_started(_NO_FACTS)
         yield ev.TurnStarted(message_id=f"msg-{req.turn_id}", metadata={"taskId": req.turn_id})
-        session = await self._store.get_any(req.session_id)
+        session = req.session or await self._store.get_any(req.session_id)
         assert session is not None
         window = await ContextWindow.load(self._store, session)
         context = _page_context_messages(req.page_context)

@@ -1,11 +1,13 @@
 """The turn registry on Redis: one Redis Stream of UI chunks per turn, a status record, and leases.
 
 Any pod can follow any turn: the stream is the turn's whole output from its `start` chunk, entry ids are the SSE
-cursors, and an `end` entry closes it. The status flip out of `running` happens once, in a Lua compare-and-set
-that also appends the last chunks and the `end` entry, so exactly one writer (the owner, or whoever reaps a turn
-whose owner died) ends a message. Streams are never trimmed by length (a replay always starts at `start`); they
-expire as a whole, together with their status record, `ttl` after the last write. A small tombstone outlives them
-so a late reconnect can tell "expired" (410) from "never existed" (404).
+cursors, and an `end` entry closes it. The owner writes its chunks with ids it chose (see `chat/publisher.py`),
+so a retried write never adds an entry twice, and nothing is written once the turn no longer runs. The status
+flip out of `running` happens once, in a Lua compare-and-set that also appends the last chunks and the `end`
+entry, so exactly one writer (the owner, or whoever reaps a turn whose owner died) ends a message. Streams are
+never trimmed by length (a replay always starts at `start`); they expire as a whole, together with their status
+record, `ttl` after the last write. A small tombstone outlives them so a late reconnect can tell "expired" (410)
+from "never existed" (404).
 
 Running turns are listed in one sorted set scored by lease deadline: owners push their deadlines forward in one
 pipelined call per pod, and finding turns whose owner died is a range query, never a key scan.
@@ -24,21 +26,52 @@ from redis.asyncio import Redis
 from backend import keys
 
 TurnStatus = Literal["running", "completed", "failed", "cancelled", "interrupted"]
+Published = Literal["written", "cancel_requested", "ended"]
 
 _TOMBSTONE_TTL_MS = 7 * 86_400_000
 _MAX_BLOCK_SECONDS = 1.0
 """Longest single XREAD of a follower; below the Redis client's socket timeout (redis-py 8 defaults to 5s)."""
 _CLOSING_BLOCK_SECONDS = 0.05
 
-_FINISH = """
+_APPEND_ENTRIES = """
+local function append(from)
+  for i = from, #ARGV, 2 do
+    local added = redis.pcall('XADD', KEYS[2], ARGV[i], 'c', ARGV[i + 1])
+    -- An id already in the stream is an earlier attempt of this write whose reply was lost: nothing to add.
+    if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+      return added
+    end
+  end
+end
+"""
+
+_PUBLISH = (
+    _APPEND_ENTRIES
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local failed = append(3)
+if failed then return failed end
+if ARGV[1] == '1' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1 + redis.call('EXISTS', KEYS[3])
+"""
+)
+
+_FINISH = (
+    _APPEND_ENTRIES
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local failed = append(4)
+if failed then return failed end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2])
-for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'c', ARGV[i]) end
 redis.call('XADD', KEYS[2], '*', 'end', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +91,7 @@ class TurnRegistry:
         self._redis = redis
         self._ttl_ms = ttl_seconds * 1000
         self.lease_seconds = lease_seconds
+        self._publish = redis.register_script(_PUBLISH)
         self._finish = redis.register_script(_FINISH)
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -72,6 +106,8 @@ class TurnRegistry:
             "started_at": _now(),
         }
         async with self._redis.pipeline(transaction=False) as pipe:
+            # A stream left over from an earlier turn of this id (its status record expired first) is not ours.
+            pipe.delete(keys.turn_events(turn_id))
             pipe.hset(meta, mapping=fields)
             pipe.pexpire(meta, self._ttl_ms)
             pipe.set(keys.turn_tombstone(turn_id), user_id, px=_TOMBSTONE_TTL_MS)
@@ -83,33 +119,47 @@ class TurnRegistry:
         """This pod starts the turn of a stream opened earlier: take its lease."""
         await self._redis.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
 
-    async def publish(self, turn_id: str, payloads: Sequence[bytes]) -> None:
-        """Append chunks (JSON) in one round trip, refreshing the expiry of the turn's keys."""
-        events, meta = keys.turn_events(turn_id), keys.turn_meta(turn_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for payload in payloads:
-                pipe.xadd(events, {"c": payload})
-            pipe.pexpire(events, self._ttl_ms)
-            pipe.pexpire(meta, self._ttl_ms)
-            await pipe.execute()
+    async def publish(
+        self, turn_id: str, chunks: Sequence[bytes], *, ids: Sequence[str] | None = None, set_expiry: bool = True
+    ) -> Published:
+        """Append chunks (JSON) in one round trip, with their entry ids (default: Redis assigns them). `ended`, and
+        nothing written, if the turn is no longer running (another pod ended it); the reply also says whether
+        someone asked the turn to stop, so a streaming owner learns it without polling.
 
-    async def finish(self, turn_id: str, status: TurnStatus, payloads: Sequence[bytes] = ()) -> bool:
+        The stream key exists from its first entry on, so the first write sets its expiry (`set_expiry`); after
+        that `renew` keeps the turn's keys fresh and a write need not touch them."""
+        keys_ = [keys.turn_meta(turn_id), keys.turn_events(turn_id), keys.turn_cancel(turn_id)]
+        args = [int(set_expiry), self._ttl_ms, *_entries(chunks, ids)]
+        outcomes: tuple[Published, ...] = ("ended", "written", "cancel_requested")
+        return outcomes[int(await self._publish(keys=keys_, args=args))]
+
+    async def finish(
+        self, turn_id: str, status: TurnStatus, chunks: Sequence[bytes] = (), *, ids: Sequence[str] | None = None
+    ) -> bool:
         """Flip `running` to `status`, append the last chunks and the `end` entry, atomically.
 
         False (and nothing written) if the turn had already been ended by someone else.
         """
         keys_ = [keys.turn_meta(turn_id), keys.turn_events(turn_id)]
-        ended = bool(await self._finish(keys=keys_, args=[status, _now(), self._ttl_ms, *payloads]))
+        args = [status, _now(), self._ttl_ms, *_entries(chunks, ids)]
+        ended = bool(await self._finish(keys=keys_, args=args))
         await self._redis.zrem(keys.TURN_LEASES, turn_id)
         return ended
 
     # --- leases and cancellation ---------------------------------------------------------------------
     async def renew(self, turn_ids: Iterable[str]) -> None:
-        """Push the lease deadlines of running turns (only those still listed) forward, in one call."""
+        """Push the lease deadlines of running turns (only those still listed) forward, and the expiry of their
+        keys (publishing does not refresh it), in one round trip."""
         deadline = time.time() + self.lease_seconds
         mapping = {turn_id: deadline for turn_id in turn_ids}
-        if mapping:
-            await self._redis.zadd(keys.TURN_LEASES, mapping, xx=True)
+        if not mapping:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.TURN_LEASES, mapping, xx=True)
+            for turn_id in mapping:
+                pipe.pexpire(keys.turn_meta(turn_id), self._ttl_ms)
+                pipe.pexpire(keys.turn_events(turn_id), self._ttl_ms)
+            await pipe.execute()
 
     async def expired(self, *, limit: int = 100) -> list[str]:
         """Running turns whose owner stopped renewing their lease."""
@@ -192,6 +242,16 @@ class TurnRegistry:
                     return
                 yield cursor, fields[b"c"]
             heartbeat_at = loop.time() + heartbeat_seconds
+
+
+def _entries(chunks: Sequence[bytes], ids: Sequence[str] | None) -> list[str | bytes]:
+    """Script arguments: entry id and chunk, pair after pair."""
+    if ids is not None and len(ids) != len(chunks):
+        raise ValueError("one entry id per chunk")
+    args: list[str | bytes] = []
+    for entry_id, chunk in zip(ids or ["*"] * len(chunks), chunks, strict=True):
+        args += (entry_id, chunk)
+    return args
 
 
 def _now() -> str:

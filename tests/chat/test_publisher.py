@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 from backend import keys
 from backend.chat import protocol as p
 from backend.chat.publisher import TurnPublisher
-from backend.streams.turns import TurnRegistry
+from backend.streams.turns import Published, TurnRegistry
 
 
 async def entries(redis: Redis, turn_id: str) -> list[dict[bytes, bytes]]:
@@ -54,3 +55,159 @@ async def test_coalesces_deltas_and_writes_the_rest_with_the_end(redis: Redis) -
         {"type": "text-delta", "id": "text-0", "delta": "a b c"},
         {"type": "text-end", "id": "text-0"},
     ]
+
+
+# --- followers on the owner's pod, explicit entry ids -------------------------------------------------------
+
+
+def delta(text: str) -> p.TextDelta:
+    return p.TextDelta(id="text-0", delta=text)
+
+
+async def test_a_follower_on_the_owners_pod_gets_chunks_before_redis_does(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-local", "s", "alice")
+    publisher = TurnPublisher(registry, "t-local", window_seconds=10.0)
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    publisher.emit(p.TextStart(id="text-0"))
+    await asyncio.sleep(0.05)  # the first chunk is written at once; the next ones wait for the window
+    publisher.emit(delta("hi"))
+    async with asyncio.timeout(1):
+        assert await anext(follower) == ("0-1", p.to_json(p.TextStart(id="text-0")))
+        assert await anext(follower) == ("0-2", p.to_json(delta("hi")))
+    assert len(await entries(redis, "t-local")) == 1  # "hi" is not in Redis yet: the follower did not wait for it
+    assert await publisher.close("completed")
+    assert [entry async for entry in follower] == []  # the end stops the follower
+    written = await redis.xrange(keys.turn_events("t-local"))
+    assert [entry_id for entry_id, _ in written[:2]] == [b"0-1", b"0-2"]  # the ids followers saw are Redis' own
+
+
+async def test_a_cursor_from_the_owners_pod_resumes_on_any_pod(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-cursor", "s", "alice")
+    publisher = TurnPublisher(registry, "t-cursor", window_seconds=0.0)
+    local = publisher.follow(after="0", heartbeat_seconds=5)
+    for word in ("a", "b", "c", "d"):
+        publisher.emit(delta(word))
+        await anext(local)  # taken one by one: none is merged
+    assert await publisher.close("completed")
+    replayed = [entry async for entry in registry.follow("t-cursor", after="0-2")]
+    assert replayed == [("0-3", p.to_json(delta("c"))), ("0-4", p.to_json(delta("d")))]
+    assert [entry async for entry in publisher.follow(after="0-2", heartbeat_seconds=5)] == replayed
+
+
+async def test_deltas_nobody_has_taken_are_merged_and_taken_ones_are_not(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-merge", "s", "alice")
+    publisher = TurnPublisher(registry, "t-merge", window_seconds=10.0)
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    publisher.emit(p.TextStart(id="text-0"))
+    publisher.emit(delta("a "))
+    publisher.emit(delta("b "))
+    assert [await anext(follower), await anext(follower)] == [
+        ("0-1", p.to_json(p.TextStart(id="text-0"))),
+        ("0-2", p.to_json(delta("a b "))),
+    ]
+    publisher.emit(delta("c"))  # "a b " was taken: this one is an entry of its own
+    assert await anext(follower) == ("0-3", p.to_json(delta("c")))
+    assert await publisher.close("completed")
+    written = [orjson.loads(e[b"c"]) for e in await entries(redis, "t-merge") if b"c" in e]
+    assert [c.get("delta") for c in written] == [None, "a b ", "c"]
+
+
+async def test_writes_to_redis_happen_once_per_window_whatever_the_pace(redis: Redis) -> None:
+    class CountingRegistry(TurnRegistry):
+        writes = 0
+
+        async def publish(self, *args: Any, **kwargs: Any) -> Published:
+            CountingRegistry.writes += 1
+            return await super().publish(*args, **kwargs)
+
+    registry = CountingRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-pace", "s", "alice")
+    publisher = TurnPublisher(registry, "t-pace", window_seconds=0.2)
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    for i in range(50):  # a token every 10 ms for half a second, each taken by the follower at once
+        publisher.emit(delta(f"{i} "))
+        assert (await anext(follower))[0] == f"0-{i + 1}"
+        await asyncio.sleep(0.01)
+    assert await publisher.close("completed")
+    assert CountingRegistry.writes <= 5  # one at once, then one per 0.2 s window (~3 in 0.5 s), not 50
+    assert len([e for e in await entries(redis, "t-pace") if b"c" in e]) == 50
+
+
+async def test_a_retried_write_adds_nothing_twice(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-retry", "s", "alice")
+    chunks = [p.to_json(delta("a")), p.to_json(delta("b"))]
+    assert await registry.publish("t-retry", chunks, ids=["0-1", "0-2"]) == "written"
+    # The reply to the first write was lost; the publisher writes the same entries again, with one more.
+    assert await registry.publish("t-retry", [*chunks, p.to_json(delta("c"))], ids=["0-1", "0-2", "0-3"]) == "written"
+    assert [e[b"c"] for e in await entries(redis, "t-retry")] == [*chunks, p.to_json(delta("c"))]
+
+
+async def test_a_turn_ended_elsewhere_takes_no_more_writes_and_its_followers_are_told(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-taken", "s", "alice")
+    publisher = TurnPublisher(registry, "t-taken", window_seconds=0.0)
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    publisher.emit(delta("mine"))
+    assert (await anext(follower))[0] == "0-1"
+    await asyncio.sleep(0.05)
+    # This pod's lease lapsed and another pod closed the turn.
+    assert await registry.finish("t-taken", "interrupted", [p.to_json(p.Finish(finish_reason="error"))])
+    assert await registry.publish("t-taken", [p.to_json(delta("late"))], ids=["0-9"]) == "ended"
+    publisher.emit(delta("late"))
+    assert not await publisher.close("completed")
+    assert publisher.taken_over
+    assert [entry async for entry in follower] == [("0-2", p.to_json(delta("late")))]
+    written = [e.get(b"c") for e in await entries(redis, "t-taken")]
+    assert written[0] == p.to_json(delta("mine")) and p.to_json(delta("late")) not in written
+
+
+async def test_an_abandoned_publisher_sends_its_followers_to_redis(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-abandon", "s", "alice")
+    publisher = TurnPublisher(registry, "t-abandon", window_seconds=0.0)
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    publisher.abandon()
+    async with asyncio.timeout(1):
+        assert [entry async for entry in follower] == []
+    assert publisher.taken_over
+
+
+async def test_a_delta_emitted_while_its_predecessor_is_being_written_is_not_lost(redis: Redis) -> None:
+    """Regression: a delta was merged into the entry a write had in flight; the write stored the entry without it
+    and marked it written, so Redis (every other pod, every replay) missed that text."""
+    in_flight = asyncio.Event()
+
+    class SlowRegistry(TurnRegistry):
+        async def publish(self, *args: Any, **kwargs: Any) -> Published:
+            in_flight.set()
+            await asyncio.sleep(0.1)  # a slow round trip
+            return await super().publish(*args, **kwargs)
+
+    registry = SlowRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-flight", "s", "alice")
+    publisher = TurnPublisher(registry, "t-flight", window_seconds=0.0)
+    publisher.emit(delta("a "))
+    await in_flight.wait()
+    publisher.emit(delta("b"))
+    assert await publisher.close("completed")
+    written = [orjson.loads(e[b"c"])["delta"] for e in await entries(redis, "t-flight") if b"c" in e]
+    assert "".join(written) == "a b"
+
+
+async def test_a_write_tells_the_owner_that_someone_asked_the_turn_to_stop(redis: Redis) -> None:
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-stop", "s", "alice")
+    asked = asyncio.Event()
+    publisher = TurnPublisher(registry, "t-stop", window_seconds=0.0, on_cancel_requested=asked.set)
+    publisher.emit(delta("a"))
+    await asyncio.sleep(0.05)
+    assert not asked.is_set()
+    await registry.request_cancel("t-stop")  # from another pod
+    publisher.emit(delta("b"))
+    async with asyncio.timeout(1):
+        await asked.wait()
+    assert await publisher.close("cancelled")

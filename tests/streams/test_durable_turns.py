@@ -577,3 +577,36 @@ async def test_cancel_returns_once_the_session_is_free(
     after = read(client, "POST", f"/api/chat/sessions/{sid}/stream", json={"message": "hi"}, headers=ALICE)
     await after.done()
     assert after.status == 200
+
+
+# --- followers on the turn's own pod ----------------------------------------------------------------------
+
+
+async def test_the_owners_pod_streams_every_chunk_at_once_and_redis_catches_up(
+    chat_settings: Settings, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """The request that started a turn is served from memory: with a Redis write only every 3 s it still gets
+    each token as the model sends it, and the stream in Redis (other pods, replays) ends up with the same entries."""
+    settings = chat_settings.model_copy(update={"publish_window_ms": 3000.0})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        reader = send_to(client, sid, "[[mock:text tokens=40 delay_ms=20]]")
+        await reader.wait_for_text(10)
+        assert reader.task_id is not None
+        in_redis = await redis.xlen(keys.turn_events(reader.task_id))
+        assert in_redis < reader.deltas()  # what the client has seen did not come through Redis
+        await reader.done()
+        assert reader.frames == await replay_from(client, reader.task_id)
+    assert_well_formed(reader.frames)
+    assert len(reader.text().split()) == 40
+
+
+def send_to(client: httpx.AsyncClient, sid: str, message: str) -> Reader:
+    return read(client, "POST", f"/api/chat/sessions/{sid}/stream", json={"message": message}, headers=ALICE)
+
+
+async def replay_from(client: httpx.AsyncClient, task_id: str) -> list[Frame]:
+    reader = read(client, "GET", f"/api/chat/tasks/{task_id}/stream", headers=ALICE)
+    await reader.done()
+    assert reader.status == 200 and reader.error is None
+    return reader.frames

@@ -26,7 +26,7 @@ if [ -z "${TEST_DATABASE_URL:-}" ] && ! .venv/bin/python -m backend.devtools.loc
   set -a; . "$services_dir/env"; set +a
 fi
 
-.venv/bin/ruff check backend tests
-.venv/bin/ruff format --check backend tests
+.venv/bin/ruff check backend tests bench scripts
+.venv/bin/ruff format --check backend tests bench scripts
 .venv/bin/mypy
 .venv/bin/pytest "$@"

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     compaction_target_ratio: float = Field(default=0.35, gt=0, lt=1)
     """After a compaction the live messages take at most this fraction of the input budget."""
 
+    context_max_live_messages: int = Field(default=400, ge=0)
+    """More live messages than this (however few tokens they hold) extend the summary in the background after the
+    turn, down to half as many: building a prompt then costs the same at 5,000 messages as at 400. 0: no bound."""
+
     summary_model: str | None = None
     """Model that writes the rolling summaries; defaults to `model`."""
 

@@ -112,6 +112,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             soft=settings.compaction_soft_ratio,
             hard=settings.compaction_hard_ratio,
             target=settings.compaction_target_ratio,
+            max_live_messages=settings.context_max_live_messages,
         )
         operations = OperationRunner(
             redis=redis,

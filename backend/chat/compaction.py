@@ -62,9 +62,12 @@ class Compactor:
         self._release = redis.register_script(_RELEASE)
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
 
-    async def compact(self, session_id: UUID, *, keep_tokens: int) -> ChatSession | None:
-        """Fold old turns so at most `keep_tokens` stay live. The new session state, or None if nothing was
-        folded (nothing to fold, another compaction holds the lock, or another writer committed first).
+    async def compact(
+        self, session_id: UUID, *, keep_tokens: int, keep_messages: int | None = None
+    ) -> ChatSession | None:
+        """Fold old turns so at most `keep_tokens` (and `keep_messages`) stay live. The new session state, or None
+        if nothing was folded (nothing to fold, another compaction holds the lock, or another writer committed
+        first).
 
         Raises `TimeoutError` or `ModelError` when the summariser fails; the caller decides what to do.
         """
@@ -77,7 +80,9 @@ class Compactor:
             if session is None:
                 return None
             live = await self._store.messages(session_id, after=session.summary_through)
-            through = choose_cut(live, keep_tokens=keep_tokens, max_fold_tokens=self._max_input)
+            through = choose_cut(
+                live, keep_tokens=keep_tokens, max_fold_tokens=self._max_input, keep_messages=keep_messages
+            )
             if through is None:
                 return None
             span = [m for m in live if m.sequence <= through]
@@ -111,18 +116,18 @@ class Compactor:
             return None
         return after
 
-    def schedule(self, session_id: UUID, *, keep_tokens: int) -> None:
+    def schedule(self, session_id: UUID, *, keep_tokens: int, keep_messages: int | None = None) -> None:
         """Compact in the background (after a turn); one at a time per session on this pod; failures are logged
         and retried by a later turn."""
         if session_id in self._tasks:
             return
-        task = asyncio.create_task(self._background(session_id, keep_tokens))
+        task = asyncio.create_task(self._background(session_id, keep_tokens, keep_messages))
         self._tasks[session_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(session_id, None))
 
-    async def _background(self, session_id: UUID, keep_tokens: int) -> None:
+    async def _background(self, session_id: UUID, keep_tokens: int, keep_messages: int | None) -> None:
         try:
-            await self.compact(session_id, keep_tokens=keep_tokens)
+            await self.compact(session_id, keep_tokens=keep_tokens, keep_messages=keep_messages)
         except Exception:
             log.warning("background compaction of %s failed; a later turn retries", session_id, exc_info=True)
 

@@ -40,17 +40,27 @@ class ContextBudget:
     """Above this fraction it is extended before the model call."""
     target: float = 0.35
     """After a compaction the live messages take at most this fraction of the input budget."""
+    max_live_messages: int = 0
+    """Above this many live messages the summary is extended in the background, down to half as many (0: no
+    bound). Many short messages never press on the window, but each costs work in every prompt."""
 
     @property
     def limit(self) -> int:
         """Tokens the prompt may take."""
         return max(0, int((self.window - self.reserved_output) * (1 - self.margin)))
 
-    def pressure(self, prompt_tokens: float) -> Pressure:
+    @property
+    def keep_messages(self) -> int | None:
+        """Most live messages a compaction leaves (None: no bound)."""
+        return max(1, self.max_live_messages // 2) if self.max_live_messages else None
+
+    def pressure(self, prompt_tokens: float, live_messages: int = 0) -> Pressure:
         if prompt_tokens > self.limit * self.hard:
             return "hard"
         if prompt_tokens > self.limit * self.soft:
             return "soft"
+        if 0 < self.max_live_messages < live_messages:
+            return "soft"  # the model is not at risk, so it never waits for this one
         return "ok"
 
 
@@ -59,14 +69,17 @@ def turn_starts(messages: Sequence[Counted]) -> list[int]:
     return [i for i, m in enumerate(messages) if m.role == "user"]
 
 
-def choose_cut(messages: Sequence[Counted], *, keep_tokens: int, max_fold_tokens: int) -> int | None:
+def choose_cut(
+    messages: Sequence[Counted], *, keep_tokens: int, max_fold_tokens: int, keep_messages: int | None = None
+) -> int | None:
     """The sequence to fold the summary through, or None when nothing can be folded.
 
     `messages` are the live messages (after the current summary), oldest first. The cut is just before a user
     message, never after the newest one (the current turn stays live). It folds as little as it can while leaving
-    at most `keep_tokens` live, and never more than `max_fold_tokens` at once (the summariser's input stays
-    bounded; a further compaction folds the rest). When the oldest turn alone exceeds `max_fold_tokens` it is still
-    folded whole (its messages are shortened in the summariser's input instead).
+    at most `keep_tokens` (and `keep_messages`, when given) live, and never more than `max_fold_tokens` at once
+    (the summariser's input stays bounded; a further compaction folds the rest). When the oldest turn alone
+    exceeds `max_fold_tokens` it is still folded whole (its messages are shortened in the summariser's input
+    instead).
     """
     starts = turn_starts(messages)
     boundaries = [i for i in starts if i > 0]  # folding everything before message i
@@ -84,7 +97,7 @@ def choose_cut(messages: Sequence[Counted], *, keep_tokens: int, max_fold_tokens
         if chosen is not None and folded > max_fold_tokens:
             break
         chosen = b
-        if total - folded <= keep_tokens:
+        if total - folded <= keep_tokens and (keep_messages is None or len(messages) - b <= keep_messages):
             break
     assert chosen is not None
     return messages[chosen - 1].sequence

@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from backend.store.models import ChatMessage
+from backend.store.models import ChatMessage, MessageRow
 
 INTERRUPTED_RESULT: Final = json.dumps({"error": "no result recorded (interrupted)"})
 """Content of the synthetic result given to a tool call whose result was never stored."""
@@ -78,21 +78,26 @@ def stored_to_openai(message: ChatMessage) -> dict[str, Any]:
     The result is faithful, not safe to send: it keeps `refusal` and whatever the row holds. Pass lists of
     these through `repair` (or `to_openai_messages`) before a model call.
     """
-    content, tool_calls = message.content, message.tool_calls
-    if tool_calls is None and message.tool_call_id is None and message.name is None and message.refusal is None:
-        # Nearly every row: a user or assistant text.
-        return {"role": message.role} if content is None else {"role": message.role, "content": content}
-    out: dict[str, Any] = {"role": message.role}
+    return row_to_openai(message.row())
+
+
+def row_to_openai(row: MessageRow) -> dict[str, Any]:
+    """`stored_to_openai` for a message read as a plain row."""
+    content, tool_calls = row["content"], row["tool_calls"]
+    tool_call_id, name, refusal = row["tool_call_id"], row["name"], row["refusal"]
+    if tool_calls is None and tool_call_id is None and name is None and refusal is None:
+        return {"role": row["role"]} if content is None else {"role": row["role"], "content": content}
+    out: dict[str, Any] = {"role": row["role"]}
     if content is not None:
         out["content"] = content
     if tool_calls is not None:
         out["tool_calls"] = tool_calls
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    if message.name is not None:
-        out["name"] = message.name
-    if message.refusal is not None:
-        out["refusal"] = message.refusal
+    if tool_call_id is not None:
+        out["tool_call_id"] = tool_call_id
+    if name is not None:
+        out["name"] = name
+    if refusal is not None:
+        out["refusal"] = refusal
     return out
 
 

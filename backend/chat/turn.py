@@ -183,8 +183,13 @@ class TurnEngine:
                 window.extend(await self._save(req, assistant, usage=step.completed.usage))
                 yield ev.StepFinished()
                 yield ev.TurnEnded(step.completed.finish_reason)
-                if self._compactor is not None and self._policy.pressure(window.estimate(fixed)) != "ok":
-                    self._compactor.schedule(req.session_id, keep_tokens=self._policy.keep_tokens)
+                pressure = self._policy.pressure(window.estimate(fixed), len(window.live))
+                if self._compactor is not None and pressure != "ok":
+                    self._compactor.schedule(
+                        req.session_id,
+                        keep_tokens=self._policy.keep_tokens,
+                        keep_messages=self._policy.budget.keep_messages,
+                    )
                 return
 
             for c in calls:

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget, Pressure, trim_to_fit
-from backend.chat.messages import stored_to_openai, to_openai_messages
+from backend.chat.messages import row_to_openai, stored_to_openai, to_openai_messages
 from backend.chat.tokens import TokenCounter, truncate_middle
 from backend.errors import ModelError
 from backend.store.models import ChatMessage, ChatSession
@@ -44,9 +44,15 @@ class ContextWindow:
     @classmethod
     async def load(cls, store: SessionStore, session: ChatSession) -> ContextWindow:
         """Reads only the summary and the messages after it: the cost does not grow with the session."""
-        window = cls(session.id, session.summary, session.summary_tokens, session.summary_through)
-        window.extend(await store.messages(session.id, after=session.summary_through))
-        return window
+        rows = await store.message_rows(session.id, after=session.summary_through)
+        return cls(
+            session.id,
+            session.summary,
+            session.summary_tokens,
+            session.summary_through,
+            [row_to_openai(r) for r in rows],
+            [r["token_count"] for r in rows],
+        )
 
     @property
     def live_tokens(self) -> int:
@@ -116,8 +122,8 @@ class ContextPolicy:
     budget: ContextBudget
     calibration: Calibration
 
-    def pressure(self, estimated: int) -> Pressure:
-        return self.budget.pressure(estimated * self.calibration.ratio)
+    def pressure(self, estimated: int, live_messages: int = 0) -> Pressure:
+        return self.budget.pressure(estimated * self.calibration.ratio, live_messages)
 
     @property
     def keep_tokens(self) -> int:

@@ -33,7 +33,7 @@ import orjson
 from redis.asyncio import Redis
 
 from backend import keys
-from backend.store.models import ChatMessage, ChatSession
+from backend.store.models import ChatMessage, ChatSession, MessageRow
 
 _SENTINEL = b"-"
 # The generation must outlive any fill in flight; a day is far beyond that and keeps Redis tidy.
@@ -194,15 +194,23 @@ class SessionCache:
 
     async def get_messages(self, session_id: UUID, after: int, limit: int | None) -> list[ChatMessage] | None:
         """Messages after sequence `after` (at most `limit`), or None when the session's list is not cached."""
+        rows = await self._raw_messages(session_id, after, limit)
+        return None if rows is None else [_decode_message(r) for r in rows]
+
+    async def get_message_rows(self, session_id: UUID, after: int) -> list[MessageRow] | None:
+        """Messages after sequence `after` as plain rows (one JSON parse each: no ids, timestamps or dataclasses
+        built, which is most of what decoding a message costs), or None when the list is not cached."""
+        rows = await self._raw_messages(session_id, after, None)
+        return None if rows is None else [orjson.loads(r) for r in rows]
+
+    async def _raw_messages(self, session_id: UUID, after: int, limit: int | None) -> list[bytes] | None:
         key = keys.session_messages(session_id)
         stop = -1 if limit is None else after + limit
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(key)
             pipe.lrange(key, after + 1, stop)
             exists, rows = await pipe.execute()
-        if not exists:
-            return None
-        return [_decode_message(r) for r in rows]
+        return rows if exists else None
 
     # --- fills after a miss --------------------------------------------------------------------------
     async def fill_session(self, session: ChatSession, generation: bytes) -> bool:

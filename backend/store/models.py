@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 from uuid import UUID
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -45,6 +45,20 @@ class NewMessage:
     token_count: int = 0
 
 
+class MessageRow(TypedDict):
+    """A stored message as plain JSON values, the form the cache keeps: what a prompt needs, read without building
+    a `ChatMessage`. A row read from the cache also holds the other columns, as JSON (ids and timestamp strings)."""
+
+    sequence: int
+    role: Role
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    name: str | None
+    refusal: str | None
+    token_count: int
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     id: UUID
@@ -59,6 +73,18 @@ class ChatMessage:
     client_message_id: str | None
     token_count: int
     created_at: datetime
+
+    def row(self) -> MessageRow:
+        return MessageRow(
+            sequence=self.sequence,
+            role=self.role,
+            content=self.content,
+            tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id,
+            name=self.name,
+            refusal=self.refusal,
+            token_count=self.token_count,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from backend.errors import NotFound
 from backend.store.cache import SessionCache
-from backend.store.models import AppendResult, ChatMessage, ChatSession, NewMessage
+from backend.store.models import AppendResult, ChatMessage, ChatSession, MessageRow, NewMessage
 from backend.store.postgres import ChatRepository
 
 log = logging.getLogger("copilot.sessions")
@@ -138,6 +138,16 @@ class SessionStore:
             log.warning("cache fill failed for %s", session_id)
         page = [m for m in everything if m.sequence > after]
         return page if limit is None else page[:limit]
+
+    async def message_rows(self, session_id: UUID, *, after: int = 0) -> list[MessageRow]:
+        """`messages(session_id, after=after)` as plain rows: the cheap read a prompt is built from."""
+        try:
+            rows = await self._cache.get_message_rows(session_id, after)
+        except RedisError:
+            rows = None  # `messages` logs it and reads Postgres
+        if rows is not None:
+            return rows
+        return [m.row() for m in await self.messages(session_id, after=after)]
 
     # --- internals -----------------------------------------------------------------------------------
     async def _cached_session(self, session_id: UUID) -> ChatSession | None:

@@ -108,13 +108,26 @@ cut_messages = st.lists(
 ).map(lambda rows: [Msg(i + 1, role, n) for i, (role, n) in enumerate(rows)])
 
 
+def test_keep_messages_folds_the_fewest_turns_that_leave_at_most_that_many() -> None:
+    messages = msgs(FOUR_TURNS)  # 11 messages in turns of 4, 2, 4 and 1
+    assert choose_cut(messages, keep_tokens=10**6, max_fold_tokens=10**6, keep_messages=7) == 4
+    assert choose_cut(messages, keep_tokens=10**6, max_fold_tokens=10**6, keep_messages=6) == 6
+    assert choose_cut(messages, keep_tokens=10**6, max_fold_tokens=10**6, keep_messages=5) == 6
+    assert choose_cut(messages, keep_tokens=10**6, max_fold_tokens=10**6, keep_messages=0) == 10
+    # Both bounds hold: the tighter one decides.
+    assert choose_cut(messages, keep_tokens=150, max_fold_tokens=10**6, keep_messages=7) == 10
+    assert choose_cut(messages, keep_tokens=300, max_fold_tokens=10**6, keep_messages=5) == 6
+    # The summariser's bound still caps one fold.
+    assert choose_cut(messages, keep_tokens=10**6, max_fold_tokens=150, keep_messages=0) == 4
+
+
 @settings(max_examples=1000, deadline=None)
-@given(cut_messages, st.integers(0, 60_000), st.integers(0, 40_000))
+@given(cut_messages, st.integers(0, 60_000), st.integers(0, 40_000), st.none() | st.integers(0, 30))
 def test_choose_cut_is_the_smallest_allowed_fold_that_reaches_keep_tokens(
-    messages: list[Msg], keep: int, max_fold: int
+    messages: list[Msg], keep: int, max_fold: int, keep_messages: int | None
 ) -> None:
     boundaries = [i for i in turn_starts(messages) if i > 0]
-    through = choose_cut(messages, keep_tokens=keep, max_fold_tokens=max_fold)
+    through = choose_cut(messages, keep_tokens=keep, max_fold_tokens=max_fold, keep_messages=keep_messages)
     if not boundaries:
         assert through is None
         return
@@ -126,11 +139,14 @@ def test_choose_cut_is_the_smallest_allowed_fold_that_reaches_keep_tokens(
     def folded(b: int) -> int:
         return sum(m.token_count for m in messages[:b])
 
+    def reaches(b: int) -> bool:
+        return total - folded(b) <= keep and (keep_messages is None or len(messages) - b <= keep_messages)
+
     assert folded(cut) <= max_fold or cut == boundaries[0]
-    # Folding less would not have left at most `keep` live.
-    assert all(total - folded(b) > keep for b in boundaries if b < cut)
+    # Folding less would not have left at most `keep` tokens and `keep_messages` messages live.
+    assert not any(reaches(b) for b in boundaries if b < cut)
     # Folding more was needed only if the next boundary is over the summariser's bound (or there is none).
-    if total - folded(cut) > keep:
+    if not reaches(cut):
         later = [b for b in boundaries if b > cut]
         assert not later or folded(later[0]) > max_fold
 
@@ -224,6 +240,17 @@ def test_budget_limit_and_pressure_thresholds() -> None:
     assert ContextBudget(window=1_000, reserved_output=2_000).limit == 0
 
 
+def test_many_live_messages_are_soft_pressure_only() -> None:
+    budget = ContextBudget(window=11_000, reserved_output=1_000, margin=0.0, max_live_messages=400)
+    assert budget.keep_messages == 200
+    assert budget.pressure(100, live_messages=400) == "ok"
+    assert budget.pressure(100, live_messages=401) == "soft"
+    assert budget.pressure(8_501, live_messages=401) == "hard"  # tokens decide when the model is at risk
+    unbounded = ContextBudget(window=11_000, reserved_output=1_000, margin=0.0)
+    assert unbounded.keep_messages is None and unbounded.pressure(100, live_messages=10**6) == "ok"
+    assert ContextBudget(window=11_000, reserved_output=1_000, max_live_messages=1).keep_messages == 1
+
+
 def test_calibration_converges_to_the_reported_ratio_within_bounds() -> None:
     calibration = Calibration()
     assert calibration.ratio == 1.0
@@ -299,7 +326,12 @@ class Config:
 
 configs = st.builds(
     Config,
-    st.builds(ContextBudget, window=st.integers(3_000, 60_000), reserved_output=st.sampled_from([200, 1_000])),
+    st.builds(
+        ContextBudget,
+        window=st.integers(3_000, 60_000),
+        reserved_output=st.sampled_from([200, 1_000]),
+        max_live_messages=st.sampled_from([0, 0, 8, 30]),
+    ),
     st.sampled_from([0.8, 1.0, 1.25]),
     st.integers(0, 600),
     st.sampled_from([256, 1_500, 4_000, 16_000]),
@@ -390,10 +422,12 @@ class Session:
         window.extend(self.live())
         return window
 
-    def compact(self, keep_tokens: int) -> bool:
+    def compact(self, keep_tokens: int, keep_messages: int | None = None) -> bool:
         """`Compactor.compact` with a summariser that writes min(previous + folded, max_summary) tokens."""
         live = self.live()
-        through = choose_cut(live, keep_tokens=keep_tokens, max_fold_tokens=self.config.max_fold)
+        through = choose_cut(
+            live, keep_tokens=keep_tokens, max_fold_tokens=self.config.max_fold, keep_messages=keep_messages
+        )
         if through is None:
             return False
         span = [m for m in live if m.sequence <= through]
@@ -532,9 +566,9 @@ def run_session(config: Config, session_turns: list[Turn], data: st.DataObject) 
                     window = session.load()
                 continue
             window.extend(session.append(*model_calls.pop(0)))
-        background = not failed and policy.pressure(window.estimate(config.fixed)) != "ok"
+        background = not failed and policy.pressure(window.estimate(config.fixed), len(window.live)) != "ok"
         if background and data.draw(st.booleans(), label="background compaction runs"):
-            session.compact(policy.keep_tokens)
+            session.compact(policy.keep_tokens, policy.budget.keep_messages)
     # (d) The folds cover 1..summary_through exactly.
     assert session.folded == set(range(1, session.summary_through + 1))
     return session

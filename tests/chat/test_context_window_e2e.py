@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -114,6 +115,33 @@ async def test_a_5000_message_session_keeps_answering(
     assert chunks(body)[-1]["finishReason"] == "stop"
     limit = (small_window.context_window_tokens - small_window.reserved_output_tokens) * 0.95
     assert COUNTER.count_messages(model_calls(mock_llm)[-1]["messages"]) <= limit
+
+
+async def test_many_short_messages_are_folded_in_the_background_down_to_half_the_bound(
+    small_window: Settings, mock_llm: MockLLMServer, db: asyncpg.Connection
+) -> None:
+    bounded = small_window.model_copy(update={"context_max_live_messages": 40})
+    async with LiveServer(bounded) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        store = live.app.state.runtime.sessions
+        batch = [NewMessage("user" if i % 2 == 0 else "assistant", f"m{i}", token_count=4) for i in range(60)]
+        await store.append(uuid.UUID(sid), batch)  # 240 tokens: far below every token threshold
+        _, body = await send(client, sid, '[[mock:text content="first"]]')
+        assert text_of(body) == "first"
+        assert len(model_calls(mock_llm)[-1]["messages"]) == 1 + 61  # the system prompt and every message
+        # After the turn the summary takes over all but the newest 20 (whole turns: the cut is before a user message).
+        for _ in range(100):
+            through = await db.fetchval("SELECT summary_through FROM chat_sessions WHERE id = $1", uuid.UUID(sid))
+            if through:
+                break
+            await asyncio.sleep(0.05)
+        assert through == 62 - 20
+        _, body = await send(client, sid, '[[mock:text content="second"]]')
+    assert text_of(body) == "second"
+    sent = model_calls(mock_llm)[-1]["messages"]
+    assert sent[1]["content"].startswith("<conversation_summary>")
+    assert len(sent) == 2 + 20 + 1  # system, summary, the 20 live messages, the new question
+    assert len(summariser_calls(mock_llm)) == 1
 
 
 async def test_a_failing_summariser_trims_this_call_instead(

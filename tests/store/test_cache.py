@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.store.cache import SessionCache
-from backend.store.models import NewMessage
+from backend.store.models import MessageRow, NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 
@@ -135,6 +135,7 @@ async def test_redis_down_falls_back_to_postgres(repo: ChatRepository) -> None:
     s = await store.create("alice")
     await store.append(s.id, [NewMessage("user", "one")])
     assert texts(await store.messages(s.id)) == ["one"]
+    assert [r["content"] for r in await store.message_rows(s.id)] == ["one"]
     assert (await store.get(s.id, "alice")).id == s.id
     await store.close()
     await dead.aclose()
@@ -240,3 +241,29 @@ async def test_concurrent_appenders_leave_the_newest_row_cached(store: SessionSt
     got = await store.get(s.id, "alice")
     assert got == await repo.get_session(s.id)
     assert got.message_count == 80
+
+
+async def test_message_rows_match_the_messages_cached_or_not(store: SessionStore, redis: Redis) -> None:
+    s = await store.create("alice")
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "é"}'}}
+    await store.append(
+        s.id,
+        [
+            NewMessage("user", "hi", client_message_id="m1", token_count=3),
+            NewMessage("assistant", None, tool_calls=[call], token_count=9),
+            NewMessage("tool", '{"ok": true}', tool_call_id="c1", name="lookup", token_count=5),
+            NewMessage("assistant", None, refusal="no", token_count=2),
+            NewMessage("system", "note", token_count=4),
+        ],
+    )
+    expected = [m.row() for m in await store.messages(s.id)]  # fills the cache
+    assert [r["role"] for r in expected] == ["user", "assistant", "tool", "assistant", "system"]
+
+    def fields(rows: list[MessageRow]) -> list[dict[str, object]]:
+        return [{k: r[k] for k in MessageRow.__annotations__} for r in rows]
+
+    assert fields(await store.message_rows(s.id)) == expected  # from the cached list
+    assert fields(await store.message_rows(s.id, after=2)) == expected[2:]
+    await redis.delete(keys.session_messages(s.id))
+    assert fields(await store.message_rows(s.id, after=1)) == expected[1:]  # from Postgres (and fills again)
+    assert await redis.exists(keys.session_messages(s.id))

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, help="tokens per reply in the sweep")
     p.add_argument("--delay-ms", type=float, help="pause between tokens (50 ms = 20 tokens/s)")
     p.add_argument("--history", type=_ints, help="history sizes, e.g. 10,100,1000,5000")
+    p.add_argument(
+        "--max-live-messages",
+        type=int,
+        help="the service's bound on live messages (default 400; 0: none, every history message stays live)",
+    )
     p.add_argument("--targets", help="only these targets: floor,service-1w,service-2w,litellm")
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None, help="py-spy the service")
@@ -57,6 +62,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         overrides["delay_ms"] = args.delay_ms
     if args.history:
         overrides["history_sizes"] = args.history
+    if args.max_live_messages is not None:
+        overrides["max_live_messages"] = args.max_live_messages
     if args.targets:
         overrides["targets"] = tuple(t.strip() for t in args.targets.split(","))
     if args.no_litellm:

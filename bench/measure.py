@@ -176,6 +176,7 @@ def summarise(
             "reads": redis.reads,
             "commands_per_token": round(redis.commands / tokens, 4) if tokens else None,
             "round_trips_per_token": round(redis.reads / tokens, 4) if tokens else None,
+            "bytes_out_per_stream": round(redis.bytes_out / len(records)) if records else None,
             "per_command": dict(sorted(redis.per_command.items(), key=lambda kv: -kv[1])[:12]),
         }
     return m

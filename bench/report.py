@@ -104,10 +104,15 @@ def history_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "floor_p99": _get(floor, "ttft_ms", "p99"),
                 "service_p99": svc["ttft_ms"]["p99"],
                 "added_p99": _sub(svc["ttft_ms"]["p99"], _get(floor, "ttft_ms", "p99")),
+                "redis_kb_per_turn": _kb(_get(svc, "redis", "bytes_out_per_stream")),
                 "errors": svc["errors"],
             }
         )
     return rows
+
+
+def _kb(n: int | None) -> float | None:
+    return None if n is None else round(n / 1024, 1)
 
 
 def replay_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -291,6 +296,7 @@ def _tables(results: dict[str, Any]) -> Iterator[tuple[str, list[list[str]]]]:
         ("floor p99", "floor_p99"),
         ("service p99", "service_p99"),
         ("added p99", "added_p99"),
+        ("Redis KB read per turn", "redis_kb_per_turn"),
         ("errors", "errors"),
     )
     yield "TTFT by history size (1 stream, ms)", _table(hist_cols, history_rows(results))

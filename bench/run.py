@@ -254,7 +254,7 @@ async def floor_phase(ctx: Context) -> None:
 
     ctx.results["sweep"]["floor"] = await sweep(ctx, endpoint, openai_body([_user(marker(s.tokens))]), paths)
     for size in s.history_sizes:
-        messages = [*stores.history_messages(size), _user(marker(s.history_tokens))]
+        messages = [*stores.history_prompt(size, s.max_live_messages), _user(marker(s.history_tokens))]
         m = await _sequential(ctx, endpoint, ["/v1/chat/completions"], openai_body(messages), s.history_tokens)
         ctx.results["history"].setdefault("floor", {})[str(size)] = m.as_dict()
         log(f"floor history {size}: TTFT p50={m.ttft_ms['p50']} p99={m.ttft_ms['p99']} ms")
@@ -330,6 +330,7 @@ async def service_phase(ctx: Context, workers: int) -> None:
         "COPILOT_MODEL": "mock-model",
         "COPILOT_JWT_SECRET": SECRET,
         "COPILOT_LOG_LEVEL": "WARNING",
+        "COPILOT_CONTEXT_MAX_LIVE_MESSAGES": str(s.max_live_messages),
         "PYTHONPATH": str(ROOT),
     }
     args = [
@@ -365,7 +366,9 @@ async def service_phase(ctx: Context, workers: int) -> None:
         for size in s.history_sizes:
             # One session per turn, each holding exactly `size` messages with a warm cache: no turn sees the
             # messages an earlier one added.
-            sessions = await stores.sessions_with_history(ctx.store, USER, s.history_warmup + s.history_turns, size)
+            count = s.history_warmup + s.history_turns
+            sessions = await stores.sessions_with_history(ctx.store, USER, count, size, s.max_live_messages)
+            await stores.settle(ctx.dsn)
             session_paths = [f"/api/chat/sessions/{sid}/stream" for sid in sessions]
             body = service_body(marker(s.history_tokens))
             m = await _sequential(ctx, endpoint, session_paths, body, s.history_tokens)
@@ -483,7 +486,8 @@ async def _profile_history(ctx: Context, endpoint: Endpoint, svc: Launched, size
     s = ctx.settings
     out = s.work_dir / "profile-history.txt"
     turns = min(10, s.history_turns)
-    sessions = await stores.sessions_with_history(ctx.store, USER, turns, size)
+    sessions = await stores.sessions_with_history(ctx.store, USER, turns, size, s.max_live_messages)
+    await stores.settle(ctx.dsn)
     paths = [f"/api/chat/sessions/{sid}/stream" for sid in sessions]
     log(f"profile: py-spy on pid {svc.process.pid} during {turns} turns with {size} messages of history")
     try:

@@ -27,6 +27,8 @@ class BenchSettings:
     history_turns: int = 30
     history_warmup: int = 3
     history_tokens: int = 5
+    max_live_messages: int = 400
+    """The service's `COPILOT_CONTEXT_MAX_LIVE_MESSAGES`: a history over it is seeded as compaction leaves it."""
     replay_chunks: int = 10_000
     replay_rounds: int = 3
     idle_seconds: float = 3.0

@@ -46,6 +46,16 @@ async def recreate_database(admin_dsn: str, name: str) -> str:
     return dsn
 
 
+async def settle(dsn: str) -> None:
+    """VACUUM ANALYZE the service's tables after bulk seeding, so that autovacuum does not pick them up during the
+    measurement that follows (a database in steady state, not one just loaded)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE chat_sessions, chat_messages")
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
 async def session_store(dsn: str, redis: Redis) -> AsyncIterator[SessionStore]:
     """The project's own store on the benchmark's database and Redis (the cache stays coherent)."""
@@ -68,9 +78,32 @@ async def create_sessions(store: SessionStore, user_id: str, count: int) -> list
 
 
 def history_messages(count: int) -> list[dict[str, str]]:
-    """`count` short alternating user/assistant messages (short enough that 5,000 stay below the compaction
-    threshold, so every turn reads the whole history, the worst case for the read path)."""
+    """`count` short alternating user/assistant messages, starting with a user message: so short that even
+    5,000 stay below every token threshold, and only the service's bound on live messages compacts them."""
     return [{"role": "user" if i % 2 else "assistant", "content": f"m{i}"} for i in range(1, count + 1)]
+
+
+SUMMARY = " ".join(f"fact{i}" for i in range(300))
+"""The rolling summary a seeded session over the live-message bound holds (about 600 tokens)."""
+
+
+def live_count(size: int, max_live: int) -> int:
+    """Messages left live in a seeded session of `size`: all of them up to the bound, else as many as the bound
+    allows when a turn starts without a compaction being due (the turn adds 2, which must not exceed it)."""
+    if not max_live or size <= max_live:
+        return size
+    live = max_live - 2
+    return live - live % 2  # the cut falls before a user message (odd sequences are user messages)
+
+
+def history_prompt(size: int, max_live: int) -> list[dict[str, str]]:
+    """What the model receives of a seeded session's history (the floor sends the same): the summary, if any, and
+    the live messages."""
+    live = live_count(size, max_live)
+    messages = history_messages(size)[size - live :]
+    if live == size:
+        return messages
+    return [{"role": "user", "content": f"<conversation_summary>\n{SUMMARY}\n</conversation_summary>"}, *messages]
 
 
 async def insert_history(store: SessionStore, session_id: uuid.UUID, count: int) -> None:
@@ -84,13 +117,24 @@ async def insert_history(store: SessionStore, session_id: uuid.UUID, count: int)
         await store.append(session_id, rows[start : start + 1000])
 
 
-async def sessions_with_history(store: SessionStore, user_id: str, count: int, size: int) -> list[uuid.UUID]:
-    """`count` sessions of `size` messages each, their session and messages already in the Redis cache (as in a
-    conversation that is going on)."""
+async def sessions_with_history(
+    store: SessionStore, user_id: str, count: int, size: int, max_live: int
+) -> list[uuid.UUID]:
+    """`count` sessions of `size` messages each, as the service keeps a conversation that long: over `max_live`
+    messages, all but `live_count(size, max_live)` are covered by a rolling summary, as the background compaction
+    leaves them. Their session and messages are already in the Redis cache (a conversation that is going on)."""
     sessions = await create_sessions(store, user_id, count)
+    counter = TokenCounter("mock-model")
 
     async def fill(session_id: uuid.UUID) -> None:
         await insert_history(store, session_id, size)
+        through = size - live_count(size, max_live)
+        if through:
+            summary_tokens = counter.count_text(SUMMARY)
+            committed = await store.commit_summary(
+                session_id, expected_through=0, through=through, summary=SUMMARY, summary_tokens=summary_tokens
+            )
+            assert committed is not None
         await store.messages(session_id)
         await store.get_any(session_id)
 
@@ -119,12 +163,17 @@ class RedisCounters:
     commands: int
     reads: int
     per_command: dict[str, int] = field(default_factory=dict)
+    bytes_out: int = 0
+    """Bytes Redis sent to its clients: what the service read (a history's LRANGE included)."""
 
     def minus(self, before: RedisCounters) -> RedisCounters:
         names = set(self.per_command) | set(before.per_command)
         per = {n: self.per_command.get(n, 0) - before.per_command.get(n, 0) for n in names}
         return RedisCounters(
-            self.commands - before.commands, self.reads - before.reads, {n: c for n, c in per.items() if c}
+            self.commands - before.commands,
+            self.reads - before.reads,
+            {n: c for n, c in per.items() if c},
+            self.bytes_out - before.bytes_out,
         )
 
 
@@ -132,7 +181,12 @@ async def redis_counters(redis: Redis) -> RedisCounters:
     stats = await redis.info("stats")
     commandstats = await redis.info("commandstats")
     per = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in commandstats.items()}
-    return RedisCounters(int(stats["total_commands_processed"]), int(stats.get("total_reads_processed", 0)), per)
+    return RedisCounters(
+        int(stats["total_commands_processed"]),
+        int(stats.get("total_reads_processed", 0)),
+        per,
+        int(stats.get("total_net_output_bytes", 0)),
+    )
 
 
 async def redis_server_pid(redis: Redis) -> int:

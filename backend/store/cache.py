@@ -21,9 +21,7 @@ Messages live in a list with a sentinel at index 0, so message `n` sits at index
 
 from __future__ import annotations
 
-import functools
 import secrets
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -110,56 +108,13 @@ def _new_generation() -> bytes:
     return secrets.token_bytes(12)
 
 
-class _DecodedRows:
-    """Decoded message rows by their exact bytes, oldest dropped first beyond `max_rows` rows or `max_bytes` bytes.
-
-    A session's live messages are read whole for every turn, and decoding a row (JSON, two UUIDs, a datetime, a
-    frozen dataclass) costs ten times more than finding it here. A row's bytes determine its value, so a hit is
-    always right however the list changed. The messages are shared between readers, like any frozen value: their
-    `tool_calls` lists are never modified in place.
-    """
-
-    __slots__ = ("_rows", "_size", "max_bytes", "max_row_bytes", "max_rows")
-
-    def __init__(self, *, max_rows: int, max_bytes: int, max_row_bytes: int) -> None:
-        # OrderedDict: dropping the oldest is O(1); with a dict, `next(iter(...))` walks past the slots of every
-        # earlier deletion, which made a full table quadratic.
-        self._rows: OrderedDict[bytes, ChatMessage] = OrderedDict()
-        self._size = 0
-        self.max_rows, self.max_bytes, self.max_row_bytes = max_rows, max_bytes, max_row_bytes
-
-    def get(self, data: bytes) -> ChatMessage | None:
-        return self._rows.get(data)
-
-    def put(self, data: bytes, message: ChatMessage) -> None:
-        if len(data) > self.max_row_bytes or data in self._rows:
-            return
-        self._rows[data] = message
-        self._size += len(data)
-        while len(self._rows) > self.max_rows or self._size > self.max_bytes:
-            oldest, _ = self._rows.popitem(last=False)
-            self._size -= len(oldest)
-
-
-_decoded_rows = _DecodedRows(max_rows=20_000, max_bytes=16 * 1024 * 1024, max_row_bytes=16 * 1024)
-
-
-@functools.lru_cache(maxsize=1024)
-def _session_uuid(value: str) -> UUID:
-    # Every row of a list names the same session.
-    return UUID(value)
-
-
 def _decode_message(data: bytes) -> ChatMessage:
-    message = _decoded_rows.get(data)
-    if message is None:
-        d = orjson.loads(data)
-        d["id"] = UUID(d["id"])
-        d["session_id"] = _session_uuid(d["session_id"])
-        d["created_at"] = datetime.fromisoformat(d["created_at"])
-        message = ChatMessage(**d)
-        _decoded_rows.put(data, message)
-    return message
+    # Prompts read plain rows (`get_message_rows`); full messages are read for listings and compactions only.
+    d = orjson.loads(data)
+    d["id"] = UUID(d["id"])
+    d["session_id"] = UUID(d["session_id"])
+    d["created_at"] = datetime.fromisoformat(d["created_at"])
+    return ChatMessage(**d)
 
 
 def _decode_session(data: bytes | str) -> ChatSession:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -24,7 +24,8 @@ from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 
 ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-TEST_DB = "copilot_test"
+# A database of this run's own (two runs on one server must not drop each other's); COPILOT_TEST_DB pins it.
+TEST_DB = os.environ.get("COPILOT_TEST_DB") or f"copilot_test_{os.getpid()}"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -37,21 +38,26 @@ def _dsn_for(database: str) -> str:
 DATABASE_URL = _dsn_for(TEST_DB)
 
 
+async def _admin(statement: str) -> None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def migrated_database() -> str:
-    """A database of the tests' own, created and migrated once per run."""
+def migrated_database() -> Iterator[str]:
+    """A database of the tests' own, created and migrated once per run and dropped after it."""
 
     async def prepare() -> None:
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {TEST_DB}")
-        finally:
-            await admin.close()
+        await _admin(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+        await _admin(f"CREATE DATABASE {TEST_DB}")
         await upgrade_dsn(DATABASE_URL)
 
     asyncio.run(prepare())
-    return DATABASE_URL
+    yield DATABASE_URL
+    asyncio.run(_admin(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)"))
 
 
 @pytest.fixture

@@ -176,7 +176,8 @@ class Settings(BaseSettings):
     """Shared secret of the operation-completion webhook (HMAC-SHA256). Unset: the webhook answers 503."""
 
     webhook_tolerance_seconds: float = Field(default=300.0, gt=0)
-    """Replay window: a webhook whose timestamp is further from now than this is refused."""
+    """Replay window: a webhook whose timestamp is further from now than this is refused. Delivery ids are remembered
+    for twice this plus a minute; a repeat meanwhile is answered `duplicate` and enqueues nothing."""
 
     operation_lock_seconds: float = Field(default=60.0, ge=1)
     """Lease of a running operation's lock; renewed while the work runs, so a crashed pod frees it after this."""
@@ -191,9 +192,22 @@ class Settings(BaseSettings):
     completion_max_deliveries: int = Field(default=5, ge=1)
     """A completion that failed this many times is moved to the dead-letter stream."""
 
+    completion_stream_max_len: int = Field(default=10_000, ge=100)
+    """The completions stream keeps about this many newest entries (`XADD MAXLEN ~`; Redis may keep up to ~100
+    more). Far above what ever waits: a completion pushed out before a pod handled it is lost and its operation
+    fails at its deadline."""
+
+    completion_dead_letter_max_len: int = Field(default=1_000, ge=10)
+    """The dead-letter stream keeps about this many newest failed completions for inspection."""
+
+    job_stream_max_len: int = Field(default=10_000, ge=100)
+    """Each jobs stream (`copilot:jobs:<kind>`, read by external services) keeps about this many newest jobs. A job
+    pushed out before a service read it is lost; its operation fails at its deadline."""
+
     # --- turns and their streams --------------------------------------------------------------------
     turn_stream_ttl_seconds: int = Field(default=3600, ge=60)
-    """How long a turn's stream stays replayable after its last chunk (reconnect window)."""
+    """How long a turn's stream stays replayable after its last chunk (reconnect window). Turn streams are not
+    trimmed by length (a replay starts at `start`); each expires whole after this long."""
 
     turn_lease_seconds: float = Field(default=30.0, ge=1)
     """A running turn's pod renews its lease; a turn whose lease lapsed this long is closed as interrupted by any

@@ -79,6 +79,15 @@ COMPLETIONS = f"{PREFIX}:completions"
 COMPLETIONS_DEAD = f"{PREFIX}:completions:dead"
 """Stream: completions that failed too many times, kept for inspection."""
 
+
+def webhook_delivery(delivery_id: str) -> str:
+    """String: a webhook delivery id accepted within the replay window (a second one is a duplicate).
+
+    Hash-tagged with the name of `COMPLETIONS`, so a Redis Cluster keeps it on the stream's slot and one script can
+    record the delivery and append the completion atomically."""
+    return f"{PREFIX}:webhook-delivery:{{{COMPLETIONS}}}:{delivery_id}"
+
+
 COMPLETIONS_GROUP = "copilot-completions"
 """Consumer group of every pod on the completions stream."""
 

@@ -39,6 +39,7 @@ from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer
+from backend.streams.limits import StreamLimits
 from backend.streams.operations import OperationStore
 from backend.streams.turns import TurnRegistry
 from backend.tools.registry import ToolRegistry, build_registry
@@ -114,6 +115,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             target=settings.compaction_target_ratio,
             max_live_messages=settings.context_max_live_messages,
         )
+        limits = StreamLimits(
+            completions=settings.completion_stream_max_len,
+            dead_letters=settings.completion_dead_letter_max_len,
+            jobs=settings.job_stream_max_len,
+        )
         operations = OperationRunner(
             redis=redis,
             operations=OperationStore(redis),
@@ -123,6 +129,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             lock_seconds=settings.operation_lock_seconds,
             delegated_timeout_seconds=settings.delegated_operation_timeout_seconds,
             stale_claim_seconds=settings.completion_reclaim_idle_seconds,
+            limits=limits,
         )
         stack.push_async_callback(operations.close)
         engine = TurnEngine(
@@ -169,6 +176,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             consumer=f"pod-{uuid.uuid4().hex[:12]}",
             reclaim_idle_seconds=settings.completion_reclaim_idle_seconds,
             max_deliveries=settings.completion_max_deliveries,
+            dead_letter_max_len=limits.dead_letters,
         )
         await stack.enter_async_context(_background(consumer.consume(operations.complete), "completion consumer"))
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))

@@ -28,6 +28,7 @@ from backend.cancellation import check_cancelled
 from backend.chat.tokens import TokenCounter
 from backend.store.sessions import SessionStore
 from backend.streams.completions import Completion, publish
+from backend.streams.limits import StreamLimits
 from backend.streams.operations import Operation, OperationStore, lock_key_for
 from backend.streams.turns import TurnRegistry
 from backend.tools.base import Tool, ToolContext, ToolOutcome, run_tool
@@ -64,6 +65,7 @@ class OperationRunner:
         lock_seconds: float,
         delegated_timeout_seconds: float,
         stale_claim_seconds: float,
+        limits: StreamLimits | None = None,
     ) -> None:
         self._redis = redis
         self._ops = operations
@@ -73,6 +75,7 @@ class OperationRunner:
         self._lock_seconds = lock_seconds
         self._delegated_timeout = delegated_timeout_seconds
         self._stale_claim = stale_claim_seconds
+        self._limits = limits or StreamLimits()
         self._continue: Continue | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -106,7 +109,7 @@ class OperationRunner:
         message = f"{tool.name} started; this can take a while. The result will appear here when it is ready."
         output = {"type": "operation_started", "message": message, "operation_id": operation_id, "task_id": task_id}
         stored = {"type": "operation_pending", "message": message, "operation_id": operation_id, "task_id": task_id}
-        delegation = Delegation(self._redis, operation_id=operation_id, task_id=task_id)
+        delegation = Delegation(self._redis, operation_id=operation_id, task_id=task_id, max_len=self._limits.jobs)
         work_ctx = replace(ctx, extra={**ctx.extra, "delegation": delegation})
         return Started(
             ToolOutcome(True, output, None, 0.0),
@@ -128,6 +131,7 @@ class OperationRunner:
             await publish(
                 self._redis,
                 Completion(op.operation_id, outcome.ok, outcome.output if outcome.ok else None, outcome.error_text),
+                max_len=self._limits.completions,
             )
         except Exception:
             log.exception("operation %s could not report its result; its deadline will fail it", op.operation_id)
@@ -174,7 +178,8 @@ class OperationRunner:
     async def fail_overdue(self) -> None:
         """Fail operations past their deadline (the pod running them died, or the service never called back)."""
         for operation_id in await self._ops.overdue():
-            await publish(self._redis, Completion(operation_id, False, None, "the operation did not finish in time"))
+            overdue = Completion(operation_id, False, None, "the operation did not finish in time")
+            await publish(self._redis, overdue, max_len=self._limits.completions)
             await self._ops.postpone(operation_id, seconds=self._stale_claim)
 
     def _spawn(self, work: Awaitable[None]) -> None:

@@ -1,8 +1,8 @@
 """The example external service of `generate_report`: takes report jobs from Redis, writes the report, and
-reports back through the signed webhook. `scripts/report_worker.py` runs it.
+reports back through the signed webhook (v2). `scripts/report_worker.py` runs it.
 
 Jobs are read in a consumer group, so several workers share them, and a job is acknowledged only once the API
-accepted its completion (or does not know the operation any more).
+accepted its completion, answered that it is a duplicate of one it accepted, or does not know the operation.
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ async def process_one(redis: Redis, http: httpx.AsyncClient, *, api_url: str, se
             payload = job["payload"]
             body = orjson.dumps({"success": True, "result": write_report(payload["topic"], int(payload["sections"]))})
             url = f"{api_url}/api/chat/operations/{job['operation_id']}/complete"
-            response = await http.post(url, content=body, headers=webhooks.signed_headers(secret, body))
-            if response.status_code in (202, 404):
+            # One delivery id per job, the same on every retry: a retry of one that arrived is answered `duplicate`.
+            delivery_id = f"report-{entry_id.decode()}"
+            headers = webhooks.signed_headers(secret, job["operation_id"], body, delivery_id=delivery_id)
+            response = await http.post(url, content=body, headers=headers)
+            if response.is_success or response.status_code == 404:
                 await redis.xack(keys.jobs("report"), GROUP, entry_id)
                 done += response.status_code == 202
             else:

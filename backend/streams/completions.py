@@ -5,6 +5,13 @@ reclaims entries that another consumer read but never acknowledged for longer th
 died), then reads new ones. An entry is acknowledged only after its handler returned, that is after the durable
 state change; an entry delivered more than `max_deliveries` times goes to a dead-letter stream instead of being
 retried forever; and a group lost to a Redis flush or restart is created again instead of failing in a loop.
+
+Both streams are bounded (`XADD MAXLEN ~`, see `streams/limits.py`): the completions stream by a length far above
+what is ever waiting, the dead-letter stream by the number of failures kept for inspection. A completion trimmed
+before it was processed is logged when the consumer finds it gone; its operation fails at its deadline.
+
+`publish_delivery` is the webhook's append: it records the delivery id and appends in one script, so a delivery
+is enqueued at most once within the replay window and a failed append does not leave it recorded.
 """
 
 from __future__ import annotations
@@ -52,9 +59,8 @@ def parse(fields: dict[bytes, bytes]) -> Completion:
         raise PoisonEntry(f"not a completion: {e}") from e
 
 
-async def publish(redis: Redis, completion: Completion) -> str:
-    """Append a completion (for the webhook, and for services that share Redis with the API pods)."""
-    payload = orjson.dumps(
+def _payload(completion: Completion) -> bytes:
+    return orjson.dumps(
         {
             "operation_id": completion.operation_id,
             "success": completion.success,
@@ -62,7 +68,43 @@ async def publish(redis: Redis, completion: Completion) -> str:
             "error": completion.error,
         }
     )
-    entry_id = await redis.xadd(keys.COMPLETIONS, {"completion": payload})
+
+
+async def publish(redis: Redis, completion: Completion, *, max_len: int) -> str:
+    """Append a completion (for in-process operations, and for services that share Redis with the API pods),
+    keeping the stream at about `max_len` entries."""
+    entry_id = await redis.xadd(
+        keys.COMPLETIONS, {"completion": _payload(completion)}, maxlen=max_len, approximate=True
+    )
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+# The delivery is recorded only together with its entry: if the XADD fails, the record goes too, so a retry of
+# the delivery is accepted instead of being answered as a duplicate of something that was never enqueued.
+_PUBLISH_DELIVERY = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'completion', ARGV[4])
+if type(added) == 'table' and added.err then
+  redis.call('DEL', KEYS[1])
+end
+return added
+"""
+
+
+async def publish_delivery(
+    redis: Redis, completion: Completion, *, delivery_id: str, remember_seconds: float, max_len: int
+) -> str | None:
+    """Append a completion the webhook received, unless its delivery id was seen in the last `remember_seconds`.
+
+    Returns the new entry id, or None for a duplicate (nothing appended). The delivery key shares the stream's hash
+    slot (`keys.webhook_delivery`), so this one script also runs on a Redis Cluster."""
+    script = redis.register_script(_PUBLISH_DELIVERY)
+    entry_id: Any = await script(
+        keys=[keys.webhook_delivery(delivery_id), keys.COMPLETIONS],
+        args=[completion.operation_id, int(remember_seconds * 1000), max_len, _payload(completion)],
+    )
+    if entry_id is None:
+        return None
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
@@ -77,12 +119,14 @@ class CompletionConsumer:
         consumer: str,
         reclaim_idle_seconds: float,
         max_deliveries: int,
+        dead_letter_max_len: int,
         block_seconds: float = 1.0,
     ) -> None:
         self._redis = redis
         self._consumer = consumer
         self._reclaim_idle_ms = int(reclaim_idle_seconds * 1000)
         self._max_deliveries = max_deliveries
+        self._dead_letter_max_len = dead_letter_max_len
         # Below the Redis client's socket timeout (5 s in redis-py 8): a longer block fails the read with a timeout.
         self._block_ms = int(block_seconds * 1000)
 
@@ -118,10 +162,13 @@ class CompletionConsumer:
             keys.COMPLETIONS, keys.COMPLETIONS_GROUP, self._consumer, self._reclaim_idle_ms, start_id="0-0", count=10
         )
         handled = 0
+        for entry_id in reply[2] if len(reply) > 2 else []:  # Redis 7: trimmed away, and dropped from the group
+            _log_trimmed(entry_id)
         for entry_id, fields in reply[1]:
             if entry_id is None:  # Redis 6.2 lists an entry deleted meanwhile without its id; 7 drops it
                 continue
-            if fields is None:  # trimmed away meanwhile
+            if not fields:  # Redis 6.2: trimmed away meanwhile (redis-py reads its missing fields as {})
+                _log_trimmed(entry_id)
                 await self._ack(entry_id)
                 continue
             await self._process(entry_id, fields, handler, await self._deliveries(entry_id))
@@ -161,8 +208,16 @@ class CompletionConsumer:
     async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
         log.error("completion entry %s moved to the dead-letter stream: %s", entry_id.decode(), reason)
         dead: dict[Any, Any] = {**fields, b"reason": reason.encode(), b"entry": entry_id}
-        await self._redis.xadd(keys.COMPLETIONS_DEAD, dead)
+        await self._redis.xadd(keys.COMPLETIONS_DEAD, dead, maxlen=self._dead_letter_max_len, approximate=True)
         await self._ack(entry_id)
 
     async def _ack(self, entry_id: bytes) -> None:
         await self._redis.xack(keys.COMPLETIONS, keys.COMPLETIONS_GROUP, entry_id)
+
+
+def _log_trimmed(entry_id: bytes) -> None:
+    log.warning(
+        "completion entry %s was trimmed before it was processed (more than completion_stream_max_len entries); "
+        "its operation fails at its deadline",
+        entry_id.decode(),
+    )

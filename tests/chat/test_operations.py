@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,11 +32,13 @@ from backend.streams.active import ActiveTurns
 from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session, send, stored, turn_calls
 from tests.chat.long_tools import FailingJob, GatedDelegation, SlowEcho
 from tests.conftest import LiveServer, auth
+from tests.private_redis import private_redis
 from tests.sse import chunks, read_stream, text_of, types
 from tests.streams.test_durable_turns import Pod, pod_env, two_pods
 
 SECRET = "webhook-secret-for-the-tests"
 REPORT = '[[mock:tool name=generate_report args={"topic": "cats"}]]'
+BOB = auth("bob")
 
 
 @pytest.fixture
@@ -140,12 +144,29 @@ async def jobs(redis: Redis, kind: str = "report") -> list[dict[str, Any]]:
     return [orjson.loads(fields[b"job"]) for _, fields in found]
 
 
-async def post_webhook(
-    client: httpx.AsyncClient, operation_id: str, payload: Any, *, secret: str = SECRET, now: float | None = None
-) -> httpx.Response:
+def delivery(
+    operation_id: str, payload: Any, *, secret: str = SECRET, now: float | None = None, delivery_id: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A signed webhook delivery for `operation_id`: its body and headers, as a service sends them."""
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    headers = webhooks.signed_headers(secret, body, now=now)
-    return await client.post(f"/api/chat/operations/{operation_id}/complete", content=body, headers=headers)
+    return body, webhooks.signed_headers(secret, operation_id, body, delivery_id=delivery_id, now=now)
+
+
+def webhook_url(operation_id: str) -> str:
+    return f"/api/chat/operations/{operation_id}/complete"
+
+
+async def post_webhook(
+    client: httpx.AsyncClient,
+    operation_id: str,
+    payload: Any,
+    *,
+    secret: str = SECRET,
+    now: float | None = None,
+    delivery_id: str | None = None,
+) -> httpx.Response:
+    body, headers = delivery(operation_id, payload, secret=secret, now=now, delivery_id=delivery_id)
+    return await client.post(webhook_url(operation_id), content=body, headers=headers)
 
 
 async def run_worker(redis: Redis, api_url: str) -> int:
@@ -360,7 +381,7 @@ async def test_webhook_accepts_a_signed_completion_once(
     follower = follow(client, started["task_id"])
     payload = {"success": True, "result": {"summary": "cats are great"}}
 
-    response = await post_webhook(client, op_id, payload)
+    response = await post_webhook(client, op_id, payload, delivery_id="first-delivery")
     assert response.status_code == 202
     assert response.json() == {"operation_id": op_id, "status": "accepted"}
     await continuation(follower)
@@ -368,7 +389,11 @@ async def test_webhook_accepts_a_signed_completion_once(
     await wait_for(lambda: _replies(db, sid, 2))
     rows_before, calls_before = await stored(db, sid), len(turn_calls(mock_llm))
 
-    # The service retries (a new signature over the same body), then a confused one reports another outcome.
+    # The service retries the same delivery (a fresh timestamp and signature, the same delivery id): a duplicate.
+    retried = await post_webhook(client, op_id, payload, delivery_id="first-delivery")
+    assert retried.status_code == 200
+    assert retried.json() == {"operation_id": op_id, "status": "duplicate"}
+    # New deliveries, one with another outcome: enqueued, and ignored by the consumer (the operation is settled).
     assert (await post_webhook(client, op_id, payload)).status_code == 202
     assert (await post_webhook(client, op_id, {"success": False, "error": "late"})).status_code == 202
     assert int(await redis.xlen(keys.COMPLETIONS)) == 3
@@ -387,39 +412,168 @@ async def test_webhook_refuses_bad_requests(
     client, live = ops
     sid = await new_session(client)
     op_id = (await start_operation(client, sid, REPORT))["operation_id"]
-    url = f"/api/chat/operations/{op_id}/complete"
-    body = orjson.dumps({"success": True, "result": "r"})
+    url = webhook_url(op_id)
+    payload = {"success": True, "result": "r"}
+    body, headers = delivery(op_id, payload)
     tolerance = runtime_of(live).settings.webhook_tolerance_seconds
 
-    async def status_of(response: httpx.Response, code: str | None = None) -> int:
-        if code is not None:
-            assert response.json()["error"]["code"] == code, response.text
+    async def refused(response: httpx.Response, code: str = "unauthorized") -> int:
+        assert response.json()["error"]["code"] == code, response.text
         return response.status_code
 
     # unsigned
-    assert await status_of(await client.post(url, content=body), "unauthorized") == 401
-    # badly signed: another secret, a tampered body, a signature moved to another timestamp
-    assert await status_of(await post_webhook(client, op_id, body, secret="not-the-secret"), "unauthorized") == 401
-    headers = webhooks.signed_headers(SECRET, body)
-    tampered = orjson.dumps({"success": True, "result": "forged"})
-    assert await status_of(await client.post(url, content=tampered, headers=headers), "unauthorized") == 401
-    moved = {**headers, webhooks.TIMESTAMP_HEADER: str(int(headers[webhooks.TIMESTAMP_HEADER]) - 1)}
-    assert await status_of(await client.post(url, content=body, headers=moved)) == 401
+    assert await refused(await client.post(url, content=body)) == 401
+    # v1: HMAC over `timestamp.body`, no delivery id; the answer says what v2 expects
+    timestamp = headers[webhooks.TIMESTAMP_HEADER]
+    v1 = "sha256=" + hmac.new(SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    v1_headers = {webhooks.TIMESTAMP_HEADER: timestamp, webhooks.SIGNATURE_HEADER: v1}
+    response = await client.post(url, content=body, headers=v1_headers)
+    assert await refused(response) == 401
+    assert "X-Copilot-Delivery" in response.json()["error"]["message"]
+    assert "<timestamp>.<delivery>.<operation_id>.<body>" in response.json()["error"]["message"]
+    # badly signed: another secret; each signed part tampered with on its own
+    assert await refused(await post_webhook(client, op_id, payload, secret="not-the-secret")) == 401
+    tampered_body = orjson.dumps({"success": True, "result": "forged"})
+    assert await refused(await client.post(url, content=tampered_body, headers=headers)) == 401
+    moved = {**headers, webhooks.TIMESTAMP_HEADER: str(int(timestamp) - 1)}
+    assert await refused(await client.post(url, content=body, headers=moved)) == 401
+    redelivered = {**headers, webhooks.DELIVERY_HEADER: headers[webhooks.DELIVERY_HEADER] + "0"}
+    assert await refused(await client.post(url, content=body, headers=redelivered)) == 401
+    assert await refused(await client.post(webhook_url(str(uuid.uuid4())), content=body, headers=headers)) == 401
+    for malformed in ("has.dot", "x" * 129, "with space"):
+        bad = {**headers, webhooks.DELIVERY_HEADER: malformed}
+        assert await refused(await client.post(url, content=body, headers=bad)) == 401
     # replayed: a genuine request captured and sent again after the replay window
     old = time.time() - tolerance - 5
-    assert await status_of(await post_webhook(client, op_id, body, now=old), "unauthorized") == 401
+    assert await refused(await post_webhook(client, op_id, payload, now=old)) == 401
     # the signature is checked first: a bad one tells nothing about the operation or the body
-    assert await status_of(await post_webhook(client, str(uuid.uuid4()), b"{", secret="nope")) == 401
-    # unknown operation, validly signed
-    assert await status_of(await post_webhook(client, str(uuid.uuid4()), body), "not_found") == 404
-    assert await status_of(await post_webhook(client, "x" * 65, body), "not_found") == 404
+    assert await refused(await post_webhook(client, str(uuid.uuid4()), b"{", secret="nope")) == 401
+    # unknown operation, validly signed; ids no operation can have
+    assert await refused(await post_webhook(client, str(uuid.uuid4()), payload), "not_found") == 404
+    assert await refused(await post_webhook(client, "x" * 65, payload), "not_found") == 404
+    assert await refused(await client.post(webhook_url("a.b"), content=body, headers=headers), "not_found") == 404
     # invalid bodies, validly signed
     for invalid in (b"not json", b"{}", b'{"success": false}', b'{"success": true, "extra": 1}', b"[]"):
-        assert await status_of(await post_webhook(client, op_id, invalid), "bad_request") == 400, invalid
+        assert await refused(await post_webhook(client, op_id, invalid), "bad_request") == 400, invalid
 
     assert await redis.xlen(keys.COMPLETIONS) == 0  # nothing was enqueued
+    assert await redis.keys(keys.webhook_delivery("*")) == []  # no delivery id of a refused request was recorded
     assert (await operation(redis, op_id))["status"] == "pending"
     assert (await tool_message(db, sid))["type"] == "operation_pending"
+    # The genuine delivery still goes through: nothing above used it up.
+    assert (await client.post(url, content=body, headers=headers)).status_code == 202
+
+
+async def test_a_delivery_redirected_to_another_users_operation_is_refused(
+    ops: tuple[httpx.AsyncClient, LiveServer], db: asyncpg.Connection, redis: Redis, mock_llm: MockLLMServer
+) -> None:
+    """Regression: the signature covered `timestamp.body` only, so a delivery captured on its way to Alice's
+    operation, re-posted to the URL of Bob's pending one, was accepted and replaced Bob's pending tool result."""
+    client, _ = ops
+    alice_sid = await new_session(client)
+    alice = await start_operation(client, alice_sid, REPORT)
+    bob_sid = await new_session(client, headers=BOB)
+    _, bob_body = await read_stream(
+        client, "POST", f"/api/chat/sessions/{bob_sid}/stream", json={"message": REPORT}, headers=BOB
+    )
+    bob = tool_output(bob_body)
+    assert bob["type"] == "operation_started"
+    await wait_for(lambda: _has_jobs(redis, 2))
+    bob_pending = await tool_message(db, bob_sid)
+    calls_before = len(turn_calls(mock_llm))
+
+    body, headers = delivery(alice["operation_id"], {"success": True, "result": {"for": "alice"}})
+    redirected = await client.post(webhook_url(bob["operation_id"]), content=body, headers=headers)
+    assert redirected.status_code == 401
+    assert redirected.json()["error"]["code"] == "unauthorized"
+    assert await redis.xlen(keys.COMPLETIONS) == 0
+
+    # Alice's own delivery goes through; Bob's operation stays as it was.
+    assert (await client.post(webhook_url(alice["operation_id"]), content=body, headers=headers)).status_code == 202
+    await continuation(follow(client, alice["task_id"]))
+    await wait_for(lambda: settled(redis, alice["operation_id"]))
+    await wait_for(lambda: drained(redis))
+    await asyncio.sleep(0.3)
+    assert await tool_message(db, alice_sid) == {"for": "alice"}
+    assert await tool_message(db, bob_sid) == bob_pending
+    assert bob_pending["type"] == "operation_pending"
+    assert (await operation(redis, bob["operation_id"]))["status"] == "pending"
+    assert await replies(db, bob_sid) == 1  # no continuation for Bob
+    assert len(turn_calls(mock_llm)) == calls_before + 1  # Alice's continuation only
+
+
+async def test_one_delivery_sent_500_times_is_enqueued_once(
+    ops: tuple[httpx.AsyncClient, LiveServer], db: asyncpg.Connection, redis: Redis, mock_llm: MockLLMServer
+) -> None:
+    """Regression: a captured delivery re-sent 500 times was accepted 500 times and grew the completions stream by
+    500 entries. Sent in concurrent bursts, so the duplicate check is raced too."""
+    client, _ = ops
+    sid = await new_session(client)
+    started = await start_operation(client, sid, REPORT)
+    op_id = started["operation_id"]
+    await wait_for(lambda: _has_jobs(redis, 1))
+    calls_before = len(turn_calls(mock_llm))
+    body, headers = delivery(op_id, {"success": True, "result": {"once": True}})
+
+    statuses: list[int] = []
+    for _ in range(10):
+        burst = [client.post(webhook_url(op_id), content=body, headers=headers) for _ in range(50)]
+        responses = await asyncio.gather(*burst)
+        statuses += [r.status_code for r in responses]
+        assert all(r.json()["status"] == ("accepted" if r.status_code == 202 else "duplicate") for r in responses)
+    assert statuses.count(202) == 1 and statuses.count(200) == 499
+    assert await redis.xlen(keys.COMPLETIONS) == 1
+
+    await continuation(follow(client, started["task_id"]))
+    await wait_for(lambda: settled(redis, op_id))
+    assert await tool_message(db, sid) == {"once": True}
+    assert len(turn_calls(mock_llm)) == calls_before + 1
+    ttl = await redis.pttl(keys.webhook_delivery(headers[webhooks.DELIVERY_HEADER]))
+    tolerance = runtime_of(ops[1]).settings.webhook_tolerance_seconds
+    assert 2 * tolerance * 1000 <= ttl <= (2 * tolerance + 60) * 1000  # remembered for two replay windows
+
+
+async def test_the_completions_stream_stays_within_its_bound(
+    op_settings: Settings, db: asyncpg.Connection, redis: Redis
+) -> None:
+    bound = 100
+    settings = op_settings.model_copy(update={"completion_stream_max_len": bound})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        op_id = (await start_operation(client, sid, REPORT))["operation_id"]
+        for i in range(300):  # distinct deliveries: each one is enqueued
+            assert (await post_webhook(client, op_id, {"success": True, "result": i})).status_code == 202
+        slack = await node_size(redis)
+        assert bound <= await redis.xlen(keys.COMPLETIONS) <= bound + slack
+        await wait_for(lambda: settled(redis, op_id))
+        assert await tool_message(db, sid) == 0  # the first one, handled before it could be trimmed
+
+
+async def node_size(redis: Redis) -> int:
+    """`stream-node-max-entries`: approximate trimming drops whole nodes, so a stream exceeds its bound by less."""
+    config: Any = await redis.config_get("stream-node-max-entries")
+    return int(config["stream-node-max-entries"])
+
+
+async def test_webhook_answers_503_while_redis_is_unreachable(
+    op_settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    async with private_redis(tmp_path) as server:
+        settings = op_settings.model_copy(update={"redis_url": server.url})
+        async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+            payload = {"success": True, "result": "r"}
+            assert (await post_webhook(client, str(uuid.uuid4()), payload)).status_code == 404  # Redis answers
+            await server.stop()
+            try:
+                response = await post_webhook(client, str(uuid.uuid4()), payload)
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "service_unavailable"
+                # Refused before Redis is needed: still 401 / 400.
+                assert (await post_webhook(client, str(uuid.uuid4()), payload, secret="nope")).status_code == 401
+                assert (await post_webhook(client, str(uuid.uuid4()), b"{}")).status_code == 400
+            finally:
+                await server.start()
+            assert (await post_webhook(client, str(uuid.uuid4()), payload)).status_code == 404  # back
 
 
 async def test_webhook_without_a_configured_secret_is_unavailable(

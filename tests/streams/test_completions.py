@@ -17,30 +17,52 @@ import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from backend import keys
 from backend.chat.operations import OperationRunner
 from backend.chat.tokens import TokenCounter
+from backend.config import Settings
 from backend.embedded import embedded_services
 from backend.store.cache import SessionCache
 from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
-from backend.streams.completions import Completion, CompletionConsumer, PoisonEntry, parse, publish
+from backend.streams.completions import (
+    Completion,
+    CompletionConsumer,
+    PoisonEntry,
+    parse,
+    publish,
+    publish_delivery,
+)
+from backend.streams.limits import StreamLimits
 from backend.streams.operations import Operation, OperationStore, lock_key_for
 from backend.streams.turns import TurnRegistry
 
 RECLAIM_IDLE = 0.2
 MAX_DELIVERIES = 3
+MAX_LEN = 10_000
+DEAD_MAX_LEN = 1_000
 
 Background = Callable[[Awaitable[None]], "asyncio.Task[None]"]
 
 
 def make_consumer(
-    redis: Redis, name: str, *, reclaim_idle: float = RECLAIM_IDLE, block: float = 0.05
+    redis: Redis,
+    name: str,
+    *,
+    reclaim_idle: float = RECLAIM_IDLE,
+    block: float = 0.05,
+    dead_max_len: int = DEAD_MAX_LEN,
 ) -> CompletionConsumer:
     return CompletionConsumer(
-        redis, consumer=name, reclaim_idle_seconds=reclaim_idle, max_deliveries=MAX_DELIVERIES, block_seconds=block
+        redis,
+        consumer=name,
+        reclaim_idle_seconds=reclaim_idle,
+        max_deliveries=MAX_DELIVERIES,
+        dead_letter_max_len=dead_max_len,
+        block_seconds=block,
     )
 
 
@@ -105,11 +127,11 @@ class Recorder:
 
 
 async def test_publish_then_parse_round_trip(redis: Redis) -> None:
-    entry_id = await publish(redis, Completion("op-1", False, None, "boom"))
+    entry_id = await publish(redis, Completion("op-1", False, None, "boom"), max_len=MAX_LEN)
     [(read_id, fields)] = await entries(redis, keys.COMPLETIONS)
     assert read_id.decode() == entry_id
     assert parse(fields) == Completion("op-1", False, None, "boom")
-    await publish(redis, Completion("op-2", True, {"nested": [1, "two"]}))
+    await publish(redis, Completion("op-2", True, {"nested": [1, "two"]}), max_len=MAX_LEN)
     assert parse((await entries(redis, keys.COMPLETIONS))[1][1]) == Completion("op-2", True, {"nested": [1, "two"]})
 
 
@@ -128,6 +150,97 @@ def test_parse_refuses_what_is_not_a_completion(fields: dict[bytes, bytes]) -> N
         parse(fields)
 
 
+# --- bounded streams and delivery ids -----------------------------------------------------------------------
+
+
+async def node_size(redis: Redis) -> int:
+    """`stream-node-max-entries`: approximate trimming drops whole nodes, so a stream exceeds its bound by less."""
+    config: Any = await redis.config_get("stream-node-max-entries")
+    return int(config["stream-node-max-entries"])
+
+
+def test_stream_limit_defaults_are_the_settings_defaults() -> None:
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert StreamLimits() == StreamLimits(
+        completions=defaults.completion_stream_max_len,
+        dead_letters=defaults.completion_dead_letter_max_len,
+        jobs=defaults.job_stream_max_len,
+    )
+
+
+async def test_publish_keeps_the_completions_stream_within_its_bound(redis: Redis) -> None:
+    for i in range(1_000):
+        await publish(redis, Completion(f"op-{i}", True, i), max_len=100)
+    assert 100 <= await redis.xlen(keys.COMPLETIONS) <= 100 + await node_size(redis)
+    newest = await entries(redis, keys.COMPLETIONS)
+    assert parse(newest[-1][1]).operation_id == "op-999"  # the oldest go, the newest stay
+
+
+async def test_a_delivery_is_enqueued_once_and_remembered_for_a_while(redis: Redis) -> None:
+    completion = Completion("op-1", True, {"v": 1})
+    first = await publish_delivery(redis, completion, delivery_id="d-1", remember_seconds=600, max_len=MAX_LEN)
+    assert first is not None
+    again = await publish_delivery(redis, completion, delivery_id="d-1", remember_seconds=600, max_len=MAX_LEN)
+    assert again is None
+    other = await publish_delivery(redis, completion, delivery_id="d-2", remember_seconds=600, max_len=MAX_LEN)
+    assert other is not None and other != first
+    assert [entry_id.decode() for entry_id, _ in await entries(redis, keys.COMPLETIONS)] == [first, other]
+    assert 599_000 < await redis.pttl(keys.webhook_delivery("d-1")) <= 600_000
+
+
+async def test_deliveries_keep_the_completions_stream_within_its_bound(redis: Redis) -> None:
+    for i in range(300):
+        await publish_delivery(redis, Completion("op", True, i), delivery_id=f"d-{i}", remember_seconds=60, max_len=100)
+    assert 100 <= await redis.xlen(keys.COMPLETIONS) <= 100 + await node_size(redis)
+
+
+async def test_a_delivery_whose_append_failed_is_not_remembered(redis: Redis) -> None:
+    """Otherwise the sender's retry would be answered `duplicate` and the completion lost."""
+    await redis.set(keys.COMPLETIONS, "not a stream")  # every XADD to it fails
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await publish_delivery(redis, Completion("op", True, 1), delivery_id="d-1", remember_seconds=60, max_len=100)
+    assert not await redis.exists(keys.webhook_delivery("d-1"))
+    await redis.delete(keys.COMPLETIONS)
+    assert await publish_delivery(redis, Completion("op", True, 1), delivery_id="d-1", remember_seconds=60, max_len=100)
+
+
+async def test_dead_letters_stay_within_their_bound(redis: Redis, background: Background) -> None:
+    background(make_consumer(redis, "a", dead_max_len=10).consume(Recorder()))
+    for i in range(300):
+        await redis.xadd(keys.COMPLETIONS, {"poison": str(i)})
+    await wait_for(lambda: _no_pending(redis))
+    await wait_for(lambda: _last_dead_is(redis, b"299"))
+    assert 10 <= await redis.xlen(keys.COMPLETIONS_DEAD) <= 10 + await node_size(redis)
+
+
+async def _last_dead_is(redis: Redis, poison: bytes) -> bool:
+    last: Any = await redis.xrevrange(keys.COMPLETIONS_DEAD, count=1)
+    return bool(last) and last[0][1].get(b"poison") == poison
+
+
+async def test_a_completion_trimmed_before_it_was_handled_leaves_the_group_and_is_logged(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What happens past the bound: the completion is gone (its operation fails at its deadline), the consumer
+    drops it from the group with a warning, and nothing is retried or dead-lettered."""
+    consumer = make_consumer(redis, "a", reclaim_idle=0.1)
+    await consumer.ensure_group()
+    lost = await publish(redis, Completion("op-lost", True, None), max_len=100)
+    await consumer.step(Recorder(failures=1))  # read, failed: pending
+    assert await pending_count(redis) == 1
+    for i in range(500):
+        await redis.xadd(keys.COMPLETIONS, {"poison": str(i)}, maxlen=100, approximate=True)
+    assert (await redis.xrange(keys.COMPLETIONS, min=lost, max=lost)) == []  # trimmed away
+    await asyncio.sleep(0.2)
+    with caplog.at_level("WARNING", logger="copilot.completions"):
+        while await consumer.step(Recorder()):
+            pass
+    assert any(lost in r.getMessage() and "trimmed" in r.getMessage() for r in caplog.records)
+    summary: Any = await redis.xpending_range(keys.COMPLETIONS, keys.COMPLETIONS_GROUP, min=lost, max=lost, count=1)
+    assert summary == []
+    assert all(d.get(b"entry", b"").decode() != lost for d in await dead_letters(redis))
+
+
 # --- handling and acknowledging -----------------------------------------------------------------------------
 
 
@@ -136,7 +249,7 @@ async def test_a_completion_is_handled_once_and_acknowledged(redis: Redis) -> No
     await consumer.ensure_group()
     await consumer.ensure_group()  # idempotent (BUSYGROUP is not an error)
     handler = Recorder()
-    await publish(redis, Completion("op-1", True, {"answer": 42}))
+    await publish(redis, Completion("op-1", True, {"answer": 42}), max_len=MAX_LEN)
     assert await consumer.step(handler) == 1
     assert handler.calls == [Completion("op-1", True, {"answer": 42})]
     assert await pending_count(redis) == 0
@@ -150,7 +263,7 @@ async def test_two_consumers_share_the_work_without_duplicates(redis: Redis, bac
         await make_consumer(redis, name).ensure_group()
         background(make_consumer(redis, name).consume(handler))
     for i in range(20):
-        await publish(redis, Completion(f"op-{i}", True, i))
+        await publish(redis, Completion(f"op-{i}", True, i), max_len=MAX_LEN)
     await wait_for(lambda: handler.called(20))
     await asyncio.sleep(RECLAIM_IDLE * 2)  # a reclaim round would show a duplicate
     assert sorted(c.result for c in handler.calls) == list(range(20))
@@ -160,7 +273,7 @@ async def test_two_consumers_share_the_work_without_duplicates(redis: Redis, bac
 async def test_a_failed_handler_is_retried_by_reclaiming(redis: Redis, background: Background) -> None:
     handler = Recorder(failures=1)
     background(make_consumer(redis, "a").consume(handler))
-    await publish(redis, Completion("op-1", True, "ok"))
+    await publish(redis, Completion("op-1", True, "ok"), max_len=MAX_LEN)
     await wait_for(lambda: handler.called(2))
     await wait_for(lambda: _no_pending(redis))
     assert [c.operation_id for c in handler.calls] == ["op-1", "op-1"]
@@ -176,7 +289,7 @@ async def test_a_completion_that_always_fails_goes_to_the_dead_letter_stream(
 ) -> None:
     handler = Recorder(failures=1_000)
     background(make_consumer(redis, "a").consume(handler))
-    entry_id = await publish(redis, Completion("op-poisoned", True, "x"))
+    entry_id = await publish(redis, Completion("op-poisoned", True, "x"), max_len=MAX_LEN)
     await wait_for(lambda: _dead_count(redis, 1))
     await asyncio.sleep(RECLAIM_IDLE * 3)
     assert len(handler.calls) == MAX_DELIVERIES  # then no more tries
@@ -201,7 +314,7 @@ async def test_poison_entries_are_dead_lettered_at_once(redis: Redis, background
     ]
     for fields in poison:
         await redis.xadd(keys.COMPLETIONS, fields)
-    await publish(redis, Completion("op-fine", True, None))
+    await publish(redis, Completion("op-fine", True, None), max_len=MAX_LEN)
     await wait_for(lambda: handler.called(1))
     await wait_for(lambda: _dead_count(redis, 3))
     assert [c.operation_id for c in handler.calls] == ["op-fine"]  # poison never reaches the handler
@@ -224,7 +337,7 @@ async def test_a_cancellation_lost_inside_a_redis_call_still_stops_the_consumer(
 
     consumer = asyncio.ensure_future(make_consumer(redis, "a").consume(loses_its_cancellation))
     try:
-        await publish(redis, Completion("op-1", True, None))
+        await publish(redis, Completion("op-1", True, None), max_len=MAX_LEN)
         async with asyncio.timeout(5):
             await handled.wait()
             await asyncio.gather(consumer, return_exceptions=True)
@@ -309,7 +422,7 @@ async def test_a_consumer_killed_mid_processing_is_taken_over_and_the_result_lan
     runner.set_continuation(continuations)
 
     a = background(make_consumer(redis, "pod-a").consume(runner.complete))
-    await publish(redis, Completion(op.operation_id, True, {"report": "done"}))
+    await publish(redis, Completion(op.operation_id, True, {"report": "done"}), max_len=MAX_LEN)
     async with asyncio.timeout(10):
         await continuations.first_started.wait()
     assert (await ops.get(op.operation_id)).status == "completing"  # type: ignore[union-attr]
@@ -326,7 +439,7 @@ async def test_a_consumer_killed_mid_processing_is_taken_over_and_the_result_lan
     assert await dead_letters(redis) == []
 
     # A duplicate (a retried webhook) afterwards changes nothing.
-    await publish(redis, Completion(op.operation_id, False, None, "late failure"))
+    await publish(redis, Completion(op.operation_id, False, None, "late failure"), max_len=MAX_LEN)
     await wait_for(lambda: _no_pending(redis))
     await asyncio.sleep(RECLAIM_IDLE)
     assert continuations.started == [op.operation_id, op.operation_id]
@@ -345,7 +458,7 @@ async def test_a_live_claim_keeps_a_second_consumer_off_until_it_is_stale(redis:
 
     consumer = make_consumer(redis, "b", reclaim_idle=0.1)
     await consumer.ensure_group()
-    await publish(redis, Completion(op.operation_id, True, "r"))
+    await publish(redis, Completion(op.operation_id, True, "r"), max_len=MAX_LEN)
     await consumer.step(runner.complete)  # InProgress: not acknowledged, not lost
     assert continuations.finished == []
     assert await pending_count(redis) == 1
@@ -366,10 +479,12 @@ async def test_a_result_whose_message_is_missing_is_retried_not_lost(redis: Redi
     runner = make_runner(redis, sessions, ops, stale_claim=0.1)
     consumer = make_consumer(redis, "a", reclaim_idle=0.1)
     await consumer.ensure_group()
-    await publish(redis, Completion("op-orphan", True, "r"))
+    await publish(redis, Completion("op-orphan", True, "r"), max_len=MAX_LEN)
     await consumer.step(runner.complete)  # LookupError: left pending
     assert await pending_count(redis) == 1
-    await publish(redis, Completion("op-unknown", True, "r"))  # an operation nobody knows: dropped, acknowledged
+    await publish(
+        redis, Completion("op-unknown", True, "r"), max_len=MAX_LEN
+    )  # an operation nobody knows: dropped, acknowledged
     await consumer.step(runner.complete)
     assert await pending_count(redis) == 1
 
@@ -393,12 +508,12 @@ async def test_the_group_is_created_again_after_flushall(
 ) -> None:
     handler = Recorder()
     background(make_consumer(private_redis, "a", block=block).consume(handler))
-    await publish(private_redis, Completion("before", True, None))
+    await publish(private_redis, Completion("before", True, None), max_len=MAX_LEN)
     await wait_for(lambda: handler.called(1))
 
     await private_redis.flushall()
     await asyncio.sleep(0.1)  # the consumer is now reading a stream and a group that no longer exist
-    await publish(private_redis, Completion("after", True, None))
+    await publish(private_redis, Completion("after", True, None), max_len=MAX_LEN)
     await wait_for(lambda: handler.called(2), within=block + 5)
     assert [c.operation_id for c in handler.calls] == ["before", "after"]
     groups: Any = await private_redis.xinfo_groups(keys.COMPLETIONS)

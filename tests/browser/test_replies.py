@@ -11,7 +11,7 @@ from playwright.async_api import Browser, Page, expect
 from redis.asyncio import Redis
 
 from backend.config import Settings
-from backend.devtools.report_worker import process_one
+from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available
 from tests.browser.conftest import WEBHOOK_SECRET, PageErrors
 from tests.browser.panel import new_session, open_panel, reply_words, send, stored_messages, wait_turn_end
 from tests.conftest import LiveServer
@@ -161,7 +161,8 @@ async def test_long_running_operation_completes_after_a_reload(
     assert await page.locator(".message.assistant").count() == 1
 
     async with httpx.AsyncClient(timeout=30) as http:  # the external report service does its job
-        assert await process_one(redis, http, api_url=live.url, secret=WEBHOOK_SECRET, work_seconds=0) == 1
+        await ensure_group(redis)
+        assert await process_available(redis, http, WorkerConfig(live.url, WEBHOOK_SECRET, work_seconds=0)) == 1
 
     await expect(page.locator(".tool")).to_have_attribute("data-state", "done")
     # The continuation (the model telling what came of it) streams in, then joins the stored reply.

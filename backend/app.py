@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.api import admin, chat, health, operations, panel, sessions, ws
 from backend.api.limits import BodyLimit
 from backend.config import Settings
-from backend.errors import CopilotError
+from backend.errors import CopilotError, RateLimited
 from backend.runtime import open_runtime
 
 log = logging.getLogger("copilot.app")
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(CopilotError)
     async def copilot_error(_: Request, exc: CopilotError) -> JSONResponse:
         headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
+        if isinstance(exc, RateLimited):
+            headers = {"retry-after": str(exc.retry_after)}
         return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

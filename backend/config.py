@@ -266,6 +266,23 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=100_000, ge=1)
     """Longest user message accepted."""
 
+    # --- per-user limits (shared by all pods through Redis) -----------------------------------------
+    rate_limit_requests_per_minute: int = Field(default=120, ge=0)
+    """API requests one user may make in any minute (a sliding window; health checks, the panel page and its assets
+    are not counted, a WebSocket counts its opening and each `message`). Over it: 429 `rate_limited`. 0: no limit."""
+
+    rate_limit_concurrent_turns: int = Field(default=3, ge=0)
+    """Replies one user may have being generated at once, across all pods (a resend of the same message joins its
+    turn and takes no second one; a turn of a pod that died stops counting after `turn_lease_seconds`). 0: no limit."""
+
+    rate_limit_tokens_per_day: int = Field(default=1_000_000, ge=0)
+    """Model tokens one user may spend per UTC day: prompt + completion as the provider reports them, titles and
+    summaries included. Checked when a turn starts (a running turn is never cut off); over it, new messages get 429
+    until midnight UTC. 0: no limit."""
+
+    rate_limit_admins: bool = False
+    """Apply the per-user limits to admins too. Off: admins (and the development-auth user, an admin) are exempt."""
+
     @field_validator(
         "database_url",
         "redis_url",

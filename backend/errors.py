@@ -86,3 +86,16 @@ class ModelError(CopilotError):
         self.provider_code = provider_code
         self.retry_after = retry_after
         """Seconds the provider asked us to wait (HTTP `retry-after`), if it said."""
+
+
+class RateLimited(CopilotError):
+    """A per-user limit is reached. `retry_after` (whole seconds, at least 1) becomes the `Retry-After` header;
+    `limit` names which one: `requests_per_minute`, `concurrent_turns` or `tokens_per_day`."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, limit: str, retry_after: int) -> None:
+        super().__init__(message, limit=limit, retry_after=retry_after)
+        self.limit = limit
+        self.retry_after = retry_after

@@ -1,7 +1,7 @@
 """Every Redis key the service uses, in one place.
 
 Keys of one session share the hash tag `{<session id>}` so a Redis Cluster keeps them on one slot and the
-multi-key scripts that touch them stay valid.
+multi-key scripts that touch them stay valid. Keys of one user (the per-user limits) share `{<user id>}` likewise.
 """
 
 from __future__ import annotations
@@ -95,3 +95,23 @@ COMPLETIONS_GROUP = "copilot-completions"
 def jobs(kind: str) -> str:
     """Stream: jobs handed to external services of one kind (e.g. `report`)."""
     return f"{PREFIX}:jobs:{kind}"
+
+
+def _user_tag(user_id: str) -> str:
+    """The user id as a hash tag: braces (and the escape character) escaped, so any JWT `sub` stays one tag."""
+    return "{" + user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D") + "}"
+
+
+def user_requests(user_id: str) -> str:
+    """Sorted set: the user's API requests of the last minute, scored by time (ms); the per-minute limit."""
+    return f"{PREFIX}:user:{_user_tag(user_id)}:requests"
+
+
+def user_turns(user_id: str) -> str:
+    """Sorted set: the user's running turns, scored by the deadline (ms) of the lease their pod renews."""
+    return f"{PREFIX}:user:{_user_tag(user_id)}:turns"
+
+
+def user_tokens(user_id: str, day: str) -> str:
+    """Counter: model tokens the user spent on one UTC day (`YYYY-MM-DD`)."""
+    return f"{PREFIX}:user:{_user_tag(user_id)}:tokens:{day}"

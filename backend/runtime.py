@@ -19,9 +19,10 @@ from redis.asyncio import Redis
 
 from backend.auth import Authenticator
 from backend.cancellation import check_cancelled
+from backend.chat.admission import billed_user
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
-from backend.chat.llm import LLMClient, RetryPolicy
+from backend.chat.llm import LLMClient, RetryPolicy, Usage
 from backend.chat.operations import OperationRunner
 from backend.chat.prompt import default_prompt
 from backend.chat.prompt_source import PromptSource
@@ -42,6 +43,7 @@ from backend.streams.completions import CompletionConsumer
 from backend.streams.limits import StreamLimits
 from backend.streams.operations import OperationStore
 from backend.streams.turns import TurnRegistry
+from backend.streams.user_limits import UserLimits
 from backend.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger("copilot.runtime")
@@ -60,6 +62,7 @@ class Runtime:
     turns: TurnRunner
     prompts: PromptSource
     operations: OperationRunner
+    limits: UserLimits
 
 
 @asynccontextmanager
@@ -87,7 +90,21 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds)
         )
         stack.push_async_callback(sessions.close)
-        llm = await _open_llm(settings, stack)
+        limits = UserLimits(
+            redis,
+            requests_per_minute=settings.rate_limit_requests_per_minute,
+            concurrent_turns=settings.rate_limit_concurrent_turns,
+            tokens_per_day=settings.rate_limit_tokens_per_day,
+            limit_admins=settings.rate_limit_admins,
+            lease_seconds=settings.turn_lease_seconds,
+            max_turn_seconds=settings.turn_max_seconds,
+        )
+        stack.push_async_callback(limits.close)
+
+        def spend(usage: Usage) -> None:
+            limits.spend(billed_user(), usage.prompt_tokens + usage.completion_tokens)
+
+        llm = await _open_llm(settings, stack, on_usage=spend)
         tools = build_registry(settings.tools)
         registry = TurnRegistry(
             redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
@@ -167,6 +184,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             publish_window_seconds=settings.publish_window_ms / 1000,
             double_texting=settings.double_texting,
             model=llm.model,
+            admission=limits,
         )
         await turns.start()
         stack.push_async_callback(turns.shutdown)
@@ -180,6 +198,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         await stack.enter_async_context(_background(consumer.consume(operations.complete), "completion consumer"))
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
+        renew_every = settings.turn_lease_seconds / 3
+        await stack.enter_async_context(_background(_every(renew_every, limits.renew), "turn slot leases"))
         yield Runtime(
             settings=settings,
             pool=pool,
@@ -192,6 +212,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             turns=turns,
             prompts=prompts,
             operations=operations,
+            limits=limits,
         )
 
 
@@ -225,7 +246,9 @@ async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
             log.exception("periodic %s failed", getattr(action, "__name__", "task"))
 
 
-async def _open_llm(settings: Settings, stack: AsyncExitStack) -> LLMClient:
+async def _open_llm(
+    settings: Settings, stack: AsyncExitStack, on_usage: Callable[[Usage], None] | None = None
+) -> LLMClient:
     base_url, model = settings.llm_base_url, settings.model
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     if base_url is None and api_key is None:
@@ -240,6 +263,7 @@ async def _open_llm(settings: Settings, stack: AsyncExitStack) -> LLMClient:
         model=model,
         retry=RetryPolicy(settings.llm_max_retries, settings.llm_retry_base_seconds, settings.llm_retry_max_seconds),
         idle_timeout=settings.llm_idle_timeout_seconds,
+        on_usage=on_usage,
     )
     stack.push_async_callback(llm.close)
     return llm

@@ -331,6 +331,10 @@ async def service_phase(ctx: Context, workers: int) -> None:
         "COPILOT_JWT_SECRET": SECRET,
         "COPILOT_LOG_LEVEL": "WARNING",
         "COPILOT_CONTEXT_MAX_LIVE_MESSAGES": str(s.max_live_messages),
+        # One bench user runs hundreds of turns at once: the per-user abuse limits would refuse most of them.
+        "COPILOT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
+        "COPILOT_RATE_LIMIT_CONCURRENT_TURNS": "0",
+        "COPILOT_RATE_LIMIT_TOKENS_PER_DAY": "0",
         "PYTHONPATH": str(ROOT),
     }
     args = [

@@ -170,6 +170,10 @@ async def main() -> None:
         "COPILOT_MODEL": "mock-model",
         "COPILOT_JWT_SECRET": SECRET,
         "COPILOT_LOG_LEVEL": "WARNING",
+        # The per-user limits would add their own Redis commands to the counts and refuse a fast run.
+        "COPILOT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
+        "COPILOT_RATE_LIMIT_CONCURRENT_TURNS": "0",
+        "COPILOT_RATE_LIMIT_TOKENS_PER_DAY": "0",
         "PYTHONPATH": str(ROOT),
     }
     app_cmd = [python, "-m", "backend.cli", "serve", "--port", str(app_port)]

@@ -88,6 +88,11 @@ def settings(db: asyncpg.Connection, redis: Redis) -> Settings:
         jwt_secret=JWT_SECRET,
         db_pool_min_size=1,
         db_pool_max_size=10,
+        # Per-user limits are off here: tests poll and run turns far faster than a person; tests of the limits
+        # (tests/api/test_rate_limits.py) turn them on.
+        rate_limit_requests_per_minute=0,
+        rate_limit_concurrent_turns=0,
+        rate_limit_tokens_per_day=0,
         _env_file=None,  # type: ignore[call-arg]
     )
 

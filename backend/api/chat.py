@@ -37,7 +37,9 @@ async def submit_turn(body: SendMessage, session: ChatSession, user: Principal, 
     except ValueError as e:
         raise BadRequest(str(e)) from e
     anonymous = runtime.settings.dev_auth and user.user_id == runtime.settings.dev_user_id
-    return await runtime.turns.submit(session, user.user_id, message, is_authenticated=not anonymous)
+    return await runtime.turns.submit(
+        session, user.user_id, message, is_authenticated=not anonymous, limited=runtime.limits.applies_to(user)
+    )
 
 
 @router.post("/api/chat/sessions/{session_id}/stream", response_class=StreamingResponse, responses=_SSE)

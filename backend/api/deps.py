@@ -1,4 +1,5 @@
-"""Typed dependencies of the routes: the runtime, the caller, and a session the caller owns."""
+"""Typed dependencies of the routes: the runtime, the caller (counted against their request rate), and a session
+the caller owns."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def get_current_user(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await runtime.auth.authenticate(authorization)
+    """The authenticated caller. Every route that needs one counts one request against the caller's per-minute
+    limit here (FastAPI resolves it once per request): 429 `rate_limited` over it."""
+    user = await runtime.auth.authenticate(authorization)
+    await runtime.limits.check_request(user)
+    return user
 
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]

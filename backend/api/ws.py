@@ -8,8 +8,9 @@ client as a bare HTTP 403, without the code.
 Client frames (`ws_schemas`): `message` (a `SendMessage` body) starts a turn and streams it; `cancel` stops the
 session's running turn (`idle` if none); `ping` → `pong`; `resume {after?}` follows the running turn from a cursor
 or from its start (`idle` if none). Server frames: `chunk {id, chunk}` per AI SDK chunk, `done {task_id}` after
-the turn's end, `heartbeat` while it is silent, and `error {code, message, details?}` for a refused client frame;
-the socket stays open after an error.
+the turn's end, `heartbeat` while it is silent, and `error {code, message, details?, retry_after?}` for a refused
+client frame; the socket stays open after an error. Opening the socket and each `message` count as one request
+against the user's per-minute limit (over it: the socket is closed with 4429, a `message` gets `rate_limited`).
 
 Frames are read while at most one forwarder task streams a turn, so `cancel` works mid-turn; a new `message` or
 `resume` replaces the forwarder. A closed socket stops its forwarder, never the turn.
@@ -64,6 +65,7 @@ async def turn_socket(
     await websocket.accept()
     try:
         user = await runtime.auth.authenticate(authorization or (f"Bearer {token}" if token else None))
+        await runtime.limits.check_request(user)
         session = await runtime.sessions.get(_session_uuid(session_id), user.user_id)
     except CopilotError as e:
         await websocket.close(code=4000 + e.status_code, reason=e.message.encode()[:123].decode(errors="ignore"))
@@ -113,6 +115,7 @@ class _Connection:
             case PingFrame():
                 await self._send(Pong())
             case SendFrame():
+                await runtime.limits.check_request(self._user)
                 session = await runtime.sessions.get(self._session_id, self._user.user_id)  # fresh: title, deletion
                 submitted = await submit_turn(frame, session, self._user, runtime)
                 await self._forward(submitted.turn_id)

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from backend.api.chat_schemas import SendMessage
-from backend.errors import CopilotError
+from backend.errors import CopilotError, RateLimited
 
 # --- client → server ---------------------------------------------------------------------------------
 
@@ -89,10 +89,13 @@ class ErrorFrame(ServerFrame):
     code: str
     message: str
     details: dict[str, Any] | None = None
+    retry_after: int | None = None
+    """Seconds to wait before trying again (`rate_limited` only), as HTTP's `Retry-After`."""
 
     @classmethod
     def of(cls, error: CopilotError) -> ErrorFrame:
-        return cls(code=error.code, message=error.message, details=error.details or None)
+        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+        return cls(code=error.code, message=error.message, details=error.details or None, retry_after=retry_after)
 
 
 def chunk_frame(entry_id: str, chunk: bytes) -> str:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,12 +105,16 @@ class LLMClient:
         model: str,
         retry: RetryPolicy,
         idle_timeout: float,
+        on_usage: Callable[[Usage], None] | None = None,
     ) -> None:
+        """`on_usage` hears the provider's usage of every call that reported one (streamed turns, titles,
+        summaries, each attempt of a retried call), at the end of the call; it must not block."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0)
         self.model = model
         self._retry = retry
         self._idle_timeout = idle_timeout
+        self._on_usage = on_usage
 
     async def close(self) -> None:
         await self._client.close()
@@ -147,6 +151,8 @@ class LLMClient:
             raise _translate(e) from e
         except orjson.JSONDecodeError as e:
             raise ModelError("the model sent a malformed response", provider_code="malformed_response") from e
+        if isinstance(completion, dict):
+            self._report(_usage(completion.get("usage")))
         choices = completion.get("choices") if isinstance(completion, dict) else None
         if not choices or not isinstance(choices[0], dict):
             return ""
@@ -198,7 +204,16 @@ class LLMClient:
             ) from e
         except _CLIENT_ERRORS as e:
             raise _translate(e) from e
+        self._report(reply.usage)
         yield reply.completed()
+
+    def _report(self, usage: Usage | None) -> None:
+        if usage is None or self._on_usage is None:
+            return
+        try:
+            self._on_usage(usage)
+        except Exception:
+            log.exception("the usage hook failed")
 
 
 class _Reply:
@@ -247,6 +262,14 @@ class _Reply:
 
 
 _EMPTY: dict[str, Any] = {}
+
+
+def _usage(value: Any) -> Usage | None:
+    """The `usage` object of a non-streamed response, if it has one."""
+    if not isinstance(value, dict):
+        return None
+    return Usage(value.get("prompt_tokens") or 0, value.get("completion_tokens") or 0)
+
 
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError, ssl.SSLError, anyio.EndOfStream)
 """What reading a response can raise for a broken connection (the SDK reports these as `APIConnectionError`)."""

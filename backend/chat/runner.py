@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from backend.cancellation import check_cancelled
 from backend.chat import events as ev
+from backend.chat.admission import TurnAdmission, Unlimited, billed_context, billed_to
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
 from backend.chat.recovery import reap
@@ -73,6 +74,7 @@ class TurnRunner:
         double_texting: DoubleTexting = "reject",
         telemetry: Telemetry | None = None,
         model: str = "",
+        admission: TurnAdmission | None = None,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -86,14 +88,17 @@ class TurnRunner:
         self._double_texting = double_texting
         self._telemetry = telemetry or NullTelemetry()
         self._model = model
+        self._admission = admission or Unlimited()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._publishers: dict[str, TurnPublisher] = {}
         """The turns this pod runs, for followers on this pod (read from memory, not from Redis)."""
         self._supervisor: asyncio.Task[None] | None = None
 
     async def submit(
-        self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool
+        self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool, limited: bool = True
     ) -> Submitted:
+        """Start a turn for `message`, or find the one a resend of it started. `limited`: the user's limits may
+        refuse it (`RateLimited`, nothing stored); a resend never takes a second slot."""
         turn_id = _turn_id(session.id, message.client_message_id)
         if await self._registry.info(turn_id) is not None:
             return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
@@ -105,6 +110,7 @@ class TurnRunner:
                 continue  # released between our claim and our read: try again
             await self._make_way(session.id, current)
         try:
+            await self._admission.admit(user_id, turn_id, enforce=limited)
             stored = await self._store.append(
                 session.id,
                 [
@@ -124,6 +130,7 @@ class TurnRunner:
                 raise Conflict("this message was already answered", message_id=str(user.id))
             await self._registry.create(turn_id, str(session.id), user_id)
         except BaseException:
+            await self._admission.release(user_id, turn_id)
             await self._active.release(session.id, turn_id)
             raise
         request = TurnRequest(
@@ -136,7 +143,8 @@ class TurnRunner:
         )
         self._start(request, message.text)
         if session.title is None and user.sequence == 1:
-            self._titles.schedule(session.id, user_id, message.text)
+            with billed_to(user_id):  # the title task inherits who pays for its model call
+                self._titles.schedule(session.id, user_id, message.text)
         return Submitted(turn_id, user.sequence, repeated=False)
 
     async def _make_way(self, session_id: uuid.UUID, current: str) -> None:
@@ -271,6 +279,8 @@ class TurnRunner:
         request = TurnRequest(
             turn_id=op.task_id, session_id=op.session_id, user_id=op.user_id, is_authenticated=True, note=note
         )
+        # Never refused: the operation's result is stored already and must be told; the turn still holds a slot.
+        await self._admission.admit(op.user_id, op.task_id, enforce=False)
         self._start(request, "")
 
     async def active_task(self, session_id: uuid.UUID) -> tuple[str, TurnStatus] | None:
@@ -307,7 +317,9 @@ class TurnRunner:
             on_cancel_requested=lambda: _stop(task),
         )
         self._publishers[turn_id] = publisher
-        task = asyncio.create_task(self._drive(req, message_text, publisher), name=f"turn-{turn_id}")
+        task = asyncio.create_task(
+            self._drive(req, message_text, publisher), name=f"turn-{turn_id}", context=billed_context(req.user_id)
+        )
         self._tasks[turn_id] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -371,6 +383,8 @@ class TurnRunner:
 
     async def _finish(self, req: TurnRequest, publisher: TurnPublisher, status: TurnStatus) -> None:
         try:
+            # The slot goes back before the end is written: a client that saw the end may start another turn at once.
+            await self._admission.release(req.user_id, req.turn_id)
             await publisher.close(status)
         finally:
             await self._active.release(req.session_id, req.turn_id)

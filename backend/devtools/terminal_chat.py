@@ -148,7 +148,8 @@ def _http_errors() -> Iterator[None]:
 
 
 async def _raise_for_error(response: httpx.Response) -> None:
-    """Raises `ChatClientError` with the server's `error.message` for a 4xx/5xx answer."""
+    """Raises `ChatClientError` with the server's `error.message` for a 4xx/5xx answer, and the wait it asks for
+    (`Retry-After`, e.g. over a per-user limit)."""
     if response.is_success:
         return
     await response.aread()
@@ -156,7 +157,24 @@ async def _raise_for_error(response: httpx.Response) -> None:
         message = response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = response.text.strip()[:200] or response.reason_phrase
-    raise ChatClientError(f"{message} (HTTP {response.status_code})")
+    wait = _retry_after(response)
+    status = f"HTTP {response.status_code}" + (f", retry in {wait}" if wait else "")
+    raise ChatClientError(f"{message} ({status})")
+
+
+def _retry_after(response: httpx.Response) -> str | None:
+    """The `Retry-After` header (whole seconds) as a wait people read, if the answer has one."""
+    value = response.headers.get("retry-after", "")
+    if not value.isdigit():
+        return None
+    seconds = int(value)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = -(-seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def open_client(url: str, token: str | None) -> httpx.AsyncClient:

@@ -422,3 +422,49 @@ async def test_sse_data_stops_at_done() -> None:
 
     response = httpx2.Response(200, content=pieces())
     assert [d async for d in _sse_data(response)] == [b"1"]
+
+
+# --- the usage hook (per-user token budgets) -------------------------------------------------------------------
+
+
+async def test_every_call_that_reports_usage_reaches_the_hook(mock_llm: MockLLMServer) -> None:
+    heard: list[Usage] = []
+    llm = LLMClient(
+        base_url=mock_llm.base_url,
+        api_key="test-key",
+        model="mock-model",
+        retry=RetryPolicy(2, 0.01, 0.05),
+        idle_timeout=1.0,
+        on_usage=heard.append,
+    )
+    try:
+        streamed = (await collect(llm, [{"role": "user", "content": "[[mock:text tokens=7]]"}]))[-1]
+        assert isinstance(streamed, Completed) and heard == [streamed.usage]
+        assert await llm.complete([{"role": "user", "content": '[[mock:text content="A short title"]]'}])
+        assert len(heard) == 2 and heard[1].completion_tokens == 3 and heard[1].prompt_tokens > 0
+        with pytest.raises(ModelError):  # failed attempts report nothing
+            await collect(llm, [{"role": "user", "content": "[[mock:server_error]]"}])
+        assert len(heard) == 2
+    finally:
+        await llm.close()
+
+
+async def test_a_failing_usage_hook_never_breaks_a_call(mock_llm: MockLLMServer) -> None:
+    def broken(_: Usage) -> None:
+        raise RuntimeError("hook down")
+
+    llm = LLMClient(
+        base_url=mock_llm.base_url,
+        api_key="k",
+        model="mock-model",
+        retry=RetryPolicy(0, 0.01, 0.05),
+        idle_timeout=1.0,
+        on_usage=broken,
+    )
+    try:
+        assert text(await collect(llm, [{"role": "user", "content": '[[mock:text content="still here"]]'}])) == (
+            "still here"
+        )
+        assert await llm.complete([{"role": "user", "content": '[[mock:text content="fine"]]'}]) == "fine"
+    finally:
+        await llm.close()

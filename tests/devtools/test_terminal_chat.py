@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import io
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -340,3 +341,42 @@ async def test_the_prompt_loop_ends_at_end_of_input_and_reports_errors(
     monkeypatch.setattr("sys.stderr", err)
     assert await chat(live.url, make_token("alice"), session_id=str(uuid.uuid4()), out=out) == 1
     assert err.getvalue() == "! session not found (HTTP 404)\n"
+
+
+async def test_a_refusal_over_a_per_user_limit_prints_the_message_and_the_wait(
+    chat_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    typed = iter(['[[mock:text content="one"]]', "two"])
+
+    def scripted_input(prompt: str = "") -> str:
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(builtins, "input", scripted_input)
+    out = io.StringIO()
+    # Two requests a minute: creating the session and the first message; the second message is refused.
+    async with LiveServer(chat_settings.model_copy(update={"rate_limit_requests_per_minute": 2})) as live:
+        assert await chat(live.url, make_token("alice"), out=out) == 0
+    _, one, refused, end = out.getvalue().splitlines()
+    assert (one, end) == ("one", "")
+    assert re.fullmatch(
+        r"! Too many requests: at most 2 a minute\. Try again in (\d+ s|1 min)\. \(HTTP 429, retry in \1\)", refused
+    ), refused
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "shown"),
+    [
+        ("1", " (HTTP 429, retry in 1 s)"),
+        ("3600", " (HTTP 429, retry in 1 h)"),
+        ("11101", " (HTTP 429, retry in 3 h 6 min)"),
+    ],
+)
+async def test_the_wait_of_a_refusal_is_said_as_people_say_it(retry_after: str, shown: str) -> None:
+    body = {"error": {"code": "rate_limited", "message": "The daily budget is used up."}}
+    response = httpx.Response(429, json=body, headers={"retry-after": retry_after})
+    with pytest.raises(ChatClientError) as caught:
+        await terminal_chat._raise_for_error(response)
+    assert str(caught.value) == "The daily budget is used up." + shown

@@ -8,12 +8,18 @@
 const TOKEN_WAIT_MS = 10000;
 
 export class ApiError extends Error {
-  constructor(status, code, message, details) {
+  constructor(status, code, message, details, retryAfter = null) {
     super(message);
     this.status = status;
     this.code = code;
     this.details = details || {};
+    this.retryAfter = retryAfter; // seconds the server asked to wait (`Retry-After`), or null
   }
+}
+
+/** Whether `error` is a refusal over one of the user's limits (429 `rate_limited`, with `retryAfter`). */
+export function isRateLimited(error) {
+  return error instanceof ApiError && error.code === "rate_limited";
 }
 
 export class HostToken {
@@ -166,5 +172,13 @@ async function toError(response) {
     error.code || "http_error",
     error.message || `${response.status} ${response.statusText}`,
     error.details,
+    retryAfterOf(response, error.details),
   );
+}
+
+function retryAfterOf(response, details) {
+  const header = response.headers.get("retry-after");
+  if (header !== null && /^\d+$/.test(header.trim())) return Number(header.trim());
+  const detail = details ? Number(details.retry_after) : NaN;
+  return Number.isFinite(detail) ? detail : null;
 }

@@ -1,7 +1,7 @@
 // The panel: sessions, the transcript, sending, stopping, following replies that run (also after a reload or in
 // another tab) and long-running operations until their result arrives.
 
-import { Api, ApiError } from "./api.js";
+import { Api, ApiError, isRateLimited } from "./api.js";
 import { applyChunk, emptyReply, fromStored, pendingTask } from "./messages.js";
 import { emptyState, errorBox, renderSessions, renderTranscript } from "./render.js";
 import { readChunks } from "./stream.js";
@@ -9,6 +9,7 @@ import { readChunks } from "./stream.js";
 const POLL_MS = 2000;
 const SESSIONS_EVERY_POLLS = 3;
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000];
+const RATE_LIMIT_WAIT_S = 5; // when a 429 does not say how long to wait
 
 /** One task stream being read: a reply, or the continuation of a long-running operation. */
 class Follow {
@@ -40,6 +41,7 @@ class Panel {
     this.polling = false;
     this.loads = 0;
     this.renderQueued = false;
+    this.quietUntil = 0; // no polling before this time (ms): the server said the user's requests are used up
   }
 
   async start() {
@@ -208,6 +210,12 @@ class Panel {
         follow.ended = true;
       } catch (error) {
         if (follow.abort.signal.aborted) return;
+        if (isRateLimited(error)) {
+          // Over the user's request limit: the reply goes on on the server; read it once the wait is over.
+          this.quiet(error);
+          await sleep(waitOf(error) * 1000);
+          continue;
+        }
         if (error instanceof ApiError || error instanceof SyntaxError || attempt >= RECONNECT_DELAYS_MS.length) {
           // 404/410: the stream is gone (expired, or the session was deleted); the stored messages tell the rest.
           follow.ended = true;
@@ -275,7 +283,7 @@ class Panel {
   }
 
   async poll() {
-    if (document.hidden || !this.sessionId || this.sending || this.polling) return;
+    if (document.hidden || !this.sessionId || this.sending || this.polling || Date.now() < this.quietUntil) return;
     this.polling = true;
     try {
       await this.check();
@@ -295,6 +303,7 @@ class Panel {
       session = await this.api.peekSession(id, last);
     } catch (error) {
       if (error instanceof ApiError && error.status === 404 && id === this.sessionId) await this.load();
+      if (isRateLimited(error)) this.quiet(error);
       return;
     }
     if (id !== this.sessionId) return;
@@ -308,8 +317,17 @@ class Panel {
       error instanceof ApiError && error.status === 401
         ? "Not signed in: this panel needs a token from the app that embeds it."
         : error.message || String(error);
-    this.problem = { message, retry: retry || null };
+    // Over a limit the server's message says which one; Retry waits (counting down) until the server accepts again.
+    const retryAt = isRateLimited(error) ? this.quiet(error) : null;
+    this.problem = { message, retry: retry || null, retryAt };
     this.render();
+  }
+
+  /** Stop polling until the wait a 429 asked for is over; returns the time (ms) it ends. */
+  quiet(error) {
+    const until = Date.now() + waitOf(error) * 1000;
+    this.quietUntil = Math.max(this.quietUntil, until);
+    return until;
   }
 
   busy() {
@@ -339,12 +357,12 @@ class Panel {
     const extra = [];
     if (!views.length && !this.problem) extra.push(emptyState());
     if (this.problem) {
-      const { message, retry } = this.problem;
+      const { message, retry, retryAt } = this.problem;
       const onRetry = () => {
         this.problem = null;
         retry();
       };
-      extra.push(errorBox(message, retry ? onRetry : null));
+      extra.push(errorBox(message, retry ? onRetry : null, retryAt));
     }
     renderTranscript(transcript, views, extra);
     if (atBottom) transcript.scrollTop = transcript.scrollHeight;
@@ -392,6 +410,10 @@ function newId() {
   // crypto.randomUUID exists only in secure contexts; getRandomValues everywhere.
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function waitOf(error) {
+  return error.retryAfter ?? RATE_LIMIT_WAIT_S;
 }
 
 function sleep(ms) {

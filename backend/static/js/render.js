@@ -137,12 +137,36 @@ function pretty(value) {
 }
 
 /** An inline error with a retry action. */
-export function errorBox(message, onRetry) {
+/** An error, with a Retry button if `onRetry`; with `retryAt` (ms) a countdown, and Retry stays off until then. */
+export function errorBox(message, onRetry, retryAt = null) {
   const box = el("div", "error-box");
   box.setAttribute("role", "alert");
   box.append(el("span", "error-text", message));
-  if (onRetry) box.append(button("Retry", "retry", onRetry));
+  const retry = onRetry ? button("Retry", "retry", onRetry) : null;
+  if (retryAt) box.append(countdown(retryAt, retry));
+  if (retry) box.append(retry);
   return box;
+}
+
+function countdown(retryAt, retry) {
+  const wait = el("span", "retry-wait");
+  const tick = () => {
+    const seconds = Math.ceil((retryAt - Date.now()) / 1000);
+    wait.textContent = seconds > 0 ? `You can retry in ${waitText(seconds)}.` : "";
+    if (retry) retry.disabled = seconds > 0;
+    // A render replaces the box: the timer of a box no longer shown stops.
+    if (seconds > 0) setTimeout(() => wait.isConnected && tick(), 1000);
+  };
+  tick();
+  return wait;
+}
+
+function waitText(seconds) {
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.ceil(seconds / 60);
+  if (minutes < 60) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
 }
 
 export function emptyState() {

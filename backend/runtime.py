@@ -132,7 +132,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             target=settings.compaction_target_ratio,
             max_live_messages=settings.context_max_live_messages,
         )
-        limits = StreamLimits(
+        stream_limits = StreamLimits(
             completions=settings.completion_stream_max_len,
             dead_letters=settings.completion_dead_letter_max_len,
             jobs=settings.job_stream_max_len,
@@ -146,7 +146,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             lock_seconds=settings.operation_lock_seconds,
             delegated_timeout_seconds=settings.delegated_operation_timeout_seconds,
             stale_claim_seconds=settings.completion_reclaim_idle_seconds,
-            limits=limits,
+            limits=stream_limits,
         )
         stack.push_async_callback(operations.close)
         engine = TurnEngine(
@@ -194,7 +194,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             consumer=f"pod-{uuid.uuid4().hex[:12]}",
             reclaim_idle_seconds=settings.completion_reclaim_idle_seconds,
             max_deliveries=settings.completion_max_deliveries,
-            dead_letter_max_len=limits.dead_letters,
+            dead_letter_max_len=stream_limits.dead_letters,
         )
         await stack.enter_async_context(_background(consumer.consume(operations.complete), "completion consumer"))
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))

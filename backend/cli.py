@@ -11,10 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from backend.config import Settings
+from backend.log_redaction import install_redaction
 
 
 def _configure_logging(level: str) -> None:
+    """One handler on the root logger for every line of the process (uvicorn's too), with credentials masked."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_redaction()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -35,7 +38,14 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("copilot").warning(
             "development auth is ON: requests without a token act as user %r", settings.dev_user_id
         )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # log_config=None: uvicorn keeps our handler (and its redaction) instead of installing its own.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+    )
     return 0
 
 

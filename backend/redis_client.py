@@ -20,9 +20,16 @@ SOCKET_CONNECT_TIMEOUT_SECONDS = 2.0
 
 
 def open_redis(url: str, *, cluster: bool) -> Redis:
-    timeouts = {"socket_timeout": SOCKET_TIMEOUT_SECONDS, "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT_SECONDS}
     if cluster:
         # RedisCluster offers the same command API; keys are hash-tagged per session so scripts stay on one slot.
-        client: Redis = RedisCluster.from_url(url, **timeouts)  # type: ignore[assignment]
+        client: Redis = RedisCluster.from_url(  # type: ignore[assignment]
+            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS
+        )
         return client
-    return Redis.from_url(url, health_check_interval=30, max_connections=MAX_CONNECTIONS, **timeouts)
+    return Redis.from_url(
+        url,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
+    )

@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_query_tokens_are_masked_and_other_parameters_kept() -> None:
     jwt = make_token("alice")
     line = f'127.0.0.1:5555 - "WebSocket /api/chat/sessions/1/ws?after=3&token={jwt}&x=1" [accepted]'
-    assert redact(line) == f'127.0.0.1:5555 - "WebSocket /api/chat/sessions/1/ws?after=3&token={REDACTED}&x=1" [accepted]'
+    assert (
+        redact(line) == f'127.0.0.1:5555 - "WebSocket /api/chat/sessions/1/ws?after=3&token={REDACTED}&x=1" [accepted]'
+    )
     assert redact("GET /cb?access_token=abc.def&id_token=zzz HTTP/1.1") == (
         f"GET /cb?access_token={REDACTED}&id_token={REDACTED} HTTP/1.1"
     )
@@ -114,9 +116,7 @@ def _assert_no_token(log: str, tokens: list[str]) -> None:
 
 
 @pytest.fixture
-def serve_process(
-    migrated_database: str, mock_llm: MockLLMServer, tmp_path: Path
-) -> Iterator[tuple[int, Path]]:
+def serve_process(migrated_database: str, mock_llm: MockLLMServer, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """`copilot serve` on a free port (INFO logs, production auth, the mock model); its output goes to a file."""
     port, log_path = free_port(), tmp_path / "serve.log"
     env = {
@@ -161,7 +161,7 @@ async def _wait_ready(port: int, log_path: Path) -> None:
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.2)
-    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
+    raise AssertionError(f"server did not start:\n{await asyncio.to_thread(log_path.read_text)}")
 
 
 @pytest.mark.slow
@@ -174,7 +174,7 @@ async def test_copilot_serve_logs_no_token(serve_process: tuple[int, Path]) -> N
         assert r.status_code == 201
     tokens = [token, *await _exercise(port, r.json()["id"])]
     await asyncio.sleep(0.5)  # let the last lines reach the file
-    _assert_no_token(log_path.read_text(), tokens)
+    _assert_no_token(await asyncio.to_thread(log_path.read_text), tokens)
 
 
 class _Capture(logging.Handler):

@@ -107,9 +107,7 @@ async def test_session_reads_and_listings_are_served_from_postgres_when_redis_is
     assert usage.status_code == 200  # every route behind the owned-session dependency passes it
 
 
-async def test_a_frozen_redis_cannot_hang_a_session_read(
-    outage_client: httpx.AsyncClient, own_redis: OwnRedis
-) -> None:
+async def test_a_frozen_redis_cannot_hang_a_session_read(outage_client: httpx.AsyncClient, own_redis: OwnRedis) -> None:
     client = outage_client
     sid = await _session_with_a_message(client)
     own_redis.freeze()  # connections are accepted by the kernel, nothing ever answers

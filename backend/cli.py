@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from backend.config import Settings
 from backend.log_redaction import install_redaction
 
@@ -32,7 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port:
         overrides["port"] = args.port
-    settings = Settings(**overrides)
+    settings = _load_settings(**overrides)
+    if settings is None:
+        return 2
     _configure_logging(settings.log_level)
     if settings.dev_auth:
         logging.getLogger("copilot").warning(
@@ -49,10 +53,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_settings(**overrides: Any) -> Settings | None:
+    """The settings, or None after telling the operator in plain sentences why they cannot run."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for error in e.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            where = ".".join(str(part) for part in error["loc"])
+            problems += [f"{where}: {message}" if where else message]
+        print("copilot: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return None
+
+
 def _db_upgrade(_: argparse.Namespace) -> int:
     from backend.store.migrate import upgrade_dsn
 
-    settings = Settings()
+    settings = _load_settings()
+    if settings is None:
+        return 2
     _configure_logging(settings.log_level)
     if settings.database_url is None:
         print(

@@ -86,3 +86,7 @@ class ModelError(CopilotError):
         self.provider_code = provider_code
         self.retry_after = retry_after
         """Seconds the provider asked us to wait (HTTP `retry-after`), if it said."""
+
+
+class ConfigurationError(Exception):
+    """The configuration cannot run (e.g. production without a model): raised at startup, never sent to a client."""

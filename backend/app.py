@@ -13,8 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import admin, chat, health, operations, panel, sessions, ws
 from backend.api.limits import BodyLimit
-from backend.config import Settings
+from backend.config import Settings, startup_warnings
 from backend.errors import CopilotError, RateLimited
+from backend.log_redaction import install_redaction
 from backend.runtime import open_runtime
 
 log = logging.getLogger("copilot.app")
@@ -25,6 +26,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Whoever configured logging (uvicorn's defaults, `copilot serve`), no token reaches a log line.
+        install_redaction()
+        for warning in startup_warnings(settings):
+            log.warning("%s", warning)
         async with open_runtime(settings) as runtime:
             app.state.runtime = runtime
             yield

@@ -22,6 +22,8 @@ _ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 class Principal:
     user_id: str
     is_admin: bool = False
+    expires_at: float | None = None
+    """The token's `exp` (Unix seconds); None for development auth. A long-lived connection ends there."""
 
 
 class Authenticator:
@@ -45,7 +47,7 @@ class Authenticator:
             raise Unauthorized("token has no subject")
         roles = claims.get("roles") or []
         is_admin = sub in self._settings.admin_user_ids or (isinstance(roles, list) and "admin" in roles)
-        return Principal(sub, is_admin=is_admin)
+        return Principal(sub, is_admin=is_admin, expires_at=float(claims["exp"]))
 
     async def _verify(self, token: str) -> dict[str, Any]:
         options = {"require": ["exp", "sub"], "verify_aud": self._settings.jwt_audience is not None}

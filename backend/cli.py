@@ -10,11 +10,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from backend.config import Settings
+from backend.log_redaction import install_redaction
 
 
 def _configure_logging(level: str) -> None:
+    """One handler on the root logger for every line of the process (uvicorn's too), with credentials masked."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_redaction()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,20 +34,45 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port:
         overrides["port"] = args.port
-    settings = Settings(**overrides)
+    settings = _load_settings(**overrides)
+    if settings is None:
+        return 2
     _configure_logging(settings.log_level)
     if settings.dev_auth:
         logging.getLogger("copilot").warning(
             "development auth is ON: requests without a token act as user %r", settings.dev_user_id
         )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # log_config=None: uvicorn keeps our handler (and its redaction) instead of installing its own.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+    )
     return 0
+
+
+def _load_settings(**overrides: Any) -> Settings | None:
+    """The settings, or None after telling the operator in plain sentences why they cannot run."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for error in e.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            where = ".".join(str(part) for part in error["loc"])
+            problems += [f"{where}: {message}" if where else message]
+        print("copilot: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return None
 
 
 def _db_upgrade(_: argparse.Namespace) -> int:
     from backend.store.migrate import upgrade_dsn
 
-    settings = Settings()
+    settings = _load_settings()
+    if settings is None:
+        return 2
     _configure_logging(settings.log_level)
     if settings.database_url is None:
         print(

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "production"] = "development"
-    """`production` refuses the development auth mode and a missing JWT key."""
+    """`production` refuses to start with dev auth, no JWT key / JWKS URL or no model; elsewhere they are warnings."""
 
     host: str = "127.0.0.1"
     """Interface `copilot serve` binds to."""
@@ -308,11 +308,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
-        if self.environment == "production":
-            if self.dev_auth:
-                raise ValueError("COPILOT_DEV_AUTH must be off when COPILOT_ENVIRONMENT=production")
-            if self.jwt_secret is None and self.jwks_url is None:
-                raise ValueError("production needs COPILOT_JWT_SECRET or COPILOT_JWKS_URL")
+        if self.environment == "production" and (problems := _production_problems(self)):
+            # Every gap at once, so an operator fixes the deployment in one go rather than one restart per variable.
+            raise ValueError("; ".join(problems))
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("COPILOT_JWT_SECRET must be at least 32 characters")
         if not self.compaction_target_ratio < self.compaction_soft_ratio <= self.compaction_hard_ratio:
@@ -322,11 +320,42 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def uses_demo_model(self) -> bool:
+        """No model is configured: replies would come from the built-in demo model (development only)."""
+        return self.llm_base_url is None and self.llm_api_key is None
+
+    @property
     def prompt_label(self) -> str:
         """The Langfuse label served: `langfuse_prompt_label`, else `production` in production, `latest` elsewhere."""
         if self.langfuse_prompt_label is not None:
             return self.langfuse_prompt_label
         return "production" if self.environment == "production" else "latest"
+
+
+def _production_problems(settings: Settings) -> list[str]:
+    problems = []
+    if settings.dev_auth:
+        problems.append("COPILOT_DEV_AUTH must be off when COPILOT_ENVIRONMENT=production")
+    if settings.jwt_secret is None and settings.jwks_url is None:
+        problems.append("production needs COPILOT_JWT_SECRET or COPILOT_JWKS_URL")
+    if settings.uses_demo_model:
+        problems.append("production needs OPENAI_API_KEY or OPENAI_BASE_URL (the demo model is for development)")
+    return problems
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What a start outside production lacks for real use; production refuses these instead (empty there)."""
+    warnings = []
+    if settings.jwt_secret is None and settings.jwks_url is None and not settings.dev_auth:
+        warnings.append(
+            "no COPILOT_JWT_SECRET or COPILOT_JWKS_URL and development auth is off: every API request is refused "
+            "with 401 (set a key, or run `copilot serve --dev` locally)"
+        )
+    if settings.uses_demo_model:
+        warnings.append(
+            "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): replies come from the built-in demo model"
+        )
+    return warnings
 
 
 def context_window_of(settings: Settings, model: str) -> int:

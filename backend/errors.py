@@ -99,3 +99,7 @@ class RateLimited(CopilotError):
         super().__init__(message, limit=limit, retry_after=retry_after)
         self.limit = limit
         self.retry_after = retry_after
+
+
+class ConfigurationError(Exception):
+    """The configuration cannot run (e.g. production without a model): raised at startup, never sent to a client."""

@@ -10,9 +10,26 @@ MAX_CONNECTIONS = 2**31 - 1
 lowered the default cap to 100, which failed turns at 100 concurrent streams (MaxConnectionsError)."""
 
 
+SOCKET_TIMEOUT_SECONDS = 3.0
+"""Longest wait for one reply. A Redis that stopped answering (frozen, or gone without a reset) fails a command
+with `TimeoutError` after this instead of hanging the request; readers then fall back to Postgres. It stays above
+the longest blocking read (XREAD / XREADGROUP `BLOCK` of 1 s). Set explicitly: redis-py before 8 had no default."""
+
+SOCKET_CONNECT_TIMEOUT_SECONDS = 2.0
+"""Longest wait for a new connection (a host that drops packets)."""
+
+
 def open_redis(url: str, *, cluster: bool) -> Redis:
     if cluster:
         # RedisCluster offers the same command API; keys are hash-tagged per session so scripts stay on one slot.
-        client: Redis = RedisCluster.from_url(url)  # type: ignore[assignment]
+        client: Redis = RedisCluster.from_url(  # type: ignore[assignment]
+            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS
+        )
         return client
-    return Redis.from_url(url, health_check_interval=30, max_connections=MAX_CONNECTIONS)
+    return Redis.from_url(
+        url,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
+    )

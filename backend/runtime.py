@@ -32,6 +32,7 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
+from backend.errors import ConfigurationError
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
@@ -251,12 +252,14 @@ async def _open_llm(
 ) -> LLMClient:
     base_url, model = settings.llm_base_url, settings.model
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    if base_url is None and api_key is None:
+    if settings.uses_demo_model:
+        if settings.environment == "production":  # settings copied without validation end up here, not in a demo
+            raise ConfigurationError("production needs OPENAI_API_KEY or OPENAI_BASE_URL: no demo model there")
         from backend.devtools.mock_llm import MockLLMServer
 
         demo = await stack.enter_async_context(MockLLMServer())
         base_url, model = demo.base_url, "mock-model"
-        log.warning("no model configured: using the built-in DEMO model at %s (set OPENAI_API_KEY)", base_url)
+        log.info("the built-in demo model answers at %s", base_url)  # the app warned at startup already
     llm = LLMClient(
         base_url=base_url,
         api_key=api_key,

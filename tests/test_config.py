@@ -45,6 +45,6 @@ def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_prompt_label_follows_the_environment() -> None:
     assert settings().prompt_label == "latest"
-    production = settings(environment="production", jwt_secret="x" * 32)
+    production = settings(environment="production", jwt_secret="x" * 32, llm_api_key="sk-test")
     assert production.prompt_label == "production"
     assert settings(langfuse_prompt_label="staging").prompt_label == "staging"

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import RuntimeDep
+from backend.config import startup_warnings
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -22,7 +23,8 @@ async def live() -> dict[str, str]:
 
 @router.get("/ready", responses={503: {"description": "Postgres or Redis unreachable"}})
 async def ready(runtime: RuntimeDep) -> JSONResponse:
-    """Postgres and Redis answer; 503 otherwise."""
+    """Postgres and Redis answer; 503 otherwise. `warnings` lists what a development start lacks (no JWT key, the
+    demo model): readiness is about the stores, so they do not make it fail."""
     checks = {"postgres": runtime.sessions.ping(), "redis": runtime.redis.ping()}
     results = await asyncio.gather(
         *(asyncio.wait_for(c, _PROBE_TIMEOUT_S) for c in checks.values()), return_exceptions=True
@@ -32,4 +34,5 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
         for name, r in zip(checks, results, strict=True)
     }
     ok = all(v == "ok" for v in status.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": status}, status_code=200 if ok else 503)
+    body = {"status": "ok" if ok else "unavailable", "checks": status, "warnings": startup_warnings(runtime.settings)}
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -95,6 +95,9 @@ class ActiveTask(BaseModel):
 class SessionDetail(SessionPublic):
     active_task: ActiveTask | None
     """The reply being generated now, if any: resume it with `GET /api/chat/tasks/{task_id}/stream`."""
+    active_task_known: bool = True
+    """False when Redis, which tracks running replies, did not answer: `active_task` is null because it is unknown,
+    while the session and its messages come from Postgres as usual."""
     messages: list[MessagePublic]
     """Messages with sequence greater than the request's `after`, oldest first."""
     next_after: int | None

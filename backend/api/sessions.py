@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
+from redis.exceptions import RedisError
 
 from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
 from backend.api.schemas import (
@@ -18,6 +20,8 @@ from backend.api.schemas import (
     decode_cursor,
     encode_cursor,
 )
+
+log = logging.getLogger("copilot.api.sessions")
 
 router = APIRouter(prefix="/api/chat/sessions", tags=["sessions"])
 
@@ -55,10 +59,16 @@ async def get_session(
     """One session with a page of its messages (sequence greater than `after`)."""
     messages = await runtime.sessions.messages(session.id, after=after, limit=limit + 1)
     page, more = messages[:limit], len(messages) > limit
-    active = await runtime.turns.active_task(session.id)
+    try:
+        active, known = await runtime.turns.active_task(session.id), True
+    except RedisError:
+        # Running turns live in Redis only; Postgres still serves the session, so say what is not known.
+        log.warning("Redis unavailable: active task of session %s unknown", session.id)
+        active, known = None, False
     return SessionDetail(
         **SessionPublic.of(session).model_dump(),
         active_task=ActiveTask(task_id=active[0], status=active[1]) if active else None,
+        active_task_known=known,
         messages=[MessagePublic.of(m) for m in page],
         next_after=page[-1].sequence if more else None,
     )

@@ -3,7 +3,8 @@
 Auth is `Authorization: Bearer <jwt>` or `?token=<jwt>` (browsers cannot set headers on a WebSocket); development
 auth works as over HTTP. The handshake is accepted first and a refused socket is then closed with 4000 + the HTTP
 status: 4401 (no valid token) or 4404 (missing session, or another user's). Closing before accepting would reach a
-client as a bare HTTP 403, without the code.
+client as a bare HTTP 403, without the code. A socket is authorised only until its token's `exp`: then it is closed
+with 4401 too, and the client reconnects with a fresh token (and `resume`s the turn it followed).
 
 Client frames (`ws_schemas`): `message` (a `SendMessage` body) starts a turn and streams it; `cancel` stops the
 session's running turn (`idle` if none); `ping` → `pong`; `resume {after?}` follows the running turn from a cursor
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from contextlib import suppress
 from typing import Annotated
@@ -90,9 +92,9 @@ class _Connection:
         self._forwarder: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
-        """Answer client frames until the client goes away."""
+        """Answer client frames until the client goes away or its token expires."""
         while True:
-            message = await self._ws.receive()
+            message = await self._receive()
             if message["type"] == "websocket.disconnect":
                 return
             try:
@@ -101,6 +103,26 @@ class _Connection:
                 await self._send(ErrorFrame(code="invalid_request", message=_summary(e)))
             except CopilotError as e:
                 await self._send(ErrorFrame.of(e))
+
+    async def _receive(self) -> Message:
+        """The next client message, or a disconnect once the token expired: the socket is closed with 4401 then.
+
+        Only the wait for a frame is bounded, so a frame being handled (a turn being submitted) is never cut short.
+        """
+        expires_at = self._user.expires_at
+        if expires_at is None:
+            return await self._ws.receive()
+        window = asyncio.timeout(max(0.0, expires_at - time.time()))
+        try:
+            async with window:
+                return await self._ws.receive()
+        except TimeoutError:
+            if not window.expired():
+                raise
+        await self.stop_forwarding()
+        async with self._send_lock:
+            await self._ws.close(code=4401, reason="token expired: reconnect with a fresh one")
+        return {"type": "websocket.disconnect", "code": 4401}
 
     def _parse(self, message: Message) -> ClientFrame:
         raw: str | bytes = message.get("text") or message.get("bytes") or b""

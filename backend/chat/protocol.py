@@ -109,6 +109,21 @@ class ToolInputAvailable(BaseChunk):
     """Parsed arguments. Always written, even when `null`."""
 
 
+class ToolInputError(BaseChunk):
+    """A call whose input is unusable: invalid arguments, or arguments cut off when the reply ended. It ends the
+    call (`state: output-error`); no output follows. v5/v6 keep `input` as the part's `rawInput`, v7 as `input`."""
+
+    type: Literal["tool-input-error"] = "tool-input-error"
+    tool_call_id: str
+    """Id of the tool call (usually opened by `tool-input-start`)."""
+    tool_name: str
+    """Name of the tool."""
+    input: JsonValue
+    """The raw argument text as the model sent it (as far as it got). Always written."""
+    error_text: str
+    """Why the call cannot run; shown in the tool part."""
+
+
 class ToolOutputAvailable(BaseChunk):
     type: Literal["tool-output-available"] = "tool-output-available"
     tool_call_id: str
@@ -185,6 +200,7 @@ Chunk = Annotated[
     | Annotated[ToolInputStart, Tag("tool-input-start")]
     | Annotated[ToolInputDelta, Tag("tool-input-delta")]
     | Annotated[ToolInputAvailable, Tag("tool-input-available")]
+    | Annotated[ToolInputError, Tag("tool-input-error")]
     | Annotated[ToolOutputAvailable, Tag("tool-output-available")]
     | Annotated[ToolOutputError, Tag("tool-output-error")]
     | Annotated[Error, Tag("error")]

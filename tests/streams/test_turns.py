@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat import protocol as p
+from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
+from backend.chat.protocol_check import check_sequence
 from backend.chat.recovery import LOST_OWNER_TEXT, closing_chunks, reap
 from backend.chat.tokens import TokenCounter
 from backend.store.cache import SessionCache
@@ -255,12 +257,46 @@ def test_closing_an_open_step_without_open_text() -> None:
         p.TextStart(id="text-0"),
         p.TextDelta(id="text-0", delta="Let me check."),
         p.TextEnd(id="text-0"),
-        p.ToolInputStart(tool_call_id="c1", tool_name="calculate"),
-        p.ToolInputAvailable(tool_call_id="c1", tool_name="calculate", input={"expression": "1+1"}),
+        p.ToolInputStart(tool_call_id="c0", tool_name="calculate"),
+        p.ToolInputAvailable(tool_call_id="c0", tool_name="calculate", input={"expression": "2+2"}),
+        p.ToolOutputAvailable(tool_call_id="c0", output=4),
     ]
     closing, partial = closing_chunks(chunks)
     assert closing == [p.FinishStep(), p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
     assert partial == "Let me check."
+
+
+def test_closing_ends_the_tool_calls_a_dead_owner_left_open() -> None:
+    """A dead owner's calls are closed too: one whose arguments were streaming gets `tool-input-error` with the raw
+    text received, one whose tool was running gets `tool-output-error`; no client shows a tool running forever."""
+    chunks: list[p.Chunk] = [
+        p.Start(message_id="m"),
+        p.StartStep(),
+        p.ToolInputStart(tool_call_id="c1", tool_name="calculate"),
+        p.ToolInputDelta(tool_call_id="c1", input_text_delta='{"expression": '),
+        p.ToolInputAvailable(tool_call_id="c1", tool_name="calculate", input={"expression": "1+1"}),
+        p.ToolInputStart(tool_call_id="c2", tool_name="lookup"),
+        p.ToolInputDelta(tool_call_id="c2", input_text_delta='{"id": '),
+        p.ToolInputDelta(tool_call_id="c2", input_text_delta="7"),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="meanwhile"),
+    ]
+    closing, _ = closing_chunks(chunks)
+    assert closing == [
+        p.TextEnd(id="text-0"),
+        p.ToolInputError(tool_call_id="c2", tool_name="lookup", input='{"id": 7', error_text=CUT_INPUT_TEXT),
+        p.ToolOutputError(tool_call_id="c1", error_text=NO_OUTPUT_TEXT),
+        p.FinishStep(),
+        p.Error(error_text=LOST_OWNER_TEXT),
+        p.Finish(finish_reason="error"),
+    ]
+    assert check_sequence([*chunks, *closing]) == []
+
+
+def test_closing_a_stream_whose_finish_was_written_adds_nothing() -> None:
+    """The owner's flusher may have written `finish` before it died (the `end` entry comes with `close`)."""
+    chunks: list[p.Chunk] = [p.Start(message_id="m"), p.StartStep(), p.FinishStep(), p.Finish(finish_reason="stop")]
+    assert closing_chunks(chunks) == ([], "")
 
 
 def test_closing_with_nothing_open() -> None:

@@ -54,12 +54,19 @@ async def stream_reply(
     response_class=StreamingResponse,
     responses={**_SSE, 204: {"description": "no reply is being generated"}},
 )
-async def resume_session_stream(session: OwnedSession, runtime: RuntimeDep) -> Response:
-    """AI SDK resume (`useChat({resume: true})`): the running reply from its `start`, then live; 204 when idle."""
+async def resume_session_stream(
+    session: OwnedSession,
+    runtime: RuntimeDep,
+    after: Annotated[str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+    last_event_id: Annotated[str | None, Header(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+) -> Response:
+    """The running reply after a cursor (`Last-Event-ID`, as an EventSource reconnects, or `?after=`), then live;
+    204 when idle. Without a cursor (the AI SDK's resume, `useChat({resume: true})`) it starts at `start`; so does
+    a cursor of an earlier reply of the session."""
     active = await runtime.turns.active_task(session.id)
     if active is None:
         return Response(status_code=204)
-    return _stream(runtime, active[0])
+    return _stream(runtime, active[0], after=last_event_id or after or "0")
 
 
 @router.get("/api/chat/tasks/{task_id}/stream", response_class=StreamingResponse, responses=_SSE)

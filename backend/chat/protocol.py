@@ -266,11 +266,12 @@ def heartbeat() -> bytes:
 
 def sse_stream(entries: AsyncIterator[tuple[str, bytes | None]]) -> AsyncIterator[bytes]:
     """A turn's registry entries as an SSE body: one event per chunk with its cursor as `id:`, a heartbeat comment
-    for each idle tick (`("", None)`), then `[DONE]`."""
+    for each idle tick (`("", None)`), then `[DONE]`. A chunk without a cursor (`""`: one a follower made up to end
+    a stream it lost) gets no `id:` line, so a client keeps the last real cursor (an empty `id:` would reset it)."""
 
     async def frames() -> AsyncIterator[bytes]:
         async for cursor, chunk in entries:
-            yield heartbeat() if chunk is None else frame(chunk, cursor)
+            yield heartbeat() if chunk is None else frame(chunk, cursor or None)
         yield DONE
 
     return frames()

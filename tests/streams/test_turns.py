@@ -23,7 +23,7 @@ from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
-from backend.streams.turns import TurnRegistry
+from backend.streams.turns import TurnRegistry, TurnVanished, entry_id, position_of
 from tests.conftest import REDIS_URL
 
 
@@ -131,6 +131,36 @@ async def test_follow_outlasts_the_redis_client_socket_timeout(registry: TurnReg
             assert [e async for e in entries][-1][1] == chunk(0)
     finally:
         await client.aclose()
+
+
+async def test_follow_notices_within_a_second_that_the_turns_keys_vanished(
+    registry: TurnRegistry, redis: Redis
+) -> None:
+    """Regression: after a Redis flush or restart (the turn's keys gone, no `end` will ever come) a follower only
+    found out at its next heartbeat tick (15 s by default), so its client waited that long for the stream's end."""
+    await registry.create("t-gone", "s", "alice")
+    await registry.publish("t-gone", [chunk(0)])
+    entries = registry.follow("t-gone", heartbeat_seconds=30)
+    assert (await anext(entries))[1] == chunk(0)
+    await redis.delete(keys.turn_meta("t-gone"), keys.turn_events("t-gone"))  # what a restart without data does
+    started = time.monotonic()
+    with pytest.raises(TurnVanished):
+        async with asyncio.timeout(5):
+            await anext(entries)
+    assert time.monotonic() - started < 1.5
+
+
+async def test_entry_ids_name_their_turn(registry: TurnRegistry, redis: Redis) -> None:
+    """Every id of a turn's stream, the ones Redis assigns included, carries the turn's base: a cursor of one turn
+    is never taken for a position in another."""
+    await registry.create("t-ids", "s", "alice")
+    await registry.publish("t-ids", [chunk(0), chunk(1)], ids=[entry_id("t-ids", 1), entry_id("t-ids", 2)])
+    await registry.finish("t-ids", "interrupted", [chunk(2)])  # a reaper's entries: ids chosen by Redis (`*`)
+    ids = [raw.decode() for raw, _ in await redis.xrange(keys.turn_events("t-ids"))]
+    assert [position_of("t-ids", i) for i in ids] == [1, 2, 3, 4]
+    assert position_of("t-ids", "0") == 0
+    assert position_of("t-other", ids[1]) is None
+    assert position_of("t-ids", "1-2") is None
 
 
 # --- the end, written once --------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ class CopilotError(Exception):
         self.message = message
         self.details = details
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error's response."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
@@ -65,6 +69,13 @@ class PayloadTooLarge(CopilotError):
 class ServiceUnavailable(CopilotError):
     status_code = 503
     code = "service_unavailable"
+
+
+class ShuttingDown(ServiceUnavailable):
+    """This pod is draining (it got SIGTERM): no new turn starts here; the same request succeeds on another pod."""
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
 
 
 class ModelError(CopilotError):

@@ -13,7 +13,7 @@ from backend.api.schemas import MessagePublic
 from backend.auth import Principal
 from backend.chat import protocol
 from backend.chat.runner import Submitted
-from backend.errors import BadRequest, Gone, NotFound
+from backend.errors import BadRequest, Gone, NotFound, ShuttingDown
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
 
@@ -31,7 +31,10 @@ def _stream(runtime: Runtime, turn_id: str, after: str = "0") -> StreamingRespon
 
 
 async def submit_turn(body: SendMessage, session: ChatSession, user: Principal, runtime: Runtime) -> Submitted:
-    """Start a turn for `body` (also used by the WebSocket transport); `BadRequest` for an unusable message."""
+    """Start a turn for `body` (also used by the WebSocket transport); `BadRequest` for an unusable message,
+    `ShuttingDown` while this pod drains (the load balancer retries on another pod)."""
+    if runtime.turns.draining:
+        raise ShuttingDown("this server is shutting down; send the message again")
     try:
         message = body.to_user_message(runtime.settings.max_message_chars)
     except ValueError as e:

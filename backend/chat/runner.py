@@ -102,6 +102,7 @@ class TurnRunner:
         self._publishers: dict[str, TurnPublisher] = {}
         """The turns this pod runs, for followers on this pod (read from memory, not from Redis)."""
         self._supervisor: asyncio.Task[None] | None = None
+        self._draining = False
 
     async def submit(
         self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool
@@ -323,15 +324,40 @@ class TurnRunner:
         if task is not None:
             await asyncio.shield(task)
 
+    @property
+    def draining(self) -> bool:
+        """This pod is shutting down: no new turn may start here (the running ones may still end on their own)."""
+        return self._draining
+
+    def refuse_new_turns(self) -> None:
+        """From now on `draining` is true (the routes refuse new turns)."""
+        self._draining = True
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Wind down for an orchestrator's SIGTERM: refuse new turns from now on, give the running ones
+        `grace_seconds` to end on their own, then stop the rest as `shutdown` does (their partial replies stored
+        `[interrupted]`, their streams ended with `error` and `finish`). Followers keep working meanwhile."""
+        self.refuse_new_turns()
+        running = list(self._tasks.values())
+        if running:
+            log.info("draining: %d running turn(s) get %gs to finish", len(running), grace_seconds)
+            await asyncio.wait(running, timeout=grace_seconds)
+        await self._stop_turns()
+
     async def shutdown(self) -> None:
         """Stop every turn of this pod; each stores its partial reply and ends its stream as interrupted."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel(_SHUTDOWN)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._draining = True
+        await self._stop_turns()
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
+
+    async def _stop_turns(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            if not task.cancelling():  # one already stopping is storing its partial reply: let it
+                task.cancel(_SHUTDOWN)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _start(self, req: TurnRequest, message_text: str) -> None:
         """Run the turn as a task of this pod; its publisher exists before anyone follows it."""

@@ -14,9 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.api import admin, chat, health, operations, panel, sessions, ws
 from backend.api.limits import BodyLimit
 from backend.config import Settings, startup_warnings
-from backend.errors import CopilotError, RateLimited
+from backend.errors import CopilotError
 from backend.log_redaction import install_redaction
-from backend.runtime import open_runtime
+from backend.runtime import Runtime, open_runtime
 
 log = logging.getLogger("copilot.app")
 
@@ -47,10 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CopilotError)
     async def copilot_error(_: Request, exc: CopilotError) -> JSONResponse:
-        headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
-        if isinstance(exc, RateLimited):
-            headers = {"retry-after": str(exc.retry_after)}
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+        headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else {}
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers={**headers, **exc.headers()})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,3 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
 
     return app
+
+
+async def drain(app: FastAPI) -> None:
+    """Wind the app down on SIGTERM (`Runtime.drain`); the server stops once this returns. A no-op before the
+    lifespan has started."""
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    if runtime is not None:
+        await runtime.drain()

@@ -25,7 +25,8 @@ def _configure_logging(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backend.app import create_app
+    from backend.app import create_app, drain
+    from backend.server import CONNECTIONS_GRACE_SECONDS, DrainingServer
 
     overrides: dict[str, Any] = {}
     if args.dev:
@@ -42,14 +43,17 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("copilot").warning(
             "development auth is ON: requests without a token act as user %r", settings.dev_user_id
         )
+    app = create_app(settings)
     # log_config=None: uvicorn keeps our handler (and its redaction) instead of installing its own.
-    uvicorn.run(
-        create_app(settings),
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
+        timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
     )
+    DrainingServer(config, drain=lambda: drain(app)).run()
     return 0
 
 

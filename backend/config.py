@@ -221,6 +221,11 @@ class Settings(BaseSettings):
     """A turn's chunks go to followers on its own pod at once, and to its Redis Stream (followers on other pods,
     replays) in one write per window: at most this far behind, at about one round trip per window."""
 
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    """On SIGTERM `copilot serve` drains: readiness turns 503 and new turns are refused (503, `Retry-After`) at once,
+    running turns get this long to finish, then are stopped and stored `[interrupted]`, and the process exits a few
+    seconds later. Keep it below the orchestrator's kill deadline (Kubernetes: 30 s) minus about 5 s."""
+
     # --- prompts, tracing, analytics ---------------------------------------------------------------
     langfuse_public_key: str | None = Field(
         default=None, validation_alias=AliasChoices("LANGFUSE_PUBLIC_KEY", "COPILOT_LANGFUSE_PUBLIC_KEY")

@@ -20,6 +20,10 @@ class CopilotError(Exception):
         self.message = message
         self.details = details
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error's response."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
@@ -67,6 +71,13 @@ class ServiceUnavailable(CopilotError):
     code = "service_unavailable"
 
 
+class ShuttingDown(ServiceUnavailable):
+    """This pod is draining (it got SIGTERM): no new turn starts here; the same request succeeds on another pod."""
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
 class ModelError(CopilotError):
     """The model provider failed; `retryable` says whether a later attempt may succeed."""
 
@@ -99,6 +110,9 @@ class RateLimited(CopilotError):
         super().__init__(message, limit=limit, retry_after=retry_after)
         self.limit = limit
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
 
 
 class ConfigurationError(Exception):

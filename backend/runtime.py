@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -50,6 +50,10 @@ from backend.tools.registry import ToolRegistry, build_registry
 log = logging.getLogger("copilot.runtime")
 
 
+async def _nothing_to_stop() -> None:
+    return None
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -64,6 +68,16 @@ class Runtime:
     prompts: PromptSource
     operations: OperationRunner
     limits: UserLimits
+    stop_consuming: Callable[[], Awaitable[None]] = field(default=_nothing_to_stop)
+    """Stops this pod's completion consumer (other pods take the completions)."""
+
+    async def drain(self) -> None:
+        """What a pod does on SIGTERM before it exits: refuse new turns at once (readiness answers 503), stop taking
+        operation completions (whose continuations are turns too), give the running turns
+        `shutdown_grace_seconds`, then stop them. Streams of other pods' turns keep being served meanwhile."""
+        self.turns.refuse_new_turns()
+        await self.stop_consuming()
+        await self.turns.drain(self.settings.shutdown_grace_seconds)
 
 
 @asynccontextmanager
@@ -197,7 +211,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             max_deliveries=settings.completion_max_deliveries,
             dead_letter_max_len=stream_limits.dead_letters,
         )
-        await stack.enter_async_context(_background(consumer.consume(operations.complete), "completion consumer"))
+        consuming = await stack.enter_async_context(
+            _background(consumer.consume(operations.complete), "completion consumer")
+        )
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
         renew_every = settings.turn_lease_seconds / 3
         await stack.enter_async_context(_background(_every(renew_every, limits.renew), "turn slot leases"))
@@ -214,12 +230,14 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             prompts=prompts,
             operations=operations,
             limits=limits,
+            stop_consuming=lambda: _stop(consuming),
         )
 
 
 @asynccontextmanager
-async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
-    """Run `work` for the lifetime of the runtime; a crash is logged, shutdown cancels it."""
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[asyncio.Task[None]]:
+    """Run `work` for the lifetime of the runtime (or until its task is stopped); a crash is logged, shutdown
+    cancels it."""
 
     async def guarded() -> None:
         try:
@@ -231,10 +249,14 @@ async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterat
 
     task = asyncio.create_task(guarded(), name=name)
     try:
-        yield
+        yield task
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await _stop(task)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:

@@ -13,7 +13,7 @@ from backend.api.schemas import MessagePublic
 from backend.auth import Principal
 from backend.chat import protocol
 from backend.chat.runner import Submitted
-from backend.errors import BadRequest, Gone, NotFound
+from backend.errors import BadRequest, Gone, NotFound, ShuttingDown
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
 
@@ -31,7 +31,10 @@ def _stream(runtime: Runtime, turn_id: str, after: str = "0") -> StreamingRespon
 
 
 async def submit_turn(body: SendMessage, session: ChatSession, user: Principal, runtime: Runtime) -> Submitted:
-    """Start a turn for `body` (also used by the WebSocket transport); `BadRequest` for an unusable message."""
+    """Start a turn for `body` (also used by the WebSocket transport); `BadRequest` for an unusable message,
+    `ShuttingDown` while this pod drains (the load balancer retries on another pod)."""
+    if runtime.turns.draining:
+        raise ShuttingDown("this server is shutting down; send the message again")
     try:
         message = body.to_user_message(runtime.settings.max_message_chars)
     except ValueError as e:
@@ -56,12 +59,19 @@ async def stream_reply(
     response_class=StreamingResponse,
     responses={**_SSE, 204: {"description": "no reply is being generated"}},
 )
-async def resume_session_stream(session: OwnedSession, runtime: RuntimeDep) -> Response:
-    """AI SDK resume (`useChat({resume: true})`): the running reply from its `start`, then live; 204 when idle."""
+async def resume_session_stream(
+    session: OwnedSession,
+    runtime: RuntimeDep,
+    after: Annotated[str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+    last_event_id: Annotated[str | None, Header(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+) -> Response:
+    """The running reply after a cursor (`Last-Event-ID`, as an EventSource reconnects, or `?after=`), then live;
+    204 when idle. Without a cursor (the AI SDK's resume, `useChat({resume: true})`) it starts at `start`; so does
+    a cursor of an earlier reply of the session."""
     active = await runtime.turns.active_task(session.id)
     if active is None:
         return Response(status_code=204)
-    return _stream(runtime, active[0])
+    return _stream(runtime, active[0], after=last_event_id or after or "0")
 
 
 @router.get("/api/chat/tasks/{task_id}/stream", response_class=StreamingResponse, responses=_SSE)

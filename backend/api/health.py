@@ -21,10 +21,13 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "Postgres or Redis unreachable"}})
+@router.get("/ready", responses={503: {"description": "Postgres or Redis unreachable, or the pod is draining"}})
 async def ready(runtime: RuntimeDep) -> JSONResponse:
-    """Postgres and Redis answer; 503 otherwise. `warnings` lists what a development start lacks (no JWT key, the
-    demo model): readiness is about the stores, so they do not make it fail."""
+    """Postgres and Redis answer and the pod takes new turns; 503 otherwise (at once, without I/O, once it drains).
+    `warnings` lists what a development start lacks (no JWT key, the demo model): readiness is about the stores, so
+    they do not make it fail."""
+    if runtime.turns.draining:
+        return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
     checks = {"postgres": runtime.sessions.ping(), "redis": runtime.redis.ping()}
     results = await asyncio.gather(
         *(asyncio.wait_for(c, _PROBE_TIMEOUT_S) for c in checks.values()), return_exceptions=True

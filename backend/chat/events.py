@@ -30,10 +30,29 @@ class ToolCallStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolInputDelta:
+    """A fragment of a started call's argument text, as the model streams it (raw, not yet parsed)."""
+
+    call_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallReady:
     call_id: str
     name: str
     arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInputFailed:
+    """A call whose arguments are unusable (not a JSON object): it is not run. The UI shows the raw text."""
+
+    call_id: str
+    name: str
+    raw_arguments: str
+    """The argument text exactly as the model sent it."""
+    error_text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +101,9 @@ TurnEvent = (
     | StepStarted
     | TextDelta
     | ToolCallStarted
+    | ToolInputDelta
     | ToolCallReady
+    | ToolInputFailed
     | ToolFinished
     | StepFinished
     | Status

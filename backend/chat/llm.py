@@ -3,7 +3,8 @@
 `stream()` retries failures (rate limit, 5xx, overloaded, connection, idle stream) but only before it has yielded
 anything: after the first chunk a retry would stream the answer again, duplicating text in the UI and in storage.
 SDK errors are translated into `ModelError` here, once, where they come in. Tool-call argument fragments are
-collected by index and parsed once, when the model's stream ends.
+collected by index and parsed once, when the model's stream ends; each is also passed on as it comes (once the
+call's id and name are known), so what a call had received is known wherever its stream stops.
 
 The model is reached through the SDK's client (base URL, auth headers, HTTP client, status errors) but not through
 its typed `chat.completions.create`: that walks every message and tool schema of the request to transform it, and
@@ -48,6 +49,14 @@ class ToolCallStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolArgumentsDelta:
+    """More of a started call's raw argument text (fragments before the start come with it, joined)."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     id: str
     name: str
@@ -73,7 +82,7 @@ class Completed:
     usage: Usage | None
 
 
-ModelEvent = TextChunk | ToolCallStarted | Completed
+ModelEvent = TextChunk | ToolCallStarted | ToolArgumentsDelta | Completed
 
 
 @dataclass(slots=True)
@@ -122,7 +131,8 @@ class LLMClient:
     async def stream(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()
     ) -> AsyncIterator[ModelEvent]:
-        """One model call as events: text chunks, tool-call starts, then `Completed`. Raises `ModelError`."""
+        """One model call as events: text chunks, tool-call starts and argument fragments, then `Completed`.
+        Raises `ModelError`."""
         attempt = 0
         while True:
             produced = False
@@ -244,11 +254,16 @@ class _Reply:
                     partial.id = tc["id"]
                 if function.get("name"):
                     partial.name += function["name"]
-                if function.get("arguments"):
-                    partial.arguments.append(function["arguments"])
+                fragment = function.get("arguments")
+                if fragment:
+                    partial.arguments.append(fragment)
+                    if partial.announced:
+                        events.append(ToolArgumentsDelta(partial.id, fragment))
                 if not partial.announced and partial.id and partial.name:
                     partial.announced = True
                     events.append(ToolCallStarted(partial.id, partial.name))
+                    if partial.arguments:
+                        events.append(ToolArgumentsDelta(partial.id, "".join(partial.arguments)))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         return events

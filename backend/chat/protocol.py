@@ -109,6 +109,21 @@ class ToolInputAvailable(BaseChunk):
     """Parsed arguments. Always written, even when `null`."""
 
 
+class ToolInputError(BaseChunk):
+    """A call whose input is unusable: invalid arguments, or arguments cut off when the reply ended. It ends the
+    call (`state: output-error`); no output follows. v5/v6 keep `input` as the part's `rawInput`, v7 as `input`."""
+
+    type: Literal["tool-input-error"] = "tool-input-error"
+    tool_call_id: str
+    """Id of the tool call (usually opened by `tool-input-start`)."""
+    tool_name: str
+    """Name of the tool."""
+    input: JsonValue
+    """The raw argument text as the model sent it (as far as it got). Always written."""
+    error_text: str
+    """Why the call cannot run; shown in the tool part."""
+
+
 class ToolOutputAvailable(BaseChunk):
     type: Literal["tool-output-available"] = "tool-output-available"
     tool_call_id: str
@@ -185,6 +200,7 @@ Chunk = Annotated[
     | Annotated[ToolInputStart, Tag("tool-input-start")]
     | Annotated[ToolInputDelta, Tag("tool-input-delta")]
     | Annotated[ToolInputAvailable, Tag("tool-input-available")]
+    | Annotated[ToolInputError, Tag("tool-input-error")]
     | Annotated[ToolOutputAvailable, Tag("tool-output-available")]
     | Annotated[ToolOutputError, Tag("tool-output-error")]
     | Annotated[Error, Tag("error")]
@@ -250,11 +266,12 @@ def heartbeat() -> bytes:
 
 def sse_stream(entries: AsyncIterator[tuple[str, bytes | None]]) -> AsyncIterator[bytes]:
     """A turn's registry entries as an SSE body: one event per chunk with its cursor as `id:`, a heartbeat comment
-    for each idle tick (`("", None)`), then `[DONE]`."""
+    for each idle tick (`("", None)`), then `[DONE]`. A chunk without a cursor (`""`: one a follower made up to end
+    a stream it lost) gets no `id:` line, so a client keeps the last real cursor (an empty `id:` would reset it)."""
 
     async def frames() -> AsyncIterator[bytes]:
         async for cursor, chunk in entries:
-            yield heartbeat() if chunk is None else frame(chunk, cursor)
+            yield heartbeat() if chunk is None else frame(chunk, cursor or None)
         yield DONE
 
     return frames()

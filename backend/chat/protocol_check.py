@@ -2,7 +2,8 @@
 
 `check_sequence` reports what makes `useChat` fail (a `text-delta` without its `text-start`, a tool output
 for an unknown call, a text part left open across `finish-step`) and what the client silently tolerates
-but our service must never send (no `start`, two `finish`es, chunks after `finish`, unbalanced steps).
+but our service must never send (no `start`, two `finish`es, chunks after `finish`, unbalanced steps, a tool
+call left running: still streaming its input, or with its input and no output, when the message ends).
 `check_body` also checks the SSE framing of a whole response body. Tests run both on every stream.
 """
 
@@ -24,6 +25,7 @@ from backend.chat.protocol import (
     TextStart,
     ToolInputAvailable,
     ToolInputDelta,
+    ToolInputError,
     ToolInputStart,
     ToolOutputAvailable,
     ToolOutputError,
@@ -84,6 +86,12 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
             case ToolInputAvailable(tool_call_id=call_id):
                 streaming_tools.discard(call_id)
                 known_tools.add(call_id)
+            case ToolInputError(tool_call_id=call_id):
+                if call_id in finished_tools:
+                    problems.append(f"{at}: tool call {call_id!r} already has an output")
+                streaming_tools.discard(call_id)
+                known_tools.add(call_id)
+                finished_tools.add(call_id)
             case ToolOutputAvailable(tool_call_id=call_id) | ToolOutputError(tool_call_id=call_id):
                 if call_id not in known_tools:
                     problems.append(f"{at}: unknown tool call {call_id!r} (no 'tool-input-*' before it)")
@@ -112,6 +120,9 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
         problems.append(f"text part(s) {sorted(open_texts)} never ended")
     if streaming_tools:
         problems.append(f"tool call(s) {sorted(streaming_tools)} stuck in input-streaming")
+    running = known_tools - streaming_tools - finished_tools
+    if running:
+        problems.append(f"tool call(s) {sorted(running)} left running (input-available, no output)")
     return problems
 
 

@@ -1,12 +1,13 @@
 """Publishing one turn's chunks: followers on this pod read them from memory, Redis gets them in batches.
 
-Every chunk gets its stream entry id when it is emitted (`0-1`, `0-2`, …: the turn's stream is new and empty
-when its publisher starts, so these ids are the stream's own and cursors mean the same on every pod). Followers
-on this pod (the request that started the turn, a reconnect that lands here) are served from the publisher's log
-at once, without a Redis read per chunk; text deltas that come faster than they are taken or written are merged
-into one entry. A flusher writes the log to the turn's Redis Stream: the first chunk
-after a quiet period at once, then at most once per `window`, so a pod pays about one round trip per window
-whatever the model's pace. Followers on other pods and replays read the stream, at most one window behind.
+Every chunk gets its stream entry id when it is emitted (`<base>-1`, `<base>-2`, …, see `streams/turns.py`: the
+turn's stream is new and empty when its publisher starts, so these ids are the stream's own and cursors mean the
+same on every pod). Followers on this pod (the request that started the turn, a reconnect that lands here) are
+served from the publisher's log at once, without a Redis read per chunk; text and tool-input deltas that come
+faster than they are taken or written are merged into one entry. A flusher writes the log to the turn's Redis
+Stream: the first chunk after a quiet period at once, then at most once per `window`, so a pod pays about one
+round trip per window whatever the model's pace. Followers on other pods and replays read the stream, at most
+one window behind.
 
 Writing with explicit ids also makes a retried write idempotent: an entry whose write did land is not added
 twice. The end is written atomically with the last chunks (`TurnRegistry.finish`).
@@ -19,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from backend.chat import protocol as p
-from backend.streams.turns import TurnRegistry, TurnStatus
+from backend.streams.turns import TurnRegistry, TurnStatus, entry_id, position_of
 
 log = logging.getLogger("copilot.publisher")
 
@@ -60,26 +61,23 @@ class TurnPublisher:
         self._flusher = asyncio.create_task(self._run(), name=f"publisher-{turn_id}")
 
     def emit(self, chunk: p.Chunk) -> None:
-        last = self._last
-        if (
-            type(chunk) is p.TextDelta
-            and type(last) is p.TextDelta
-            and last.id == chunk.id
-            and len(self._ids) > max(self._sealed, self._delivered)
-        ):
+        merged = _merged(self._last, chunk) if len(self._ids) > max(self._sealed, self._delivered) else None
+        if merged is not None:
             # The previous delta is still unseen by anyone: extend it instead of adding an entry.
-            chunk = p.TextDelta(id=chunk.id, delta=last.delta + chunk.delta)
+            chunk = merged
             self._payloads[-1] = p.to_json(chunk)
         else:
-            self._ids.append(f"0-{len(self._ids) + 1}")
+            self._ids.append(entry_id(self.turn_id, len(self._ids) + 1))
             self._payloads.append(p.to_json(chunk))
         self._last = chunk
         self._wake.set()
         self._notify()
 
     async def close(self, status: TurnStatus) -> bool:
-        """Write what is unwritten together with the end, atomically; False if someone else ended the turn
-        (its owner's lease had expired and another pod closed it), in which case nothing more is written."""
+        """Write what is unwritten together with the end, atomically; False if the turn could not be ended here:
+        someone else ended it (its owner's lease had expired and another pod closed it), or its keys are gone (a
+        Redis flush or restart). Nothing more is written then. Only in the first case do this pod's followers
+        need Redis (`taken_over`); in the second the log here is the whole message and nobody else will end it."""
         self._closed = True
         self._wake.set()
         try:
@@ -88,7 +86,13 @@ class TurnPublisher:
             self._sealed = len(self._ids)
             ended = await self._registry.finish(self.turn_id, status, self._payloads[start:], ids=self._ids[start:])
             self._written = len(self._ids)
-            self.taken_over = not ended
+            if not ended:
+                self.taken_over = await self._registry.info(self.turn_id) is not None
+                log.warning(
+                    "turn %s %s; its end is not in Redis",
+                    self.turn_id,
+                    "was ended by another pod" if self.taken_over else "lost its keys in Redis",
+                )
             return ended
         except BaseException:
             self.taken_over = True  # followers here fall back to whatever Redis has; they never hang
@@ -108,7 +112,7 @@ class TurnPublisher:
     async def follow(self, *, after: str, heartbeat_seconds: float) -> AsyncIterator[tuple[str, bytes | None]]:
         """This pod's view of the turn: entries after cursor `after` (`"0"`: from the start), live until its end;
         `("", None)` after `heartbeat_seconds` of silence. The caller checks `taken_over` when it returns."""
-        position = _position(after)
+        position = position_of(self.turn_id, after) or 0
         loop = asyncio.get_running_loop()
         while True:
             changed = self._changed
@@ -126,8 +130,8 @@ class TurnPublisher:
 
     def serves(self, after: str) -> bool:
         """Whether `follow(after=…)` can start at `after`: a cursor this publisher handed out (or the start)."""
-        position = _position(after)
-        return 0 <= position <= len(self._ids)
+        position = position_of(self.turn_id, after)
+        return position is not None and position <= len(self._ids)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -168,9 +172,11 @@ class TurnPublisher:
             self._on_cancel_requested()
 
 
-def _position(cursor: str) -> int:
-    """Index in the log of the entry after `cursor`; -1 for a cursor this publisher did not hand out."""
-    if cursor == "0":
-        return 0
-    first, _, second = cursor.partition("-")
-    return int(second) if first == "0" and second.isdigit() else -1
+def _merged(last: p.Chunk | None, chunk: p.Chunk) -> p.Chunk | None:
+    """`last` and `chunk` as one chunk, if both are deltas of the same part (text, or a tool call's input)."""
+    if type(chunk) is p.TextDelta and type(last) is p.TextDelta and last.id == chunk.id:
+        return p.TextDelta(id=chunk.id, delta=last.delta + chunk.delta)
+    if type(chunk) is p.ToolInputDelta and type(last) is p.ToolInputDelta and last.tool_call_id == chunk.tool_call_id:
+        text = last.input_text_delta + chunk.input_text_delta
+        return p.ToolInputDelta(tool_call_id=chunk.tool_call_id, input_text_delta=text)
+    return None

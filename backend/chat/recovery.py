@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from backend.chat import protocol as p
+from backend.chat.open_parts import OpenParts
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import INTERRUPTED_MARK
 from backend.store.models import NewMessage
@@ -25,29 +26,14 @@ LOST_OWNER_TEXT = "The reply was interrupted because the server generating it st
 
 
 def closing_chunks(chunks: Sequence[p.Chunk]) -> tuple[list[p.Chunk], str]:
-    """What a stream that stopped after `chunks` needs to end properly, and the text of its unfinished step."""
-    open_text: str | None = None
-    step_open = False
-    step_text: list[str] = []
+    """What a stream that stopped after `chunks` needs to end properly (open text ended, open tool calls closed,
+    the step finished, `error`, `finish`; nothing if its `finish` was written before the owner died), and the text
+    of its unfinished step."""
+    state = OpenParts()
     for chunk in chunks:
-        match chunk:
-            case p.StartStep():
-                step_open, step_text = True, []
-            case p.FinishStep():
-                step_open, open_text, step_text = False, None, []
-            case p.TextStart(id=text_id):
-                open_text = text_id
-            case p.TextEnd():
-                open_text = None
-            case p.TextDelta(delta=delta):
-                step_text.append(delta)
-    closing: list[p.Chunk] = []
-    if open_text is not None:
-        closing.append(p.TextEnd(id=open_text))
-    if step_open:
-        closing.append(p.FinishStep())
-    closing += [p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
-    return closing, "".join(step_text)
+        state.feed(chunk)
+    step_text = "".join(state.step_text)
+    return state.closing(LOST_OWNER_TEXT), step_text
 
 
 async def reap(

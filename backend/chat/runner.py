@@ -15,9 +15,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from redis.exceptions import RedisError
+
 from backend.cancellation import check_cancelled
 from backend.chat import events as ev
+from backend.chat import protocol as p
 from backend.chat.admission import TurnAdmission, Unlimited, billed_context, billed_to
+from backend.chat.open_parts import OpenParts
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
 from backend.chat.recovery import reap
@@ -31,7 +35,7 @@ from backend.store.models import ChatSession, NewMessage
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.operations import Operation
-from backend.streams.turns import TurnRegistry, TurnStatus
+from backend.streams.turns import TurnRegistry, TurnStatus, TurnVanished, position_of
 
 log = logging.getLogger("copilot.runner")
 
@@ -39,6 +43,14 @@ _TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
 _CANCEL, _SHUTDOWN = "cancel", "shutdown"
 _CANCEL_POLL_SECONDS = 0.25
 _CANCEL_WAIT_SECONDS = 3.0
+_STREAM_VANISHED = (
+    "The live stream of this reply was lost (the server's stream store was reset). The reply is still stored when "
+    "it ends: reload the conversation to see it."
+)
+_STREAM_UNREADABLE = (
+    "The live stream of this reply could not be read any more. The reply is still stored when it ends: reload the "
+    "conversation to see it."
+)
 
 DoubleTexting = Literal["reject", "interrupt", "enqueue"]
 
@@ -93,6 +105,7 @@ class TurnRunner:
         self._publishers: dict[str, TurnPublisher] = {}
         """The turns this pod runs, for followers on this pod (read from memory, not from Redis)."""
         self._supervisor: asyncio.Task[None] | None = None
+        self._draining = False
 
     async def submit(
         self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool, limited: bool = True
@@ -187,21 +200,31 @@ class TurnRunner:
         self, turn_id: str, *, after: str = "0", heartbeat_seconds: float
     ) -> AsyncIterator[tuple[str, bytes | None]]:
         """The turn's entries from cursor `after`, live until its end. A turn this pod runs is followed in memory;
-        any other from its Redis Stream, and a follower that finds the owner dead closes the turn itself."""
+        any other from its Redis Stream, and a follower that finds the owner dead closes the turn itself.
+
+        A cursor that is not one of this turn's (one of the session's previous turn, sent by a client that resumes
+        "the session's running reply") counts as none: the turn is replayed from its start. A follower that loses
+        the turn's stream (its keys vanished in a Redis flush or restart, or Redis stopped answering) ends the
+        message itself: open parts closed, `error` and `finish` unless it saw the `finish` already. Those chunks
+        have no cursor (`""`): they are not in the stream."""
+        if position_of(turn_id, after) is None:
+            after = "0"
+        seen = OpenParts()
         publisher = self._publishers.get(turn_id)
         if publisher is not None and publisher.serves(after):
             async for entry in publisher.follow(after=after, heartbeat_seconds=heartbeat_seconds):
-                if entry[0]:
+                if entry[1] is not None:
                     after = entry[0]
+                    seen.feed_json(entry[1])
                 yield entry
-            if not publisher.taken_over:
+            if not publisher.taken_over or seen.finished:
                 return
             # Another pod ended the turn (this pod's lease had lapsed): its closing entries are in Redis only.
-        async for entry in self._follow_stream(turn_id, after=after, heartbeat_seconds=heartbeat_seconds):
+        async for entry in self._follow_stream(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, seen=seen):
             yield entry
 
-    def _follow_stream(
-        self, turn_id: str, *, after: str, heartbeat_seconds: float
+    async def _follow_stream(
+        self, turn_id: str, *, after: str, heartbeat_seconds: float, seen: OpenParts
     ) -> AsyncIterator[tuple[str, bytes | None]]:
         async def on_idle() -> bool:
             info = await self._registry.info(turn_id)
@@ -212,7 +235,21 @@ class TurnRunner:
                 return True
             return False
 
-        return self._registry.follow(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, on_idle=on_idle)
+        entries = self._registry.follow(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, on_idle=on_idle)
+        try:
+            async for entry in entries:
+                if entry[1] is not None:
+                    seen.feed_json(entry[1])
+                yield entry
+            return
+        except TurnVanished:
+            log.warning("turn %s: its stream vanished from Redis while followed; ending the follower", turn_id)
+            reason = _STREAM_VANISHED
+        except RedisError as e:
+            log.warning("turn %s: following it failed (%s); ending the follower", turn_id, e)
+            reason = _STREAM_UNREADABLE
+        for chunk in seen.closing(reason):
+            yield "", p.to_json(chunk)
 
     async def start(self) -> None:
         """Start this pod's supervisor: lease renewal, stop requests, and closing turns of dead pods."""
@@ -297,15 +334,40 @@ class TurnRunner:
         if task is not None:
             await asyncio.shield(task)
 
+    @property
+    def draining(self) -> bool:
+        """This pod is shutting down: no new turn may start here (the running ones may still end on their own)."""
+        return self._draining
+
+    def refuse_new_turns(self) -> None:
+        """From now on `draining` is true (the routes refuse new turns)."""
+        self._draining = True
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Wind down for an orchestrator's SIGTERM: refuse new turns from now on, give the running ones
+        `grace_seconds` to end on their own, then stop the rest as `shutdown` does (their partial replies stored
+        `[interrupted]`, their streams ended with `error` and `finish`). Followers keep working meanwhile."""
+        self.refuse_new_turns()
+        running = list(self._tasks.values())
+        if running:
+            log.info("draining: %d running turn(s) get %gs to finish", len(running), grace_seconds)
+            await asyncio.wait(running, timeout=grace_seconds)
+        await self._stop_turns()
+
     async def shutdown(self) -> None:
         """Stop every turn of this pod; each stores its partial reply and ends its stream as interrupted."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel(_SHUTDOWN)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._draining = True
+        await self._stop_turns()
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
+
+    async def _stop_turns(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            if not task.cancelling():  # one already stopping is storing its partial reply: let it
+                task.cancel(_SHUTDOWN)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _start(self, req: TurnRequest, message_text: str) -> None:
         """Run the turn as a task of this pod; its publisher exists before anyone follows it."""

@@ -20,7 +20,7 @@ import orjson
 
 from backend.chat import events as ev
 from backend.chat.compaction import Compactor
-from backend.chat.llm import Completed, LLMClient, TextChunk, ToolCall, ToolCallStarted, Usage
+from backend.chat.llm import Completed, LLMClient, TextChunk, ToolArgumentsDelta, ToolCall, ToolCallStarted, Usage
 from backend.chat.operations import OperationRunner, Started
 from backend.chat.prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter, truncate_middle
@@ -134,6 +134,8 @@ class TurnEngine:
                         first_token = first_token or time.time()
                         step.text.append(event.text)
                         yield ev.TextDelta(event.text)
+                    elif isinstance(event, ToolArgumentsDelta):
+                        yield ev.ToolInputDelta(event.id, event.text)
                     elif isinstance(event, ToolCallStarted):
                         yield ev.ToolCallStarted(event.id, event.name)
                     else:
@@ -167,8 +169,11 @@ class TurnEngine:
             if broken:
                 # Nothing of this attempt is stored; the model gets another try at the step.
                 for c in calls:
-                    reason = c.parse_error if c.arguments is None else "not run: another call of this step was invalid"
-                    yield ev.ToolFinished(c.id, ok=False, output=None, error_text=reason)
+                    if c.arguments is None:
+                        yield ev.ToolInputFailed(c.id, c.name, c.arguments_json, c.parse_error or "invalid arguments")
+                    else:
+                        yield ev.ToolCallReady(c.id, c.name, c.arguments)
+                        yield ev.ToolFinished(c.id, False, None, "not run: another call of this step was invalid")
                 yield ev.StepFinished()
                 if json_retries < self._limits.invalid_tool_json_retries:
                     json_retries += 1

@@ -2,7 +2,10 @@
 
 The translator owns the bookkeeping of open parts: a text part is ended before a tool call or `finish-step`
 (v5/v6 clients forget open text parts at `finish-step`), tool outputs are only sent for calls the client has
-seen, and `close()` ends whatever is still open so every message gets exactly one `finish`.
+seen, and `close()` ends whatever is still open so every message gets exactly one `finish`. No tool call is left
+open either: when a step or the message ends early (the model's stream cut, the turn cancelled or failed), a call
+whose arguments were still streaming gets `tool-input-error` with the raw text received so far, and a call whose
+tool had not answered gets `tool-output-error`; a call with unusable arguments gets `tool-input-error` at once.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from itertools import count
 
 from backend.chat import events as ev
 from backend.chat import protocol as p
+from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
 
 # Finish reasons the v5-v7 clients all accept; anything else the model reports becomes "other".
 _FINISH_REASONS: dict[str, p.FinishReason] = {
@@ -30,7 +34,10 @@ class UIStreamTranslator:
         self._text_id: str | None = None
         self._text_ids = count()
         self._step_open = False
-        self._known_calls: set[str] = set()
+        self._inputs: dict[str, tuple[str, list[str]]] = {}
+        """Calls whose arguments are streaming: tool name and the raw argument text so far."""
+        self._running: dict[str, str] = {}
+        """Calls whose input the client has and whose output it has not (call id → tool name)."""
         self.finished = False
 
     def translate(self, event: ev.TurnEvent) -> list[p.Chunk]:
@@ -47,14 +54,27 @@ class UIStreamTranslator:
                 out.append(p.TextDelta(id=self._text_id, delta=text))
                 return out
             case ev.ToolCallStarted(call_id=call_id, name=name):
-                self._known_calls.add(call_id)
+                self._inputs[call_id] = (name, [])
                 return [*self._end_text(), p.ToolInputStart(tool_call_id=call_id, tool_name=name)]
-            case ev.ToolCallReady(call_id=call_id, name=name, arguments=arguments):
-                self._known_calls.add(call_id)
-                return [*self._end_text(), p.ToolInputAvailable(tool_call_id=call_id, tool_name=name, input=arguments)]
-            case ev.ToolFinished(call_id=call_id, ok=ok, output=output, error_text=error_text):
-                if call_id not in self._known_calls:
+            case ev.ToolInputDelta(call_id=call_id, text=text):
+                if call_id not in self._inputs or not text:
                     return []
+                self._inputs[call_id][1].append(text)
+                return [p.ToolInputDelta(tool_call_id=call_id, input_text_delta=text)]
+            case ev.ToolCallReady(call_id=call_id, name=name, arguments=arguments):
+                self._inputs.pop(call_id, None)
+                self._running[call_id] = name
+                return [*self._end_text(), p.ToolInputAvailable(tool_call_id=call_id, tool_name=name, input=arguments)]
+            case ev.ToolInputFailed(call_id=call_id, name=name, raw_arguments=raw, error_text=error_text):
+                self._inputs.pop(call_id, None)
+                self._running.pop(call_id, None)
+                failed = p.ToolInputError(tool_call_id=call_id, tool_name=name, input=raw, error_text=error_text)
+                return [*self._end_text(), failed]
+            case ev.ToolFinished(call_id=call_id, ok=ok, output=output, error_text=error_text):
+                if call_id not in self._running and call_id not in self._inputs:
+                    return []  # a call the client never saw, or one already closed
+                self._inputs.pop(call_id, None)
+                self._running.pop(call_id, None)
                 if ok:
                     return [p.ToolOutputAvailable(tool_call_id=call_id, output=output)]
                 return [p.ToolOutputError(tool_call_id=call_id, error_text=error_text or "tool failed")]
@@ -91,8 +111,18 @@ class UIStreamTranslator:
         text_id, self._text_id = self._text_id, None
         return [p.TextEnd(id=text_id)]
 
+    def _close_tools(self) -> list[p.Chunk]:
+        """Close the calls still open: cut-off arguments as `tool-input-error`, unanswered ones as an output error."""
+        out: list[p.Chunk] = [
+            p.ToolInputError(tool_call_id=call_id, tool_name=name, input="".join(raw), error_text=CUT_INPUT_TEXT)
+            for call_id, (name, raw) in self._inputs.items()
+        ]
+        out += [p.ToolOutputError(tool_call_id=call_id, error_text=NO_OUTPUT_TEXT) for call_id in self._running]
+        self._inputs, self._running = {}, {}
+        return out
+
     def _end_step(self) -> list[p.Chunk]:
-        out = self._end_text()
+        out = [*self._end_text(), *self._close_tools()]
         if self._step_open:
             self._step_open = False
             out.append(p.FinishStep())

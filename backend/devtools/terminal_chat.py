@@ -50,6 +50,8 @@ def render(chunk: Mapping[str, Any], call: Mapping[str, Any] | None = None) -> s
             return f"⚙ {_call_text(call)} → {_clip(_compact(chunk.get('output')))}"
         case "tool-output-error":
             return f"✗ {_tool_name(call)}: {chunk.get('errorText', '')}"
+        case "tool-input-error":
+            return f"✗ {chunk.get('toolName', 'tool')}: {chunk.get('errorText', '')}"
         case "error":
             return f"! error: {chunk.get('errorText', '')}"
         case "abort":

@@ -9,6 +9,11 @@ never trimmed by length (a replay always starts at `start`); they expire as a wh
 record, `ttl` after the last write. A small tombstone outlives them so a late reconnect can tell "expired" (410)
 from "never existed" (404).
 
+Entry ids name their turn: the owner numbers its chunks `<base>-1`, `<base>-2`, … where `base` is derived from the
+turn id and lies centuries ahead of the clock, so entries Redis numbers itself (`*`: the `end` entry, a reaper's
+closing chunks) continue the same sequence. A cursor handed out for one turn is thereby recognisable as not being
+one of another turn's (`position_of`), which matters where a client resumes "the session's running turn".
+
 Running turns are listed in one sorted set scored by lease deadline: owners push their deadlines forward in one
 pipelined call per pod, and finding turns whose owner died is a range query, never a key scan.
 """
@@ -16,6 +21,7 @@ pipelined call per pod, and finding turns whose owner died is a range query, nev
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,6 +90,36 @@ class TurnInfo:
 
 class TurnExpired(LookupError):
     """The turn existed but its stream has expired."""
+
+
+class TurnVanished(LookupError):
+    """The turn's status record disappeared while it was followed (Redis was flushed, or restarted without its
+    data): no `end` entry will ever come."""
+
+
+_BASE_FLOOR = 1 << 44
+"""Milliseconds since the epoch in the year 2527: a base above it stays ahead of the clock, so `*` ids keep it."""
+
+
+def cursor_base(turn_id: str) -> int:
+    """The first part of every entry id of `turn_id`'s stream (see the module docstring)."""
+    digest = hashlib.blake2b(turn_id.encode(), digest_size=5).digest()
+    return _BASE_FLOOR + int.from_bytes(digest, "big")
+
+
+def entry_id(turn_id: str, position: int) -> str:
+    """Id of the `position`-th entry (from 1) of the turn's stream."""
+    return f"{cursor_base(turn_id)}-{position}"
+
+
+def position_of(turn_id: str, cursor: str) -> int | None:
+    """How many entries of the turn lie at or before `cursor` (`"0"`: none); None for a cursor of another turn."""
+    if cursor == "0":
+        return 0
+    base, _, position = cursor.partition("-")
+    if base != str(cursor_base(turn_id)) or not position.isdigit():
+        return None
+    return int(position)
 
 
 class TurnRegistry:
@@ -214,8 +250,13 @@ class TurnRegistry:
         a heartbeat), and returns after the `end` entry. `on_idle()` runs at each idle tick and may return True to
         stop following (for instance when the turn's owner died and it has just been closed). No read blocks
         forever, and there is no cap on how much is replayed.
+
+        Whenever a read comes back empty (at most `_MAX_BLOCK_SECONDS` of silence) the turn's status is read, one
+        round trip per quiet second and none per chunk: a turn that is no longer running is read to its end and
+        left, and a turn whose status record is gone raises `TurnVanished`, so a follower learns within about a
+        second that a Redis flush or restart took its stream.
         """
-        events = keys.turn_events(turn_id)
+        events, meta = keys.turn_events(turn_id), keys.turn_meta(turn_id)
         cursor = after
         loop = asyncio.get_running_loop()
         heartbeat_at = loop.time() + heartbeat_seconds
@@ -228,6 +269,12 @@ class TurnRegistry:
             if not reply:
                 if closing:
                     return
+                status = await self._redis.hget(meta, "status")
+                if status is None:
+                    raise TurnVanished(turn_id)
+                if status != b"running":
+                    closing = True  # ended without an `end` entry after our cursor: read what is there, then stop
+                    continue
                 if loop.time() < heartbeat_at:
                     continue
                 yield "", None
@@ -236,8 +283,8 @@ class TurnRegistry:
                 heartbeat_at = loop.time() + heartbeat_seconds
                 continue
             entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
-            for entry_id, fields in entries:
-                cursor = entry_id.decode()
+            for raw_id, fields in entries:
+                cursor = raw_id.decode()
                 if b"end" in fields:
                     return
                 yield cursor, fields[b"c"]
@@ -249,8 +296,8 @@ def _entries(chunks: Sequence[bytes], ids: Sequence[str] | None) -> list[str | b
     if ids is not None and len(ids) != len(chunks):
         raise ValueError("one entry id per chunk")
     args: list[str | bytes] = []
-    for entry_id, chunk in zip(ids or ["*"] * len(chunks), chunks, strict=True):
-        args += (entry_id, chunk)
+    for chunk_id, chunk in zip(ids or ["*"] * len(chunks), chunks, strict=True):
+        args += (chunk_id, chunk)
     return args
 
 

@@ -18,6 +18,7 @@ from backend.chat.llm import (
     ModelEvent,
     RetryPolicy,
     TextChunk,
+    ToolArgumentsDelta,
     ToolCallStarted,
     Usage,
     _sse_data,
@@ -119,6 +120,19 @@ async def test_parallel_tool_calls_are_collected_by_index(llm: LLMClient) -> Non
     ]
     # The arguments arrived in several fragments, interleaved across the two calls.
     assert done.tool_calls[0].arguments_json == '{"expression":"6*7"}'
+
+
+async def test_a_stream_cut_mid_arguments_has_passed_on_what_the_call_received(llm: LLMClient) -> None:
+    """What a call had received when its stream dropped is known to the turn (it closes the call with it)."""
+    prompt = '[[mock:cut after=4]] [[mock:tool name=calculate args={"expression": "1 + 2 + 3"}]]'
+    events: list[Any] = []
+    with pytest.raises(ModelError):
+        async for e in llm.stream([{"role": "user", "content": prompt}], TOOLS):
+            events.append(e)
+    [started] = [e for e in events if isinstance(e, ToolCallStarted)]
+    fragments = [e for e in events if isinstance(e, ToolArgumentsDelta)]
+    assert {f.id for f in fragments} == {started.id}
+    assert "".join(f.text for f in fragments) == '{"expression":"1'  # two 8-character fragments
 
 
 async def test_invalid_tool_arguments_are_reported_not_raised(llm: LLMClient) -> None:
@@ -370,6 +384,24 @@ async def test_a_chunk_with_only_usage_and_tool_calls_split_across_chunks() -> N
     assert done.usage == Usage(12, 5)
     [tool_call] = done.tool_calls
     assert tool_call.arguments == {"expression": "1+1"} and tool_call.arguments_json == '{"expression": "1+1"}'
+
+
+async def test_argument_fragments_are_passed_on_once_the_call_is_known() -> None:
+    """Fragments sent before the call's id and name come joined right after its start, the later ones one by one."""
+    body = [
+        event(delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]})),
+        event(delta({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "calc", "arguments": ": 1"}}]})),
+        event(delta({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]})),
+        event(delta({}, "tool_calls")),
+        DONE,
+    ]
+    events, _ = await raw_stream(body)
+    assert events[:3] == [
+        ToolCallStarted("call_1", "calc"),
+        ToolArgumentsDelta("call_1", '{"a": 1'),
+        ToolArgumentsDelta("call_1", "}"),
+    ]
+    assert events[-1].tool_calls[0].arguments == {"a": 1}
 
 
 async def test_usage_fields_may_be_null() -> None:

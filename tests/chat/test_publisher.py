@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from backend import keys
 from backend.chat import protocol as p
 from backend.chat.publisher import TurnPublisher
-from backend.streams.turns import Published, TurnRegistry
+from backend.streams.turns import Published, TurnRegistry, entry_id
 
 
 async def entries(redis: Redis, turn_id: str) -> list[dict[bytes, bytes]]:
@@ -73,13 +73,14 @@ async def test_a_follower_on_the_owners_pod_gets_chunks_before_redis_does(redis:
     await asyncio.sleep(0.05)  # the first chunk is written at once; the next ones wait for the window
     publisher.emit(delta("hi"))
     async with asyncio.timeout(1):
-        assert await anext(follower) == ("0-1", p.to_json(p.TextStart(id="text-0")))
-        assert await anext(follower) == ("0-2", p.to_json(delta("hi")))
+        assert await anext(follower) == (entry_id("t-local", 1), p.to_json(p.TextStart(id="text-0")))
+        assert await anext(follower) == (entry_id("t-local", 2), p.to_json(delta("hi")))
     assert len(await entries(redis, "t-local")) == 1  # "hi" is not in Redis yet: the follower did not wait for it
     assert await publisher.close("completed")
     assert [entry async for entry in follower] == []  # the end stops the follower
     written = await redis.xrange(keys.turn_events("t-local"))
-    assert [entry_id for entry_id, _ in written[:2]] == [b"0-1", b"0-2"]  # the ids followers saw are Redis' own
+    # The ids followers saw are Redis' own.
+    assert [raw_id.decode() for raw_id, _ in written[:2]] == [entry_id("t-local", 1), entry_id("t-local", 2)]
 
 
 async def test_a_cursor_from_the_owners_pod_resumes_on_any_pod(redis: Redis) -> None:
@@ -91,9 +92,12 @@ async def test_a_cursor_from_the_owners_pod_resumes_on_any_pod(redis: Redis) -> 
         publisher.emit(delta(word))
         await anext(local)  # taken one by one: none is merged
     assert await publisher.close("completed")
-    replayed = [entry async for entry in registry.follow("t-cursor", after="0-2")]
-    assert replayed == [("0-3", p.to_json(delta("c"))), ("0-4", p.to_json(delta("d")))]
-    assert [entry async for entry in publisher.follow(after="0-2", heartbeat_seconds=5)] == replayed
+    replayed = [entry async for entry in registry.follow("t-cursor", after=entry_id("t-cursor", 2))]
+    assert replayed == [
+        (entry_id("t-cursor", 3), p.to_json(delta("c"))),
+        (entry_id("t-cursor", 4), p.to_json(delta("d"))),
+    ]
+    assert [entry async for entry in publisher.follow(after=entry_id("t-cursor", 2), heartbeat_seconds=5)] == replayed
 
 
 async def test_deltas_nobody_has_taken_are_merged_and_taken_ones_are_not(redis: Redis) -> None:
@@ -105,11 +109,11 @@ async def test_deltas_nobody_has_taken_are_merged_and_taken_ones_are_not(redis: 
     publisher.emit(delta("a "))
     publisher.emit(delta("b "))
     assert [await anext(follower), await anext(follower)] == [
-        ("0-1", p.to_json(p.TextStart(id="text-0"))),
-        ("0-2", p.to_json(delta("a b "))),
+        (entry_id("t-merge", 1), p.to_json(p.TextStart(id="text-0"))),
+        (entry_id("t-merge", 2), p.to_json(delta("a b "))),
     ]
     publisher.emit(delta("c"))  # "a b " was taken: this one is an entry of its own
-    assert await anext(follower) == ("0-3", p.to_json(delta("c")))
+    assert await anext(follower) == (entry_id("t-merge", 3), p.to_json(delta("c")))
     assert await publisher.close("completed")
     written = [orjson.loads(e[b"c"]) for e in await entries(redis, "t-merge") if b"c" in e]
     assert [c.get("delta") for c in written] == [None, "a b ", "c"]
@@ -129,7 +133,7 @@ async def test_writes_to_redis_happen_once_per_window_whatever_the_pace(redis: R
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     for i in range(50):  # a token every 10 ms for half a second, each taken by the follower at once
         publisher.emit(delta(f"{i} "))
-        assert (await anext(follower))[0] == f"0-{i + 1}"
+        assert (await anext(follower))[0] == entry_id("t-pace", i + 1)
         await asyncio.sleep(0.01)
     assert await publisher.close("completed")
     assert CountingRegistry.writes <= 5  # one at once, then one per 0.2 s window (~3 in 0.5 s), not 50
@@ -152,17 +156,37 @@ async def test_a_turn_ended_elsewhere_takes_no_more_writes_and_its_followers_are
     publisher = TurnPublisher(registry, "t-taken", window_seconds=0.0)
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     publisher.emit(delta("mine"))
-    assert (await anext(follower))[0] == "0-1"
+    assert (await anext(follower))[0] == entry_id("t-taken", 1)
     await asyncio.sleep(0.05)
     # This pod's lease lapsed and another pod closed the turn.
     assert await registry.finish("t-taken", "interrupted", [p.to_json(p.Finish(finish_reason="error"))])
-    assert await registry.publish("t-taken", [p.to_json(delta("late"))], ids=["0-9"]) == "ended"
+    assert await registry.publish("t-taken", [p.to_json(delta("late"))], ids=[entry_id("t-taken", 9)]) == "ended"
     publisher.emit(delta("late"))
     assert not await publisher.close("completed")
     assert publisher.taken_over
-    assert [entry async for entry in follower] == [("0-2", p.to_json(delta("late")))]
+    assert [entry async for entry in follower] == [(entry_id("t-taken", 2), p.to_json(delta("late")))]
     written = [e.get(b"c") for e in await entries(redis, "t-taken")]
     assert written[0] == p.to_json(delta("mine")) and p.to_json(delta("late")) not in written
+
+
+async def test_a_turn_whose_keys_vanished_ends_its_followers_from_memory(redis: Redis) -> None:
+    """Regression: after a Redis restart without data mid-turn, `close` could not write the end (no status record)
+    and sent this pod's followers to Redis for it, where nothing would ever come: they had the `finish` at once
+    but the end of their stream only at the next heartbeat tick (15 s)."""
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-vanish", "s", "alice")
+    publisher = TurnPublisher(registry, "t-vanish", window_seconds=0.0)
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    publisher.emit(delta("before"))
+    assert (await anext(follower))[1] == p.to_json(delta("before"))
+    await redis.delete(keys.turn_meta("t-vanish"), keys.turn_events("t-vanish"))  # Redis restarted empty
+    publisher.emit(p.Finish(finish_reason="stop"))
+    assert not await publisher.close("completed")
+    assert not publisher.taken_over  # nobody else ends this turn: the log here is the whole message
+    async with asyncio.timeout(1):
+        assert [entry async for entry in follower] == [
+            (entry_id("t-vanish", 2), p.to_json(p.Finish(finish_reason="stop")))
+        ]
 
 
 async def test_an_abandoned_publisher_sends_its_followers_to_redis(redis: Redis) -> None:

@@ -1,9 +1,10 @@
 """Run SSE bodies through the real `ai` npm client (`assemble.mjs`) from Python tests.
 
-`assemble(body)` returns what the browser would assemble; `violations(body)` merges the client's
+`assemble(body)` returns what the browser would assemble with `ai` 6 (`assemble(body, "ai5")` / `"ai7"`: with
+`ai` 5 or 7, installed side by side as npm aliases, see `AI_CLIENTS`); `violations(body)` merges the client's
 complaints with our own, stricter `check_body`, so a test can assert a stream is clean in one line.
 Tests are skipped, with a message, only when `node` is missing; `npm ci` runs when `node_modules`
-is absent or holds another `ai` version than `package.json` pins.
+is absent or holds other versions than `package.json` pins.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import pytest
 from backend.chat.protocol_check import check_body
 
 HERE = Path(__file__).resolve().parent
+
+AI_CLIENTS = ("ai5", "ai", "ai7")
+"""The `ai` packages the harness can run (5, 6 and 7); `ai` itself is v6, the default."""
 _INSTALL_LOCK = Path(tempfile.gettempdir()) / f"copilot-chat-npm-{zlib.crc32(bytes(HERE)):08x}.lock"
 
 
@@ -32,12 +36,17 @@ def _node() -> str:
     return node
 
 
+def _installed(package: str, spec: str) -> bool:
+    """Whether `node_modules/<package>` holds the version `spec` pins (`6.0.1` or an alias `npm:ai@5.0.1`)."""
+    manifest = HERE / "node_modules" / package / "package.json"
+    return manifest.exists() and json.loads(manifest.read_text())["version"] == spec.rpartition("@")[2]
+
+
 def _ensure_node_modules() -> None:
-    pinned = json.loads((HERE / "package.json").read_text())["dependencies"]["ai"]
-    installed = HERE / "node_modules" / "ai" / "package.json"
+    pinned: dict[str, str] = json.loads((HERE / "package.json").read_text())["dependencies"]
     with _INSTALL_LOCK.open("w") as lock:  # pytest-xdist workers install once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if installed.exists() and json.loads(installed.read_text())["version"] == pinned:
+        if all(_installed(package, spec) for package, spec in pinned.items()):
             return
         npm = shutil.which("npm")
         if npm is None:
@@ -47,8 +56,9 @@ def _ensure_node_modules() -> None:
             raise RuntimeError(f"`npm ci` in {HERE} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
-def assemble(body: bytes) -> dict[str, Any]:
-    """Feed `body` (exactly the bytes the server sent) to the `ai` client; return `assemble.mjs`'s JSON.
+def assemble(body: bytes, client: str = "ai") -> dict[str, Any]:
+    """Feed `body` (exactly the bytes the server sent) to the `ai` client (`client`: one of `AI_CLIENTS`);
+    return `assemble.mjs`'s JSON.
 
     Keys: `messages` (the assembled assistant UIMessage, from `readUIMessageStream`), `errors` (every
     `onError`, `{name, message}`), `violations` (errors not caused by an `error` chunk), `chat` (the
@@ -57,14 +67,18 @@ def assemble(body: bytes) -> dict[str, Any]:
     """
     node = _node()
     _ensure_node_modules()
-    proc = subprocess.run([node, str(HERE / "assemble.mjs")], input=body, capture_output=True, cwd=HERE, timeout=60)
+    if client not in AI_CLIENTS:
+        raise ValueError(f"unknown ai client {client!r}; one of {AI_CLIENTS}")
+    proc = subprocess.run(
+        [node, str(HERE / "assemble.mjs"), client], input=body, capture_output=True, cwd=HERE, timeout=60
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"assemble.mjs failed ({proc.returncode}):\n{proc.stderr.decode()}")
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
 
 
-def violations(body: bytes) -> list[str]:
+def violations(body: bytes, client: str = "ai") -> list[str]:
     """Everything wrong with a complete response body: our `check_body` plus the `ai` client's errors."""
-    client = [f"ai client: {v['name']}: {v['message']}" for v in assemble(body)["violations"]]
-    return check_body(body) + client
+    found = [f"{client} client: {v['name']}: {v['message']}" for v in assemble(body, client)["violations"]]
+    return check_body(body) + found

@@ -1,5 +1,6 @@
 // Runs an SSE response body (stdin, exactly the bytes our server sends) through the real `ai` client
-// code and prints what a browser would end up with, as JSON on stdout:
+// code and prints what a browser would end up with, as JSON on stdout. The first argument names the
+// package to use (`ai` = v6, `ai5`, `ai7`: npm aliases in package.json); default `ai`.
 //
 //   messages    [the assistant UIMessage assembled by readUIMessageStream]
 //   errors      [{name, message}] every onError of readUIMessageStream (terminateOnError: false):
@@ -13,14 +14,14 @@
 // Both paths use the package's own parser: parseJsonEventStream + uiMessageChunkSchema, exactly as
 // DefaultChatTransport.processResponseStream does (a failed parse throws).
 
-import {
+const {
   AbstractChat,
   DefaultChatTransport,
   UI_MESSAGE_STREAM_HEADERS,
   parseJsonEventStream,
   readUIMessageStream,
   uiMessageChunkSchema,
-} from 'ai';
+} = await import(process.argv[2] ?? 'ai');
 
 const describe = error => ({
   name: error?.name ?? typeof error,

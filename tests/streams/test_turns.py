@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat import protocol as p
+from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
+from backend.chat.protocol_check import check_sequence
 from backend.chat.recovery import LOST_OWNER_TEXT, closing_chunks, reap
 from backend.chat.tokens import TokenCounter
 from backend.store.cache import SessionCache
@@ -21,7 +23,7 @@ from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
-from backend.streams.turns import TurnRegistry
+from backend.streams.turns import TurnRegistry, TurnVanished, entry_id, position_of
 from tests.conftest import REDIS_URL
 
 
@@ -129,6 +131,36 @@ async def test_follow_outlasts_the_redis_client_socket_timeout(registry: TurnReg
             assert [e async for e in entries][-1][1] == chunk(0)
     finally:
         await client.aclose()
+
+
+async def test_follow_notices_within_a_second_that_the_turns_keys_vanished(
+    registry: TurnRegistry, redis: Redis
+) -> None:
+    """Regression: after a Redis flush or restart (the turn's keys gone, no `end` will ever come) a follower only
+    found out at its next heartbeat tick (15 s by default), so its client waited that long for the stream's end."""
+    await registry.create("t-gone", "s", "alice")
+    await registry.publish("t-gone", [chunk(0)])
+    entries = registry.follow("t-gone", heartbeat_seconds=30)
+    assert (await anext(entries))[1] == chunk(0)
+    await redis.delete(keys.turn_meta("t-gone"), keys.turn_events("t-gone"))  # what a restart without data does
+    started = time.monotonic()
+    with pytest.raises(TurnVanished):
+        async with asyncio.timeout(5):
+            await anext(entries)
+    assert time.monotonic() - started < 1.5
+
+
+async def test_entry_ids_name_their_turn(registry: TurnRegistry, redis: Redis) -> None:
+    """Every id of a turn's stream, the ones Redis assigns included, carries the turn's base: a cursor of one turn
+    is never taken for a position in another."""
+    await registry.create("t-ids", "s", "alice")
+    await registry.publish("t-ids", [chunk(0), chunk(1)], ids=[entry_id("t-ids", 1), entry_id("t-ids", 2)])
+    await registry.finish("t-ids", "interrupted", [chunk(2)])  # a reaper's entries: ids chosen by Redis (`*`)
+    ids = [raw.decode() for raw, _ in await redis.xrange(keys.turn_events("t-ids"))]
+    assert [position_of("t-ids", i) for i in ids] == [1, 2, 3, 4]
+    assert position_of("t-ids", "0") == 0
+    assert position_of("t-other", ids[1]) is None
+    assert position_of("t-ids", "1-2") is None
 
 
 # --- the end, written once --------------------------------------------------------------------------------
@@ -255,12 +287,46 @@ def test_closing_an_open_step_without_open_text() -> None:
         p.TextStart(id="text-0"),
         p.TextDelta(id="text-0", delta="Let me check."),
         p.TextEnd(id="text-0"),
-        p.ToolInputStart(tool_call_id="c1", tool_name="calculate"),
-        p.ToolInputAvailable(tool_call_id="c1", tool_name="calculate", input={"expression": "1+1"}),
+        p.ToolInputStart(tool_call_id="c0", tool_name="calculate"),
+        p.ToolInputAvailable(tool_call_id="c0", tool_name="calculate", input={"expression": "2+2"}),
+        p.ToolOutputAvailable(tool_call_id="c0", output=4),
     ]
     closing, partial = closing_chunks(chunks)
     assert closing == [p.FinishStep(), p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
     assert partial == "Let me check."
+
+
+def test_closing_ends_the_tool_calls_a_dead_owner_left_open() -> None:
+    """A dead owner's calls are closed too: one whose arguments were streaming gets `tool-input-error` with the raw
+    text received, one whose tool was running gets `tool-output-error`; no client shows a tool running forever."""
+    chunks: list[p.Chunk] = [
+        p.Start(message_id="m"),
+        p.StartStep(),
+        p.ToolInputStart(tool_call_id="c1", tool_name="calculate"),
+        p.ToolInputDelta(tool_call_id="c1", input_text_delta='{"expression": '),
+        p.ToolInputAvailable(tool_call_id="c1", tool_name="calculate", input={"expression": "1+1"}),
+        p.ToolInputStart(tool_call_id="c2", tool_name="lookup"),
+        p.ToolInputDelta(tool_call_id="c2", input_text_delta='{"id": '),
+        p.ToolInputDelta(tool_call_id="c2", input_text_delta="7"),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="meanwhile"),
+    ]
+    closing, _ = closing_chunks(chunks)
+    assert closing == [
+        p.TextEnd(id="text-0"),
+        p.ToolInputError(tool_call_id="c2", tool_name="lookup", input='{"id": 7', error_text=CUT_INPUT_TEXT),
+        p.ToolOutputError(tool_call_id="c1", error_text=NO_OUTPUT_TEXT),
+        p.FinishStep(),
+        p.Error(error_text=LOST_OWNER_TEXT),
+        p.Finish(finish_reason="error"),
+    ]
+    assert check_sequence([*chunks, *closing]) == []
+
+
+def test_closing_a_stream_whose_finish_was_written_adds_nothing() -> None:
+    """The owner's flusher may have written `finish` before it died (the `end` entry comes with `close`)."""
+    chunks: list[p.Chunk] = [p.Start(message_id="m"), p.StartStep(), p.FinishStep(), p.Finish(finish_reason="stop")]
+    assert closing_chunks(chunks) == ([], "")
 
 
 def test_closing_with_nothing_open() -> None:

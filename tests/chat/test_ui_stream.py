@@ -1,0 +1,96 @@
+"""`backend/chat/ui_stream.py`: turn events → AI SDK chunks, and no tool call left open however the turn ends."""
+
+from __future__ import annotations
+
+from backend.chat import events as ev
+from backend.chat import protocol as p
+from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
+from backend.chat.protocol_check import check_sequence
+from backend.chat.ui_stream import UIStreamTranslator
+
+
+def translate(*events: ev.TurnEvent, finish_reason: str = "error") -> list[p.Chunk]:
+    translator = UIStreamTranslator()
+    out = [chunk for event in events for chunk in translator.translate(event)]
+    return out + translator.close(finish_reason)
+
+
+def test_argument_fragments_stream_as_tool_input_deltas() -> None:
+    chunks = translate(
+        ev.TurnStarted("m"),
+        ev.StepStarted(),
+        ev.ToolCallStarted("c1", "calculate"),
+        ev.ToolInputDelta("c1", '{"expression": '),
+        ev.ToolInputDelta("c1", '"6*7"}'),
+        ev.ToolCallReady("c1", "calculate", {"expression": "6*7"}),
+        ev.ToolFinished("c1", True, 42),
+        ev.StepFinished(),
+        finish_reason="stop",
+    )
+    assert chunks[2:6] == [
+        p.ToolInputStart(tool_call_id="c1", tool_name="calculate"),
+        p.ToolInputDelta(tool_call_id="c1", input_text_delta='{"expression": '),
+        p.ToolInputDelta(tool_call_id="c1", input_text_delta='"6*7"}'),
+        p.ToolInputAvailable(tool_call_id="c1", tool_name="calculate", input={"expression": "6*7"}),
+    ]
+    assert check_sequence(chunks) == []
+
+
+def test_a_call_cut_off_by_a_failure_is_closed_with_the_raw_input_it_had() -> None:
+    """The model's stream dropped mid-arguments: the turn fails, and the call is closed rather than left running."""
+    chunks = translate(
+        ev.TurnStarted("m"),
+        ev.StepStarted(),
+        ev.TextDelta("Let me compute. "),
+        ev.ToolCallStarted("c1", "calculate"),
+        ev.ToolInputDelta("c1", '{"expre'),
+        ev.TurnFailed("could not reach the model provider"),
+    )
+    assert chunks[-4:] == [
+        p.ToolInputError(tool_call_id="c1", tool_name="calculate", input='{"expre', error_text=CUT_INPUT_TEXT),
+        p.FinishStep(),
+        p.Error(error_text="could not reach the model provider"),
+        p.Finish(finish_reason="error"),
+    ]
+    assert check_sequence(chunks) == []
+
+
+def test_a_call_stopped_while_its_tool_runs_gets_an_output_error() -> None:
+    chunks = translate(
+        ev.TurnStarted("m"),
+        ev.StepStarted(),
+        ev.ToolCallStarted("c1", "slow"),
+        ev.ToolCallReady("c1", "slow", {}),
+        ev.ToolCallStarted("c2", "slow"),
+        ev.ToolCallReady("c2", "slow", {}),
+        ev.ToolFinished("c2", True, "done"),
+        ev.TurnAborted("stopped by the user"),
+        finish_reason="other",
+    )
+    assert [c for c in chunks if isinstance(c, p.ToolOutputError)] == [
+        p.ToolOutputError(tool_call_id="c1", error_text=NO_OUTPUT_TEXT)
+    ]
+    assert [c.type for c in chunks[-4:]] == ["tool-output-error", "finish-step", "abort", "finish"]
+    assert check_sequence(chunks) == []
+
+
+def test_invalid_arguments_become_an_input_error_with_the_raw_text() -> None:
+    chunks = translate(
+        ev.TurnStarted("m"),
+        ev.StepStarted(),
+        ev.ToolCallStarted("c1", "calculate"),
+        ev.ToolInputDelta("c1", '{"expression": "6*7"'),
+        ev.ToolInputFailed("c1", "calculate", '{"expression": "6*7"', "arguments are not valid JSON: ..."),
+        ev.ToolFinished("c1", False, None, "not run"),  # a late outcome for a closed call sends nothing
+        ev.StepFinished(),
+    )
+    errors = [c for c in chunks if c.type in ("tool-input-error", "tool-output-error")]
+    assert errors == [
+        p.ToolInputError(
+            tool_call_id="c1",
+            tool_name="calculate",
+            input='{"expression": "6*7"',
+            error_text="arguments are not valid JSON: ...",
+        )
+    ]
+    assert check_sequence(chunks) == []

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from backend.api.chat_schemas import CancelResult, SendMessage, TurnResult, Usage
 from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
+from backend.api.inputs import StreamCursor
 from backend.api.schemas import MessagePublic
 from backend.auth import Principal
 from backend.chat import protocol
@@ -67,8 +68,8 @@ async def task_stream(
     task_id: str,
     user: CurrentUser,
     runtime: RuntimeDep,
-    after: Annotated[str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
-    last_event_id: Annotated[str | None, Header(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+    after: Annotated[StreamCursor | None, Query()] = None,
+    last_event_id: Annotated[StreamCursor | None, Header()] = None,
 ) -> StreamingResponse:
     """Replay a turn after a cursor (`Last-Event-ID` or `?after=`; from the start by default), then follow it live.
 

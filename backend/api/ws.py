@@ -8,8 +8,9 @@ client as a bare HTTP 403, without the code.
 Client frames (`ws_schemas`): `message` (a `SendMessage` body) starts a turn and streams it; `cancel` stops the
 session's running turn (`idle` if none); `ping` → `pong`; `resume {after?}` follows the running turn from a cursor
 or from its start (`idle` if none). Server frames: `chunk {id, chunk}` per AI SDK chunk, `done {task_id}` after
-the turn's end, `heartbeat` while it is silent, and `error {code, message, details?}` for a refused client frame;
-the socket stays open after an error.
+the turn's end, `heartbeat` while it is silent, and `error {code, message, details?}` for a refused client frame
+(`invalid_request` when it fails the same validation as the HTTP bodies) or one whose handling failed
+(`internal_error`); the socket stays open after an error.
 
 Frames are read while at most one forwarder task streams a turn, so `cancel` works mid-turn; a new `message` or
 `resume` replaces the forwarder. A closed socket stops its forwarder, never the turn.
@@ -99,6 +100,12 @@ class _Connection:
                 await self._send(ErrorFrame(code="invalid_request", message=_summary(e)))
             except CopilotError as e:
                 await self._send(ErrorFrame.of(e))
+            except WebSocketDisconnect:
+                raise
+            except Exception:
+                # One frame's failure (a database blip, a bug) is that frame's error, not the end of the socket.
+                log.exception("a WebSocket frame on session %s failed", self._session_id)
+                await self._send(ErrorFrame(code="internal_error", message="the frame could not be handled; retry"))
 
     def _parse(self, message: Message) -> ClientFrame:
         raw: str | bytes = message.get("text") or message.get("bytes") or b""

@@ -4,7 +4,8 @@ A value that passes these types can be written to Postgres and used in a Redis k
 the first to object (which answered 500, or aborted a stream after its 200). Why each rule exists:
 
 - NUL (U+0000): Postgres refuses it in `text` and `jsonb`, so it is refused in every string that is stored, used
-  as a key, or put in a prompt.
+  as a key, or put in a prompt. So is a lone surrogate (`"\\ud800"` is valid JSON but not UTF-8): pydantic's
+  `str` refuses it, free-form metadata is checked here.
 - Ids: a useChat message id becomes the `client_message_id`, a btree-indexed column (rows above ~2.7 KB fail);
   every id is at most `ID_MAX_CHARS`.
 - Session metadata is jsonb and rides along with every cached session row: at most `METADATA_MAX_BYTES`
@@ -76,15 +77,16 @@ def _check_json(value: Any, path: str, depth: int) -> None:
         raise ValueError(f"{path} nests deeper than {METADATA_MAX_DEPTH} levels")
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str) or "\x00" in key:
-                raise ValueError(f"a key in {path} is not a string without NUL (\\u0000) characters")
+            problem = _text_problem(key) if isinstance(key, str) else "is not a string"
+            if problem:
+                raise ValueError(f"a key in {path} {problem}")
             _check_json(item, f"{path}.{key[:40]}", depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_json(item, f"{path}[{i}]", depth + 1)
     elif isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path} must not contain NUL (\\u0000) characters")
+        if problem := _text_problem(value):
+            raise ValueError(f"{path} {problem}")
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
@@ -95,6 +97,17 @@ def _check_json(value: Any, path: str, depth: int) -> None:
             raise ValueError(f"{path} is not a finite number")
     else:
         raise ValueError(f"{path} is not JSON")
+
+
+def _text_problem(value: str) -> str | None:
+    # Typed fields get this from pydantic's `str`; free-form JSON (`Any`) keeps what the JSON parser made.
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    return None
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -52,6 +53,9 @@ SESSION_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("NUL in a metadata value", {"metadata": {"page": NUL}}, "metadata"),
     ("NUL in a metadata key", {"metadata": {NUL: 1}}, "metadata"),
     ("NUL deep in metadata", {"metadata": {"a": [{"b": ["x", NUL]}]}}, "metadata"),
+    ("a lone surrogate in a metadata key", {"metadata": {"\ud800": 1}}, "metadata"),
+    ("a lone surrogate in a metadata value", {"metadata": {"a": {"b": "x\udfff"}}}, "metadata"),
+    ("a lone surrogate in the title", {"title": "\ud800"}, "title"),
     ("metadata integer above 2^64", {"metadata": {"n": 2**64}}, "metadata"),
     ("metadata integer below -2^63", {"metadata": {"n": -(2**63) - 1}}, "metadata"),
     ("metadata integer above 2^53", {"metadata": {"n": 2**53 + 1}}, "metadata"),
@@ -65,7 +69,9 @@ SESSION_BODIES: list[tuple[str, dict[str, Any], str]] = [
 async def test_bad_session_bodies_are_422_and_write_nothing(
     client: httpx.AsyncClient, db: asyncpg.Connection, what: str, body: dict[str, Any], field: str
 ) -> None:
-    r = await client.post("/api/chat/sessions", json=body, headers=ALICE)
+    # Encoded with \u escapes: a lone surrogate is valid JSON text but cannot be sent as UTF-8.
+    content = json.dumps(body).encode()
+    r = await client.post("/api/chat/sessions", content=content, headers=ALICE | {"content-type": "application/json"})
     assert r.status_code == 422, (what, r.status_code, r.text[:300])
     error = r.json()["error"]
     assert error["code"] == "invalid_request" and field in error["message"], error

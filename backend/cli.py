@@ -8,19 +8,38 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.config import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _serve(args: argparse.Namespace) -> int:
+def server_config(settings: Settings) -> uvicorn.Config:
+    """How `copilot serve` runs uvicorn: the app on the configured interface, request heads bounded in the HTTP
+    protocol (`COPILOT_MAX_HEADER_BYTES`: uvicorn parses heads before the app sees them, so only the protocol can
+    stop reading one)."""
     import uvicorn
 
+    from backend.api.head_limit import head_limited
     from backend.app import create_app
+
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        http=head_limited(settings.max_header_bytes),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
 
     overrides: dict[str, Any] = {}
     if args.dev:
@@ -35,8 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("copilot").warning(
             "development auth is ON: requests without a token act as user %r", settings.dev_user_id
         )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-    return 0
+    server = uvicorn.Server(server_config(settings))
+    server.run()
+    return 0 if server.started else 3  # uvicorn's own exit code for a server that failed to start
 
 
 def _db_upgrade(_: argparse.Namespace) -> int:

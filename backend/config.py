@@ -252,6 +252,10 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=100_000, ge=1)
     """Longest user message accepted."""
 
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest request head (request line and headers), in bytes. `copilot serve` answers 431 and closes the
+    connection as soon as a head passes it, without reading the rest; under another server the app answers 431."""
+
     @field_validator(
         "database_url",
         "redis_url",

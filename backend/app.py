@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import admin, chat, health, operations, panel, sessions, ws
-from backend.api.limits import BodyLimit
+from backend.api.limits import BodyLimit, HeaderLimit
 from backend.config import Settings, startup_warnings
 from backend.errors import CopilotError
 from backend.log_redaction import install_redaction
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="copilot-chat", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(chat.router)

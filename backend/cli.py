@@ -8,12 +8,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from backend.config import Settings
 from backend.log_redaction import install_redaction
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def _configure_logging(level: str) -> None:
@@ -22,11 +25,32 @@ def _configure_logging(level: str) -> None:
     install_redaction()
 
 
-def _serve(args: argparse.Namespace) -> int:
+def server_config(settings: Settings) -> uvicorn.Config:
+    """How `copilot serve` runs uvicorn: the app on the configured interface, request heads bounded in the HTTP
+    protocol (`COPILOT_MAX_HEADER_BYTES`: uvicorn parses heads before the app sees them, so only the protocol can
+    stop reading one)."""
     import uvicorn
 
-    from backend.app import create_app, drain
-    from backend.server import CONNECTIONS_GRACE_SECONDS, DrainingServer
+    from backend.api.head_limit import head_limited
+    from backend.app import create_app
+    from backend.server import CONNECTIONS_GRACE_SECONDS
+
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn keeps our handler (and its redaction) instead of installing its own
+        http=head_limited(settings.max_header_bytes),
+        timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fastapi import FastAPI
+
+    from backend.app import drain
+    from backend.server import DrainingServer
 
     overrides: dict[str, Any] = {}
     if args.dev:
@@ -43,18 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("copilot").warning(
             "development auth is ON: requests without a token act as user %r", settings.dev_user_id
         )
-    app = create_app(settings)
-    # log_config=None: uvicorn keeps our handler (and its redaction) instead of installing its own.
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=None,
-        timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
-    )
-    DrainingServer(config, drain=lambda: drain(app)).run()
-    return 0
+    config = server_config(settings)
+    app = config.app
+    assert isinstance(app, FastAPI)
+    server = DrainingServer(config, drain=lambda: drain(app))
+    server.run()
+    return 0 if server.started else 3  # uvicorn's own exit code for a server that failed to start
 
 
 def _load_settings(**overrides: Any) -> Settings | None:

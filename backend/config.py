@@ -288,6 +288,10 @@ class Settings(BaseSettings):
     rate_limit_admins: bool = False
     """Apply the per-user limits to admins too. Off: admins (and the development-auth user, an admin) are exempt."""
 
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest request head (request line and headers), in bytes. `copilot serve` answers 431 and closes the
+    connection as soon as a head passes it, without reading the rest; under another server the app answers 431."""
+
     @field_validator(
         "database_url",
         "redis_url",

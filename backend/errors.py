@@ -66,6 +66,11 @@ class PayloadTooLarge(CopilotError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(CopilotError):
+    status_code = 431
+    code = "headers_too_large"
+
+
 class ServiceUnavailable(CopilotError):
     status_code = 503
     code = "service_unavailable"

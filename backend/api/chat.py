@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from backend.api.chat_schemas import CancelResult, SendMessage, TurnResult, Usage
 from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
+from backend.api.inputs import StreamCursor
 from backend.api.schemas import MessagePublic
 from backend.auth import Principal
 from backend.chat import protocol
@@ -62,8 +63,8 @@ async def stream_reply(
 async def resume_session_stream(
     session: OwnedSession,
     runtime: RuntimeDep,
-    after: Annotated[str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
-    last_event_id: Annotated[str | None, Header(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+    after: Annotated[StreamCursor | None, Query()] = None,
+    last_event_id: Annotated[StreamCursor | None, Header()] = None,
 ) -> Response:
     """The running reply after a cursor (`Last-Event-ID`, as an EventSource reconnects, or `?after=`), then live;
     204 when idle. Without a cursor (the AI SDK's resume, `useChat({resume: true})`) it starts at `start`; so does
@@ -79,8 +80,8 @@ async def task_stream(
     task_id: str,
     user: CurrentUser,
     runtime: RuntimeDep,
-    after: Annotated[str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
-    last_event_id: Annotated[str | None, Header(pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+    after: Annotated[StreamCursor | None, Query()] = None,
+    last_event_id: Annotated[StreamCursor | None, Header()] = None,
 ) -> StreamingResponse:
     """Replay a turn after a cursor (`Last-Event-ID` or `?after=`; from the start by default), then follow it live.
 

@@ -1,11 +1,16 @@
-"""Bodies of the turn endpoints: a plain `{message}` body and the body `useChat`'s default transport posts."""
+"""Bodies of the turn endpoints: a plain `{message}` body and the body `useChat`'s default transport posts.
+
+Every string here is NUL-free and every id bounded (`backend.api.inputs`); useChat's `messages` are parsed into
+small models, bounded in count and parts, before anything reads them.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from backend.api.inputs import ClientId, OptionalId, Text, no_nul
 from backend.api.schemas import MessagePublic
 from backend.chat.messages import ui_text_of
 from backend.chat.runner import UserMessage
@@ -14,9 +19,33 @@ from backend.chat.runner import UserMessage
 class PageContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(default=None, max_length=2048)
-    content: str | None = Field(default=None, max_length=50_000)
+    url: Annotated[str, StringConstraints(max_length=2048), AfterValidator(no_nul)] | None = None
+    content: Annotated[str, StringConstraints(max_length=50_000), AfterValidator(no_nul)] | None = None
     """What the panel can see of the page the user is on; shown to the model for this turn."""
+
+
+MAX_UI_MESSAGES = 10_000
+MAX_UI_PARTS = 1_000
+
+
+class UIPart(BaseModel):
+    """A part of a useChat `UIMessage`. Only `text` parts are read; other kinds pass through unread."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=200)
+    text: Text | None = None
+
+
+class UIMessage(BaseModel):
+    """A useChat `UIMessage` (AI SDK 5+: `parts`; the older `content` string is read when it has no text part)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: OptionalId | None = None
+    role: Literal["system", "user", "assistant"]
+    parts: list[UIPart] | None = Field(default=None, max_length=MAX_UI_PARTS)
+    content: Text | None = None
 
 
 class SendMessage(BaseModel):
@@ -24,14 +53,14 @@ class SendMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    message: str | None = Field(default=None, min_length=1)
-    client_message_id: str | None = Field(default=None, min_length=1, max_length=200)
+    message: Annotated[str, StringConstraints(min_length=1), AfterValidator(no_nul)] | None = None
+    client_message_id: ClientId | None = None
     """Idempotency key: a resend with the same id joins the same turn instead of starting another."""
     context: PageContext | None = None
 
-    id: str | None = None
+    id: OptionalId | None = None
     """useChat: the chat id (the session id)."""
-    messages: list[dict[str, Any]] | None = None
+    messages: list[UIMessage] | None = Field(default=None, max_length=MAX_UI_MESSAGES)
     """useChat: the UIMessages of the chat; only the last user message is used, history comes from storage."""
     trigger: Literal["submit-message", "regenerate-message"] | None = None
 
@@ -49,10 +78,10 @@ class SendMessage(BaseModel):
         else:
             assert self.messages
             last = self.messages[-1]
-            if last.get("role") != "user":
+            if last.role != "user":
                 raise ValueError("the last message of 'messages' must be a user message")
-            text = ui_text_of(last)
-            client_id = self.client_message_id or (str(last["id"]) if last.get("id") else None)
+            text = ui_text_of(last.model_dump(exclude_none=True))
+            client_id = self.client_message_id or last.id or None
         if not text.strip():
             raise ValueError("the message is empty")
         if len(text) > max_chars:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.api.inputs import Metadata, Title
 from backend.errors import BadRequest
 from backend.store.models import ChatMessage, ChatSession
 
@@ -16,15 +17,16 @@ from backend.store.models import ChatMessage, ChatSession
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    """Free-form data of the host app (e.g. the page the panel was opened on)."""
+    title: Title | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    """Free-form data of the host app (e.g. the page the panel was opened on): JSON of at most 16 KB, 8 levels,
+    integers within ±2^53, no NUL characters."""
 
 
 class SessionUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(max_length=200)
+    title: Title | None
 
 
 class SessionPublic(BaseModel):
@@ -110,9 +112,16 @@ def encode_cursor(session: ChatSession) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The keyset position of a `next_cursor`; `BadRequest` for anything `encode_cursor` could not have made."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         stamp, _, ident = raw.partition("|")
-        return datetime.fromisoformat(stamp), UUID(ident)
-    except ValueError as e:
+        if not raw.isprintable():
+            raise ValueError("control characters")
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        # In UTC now, so a stamp whose offset pushes it past year 1 or 9999 fails here, not in the driver.
+        return when.astimezone(UTC), UUID(ident)
+    except (ValueError, OverflowError) as e:
         raise BadRequest("malformed cursor") from e

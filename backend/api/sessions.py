@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from redis.exceptions import RedisError
 
 from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
+from backend.api.inputs import PG_INT_MAX
 from backend.api.schemas import (
     ActiveTask,
     MessagePublic,
@@ -53,7 +54,7 @@ async def list_sessions(
 async def get_session(
     session: OwnedSession,
     runtime: RuntimeDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=PG_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> SessionDetail:
     """One session with a page of its messages (sequence greater than `after`)."""

@@ -10,7 +10,8 @@ Client frames (`ws_schemas`): `message` (a `SendMessage` body) starts a turn and
 session's running turn (`idle` if none); `ping` → `pong`; `resume {after?}` follows the running turn from a cursor
 or from its start (`idle` if none). Server frames: `chunk {id, chunk}` per AI SDK chunk, `done {task_id}` after
 the turn's end, `heartbeat` while it is silent, and `error {code, message, details?, retry_after?}` for a refused
-client frame; the socket stays open after an error. Opening the socket and each `message` count as one request
+client frame (`invalid_request` when it fails the same validation as the HTTP bodies) or one whose handling failed
+(`internal_error`); the socket stays open after an error. Opening the socket and each `message` count as one request
 against the user's per-minute limit (over it: the socket is closed with 4429, a `message` gets `rate_limited`).
 
 Frames are read while at most one forwarder task streams a turn, so `cancel` works mid-turn; a new `message` or
@@ -103,6 +104,12 @@ class _Connection:
                 await self._send(ErrorFrame(code="invalid_request", message=_summary(e)))
             except CopilotError as e:
                 await self._send(ErrorFrame.of(e))
+            except WebSocketDisconnect:
+                raise
+            except Exception:
+                # One frame's failure (a database blip, a bug) is that frame's error, not the end of the socket.
+                log.exception("a WebSocket frame on session %s failed", self._session_id)
+                await self._send(ErrorFrame(code="internal_error", message="the frame could not be handled; retry"))
 
     async def _receive(self) -> Message:
         """The next client message, or a disconnect once the token expired: the socket is closed with 4401 then.

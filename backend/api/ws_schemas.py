@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from backend.api.chat_schemas import SendMessage
+from backend.api.inputs import StreamCursor
 from backend.errors import CopilotError, RateLimited
 
 # --- client → server ---------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ class ResumeFrame(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["resume"]
-    after: str | None = Field(default=None, pattern=r"^\d{1,20}-\d{1,20}$")
+    after: StreamCursor | None = None
     """The `id` of the last `chunk` frame received."""
 
 

@@ -35,11 +35,12 @@ from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
+from backend.store.operations import OperationStore
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer
-from backend.streams.operations import OperationStore
+from backend.streams.operations import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.tools.registry import ToolRegistry, build_registry
 
@@ -116,7 +117,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         operations = OperationRunner(
             redis=redis,
-            operations=OperationStore(redis),
+            operations=OperationStore(pool),
+            locks=OperationLocks(redis),
             registry=registry,
             store=sessions,
             counter=counter,

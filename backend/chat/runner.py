@@ -27,9 +27,9 @@ from backend.chat.ui_stream import UIStreamTranslator
 from backend.errors import Conflict
 from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts, start_turn
 from backend.store.models import ChatSession, NewMessage
+from backend.store.operations import Operation
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
-from backend.streams.operations import Operation
 from backend.streams.turns import TurnRegistry, TurnStatus
 
 log = logging.getLogger("copilot.runner")

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from backend.auth import Authenticator
 from backend.cancellation import check_cancelled
+from backend.chat.admission import SessionAdmission
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
 from backend.chat.llm import LLMClient, RetryPolicy
@@ -33,6 +34,7 @@ from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
+from backend.store.active_turns import ActiveTurnStore
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
 from backend.store.operations import OperationStore
@@ -153,7 +155,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             engine=engine,
             store=sessions,
             registry=registry,
-            active=ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+            admission=SessionAdmission(
+                ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+                ActiveTurnStore(pool),
+                lease_seconds=settings.turn_lease_seconds,
+            ),
             titles=titles,
             prompt=prompts.current,
             telemetry=observability.telemetry,

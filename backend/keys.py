@@ -60,18 +60,11 @@ def compaction_lock(session_id: UUID) -> str:
     return f"{PREFIX}:{{{session_id}}}:compaction"
 
 
-def operation(operation_id: str) -> str:
-    """Hash: a long-running operation (session, tool call, task id, status)."""
-    return f"{PREFIX}:op:{{{operation_id}}}"
-
-
 def operation_lock(session_id: UUID, tool_name: str, arguments_digest: str) -> str:
-    """String: held while an operation of this tool with these arguments runs in the session (a lease)."""
+    """String: held while an operation of this tool with these arguments runs in the session (a lease; the fast path
+    of the lock in `chat_operations`)."""
     return f"{PREFIX}:{{{session_id}}}:op-lock:{tool_name}:{arguments_digest}"
 
-
-OPERATION_DEADLINES = f"{PREFIX}:op-deadlines"
-"""Sorted set: unfinished operations scored by the time after which they are failed."""
 
 COMPLETIONS = f"{PREFIX}:completions"
 """Stream: completions of long-running operations (from the webhook or from services sharing Redis)."""

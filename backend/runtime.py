@@ -27,6 +27,7 @@ from backend.chat.operations import OperationRunner
 from backend.chat.prompt import default_prompt
 from backend.chat.prompt_source import PromptSource
 from backend.chat.runner import TurnRunner
+from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
@@ -35,14 +36,16 @@ from backend.config import Settings, context_window_of
 from backend.errors import ConfigurationError
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
+from backend.store.active_turns import ActiveTurnStore
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
+from backend.store.operations import OperationStore
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import OperationStore
+from backend.streams.operations import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
 from backend.tools.registry import ToolRegistry, build_registry
@@ -154,7 +157,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         operations = OperationRunner(
             redis=redis,
-            operations=OperationStore(redis),
+            operations=OperationStore(pool),
+            locks=OperationLocks(redis),
             registry=registry,
             store=sessions,
             counter=counter,
@@ -190,7 +194,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             engine=engine,
             store=sessions,
             registry=registry,
-            active=ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+            admission=SessionAdmission(
+                ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+                ActiveTurnStore(pool),
+                lease_seconds=settings.turn_lease_seconds,
+            ),
             titles=titles,
             prompt=prompts.current,
             telemetry=observability.telemetry,
@@ -199,7 +207,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             publish_window_seconds=settings.publish_window_ms / 1000,
             double_texting=settings.double_texting,
             model=llm.model,
-            admission=limits,
+            quota=limits,
         )
         await turns.start()
         stack.push_async_callback(turns.shutdown)

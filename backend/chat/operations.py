@@ -2,20 +2,23 @@
 conversation when the result arrives, on whichever pod receives it.
 
 1. `start` (in the turn): take the lease lock for this session, tool and arguments (held → `operation_in_progress`,
-   nothing runs twice); record the operation; open its task stream; the model gets `operation_started` and the
-   turn ends without waiting. The step stores the tool call with an `operation_pending` result.
+   nothing runs twice) in Redis, then record the operation in Postgres, whose partial unique index is the lock's
+   truth; open its task stream; the model gets `operation_started` and the turn ends without waiting. The step
+   stores the tool call with an `operation_pending` result.
 2. `launch` (once the step is stored): run the tool in the background, renewing the lock. A tool that hands the
    work to an external service returns `{"status": "accepted"}`; the service later calls the webhook.
 3. Every result, in-process or external, goes through the completions stream to `complete` (any pod): claim the
    operation (a duplicate changes nothing), put the result in place of the pending message, start the
    continuation turn on the operation's task stream, settle the operation, release the lock.
+
+The record, its claim, its settlement and its deadline live in Postgres, so a Redis flush loses no operation: the
+webhook still finds it, the completion still lands, and one that never finishes is still failed at its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -23,13 +26,16 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from backend import keys
 from backend.cancellation import check_cancelled
 from backend.chat.tokens import TokenCounter
+from backend.store.operations import Operation, OperationStore
 from backend.store.sessions import SessionStore
 from backend.streams.completions import Completion, publish
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import Operation, OperationStore, lock_key_for
+from backend.streams.operations import OperationLocks, arguments_digest
 from backend.streams.turns import TurnRegistry
 from backend.tools.base import Tool, ToolContext, ToolOutcome, run_tool
 from backend.tools.delegation import Delegation
@@ -59,6 +65,7 @@ class OperationRunner:
         *,
         redis: Redis,
         operations: OperationStore,
+        locks: OperationLocks,
         registry: TurnRegistry,
         store: SessionStore,
         counter: TokenCounter,
@@ -69,6 +76,7 @@ class OperationRunner:
     ) -> None:
         self._redis = redis
         self._ops = operations
+        self._locks = locks
         self._registry = registry
         self._store = store
         self._counter = counter
@@ -90,21 +98,24 @@ class OperationRunner:
     # --- 1. in the turn ------------------------------------------------------------------------------
     async def start(self, tool: Tool[Any], arguments: dict[str, Any], ctx: ToolContext) -> Started:
         operation_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
-        lock_key = lock_key_for(ctx.session_id, tool.name, arguments)
-        if not await self._ops.lock(lock_key, operation_id, ttl_seconds=self._lock_seconds):
-            running = await self._ops.holder(lock_key)
+        digest = arguments_digest(arguments)
+        lock_key = keys.operation_lock(ctx.session_id, tool.name, digest)
+        if not await self._locks.lock(lock_key, operation_id, ttl_seconds=self._lock_seconds):
+            running = await self._locks.holder(lock_key)
             existing = await self._ops.get(running) if running else None
-            output = {
-                "type": "operation_in_progress",
-                "message": f"{tool.name} is already running with these arguments; its result will follow.",
-                "operation_id": running,
-                "task_id": existing.task_id if existing else None,
-            }
-            return Started(ToolOutcome(True, output, None, 0.0), _json(output), None)
-        op = Operation(
-            operation_id, ctx.session_id, ctx.user_id, ctx.tool_call_id, tool.name, task_id, "pending", lock_key
-        )
-        await self._ops.create(op, deadline=time.time() + tool.timeout_seconds + self._lock_seconds)
+            return _in_progress(tool, running, existing.task_id if existing else None)
+        op = Operation(operation_id, ctx.session_id, ctx.user_id, ctx.tool_call_id, tool.name, digest, task_id)
+        try:
+            holder = await self._ops.create(
+                op, deadline_seconds=tool.timeout_seconds + self._lock_seconds, lock_seconds=self._lock_seconds
+            )
+        except BaseException:
+            await self._locks.release_lock(lock_key, operation_id)
+            raise
+        if holder is not None:
+            # Redis had forgotten the lock (flushed or restarted); Postgres had not.
+            await self._locks.release_lock(lock_key, operation_id)
+            return _in_progress(tool, holder.operation_id, holder.task_id)
         await self._registry.create(task_id, str(ctx.session_id), ctx.user_id, lease=False)
         message = f"{tool.name} started; this can take a while. The result will appear here when it is ready."
         output = {"type": "operation_started", "message": message, "operation_id": operation_id, "task_id": task_id}
@@ -125,8 +136,8 @@ class OperationRunner:
             if outcome.ok and isinstance(outcome.output, dict) and outcome.output.get("status") == "accepted":
                 # Delegated: the external service calls the webhook; the lock and the deadline cover the wait.
                 # Both only move if the operation is still open: a fast service's completion may be done already.
-                await self._ops.renew_lock(op.lock_key, op.operation_id, ttl_seconds=self._delegated_timeout)
-                await self._ops.postpone(op.operation_id, seconds=self._delegated_timeout)
+                await self._ops.delegate(op.operation_id, seconds=self._delegated_timeout)
+                await self._renew_fast_path(op, self._delegated_timeout)
                 return
             await publish(
                 self._redis,
@@ -143,7 +154,18 @@ class OperationRunner:
         while True:
             check_cancelled()  # a redis-py call may have swallowed our cancellation: never renew forever
             await asyncio.sleep(self._lock_seconds / 3)
-            await self._ops.renew_lock(op.lock_key, op.operation_id, ttl_seconds=self._lock_seconds)
+            try:
+                await self._ops.renew_lock(op.operation_id, seconds=self._lock_seconds)
+            except Exception:
+                log.warning("operation %s: its lock could not be renewed; trying again", op.operation_id, exc_info=True)
+            await self._renew_fast_path(op, self._lock_seconds)
+
+    async def _renew_fast_path(self, op: Operation, seconds: float) -> None:
+        """Redis only mirrors the lock in Postgres: a failure here costs the shortcut, never the operation."""
+        try:
+            await self._locks.renew_lock(_lock_key(op), op.operation_id, ttl_seconds=seconds)
+        except RedisError:
+            log.warning("operation %s: the lock's fast path could not be renewed", op.operation_id)
 
     # --- 3. the result -------------------------------------------------------------------------------
     async def complete(self, completion: Completion) -> None:
@@ -173,7 +195,7 @@ class OperationRunner:
         if self._continue is not None:
             await self._continue(op)
         await self._ops.settle(op.operation_id, "completed" if completion.success else "failed")
-        await self._ops.release_lock(op.lock_key, op.operation_id)
+        await self._locks.release_lock(_lock_key(op), op.operation_id)
 
     async def fail_overdue(self) -> None:
         """Fail operations past their deadline (the pod running them died, or the service never called back)."""
@@ -191,6 +213,20 @@ class OperationRunner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _in_progress(tool: Tool[Any], operation_id: str | None, task_id: str | None) -> Started:
+    output = {
+        "type": "operation_in_progress",
+        "message": f"{tool.name} is already running with these arguments; its result will follow.",
+        "operation_id": operation_id,
+        "task_id": task_id,
+    }
+    return Started(ToolOutcome(True, output, None, 0.0), _json(output), None)
+
+
+def _lock_key(op: Operation) -> str:
+    return keys.operation_lock(op.session_id, op.tool_name, op.arguments_digest)
 
 
 def _json(value: Any) -> str:

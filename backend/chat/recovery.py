@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 from uuid import UUID
 
 from backend.chat import protocol as p
@@ -17,10 +18,16 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.turn import INTERRUPTED_MARK
 from backend.store.models import NewMessage
 from backend.store.sessions import SessionStore
-from backend.streams.active import ActiveTurns
 from backend.streams.turns import TurnRegistry
 
 log = logging.getLogger("copilot.recovery")
+
+
+class SessionRelease(Protocol):
+    """Frees the session of a turn that was just closed (the Redis pointer, or the pointer and its Postgres anchor)."""
+
+    async def release(self, session_id: UUID, turn_id: str) -> object: ...
+
 
 LOST_OWNER_TEXT = "The reply was interrupted because the server generating it stopped. Please try again."
 
@@ -37,7 +44,7 @@ def closing_chunks(chunks: Sequence[p.Chunk]) -> tuple[list[p.Chunk], str]:
 
 
 async def reap(
-    turn_id: str, *, registry: TurnRegistry, store: SessionStore, active: ActiveTurns, counter: TokenCounter
+    turn_id: str, *, registry: TurnRegistry, store: SessionStore, active: SessionRelease, counter: TokenCounter
 ) -> bool:
     """Close `turn_id` as interrupted if it still runs; True if this call closed it."""
     info = await registry.info(turn_id)

@@ -1,17 +1,19 @@
 """Starting turns and driving them in the background, detached from the HTTP request that asked for them.
 
-`submit` stores the user message (idempotently), claims the session's active-turn pointer and starts the turn as
-a task this pod owns; the request that asked only subscribes to the turn's stream, so a client that disconnects
-does not stop the turn. `_drive` feeds the engine's events through the UI translator into the turn's Redis
-Stream and writes the end exactly once.
+`submit` stores the user message (idempotently), claims the session's active turn (the Redis pointer first, then
+Postgres in the message's own transaction: see `session_admission.py`) and starts the turn as a task this pod owns; the
+request that asked only subscribes to the turn's stream, so a client that disconnects does not stop the turn.
+`_drive` feeds the engine's events through the UI translator into the turn's Redis Stream and writes the end exactly
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,16 +27,16 @@ from backend.chat.open_parts import OpenParts
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
 from backend.chat.recovery import reap
+from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnRequest
 from backend.chat.ui_stream import UIStreamTranslator
 from backend.errors import Conflict
 from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts, start_turn
-from backend.store.models import ChatSession, NewMessage
+from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
+from backend.store.operations import Operation
 from backend.store.sessions import SessionStore
-from backend.streams.active import ActiveTurns
-from backend.streams.operations import Operation
 from backend.streams.turns import TurnRegistry, TurnStatus, TurnVanished, position_of
 
 log = logging.getLogger("copilot.runner")
@@ -77,7 +79,7 @@ class TurnRunner:
         engine: TurnEngine,
         store: SessionStore,
         registry: TurnRegistry,
-        active: ActiveTurns,
+        admission: SessionAdmission,
         titles: TitleWriter,
         prompt: Callable[[], SystemPrompt],
         counter: TokenCounter,
@@ -86,12 +88,12 @@ class TurnRunner:
         double_texting: DoubleTexting = "reject",
         telemetry: Telemetry | None = None,
         model: str = "",
-        admission: TurnAdmission | None = None,
+        quota: TurnAdmission | None = None,
     ) -> None:
         self._engine = engine
         self._store = store
         self._registry = registry
-        self._active = active
+        self._admission = admission
         self._titles = titles
         self._prompt = prompt
         self._counter = counter
@@ -100,12 +102,14 @@ class TurnRunner:
         self._double_texting = double_texting
         self._telemetry = telemetry or NullTelemetry()
         self._model = model
-        self._admission = admission or Unlimited()
+        self._quota = quota or Unlimited()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._publishers: dict[str, TurnPublisher] = {}
         """The turns this pod runs, for followers on this pod (read from memory, not from Redis)."""
         self._supervisor: asyncio.Task[None] | None = None
         self._draining = False
+        self._anchored: dict[str, uuid.UUID] = {}
+        """This pod's turns that hold their session in Postgres (turn id → session id): the leases it renews."""
 
     async def submit(
         self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool, limited: bool = True
@@ -115,26 +119,48 @@ class TurnRunner:
         turn_id = _turn_id(session.id, message.client_message_id)
         if await self._registry.info(turn_id) is not None:
             return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
-        while not await self._active.claim(session.id, turn_id):
-            current = await self._active.current(session.id)
-            if current == turn_id:
-                return Submitted(turn_id, None, repeated=True)
-            if current is None:
-                continue  # released between our claim and our read: try again
-            await self._make_way(session.id, current)
+        admission = self._admission
+        while True:
+            while not await admission.claim_fast(session.id, turn_id):
+                current = await admission.current(session.id)
+                if current == turn_id:
+                    return Submitted(turn_id, None, repeated=True)
+                if current is None:
+                    continue  # released between our claim and our read: try again
+                await self._make_way(session.id, current)
+            try:
+                # After a resend was recognised (it takes no second slot), before anything is stored.
+                await self._quota.admit(user_id, turn_id, enforce=limited)
+            except BaseException:
+                await admission.drop_fast(session.id, turn_id)
+                raise
+            try:
+                stored = await self._store.append(
+                    session.id,
+                    [
+                        NewMessage(
+                            "user",
+                            message.text,
+                            client_message_id=message.client_message_id,
+                            token_count=self._counter.count_message({"role": "user", "content": message.text}),
+                        )
+                    ],
+                    claim=admission.claim(turn_id),
+                )
+            except ActiveTurnHeld as held:
+                # Redis had forgotten the running turn (flushed, or restarted without its data); Postgres had not.
+                await admission.drop_fast(session.id, turn_id)
+                if held.turn_id == turn_id:
+                    return Submitted(turn_id, None, repeated=True)  # its slot is that running turn's
+                await self._quota.release(user_id, turn_id)
+                await self._make_way(session.id, held.turn_id)
+                continue
+            except BaseException:
+                await self._quota.release(user_id, turn_id)
+                await admission.drop_fast(session.id, turn_id)
+                raise
+            break
         try:
-            await self._admission.admit(user_id, turn_id, enforce=limited)
-            stored = await self._store.append(
-                session.id,
-                [
-                    NewMessage(
-                        "user",
-                        message.text,
-                        client_message_id=message.client_message_id,
-                        token_count=self._counter.count_message({"role": "user", "content": message.text}),
-                    )
-                ],
-            )
             user = stored.messages[0]
             # A message stored before whose turn is unknown (expired, or its pod died before starting it) is
             # answered now only if nothing answered it yet.
@@ -143,8 +169,8 @@ class TurnRunner:
                 raise Conflict("this message was already answered", message_id=str(user.id))
             await self._registry.create(turn_id, str(session.id), user_id)
         except BaseException:
-            await self._admission.release(user_id, turn_id)
-            await self._active.release(session.id, turn_id)
+            await self._quota.release(user_id, turn_id)
+            await admission.release(session.id, turn_id)
             raise
         request = TurnRequest(
             turn_id=turn_id,
@@ -169,16 +195,16 @@ class TurnRunner:
             return
         # enqueue: wait for the running turn to end (its lease bounds the wait if its pod dies)
         deadline = asyncio.get_running_loop().time() + self._turn_max_seconds + self._registry.lease_seconds * 2
-        while await self._active.current(session_id) == current:
+        while await self._admission.current(session_id) == current:
             if asyncio.get_running_loop().time() > deadline:
                 raise Conflict("the previous reply did not finish in time", active_task_id=current)
-            if await self._registry.lease_expired(current):
-                await self._reap(current)
+            if await self._lease_lapsed(session_id, current):
+                await self._reap(current, session_id)
             await asyncio.sleep(0.05)
 
     async def cancel(self, session_id: uuid.UUID) -> str | None:
         """Stop the session's running turn from any pod; returns its task id once it has ended (None if idle)."""
-        turn_id = await self._active.current(session_id)
+        turn_id = await self._admission.current(session_id)
         if turn_id is None:
             return None
         task = self._tasks.get(turn_id)
@@ -189,10 +215,10 @@ class TurnRunner:
         for _ in range(int(_CANCEL_WAIT_SECONDS / 0.05)):
             # The owner frees the session last (after storing the partial reply and writing the end): once it has,
             # a new message is accepted at once.
-            if await self._active.current(session_id) != turn_id:
+            if await self._admission.current(session_id) != turn_id:
                 break
-            if await self._registry.lease_expired(turn_id):
-                await self._reap(turn_id)
+            if await self._lease_lapsed(session_id, turn_id):
+                await self._reap(turn_id, session_id)
             await asyncio.sleep(0.05)
         return turn_id
 
@@ -270,17 +296,61 @@ class TurnRunner:
                     task = self._tasks.get(turn_id)
                     if task is not None:
                         _stop(task)
-                if loop.time() >= next_renewal:
-                    next_renewal = loop.time() + renew_every
-                    await self._registry.renew(self._tasks)
-                    for turn_id in await self._registry.expired():
-                        if turn_id not in self._tasks:
-                            await self._reap(turn_id)
             except Exception:
-                log.exception("turn supervisor tick failed")
+                log.exception("turn supervisor: polling stop requests failed")
+            if loop.time() >= next_renewal:
+                next_renewal = loop.time() + renew_every
+                # Each step on its own: Redis being away must not keep the Postgres leases from being renewed.
+                # Postgres first, so a turn's Redis lease never lapses before its Postgres one: whoever closes a turn
+                # when its Redis lease lapsed can free its session at once.
+                await self._guarded("renewing leases in Postgres", self._renew_anchors())
+                await self._guarded("renewing leases in Redis", self._registry.renew(self._tasks))
+                await self._guarded("closing turns of dead pods", self._reap_expired())
 
-    async def _reap(self, turn_id: str) -> None:
-        await reap(turn_id, registry=self._registry, store=self._store, active=self._active, counter=self._counter)
+    async def _guarded(self, what: str, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("turn supervisor: %s failed", what)
+
+    async def _renew_anchors(self) -> None:
+        anchored = dict(self._anchored)
+        held = await self._admission.renew(anchored)
+        for turn_id in anchored.keys() - held:
+            if turn_id in self._anchored:  # not ended meanwhile
+                log.warning("turn %s no longer holds its session in Postgres (its lease lapsed)", turn_id)
+
+    async def _reap_expired(self) -> None:
+        """Close turns whose owner stopped renewing: listed by their Redis lease, and (what a Redis flush cannot
+        hide) by their Postgres lease."""
+        for turn_id in await self._registry.expired():
+            if turn_id not in self._tasks:
+                await self._reap(turn_id)
+        for session_id, turn_id in await self._admission.lapsed():
+            # A turn whose Redis lease is still fresh has a live owner (only Postgres was out of its reach).
+            if turn_id not in self._tasks and await self._lease_lapsed(session_id, turn_id):
+                await self._reap(turn_id, session_id)
+
+    async def _lease_lapsed(self, session_id: uuid.UUID, turn_id: str) -> bool:
+        """The turn's owner stopped renewing it: its Redis lease says so, or, when Redis knows no lease for it
+        (a flush), its Postgres lease does."""
+        deadline = await self._registry.lease_deadline(turn_id)
+        if deadline is not None:
+            return deadline < time.time()
+        return await self._admission.anchor_lapsed(session_id, turn_id)
+
+    async def _reap(self, turn_id: str, session_id: uuid.UUID | None = None) -> None:
+        """Close a turn whose owner died and free its session. With `session_id` (a turn found through its
+        Postgres lease), the session is freed even when Redis no longer knows the turn."""
+        closed = await reap(
+            turn_id,
+            registry=self._registry,
+            store=self._store,
+            active=self._admission.for_reaping(),
+            counter=self._counter,
+        )
+        if not closed and session_id is not None and await self._admission.release_lapsed(session_id, turn_id):
+            log.warning("turn %s lost its owner and Redis lost its stream; its session is free again", turn_id)
 
     async def continue_operation(self, op: Operation) -> None:
         """Go on with the conversation after a long-running operation finished: a turn without a new user message,
@@ -289,25 +359,36 @@ class TurnRunner:
         if op.task_id in self._tasks or (info is not None and info.status != "running"):
             return
         deadline = asyncio.get_running_loop().time() + self._turn_max_seconds + self._registry.lease_seconds * 2
-        while not await self._active.claim(op.session_id, op.task_id):
-            current = await self._active.current(op.session_id)
+        while True:
+            current: str | None
+            if await self._admission.claim_fast(op.session_id, op.task_id):
+                current = await self._admission.claim_anchor(op.session_id, op.task_id)
+                if current is None:
+                    break
+                await self._admission.drop_fast(op.session_id, op.task_id)  # Redis had forgotten `current`
+            else:
+                current = await self._admission.current(op.session_id)
             if current == op.task_id:
                 return  # another pod is running it
-            if current is not None and await self._registry.lease_expired(current):
-                await self._reap(current)
+            if current is not None and await self._lease_lapsed(op.session_id, current):
+                await self._reap(current, op.session_id)
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"session {op.session_id} stayed busy; the continuation is retried later")
             await asyncio.sleep(0.1)
         # Read again: another pod (one that took this completion over while we waited) may have run and ended the
         # continuation in the meantime; it ends the stream before it frees the session.
-        info = await self._registry.info(op.task_id)
-        if info is not None and info.status != "running":
-            await self._active.release(op.session_id, op.task_id)
-            return
-        if info is None:  # the task stream expired while the operation ran
-            await self._registry.create(op.task_id, str(op.session_id), op.user_id)
-        else:
-            await self._registry.adopt(op.task_id)
+        try:
+            info = await self._registry.info(op.task_id)
+            if info is not None and info.status != "running":
+                await self._admission.release(op.session_id, op.task_id)
+                return
+            if info is None:  # the task stream expired while the operation ran (or Redis lost it)
+                await self._registry.create(op.task_id, str(op.session_id), op.user_id)
+            else:
+                await self._registry.adopt(op.task_id)
+        except BaseException:
+            await self._admission.release(op.session_id, op.task_id)
+            raise
         note = (
             f'<operation_finished tool="{op.tool_name}" operation_id="{op.operation_id}">The long-running operation '
             "has finished; its result is now in the tool message above. Tell the user what came of it."
@@ -317,12 +398,12 @@ class TurnRunner:
             turn_id=op.task_id, session_id=op.session_id, user_id=op.user_id, is_authenticated=True, note=note
         )
         # Never refused: the operation's result is stored already and must be told; the turn still holds a slot.
-        await self._admission.admit(op.user_id, op.task_id, enforce=False)
+        await self._quota.admit(op.user_id, op.task_id, enforce=False)
         self._start(request, "")
 
     async def active_task(self, session_id: uuid.UUID) -> tuple[str, TurnStatus] | None:
         """The session's running turn (task id and status), if any."""
-        turn_id = await self._active.current(session_id)
+        turn_id = await self._admission.current_fast(session_id)
         if turn_id is None:
             return None
         info = await self._registry.info(turn_id)
@@ -379,6 +460,7 @@ class TurnRunner:
             on_cancel_requested=lambda: _stop(task),
         )
         self._publishers[turn_id] = publisher
+        self._anchored[turn_id] = req.session_id
         task = asyncio.create_task(
             self._drive(req, message_text, publisher), name=f"turn-{turn_id}", context=billed_context(req.user_id)
         )
@@ -386,6 +468,7 @@ class TurnRunner:
 
         def done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(turn_id, None)
+            self._anchored.pop(turn_id, None)
             if self._publishers.get(turn_id) is publisher:
                 del self._publishers[turn_id]
             publisher.abandon()
@@ -444,12 +527,20 @@ class TurnRunner:
             await asyncio.shield(self._finish(req, publisher, status))
 
     async def _finish(self, req: TurnRequest, publisher: TurnPublisher, status: TurnStatus) -> None:
+        # Everything the turn stores is stored: free the session in Postgres before the end reaches the followers,
+        # so a client that sends its next message on `[DONE]` finds it free. The Redis pointer goes last.
+        self._anchored.pop(req.turn_id, None)  # no renewal after this point
+        try:
+            await self._admission.release_anchor(req.session_id, req.turn_id)
+        except Exception:
+            # Its lease is no longer renewed: the session is freed when it lapses (the supervisor reaps it).
+            log.exception("turn %s: could not free its session; it frees when its lease lapses", req.turn_id)
         try:
             # The slot goes back before the end is written: a client that saw the end may start another turn at once.
-            await self._admission.release(req.user_id, req.turn_id)
+            await self._quota.release(req.user_id, req.turn_id)
             await publisher.close(status)
         finally:
-            await self._active.release(req.session_id, req.turn_id)
+            await self._admission.drop_fast(req.session_id, req.turn_id)
 
 
 def _stop(task: asyncio.Task[None]) -> None:

@@ -95,3 +95,20 @@ class AppendResult:
     """Client message ids that were already stored (nothing new was written for them)."""
     session: ChatSession | None = None
     """The session row as the append's transaction left it (message count and token totals included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveTurnClaim:
+    """Ask an append to also claim the session's active turn, in the same transaction: it succeeds when no turn
+    holds the session or the holder's lease lapsed. The id is opaque to the store."""
+
+    turn_id: str
+    lease_seconds: float
+
+
+class ActiveTurnHeld(Exception):
+    """The session's active turn is held by `turn_id` (its lease has not lapsed); nothing was written."""
+
+    def __init__(self, turn_id: str) -> None:
+        super().__init__(f"the session's active turn is held by {turn_id}")
+        self.turn_id = turn_id

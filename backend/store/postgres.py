@@ -1,4 +1,5 @@
-"""Postgres access for sessions and messages: the source of truth. Every query of the service's tables is here.
+"""Postgres access for sessions and messages: the source of truth. Every query of those tables is here, but the
+session's active turn (`active_turns.py`; only its claim rides in the append below).
 
 Messages are append-only. An append locks the session row, allocates the next sequences from its counter and
 inserts the rows in one transaction, so concurrent writers get gap-free, unique sequences (never "save
@@ -22,7 +23,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import orjson
 
-from backend.store.models import AppendResult, ChatMessage, ChatSession, NewMessage
+from backend.store.models import ActiveTurnClaim, ActiveTurnHeld, AppendResult, ChatMessage, ChatSession, NewMessage
 
 _SESSION_COLUMNS = (
     "id, user_id, title, metadata, message_count, prompt_tokens, completion_tokens, created_at, updated_at, "
@@ -66,8 +67,11 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     return pool
 
 
+_SESSION_FIELDS = tuple(c.strip() for c in _SESSION_COLUMNS.split(","))
+
+
 def _session(row: asyncpg.Record) -> ChatSession:
-    return ChatSession(**dict(row.items()))
+    return ChatSession(**{name: row[name] for name in _SESSION_FIELDS})
 
 
 def _message(row: asyncpg.Record) -> ChatMessage:
@@ -144,19 +148,28 @@ class ChatRepository:
         *,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        claim: ActiveTurnClaim | None = None,
     ) -> AppendResult:
         """Append `messages` (and add usage to the session totals) in one transaction; the result carries the
         session row as that transaction left it.
 
         A message whose `client_message_id` is already stored is not written again: the stored row is returned in
         its place and its id is listed in `duplicates`. Raises `LookupError` when the session does not exist.
+
+        With `claim`, the same transaction claims the session's active turn (no extra round trip: the row is
+        read and written anyway). If another id holds it under a live lease, or `claim.turn_id` itself does,
+        `ActiveTurnHeld` is raised and nothing is written.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             session = await conn.fetchrow(
-                f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE", session_id
+                f"SELECT {_SESSION_COLUMNS}, active_turn_id, active_turn_until > now() AS active_turn_live "
+                "FROM chat_sessions WHERE id = $1 FOR UPDATE",
+                session_id,
             )
             if session is None:
                 raise LookupError(f"session {session_id} does not exist")
+            if claim is not None and session["active_turn_id"] is not None and session["active_turn_live"]:
+                raise ActiveTurnHeld(session["active_turn_id"])
             last: int = session["message_count"]
             client_ids = [m.client_message_id for m in messages if m.client_message_id is not None]
             existing: dict[str, ChatMessage] = {}
@@ -188,16 +201,24 @@ class ChatRepository:
                     [m.token_count for m in fresh],
                 )
                 inserted = {r["sequence"]: _message(r) for r in rows}
-            if fresh or prompt_tokens or completion_tokens:
+            wrote = bool(fresh or prompt_tokens or completion_tokens)
+            if wrote or claim is not None:
+                # Without a claim $6 and $7 are NULL and the active turn stays as it is.
                 session = await conn.fetchrow(
                     "UPDATE chat_sessions SET message_count = $2, prompt_tokens = prompt_tokens + $3, "
-                    "completion_tokens = completion_tokens + $4, live_tokens = live_tokens + $5, updated_at = now() "
+                    "completion_tokens = completion_tokens + $4, live_tokens = live_tokens + $5, "
+                    "updated_at = CASE WHEN $8 THEN now() ELSE updated_at END, "
+                    "active_turn_id = coalesce($6, active_turn_id), "
+                    "active_turn_until = coalesce(now() + make_interval(secs => $7), active_turn_until) "
                     f"WHERE id = $1 RETURNING {_SESSION_COLUMNS}",
                     session_id,
                     last + len(fresh),
                     prompt_tokens,
                     completion_tokens,
                     sum(m.token_count for m in fresh),
+                    claim.turn_id if claim else None,
+                    claim.lease_seconds if claim else None,
+                    wrote,
                 )
         ordered_new = iter(inserted[s] for s in sorted(inserted))
         result = [

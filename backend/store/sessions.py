@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from backend.errors import NotFound
 from backend.store.cache import SessionCache
-from backend.store.models import AppendResult, ChatMessage, ChatSession, MessageRow, NewMessage
+from backend.store.models import ActiveTurnClaim, AppendResult, ChatMessage, ChatSession, MessageRow, NewMessage
 from backend.store.postgres import ChatRepository
 
 log = logging.getLogger("copilot.sessions")
@@ -78,11 +78,13 @@ class SessionStore:
         *,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        claim: ActiveTurnClaim | None = None,
     ) -> AppendResult:
-        """Append messages (the caller has checked ownership). Idempotent per client message id."""
+        """Append messages (the caller has checked ownership). Idempotent per client message id. With `claim`,
+        also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is taken)."""
         try:
             result = await self._repo.append_messages(
-                session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, claim=claim
             )
         except LookupError as e:
             raise NotFound("session not found") from e

@@ -147,7 +147,8 @@ class CompletionConsumer:
                 await self.step(handler)
                 backoff = 0.5
             except ResponseError as e:
-                if "NOGROUP" not in str(e):
+                # NOGROUP: the group is gone. UNBLOCKED (Redis 7): the stream was deleted under a blocked read.
+                if not str(e).startswith(("NOGROUP", "UNBLOCKED")):
                     raise
                 log.warning("completion group missing (Redis flushed or restarted?); creating it again")
                 await self.ensure_group()

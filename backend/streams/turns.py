@@ -203,8 +203,14 @@ class TurnRegistry:
         return [i.decode() for i in ids]
 
     async def lease_expired(self, turn_id: str) -> bool:
-        deadline = await self._redis.zscore(keys.TURN_LEASES, turn_id)
+        deadline = await self.lease_deadline(turn_id)
         return deadline is not None and deadline < time.time()
+
+    async def lease_deadline(self, turn_id: str) -> float | None:
+        """When the turn's lease lapses unless renewed; None when Redis holds no lease for it (not running, never
+        leased, or forgotten by a flush)."""
+        deadline = await self._redis.zscore(keys.TURN_LEASES, turn_id)
+        return None if deadline is None else float(deadline)
 
     async def request_cancel(self, turn_id: str) -> None:
         await self._redis.set(keys.turn_cancel(turn_id), 1, px=self._ttl_ms)

@@ -1,4 +1,4 @@
-"""Long-running tools for the operation tests, loaded with `tools=["tests.chat.long_tools:registry"]`.
+"""Long-running tools (and a slow ordinary one) for the operation tests: `tools=["tests.chat.long_tools:registry"]`.
 
 `registry` is a factory, so each app gets fresh tools and a test reads what they did from its own app
 (`runtime.tools.get("slow_echo")`).
@@ -74,5 +74,21 @@ class GatedDelegation(Tool[EchoArgs]):
         return accepted
 
 
+class PauseArgs(BaseModel):
+    seconds: float = 1.0
+
+
+class Pause(Tool[PauseArgs]):
+    """An ordinary tool (the turn waits for it) that takes a while: something to do things to in the middle of."""
+
+    name = "pause"
+    description = "Wait a moment."
+    args_model = PauseArgs
+
+    async def execute(self, args: PauseArgs, ctx: ToolContext) -> Any:
+        await asyncio.sleep(args.seconds)
+        return {"paused": args.seconds}
+
+
 def registry() -> ToolRegistry:
-    return ToolRegistry([SlowEcho(), FailingJob(), GatedDelegation()])
+    return ToolRegistry([SlowEcho(), FailingJob(), GatedDelegation(), Pause()])

@@ -113,9 +113,11 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15)
         await asyncio.sleep(0.02)
 
 
-async def operation(redis: Redis, operation_id: str) -> dict[str, str]:
-    raw: Any = await redis.hgetall(keys.operation(operation_id))
-    return {k.decode(): v.decode() for k, v in raw.items()}
+async def operation(db: asyncpg.Connection, operation_id: str) -> dict[str, Any]:
+    """The operation's row in Postgres, with the key of its lock's fast path in Redis."""
+    row = await db.fetchrow("SELECT * FROM chat_operations WHERE id = $1", operation_id)
+    assert row is not None, operation_id
+    return {**row, "lock_key": keys.operation_lock(row["session_id"], row["tool_name"], row["arguments_digest"])}
 
 
 async def tool_message(db: asyncpg.Connection, sid: str) -> Any:
@@ -128,8 +130,8 @@ async def replies(db: asyncpg.Connection, sid: str) -> int:
     return sum(r["role"] == "assistant" and not r["tool_calls"] for r in await stored(db, sid))
 
 
-async def settled(redis: Redis, operation_id: str) -> bool:
-    return (await operation(redis, operation_id)).get("status") in ("completed", "failed")
+async def settled(db: asyncpg.Connection, operation_id: str) -> bool:
+    return (await operation(db, operation_id))["status"] in ("completed", "failed")
 
 
 async def drained(redis: Redis) -> bool:
@@ -196,7 +198,7 @@ async def test_delegated_report_end_to_end(
     assert (pending["operation_id"], pending["task_id"]) == (op_id, task_id)
     assert op_id in rows[3]["content"]  # the model was told it runs in the background (and said so)
 
-    op = await operation(redis, op_id)
+    op = await operation(db, op_id)
     assert op["status"] == "pending" and op["tool_call_id"] == call["id"] and op["task_id"] == task_id
     await wait_for(lambda: _has_jobs(redis, 1))  # the job goes out once the step is stored
     [job] = await jobs(redis)
@@ -225,10 +227,10 @@ async def test_delegated_report_end_to_end(
     assert messages[-1]["role"] == "user"
     assert messages[-1]["content"].startswith(f'<operation_finished tool="generate_report" operation_id="{op_id}">')
 
-    await wait_for(lambda: settled(redis, op_id))
-    assert (await operation(redis, op_id))["status"] == "completed"
+    await wait_for(lambda: settled(db, op_id))
+    assert (await operation(db, op_id))["status"] == "completed"
     assert not await redis.exists(op["lock_key"])  # released after success
-    assert await redis.zscore(keys.OPERATION_DEADLINES, op_id) is None
+    assert (await operation(db, op_id))["settled_at"] is not None  # no deadline any more
     replay = await continuation(follow(client, task_id))  # the finished stream replays whole
     assert text_of(replay) == text_of(body)
 
@@ -253,7 +255,7 @@ async def test_the_result_reaches_a_client_that_connects_after_it_arrived(
     started = await start_operation(client, sid, REPORT)
     await wait_for(lambda: _has_jobs(redis, 1))
     assert await run_worker(redis, live.url) == 1
-    await wait_for(lambda: settled(redis, started["operation_id"]))
+    await wait_for(lambda: settled(db, started["operation_id"]))
     await wait_for(lambda: _replies(db, sid, 2))
     body = await continuation(follow(client, started["task_id"]))  # nobody watched it live
     assert (await stored(db, sid))[-1]["content"] == text_of(body)
@@ -272,7 +274,7 @@ async def test_in_process_tool_result_continues_the_conversation(
     began = time.monotonic()
     started = await start_operation(client, sid, '[[mock:tool name=slow_echo args={"text": "hello", "seconds": 1}]]')
     assert time.monotonic() - began < 1.0  # the turn did not wait for the tool
-    op = await operation(redis, started["operation_id"])
+    op = await operation(db, started["operation_id"])
     assert op["status"] == "pending"
     assert await redis.get(op["lock_key"]) == started["operation_id"].encode()
 
@@ -283,8 +285,8 @@ async def test_in_process_tool_result_continues_the_conversation(
     assert (await stored(db, sid))[-1]["content"] == text_of(body)
     continuation_request = turn_calls(mock_llm)[-1]["messages"]
     assert any(m["role"] == "tool" and orjson.loads(m["content"]) == {"echo": "hello"} for m in continuation_request)
-    await wait_for(lambda: settled(redis, started["operation_id"]))
-    assert (await operation(redis, started["operation_id"]))["status"] == "completed"
+    await wait_for(lambda: settled(db, started["operation_id"]))
+    assert (await operation(db, started["operation_id"]))["status"] == "completed"
     assert not await redis.exists(op["lock_key"])  # released after success
 
 
@@ -296,7 +298,7 @@ async def test_a_failing_tool_stores_a_structured_error_and_still_continues(
     assert isinstance(tool, FailingJob)
     sid = await new_session(client)
     started = await start_operation(client, sid, '[[mock:tool name=failing_job args={"text": "x", "seconds": 0.2}]]')
-    op = await operation(redis, started["operation_id"])
+    op = await operation(db, started["operation_id"])
 
     body = await continuation(follow(client, started["task_id"]))
     await wait_for(lambda: _replies(db, sid, 2))
@@ -304,8 +306,8 @@ async def test_a_failing_tool_stores_a_structured_error_and_still_continues(
     assert await tool_message(db, sid) == error
     assert (await stored(db, sid))[-1]["content"] == text_of(body)
     assert any(m["role"] == "tool" and "operation_failed" in m["content"] for m in turn_calls(mock_llm)[-1]["messages"])
-    await wait_for(lambda: settled(redis, started["operation_id"]))
-    assert (await operation(redis, started["operation_id"]))["status"] == "failed"
+    await wait_for(lambda: settled(db, started["operation_id"]))
+    assert (await operation(db, started["operation_id"]))["status"] == "failed"
     assert not await redis.exists(op["lock_key"])  # released after failure
     assert tool.calls == ["x"]
 
@@ -359,7 +361,7 @@ async def test_resend_during_an_in_process_operation_runs_the_tool_once(
     _, body = await send(client, sid, message)
     assert tool_output(body)["type"] == "operation_in_progress"
     await continuation(follow(client, started["task_id"]))
-    await wait_for(lambda: settled(redis, started["operation_id"]))
+    await wait_for(lambda: settled(db, started["operation_id"]))
     assert tool.calls == ["once"]
 
     # Once it is over, the same call starts a new operation.
@@ -387,7 +389,7 @@ async def test_webhook_accepts_a_signed_completion_once(
     assert response.status_code == 202
     assert response.json() == {"operation_id": op_id, "status": "accepted"}
     await continuation(follower)
-    await wait_for(lambda: settled(redis, op_id))
+    await wait_for(lambda: settled(db, op_id))
     await wait_for(lambda: _replies(db, sid, 2))
     rows_before, calls_before = await stored(db, sid), len(turn_calls(mock_llm))
 
@@ -404,7 +406,7 @@ async def test_webhook_accepts_a_signed_completion_once(
     assert await stored(db, sid) == rows_before  # no second update, no second continuation
     assert await tool_message(db, sid) == {"summary": "cats are great"}
     assert len(turn_calls(mock_llm)) == calls_before
-    assert (await operation(redis, op_id))["status"] == "completed"
+    assert (await operation(db, op_id))["status"] == "completed"
     assert await redis.xlen(keys.COMPLETIONS_DEAD) == 0
 
 
@@ -460,7 +462,7 @@ async def test_webhook_refuses_bad_requests(
 
     assert await redis.xlen(keys.COMPLETIONS) == 0  # nothing was enqueued
     assert await redis.keys(keys.webhook_delivery("*")) == []  # no delivery id of a refused request was recorded
-    assert (await operation(redis, op_id))["status"] == "pending"
+    assert (await operation(db, op_id))["status"] == "pending"
     assert (await tool_message(db, sid))["type"] == "operation_pending"
     # The genuine delivery still goes through: nothing above used it up.
     assert (await client.post(url, content=body, headers=headers)).status_code == 202
@@ -493,13 +495,13 @@ async def test_a_delivery_redirected_to_another_users_operation_is_refused(
     # Alice's own delivery goes through; Bob's operation stays as it was.
     assert (await client.post(webhook_url(alice["operation_id"]), content=body, headers=headers)).status_code == 202
     await continuation(follow(client, alice["task_id"]))
-    await wait_for(lambda: settled(redis, alice["operation_id"]))
+    await wait_for(lambda: settled(db, alice["operation_id"]))
     await wait_for(lambda: drained(redis))
     await asyncio.sleep(0.3)
     assert await tool_message(db, alice_sid) == {"for": "alice"}
     assert await tool_message(db, bob_sid) == bob_pending
     assert bob_pending["type"] == "operation_pending"
-    assert (await operation(redis, bob["operation_id"]))["status"] == "pending"
+    assert (await operation(db, bob["operation_id"]))["status"] == "pending"
     assert await replies(db, bob_sid) == 1  # no continuation for Bob
     assert len(turn_calls(mock_llm)) == calls_before + 1  # Alice's continuation only
 
@@ -527,7 +529,7 @@ async def test_one_delivery_sent_500_times_is_enqueued_once(
     assert await redis.xlen(keys.COMPLETIONS) == 1
 
     await continuation(follow(client, started["task_id"]))
-    await wait_for(lambda: settled(redis, op_id))
+    await wait_for(lambda: settled(db, op_id))
     assert await tool_message(db, sid) == {"once": True}
     assert len(turn_calls(mock_llm)) == calls_before + 1
     ttl = await redis.pttl(keys.webhook_delivery(headers[webhooks.DELIVERY_HEADER]))
@@ -547,7 +549,7 @@ async def test_the_completions_stream_stays_within_its_bound(
             assert (await post_webhook(client, op_id, {"success": True, "result": i})).status_code == 202
         slack = await node_size(redis)
         assert bound <= await redis.xlen(keys.COMPLETIONS) <= bound + slack
-        await wait_for(lambda: settled(redis, op_id))
+        await wait_for(lambda: settled(db, op_id))
         assert await tool_message(db, sid) == 0  # the first one, handled before it could be trimmed
 
 
@@ -600,17 +602,17 @@ async def test_a_fast_service_whose_webhook_beats_the_tool_changes_nothing_after
     started = await start_operation(client, sid, '[[mock:tool name=gated_delegation args={"text": "quick"}]]')
     op_id = started["operation_id"]
     await wait_for(lambda: _has_jobs(redis, 1, "gated"))  # the service has the job; the tool has not returned
-    op = await operation(redis, op_id)
+    op = await operation(db, op_id)
 
     assert (await post_webhook(client, op_id, {"success": True, "result": {"v": 1}})).status_code == 202
     await continuation(follow(client, started["task_id"]))
-    await wait_for(lambda: settled(redis, op_id))
+    await wait_for(lambda: settled(db, op_id))
     assert not await redis.exists(op["lock_key"])
 
     tool.gate.set()  # now the tool returns `accepted`
     await asyncio.sleep(0.5)
-    assert (await operation(redis, op_id))["status"] == "completed"
-    assert await redis.zscore(keys.OPERATION_DEADLINES, op_id) is None
+    assert (await operation(db, op_id))["status"] == "completed"
+    assert (await operation(db, op_id))["settled_at"] is not None  # no deadline any more
     assert not await redis.exists(op["lock_key"])
     assert (await post_webhook(client, op_id, {"success": True, "result": {"v": 2}})).status_code == 202
     await wait_for(lambda: drained(redis))
@@ -643,7 +645,7 @@ async def test_a_completion_taken_by_a_pod_that_died_is_finished_by_another_once
     assert await runtime_of(live).operations.store.claim(op_id, stale_after_seconds=60) == "claimed"
 
     await continuation(follower)  # after `reclaim_idle` the live pod takes it over
-    await wait_for(lambda: settled(redis, op_id))
+    await wait_for(lambda: settled(db, op_id))
     await wait_for(lambda: drained(redis))
     await asyncio.sleep(0.3)
     assert await tool_message(db, sid) == {"from": "dead pod"}
@@ -653,7 +655,7 @@ async def test_a_completion_taken_by_a_pod_that_died_is_finished_by_another_once
 
 
 async def test_a_crashed_operation_frees_its_lock_after_the_lease(
-    ops: tuple[httpx.AsyncClient, LiveServer], redis: Redis
+    ops: tuple[httpx.AsyncClient, LiveServer], db: asyncpg.Connection, redis: Redis
 ) -> None:
     client, live = ops
     runtime = runtime_of(live)
@@ -663,7 +665,7 @@ async def test_a_crashed_operation_frees_its_lock_after_the_lease(
     sid = await new_session(client)
     message = '[[mock:tool name=slow_echo args={"text": "long", "seconds": 8}]]'
     started = await start_operation(client, sid, message)
-    op = await operation(redis, started["operation_id"])
+    op = await operation(db, started["operation_id"])
     await asyncio.sleep(lease * 1.5)  # longer than the lease: it is being renewed
     assert await redis.get(op["lock_key"]) == started["operation_id"].encode()
     _, body = await send(client, sid, message)
@@ -691,13 +693,13 @@ async def test_an_overdue_operation_is_failed_and_the_conversation_goes_on(
     started = await start_operation(client, sid, REPORT)  # no worker ever answers
     op_id = started["operation_id"]
     await wait_for(lambda: _has_jobs(redis, 1))
-    op = await operation(redis, op_id)
+    op = await operation(db, op_id)
     follower = follow(client, started["task_id"])
 
     await runtime.operations.store.postpone(op_id, seconds=-1)  # its deadline has passed
     await runtime.operations.fail_overdue()
     body = await continuation(follower)
-    await wait_for(lambda: settled(redis, op_id))
+    await wait_for(lambda: settled(db, op_id))
     error = {"error": {"type": "operation_failed", "message": "the operation did not finish in time"}}
     assert await tool_message(db, sid) == error
     await wait_for(lambda: _replies(db, sid, 2))
@@ -705,7 +707,7 @@ async def test_an_overdue_operation_is_failed_and_the_conversation_goes_on(
     assert any(
         m["role"] == "tool" and "did not finish in time" in m["content"] for m in turn_calls(mock_llm)[-1]["messages"]
     )
-    assert (await operation(redis, op_id))["status"] == "failed"
+    assert (await operation(db, op_id))["status"] == "failed"
     assert not await redis.exists(op["lock_key"])
     assert await runtime.operations.store.overdue() == []
 
@@ -775,8 +777,8 @@ async def test_result_and_continuation_reach_a_client_on_the_other_pod(
     assert [r["role"] for r in rows] == ["user", "assistant", "tool", "assistant", "assistant"]
     assert orjson.loads(rows[2]["content"]) == write_report("cats", 3)
     assert rows[-1]["content"] == text_of(body)
-    await wait_for(lambda: settled(redis, started["operation_id"]))
-    op = await operation(redis, started["operation_id"])
+    await wait_for(lambda: settled(db, started["operation_id"]))
+    op = await operation(db, started["operation_id"])
     assert op["status"] == "completed" and not await redis.exists(op["lock_key"])
     # Both pods replay the same continuation.
     assert chunks(await continuation(follow(a.client, started["task_id"]))) == chunks(body)
@@ -806,7 +808,7 @@ async def test_a_continuation_slower_than_reclaim_idle_runs_once(
         assert [p["times_delivered"] >= 2 for p in pending] == [True]
         assert await active.release(uuid.UUID(sid), "a-long-turn")
         await continuation(follow(client, started["task_id"]))
-        await wait_for(lambda: settled(redis, op_id))
+        await wait_for(lambda: settled(db, op_id))
         await asyncio.sleep(1.0)
         assert len(turn_calls(mock_llm)) == calls_before + 1
         assert await replies(db, sid) == 2
@@ -843,16 +845,20 @@ async def test_a_continuation_ended_by_another_pod_while_this_one_waited_is_not_
     assert not await redis.exists(keys.active_turn(session_id))  # the session is free again
 
 
-async def test_the_lock_renewer_stops_even_when_a_redis_call_swallows_its_cancellation(redis: Redis) -> None:
+async def test_the_lock_renewer_stops_even_when_a_redis_call_swallows_its_cancellation(
+    redis: Redis, db: asyncpg.Connection, migrated_database: str
+) -> None:
     """Regression (seen on CI): on Python 3.11 a cancellation that lands as a redis-py command completes can be
     dropped; the renewer then kept renewing the lock of an operation whose pod had closed it, forever."""
     from backend.chat.operations import OperationRunner
-    from backend.streams.operations import Operation, OperationStore
+    from backend.store.operations import Operation, OperationStore
+    from backend.store.postgres import create_pool
+    from backend.streams.operations import OperationLocks
 
     renewals = 0
     renewing = asyncio.Event()
 
-    class SwallowingStore(OperationStore):
+    class SwallowingLocks(OperationLocks):
         async def renew_lock(self, lock_key: str, operation_id: str, *, ttl_seconds: float) -> bool:
             nonlocal renewals
             renewals += 1
@@ -861,9 +867,11 @@ async def test_the_lock_renewer_stops_even_when_a_redis_call_swallows_its_cancel
                 await asyncio.sleep(0.05)
             return True
 
+    pool = await create_pool(migrated_database, min_size=1, max_size=2)
     manager = OperationRunner(
         redis=redis,
-        operations=SwallowingStore(redis),
+        operations=OperationStore(pool),
+        locks=SwallowingLocks(redis),
         registry=Any,  # type: ignore[arg-type]
         store=Any,  # type: ignore[arg-type]
         counter=Any,  # type: ignore[arg-type]
@@ -871,12 +879,16 @@ async def test_the_lock_renewer_stops_even_when_a_redis_call_swallows_its_cancel
         delegated_timeout_seconds=10,
         stale_claim_seconds=10,
     )
-    op = Operation("op", uuid.uuid4(), "alice", "call", "slow_echo", "task", "pending", "lock")
+    op = Operation("op", uuid.uuid4(), "alice", "call", "slow_echo", "digest", "task")
     renewer = asyncio.create_task(manager._renew(op))
-    await renewing.wait()
-    renewer.cancel()  # lands while `renew_lock` runs, which swallows it
-    await asyncio.wait([renewer], timeout=1)
-    assert renewer.done()
-    count = renewals
-    await asyncio.sleep(0.2)
-    assert renewals == count
+    try:
+        await renewing.wait()
+        renewer.cancel()  # lands while `renew_lock` runs, which swallows it
+        await asyncio.wait([renewer], timeout=1)
+        assert renewer.done()
+        count = renewals
+        await asyncio.sleep(0.2)
+        assert renewals == count
+    finally:
+        renewer.cancel()
+        await pool.close()

@@ -38,7 +38,7 @@ class Index:
     """None when the schema does not pin the name (no `map:`)."""
     method: str = "btree"
     predicate: str | None = None
-    """The WHERE clause of a partial index; Prisma cannot declare one."""
+    """The WHERE clause of a partial index (Prisma's `partialIndexes` preview: `where: raw("...")`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +341,15 @@ def _index(model: _Model, args: str, *, unique: bool) -> Index:
         unique=unique,
         name=_string(named["map"]) if "map" in named else None,
         method=named.get("type", "BTree").lower(),
+        predicate=_where(named["where"]) if "where" in named else None,
     )
+
+
+def _where(text: str) -> str:
+    """`raw("(x IS NOT NULL)")` (the `partialIndexes` preview) -> the predicate, as `pg_get_expr` prints it."""
+    if not (text.startswith("raw(") and text.endswith(")")):
+        raise PrismaSchemaError(f"only raw(...) index conditions are supported, got {text!r}")
+    return _string(text[4:-1].strip())
 
 
 def _field_index(column: str, args: str) -> Index:

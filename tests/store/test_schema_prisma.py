@@ -378,6 +378,15 @@ async def test_schema_prisma_declares_what_the_migrations_create(migrated: async
             id="on-delete",
         ),
         pytest.param(
+            "DROP INDEX chat_operations_open_deadline_idx;"
+            "CREATE INDEX chat_operations_open_deadline_idx ON chat_operations (deadline)",
+            [
+                "chat_operations: prisma index chat_operations_open_deadline_idx (deadline) WHERE (settled_at IS NULL),"
+                " database index chat_operations_open_deadline_idx (deadline)"
+            ],
+            id="partial-index-predicate",
+        ),
+        pytest.param(
             "CREATE TABLE stray (id integer PRIMARY KEY)",
             ["table stray: in database, not declared in prisma"],
             id="extra-table",

@@ -26,6 +26,7 @@ from backend.config import Settings
 from backend.embedded import embedded_services
 from backend.store.cache import SessionCache
 from backend.store.models import NewMessage
+from backend.store.operations import Operation, OperationStore
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.completions import (
@@ -37,8 +38,9 @@ from backend.streams.completions import (
     publish_delivery,
 )
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import Operation, OperationStore, lock_key_for
+from backend.streams.operations import OperationLocks, arguments_digest, lock_key_for
 from backend.streams.turns import TurnRegistry
+from tests.redis_server import private_redis_server, system_redis_server
 
 RECLAIM_IDLE = 0.2
 MAX_DELIVERIES = 3
@@ -351,12 +353,22 @@ async def test_a_cancellation_lost_inside_a_redis_call_still_stops_the_consumer(
 
 
 @pytest.fixture
-async def sessions(db: asyncpg.Connection, migrated_database: str, redis: Redis) -> AsyncIterator[SessionStore]:
+async def pool(db: asyncpg.Connection, migrated_database: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(migrated_database, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def sessions(pool: asyncpg.Pool, redis: Redis) -> AsyncIterator[SessionStore]:
     store = SessionStore(ChatRepository(pool), SessionCache(redis, ttl_seconds=60))
     yield store
     await store.close()
-    await pool.close()
+
+
+@pytest.fixture
+def ops(pool: asyncpg.Pool) -> OperationStore:
+    return OperationStore(pool)
 
 
 class Continuations:
@@ -387,10 +399,10 @@ async def pending_operation(redis: Redis, sessions: SessionStore, ops: Operation
             NewMessage("tool", '{"type": "operation_pending"}', tool_call_id="call-1"),
         ],
     )
-    op_id, lock_key = str(uuid.uuid4()), lock_key_for(session.id, "slow", {})
-    op = Operation(op_id, session.id, "alice", "call-1", "slow", str(uuid.uuid4()), "pending", lock_key)
-    assert await ops.lock(op.lock_key, op_id, ttl_seconds=60)
-    await ops.create(op, deadline=time.time() + 60)
+    op_id = str(uuid.uuid4())
+    op = Operation(op_id, session.id, "alice", "call-1", "slow", arguments_digest({}), str(uuid.uuid4()))
+    assert await OperationLocks(redis).lock(lock_key_for(session.id, "slow", {}), op_id, ttl_seconds=60)
+    assert await ops.create(op, deadline_seconds=60, lock_seconds=60) is None
     return op
 
 
@@ -398,6 +410,7 @@ def make_runner(redis: Redis, sessions: SessionStore, ops: OperationStore, *, st
     return OperationRunner(
         redis=redis,
         operations=ops,
+        locks=OperationLocks(redis),
         registry=TurnRegistry(redis, ttl_seconds=600, lease_seconds=5),
         store=sessions,
         counter=TokenCounter("mock-model"),
@@ -413,9 +426,8 @@ async def tool_content(sessions: SessionStore, op: Operation) -> str | None:
 
 
 async def test_a_consumer_killed_mid_processing_is_taken_over_and_the_result_lands_once(
-    redis: Redis, sessions: SessionStore, background: Background
+    redis: Redis, sessions: SessionStore, ops: OperationStore, background: Background
 ) -> None:
-    ops = OperationStore(redis)
     op = await pending_operation(redis, sessions, ops)
     runner = make_runner(redis, sessions, ops, stale_claim=RECLAIM_IDLE)
     continuations = Continuations()
@@ -434,7 +446,8 @@ async def test_a_consumer_killed_mid_processing_is_taken_over_and_the_result_lan
     await wait_for(lambda: _no_pending(redis))
     assert continuations.finished == [op.operation_id]  # B finished it, once
     assert (await ops.get(op.operation_id)).status == "completed"  # type: ignore[union-attr]
-    assert await ops.holder(op.lock_key) is None  # released after success
+    assert await OperationLocks(redis).holder(lock_key_for(op.session_id, "slow", {})) is None  # released
+    assert await ops.overdue() == []  # settled: no deadline any more
     assert orjson.loads(await tool_content(sessions, op) or "") == {"report": "done"}
     assert await dead_letters(redis) == []
 
@@ -447,8 +460,9 @@ async def test_a_consumer_killed_mid_processing_is_taken_over_and_the_result_lan
     assert orjson.loads(await tool_content(sessions, op) or "") == {"report": "done"}
 
 
-async def test_a_live_claim_keeps_a_second_consumer_off_until_it_is_stale(redis: Redis, sessions: SessionStore) -> None:
-    ops = OperationStore(redis)
+async def test_a_live_claim_keeps_a_second_consumer_off_until_it_is_stale(
+    redis: Redis, sessions: SessionStore, ops: OperationStore
+) -> None:
     op = await pending_operation(redis, sessions, ops)
     runner = make_runner(redis, sessions, ops, stale_claim=0.5)
     continuations = Continuations()
@@ -471,11 +485,12 @@ async def test_a_live_claim_keeps_a_second_consumer_off_until_it_is_stale(redis:
     assert await tool_content(sessions, op) == "r"  # a text result is stored as it is
 
 
-async def test_a_result_whose_message_is_missing_is_retried_not_lost(redis: Redis, sessions: SessionStore) -> None:
-    ops = OperationStore(redis)
+async def test_a_result_whose_message_is_missing_is_retried_not_lost(
+    redis: Redis, sessions: SessionStore, ops: OperationStore
+) -> None:
     op = await pending_operation(redis, sessions, ops)
-    orphan = replace(op, operation_id="op-orphan", tool_call_id="call-unknown")
-    await ops.create(orphan, deadline=time.time() + 60)
+    orphan = replace(op, operation_id="op-orphan", tool_call_id="call-unknown", arguments_digest="other")
+    assert await ops.create(orphan, deadline_seconds=60, lock_seconds=60) is None
     runner = make_runner(redis, sessions, ops, stale_claim=0.1)
     consumer = make_consumer(redis, "a", reclaim_idle=0.1)
     await consumer.ensure_group()
@@ -492,14 +507,22 @@ async def test_a_result_whose_message_is_missing_is_retried_not_lost(redis: Redi
 # --- Redis flushed under the consumer ----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[Redis]:
-    """A Redis of this test alone: FLUSHALL wipes every database of the server it hits."""
-    async with embedded_services(tmp_path, postgres=False, redis=True) as urls:
-        assert urls.redis_url is not None
-        client = Redis.from_url(urls.redis_url)
+@pytest.fixture(params=["embedded", "system"])
+async def private_redis(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Redis]:
+    """A Redis of this test alone (FLUSHALL wipes every database of the server it hits): the embedded one (6.2),
+    and the machine's redis-server (7 here), which answers a read blocked on a deleted stream differently."""
+    if request.param == "embedded":
+        async with embedded_services(tmp_path, postgres=False, redis=True) as urls:
+            assert urls.redis_url is not None
+            client = Redis.from_url(urls.redis_url)
+            yield client
+            await client.aclose()
+        return
+    executable = system_redis_server()
+    if executable is None:
+        pytest.skip("no redis-server on this machine")
+    async with private_redis_server(executable) as (_, client):
         yield client
-        await client.aclose()
 
 
 @pytest.mark.parametrize("block", [0.05, 2.0], ids=["polling", "blocked-in-xreadgroup"])

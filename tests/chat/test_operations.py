@@ -565,19 +565,22 @@ async def test_webhook_answers_503_while_redis_is_unreachable(
     async with private_redis(tmp_path) as server:
         settings = op_settings.model_copy(update={"redis_url": server.url})
         async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+            sid = await new_session(client)
+            op_id = (await start_operation(client, sid, REPORT))["operation_id"]
             payload = {"success": True, "result": "r"}
-            assert (await post_webhook(client, str(uuid.uuid4()), payload)).status_code == 404  # Redis answers
             await server.stop()
             try:
-                response = await post_webhook(client, str(uuid.uuid4()), payload)
+                # The operation is found in Postgres; recording the delivery needs Redis.
+                response = await post_webhook(client, op_id, payload)
                 assert response.status_code == 503, response.text
                 assert response.json()["error"]["code"] == "service_unavailable"
-                # Refused before Redis is needed: still 401 / 400.
-                assert (await post_webhook(client, str(uuid.uuid4()), payload, secret="nope")).status_code == 401
-                assert (await post_webhook(client, str(uuid.uuid4()), b"{}")).status_code == 400
+                # Refused before Redis is needed: still 401 / 400 / 404.
+                assert (await post_webhook(client, op_id, payload, secret="nope")).status_code == 401
+                assert (await post_webhook(client, op_id, b"{}")).status_code == 400
+                assert (await post_webhook(client, str(uuid.uuid4()), payload)).status_code == 404
             finally:
                 await server.start()
-            assert (await post_webhook(client, str(uuid.uuid4()), payload)).status_code == 404  # back
+            assert (await post_webhook(client, op_id, payload)).status_code == 202  # back: the sender's retry lands
 
 
 async def test_webhook_without_a_configured_secret_is_unavailable(

@@ -58,7 +58,7 @@ async def worker(redis_url: str, api_url: str) -> AsyncIterator[asyncio.Task[Non
 async def delegated_report_is_processed(client: httpx.AsyncClient, db: asyncpg.Connection, redis: Redis) -> None:
     sid = await new_session(client)
     started = await start_operation(client, sid, REPORT)
-    await wait_for(lambda: settled(redis, started["operation_id"]), within=30)
+    await wait_for(lambda: settled(db, started["operation_id"]), within=30)
     assert await tool_message(db, sid) == write_report("cats", 3)
 
 
@@ -132,7 +132,7 @@ async def test_a_failed_webhook_is_sent_again_with_the_same_delivery_id(
             assert (await redis.xpending(keys.jobs("report"), GROUP))["pending"] == 0
         assert [status for _, status in seen] == [202, 200]
         assert seen[0][0] == seen[1][0]
-        await wait_for(lambda: settled(redis, started["operation_id"]))
+        await wait_for(lambda: settled(db, started["operation_id"]))
         assert await redis.xlen(keys.COMPLETIONS) == 1
 
 

@@ -35,7 +35,9 @@ from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
+from backend.store.pending import PendingWrites
 from backend.store.postgres import ChatRepository, create_pool
+from backend.store.reconciler import Reconciler
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer
@@ -82,8 +84,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         redis = open_redis(redis_url, cluster=settings.redis_cluster)
         stack.push_async_callback(redis.aclose)
 
+        pending = PendingWrites(redis)
         sessions = SessionStore(
-            ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds)
+            ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds), pending
         )
         stack.push_async_callback(sessions.close)
         llm = await _open_llm(settings, stack)
@@ -131,7 +134,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             tools=tools,
             counter=counter,
             limits=TurnLimits(
-                settings.max_tool_rounds, settings.invalid_tool_json_retries, settings.max_tool_output_tokens
+                settings.max_tool_rounds,
+                settings.invalid_tool_json_retries,
+                settings.max_tool_output_tokens,
+                store_retry_seconds=settings.store_retry_seconds,
             ),
             policy=ContextPolicy(budget, Calibration()),
             compactor=compactor,
@@ -172,6 +178,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         await stack.enter_async_context(_background(consumer.consume(operations.complete), "completion consumer"))
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
+        reconciler = Reconciler(sessions, pending)
+        await stack.enter_async_context(
+            _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")
+        )
         yield Runtime(
             settings=settings,
             pool=pool,

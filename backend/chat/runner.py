@@ -24,7 +24,7 @@ from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnRequest
 from backend.chat.ui_stream import UIStreamTranslator
-from backend.errors import Conflict
+from backend.errors import Conflict, StorageUnavailable
 from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts, start_turn
 from backend.store.models import ChatSession, NewMessage
 from backend.store.sessions import SessionStore
@@ -358,6 +358,10 @@ class TurnRunner:
             else:
                 status = "interrupted"
                 emit(ev.TurnFailed("The reply was interrupted because the server is shutting down.", "interrupted"))
+        except StorageUnavailable as e:  # Postgres went away before the turn had its history
+            log.warning("turn %s failed: %s", req.turn_id, e.message)
+            status, error_class = "failed", e.code
+            emit(ev.TurnFailed(e.message, "storage_unavailable"))
         except Exception as e:
             log.exception("turn %s failed", req.turn_id)
             status, error_class = "failed", type(e).__name__

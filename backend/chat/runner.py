@@ -19,7 +19,7 @@ from backend.cancellation import check_cancelled
 from backend.chat import events as ev
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
-from backend.chat.recovery import reap
+from backend.chat.recovery import explain_lost_tail, reap
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnRequest
@@ -204,7 +204,8 @@ class TurnRunner:
                 return True
             return False
 
-        return self._registry.follow(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, on_idle=on_idle)
+        entries = self._registry.follow(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, on_idle=on_idle)
+        return explain_lost_tail(entries, turn_id=turn_id, after=after, registry=self._registry)
 
     async def start(self) -> None:
         """Start this pod's supervisor: lease renewal, stop requests, and closing turns of dead pods."""

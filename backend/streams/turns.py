@@ -195,6 +195,12 @@ class TurnRegistry:
         value = await self._redis.get(keys.turn_tombstone(turn_id))
         return value.decode() if isinstance(value, bytes) else value
 
+    async def holds(self, turn_id: str, entry_id: str) -> bool:
+        """Whether the turn's stream has the entry `entry_id` (a cursor a follower on the owner's pod was handed
+        may be ahead of what reached Redis)."""
+        entries: Any = await self._redis.xrange(keys.turn_events(turn_id), entry_id, entry_id, count=1)
+        return bool(entries)
+
     async def chunks(self, turn_id: str) -> list[bytes]:
         """Every chunk of the turn so far (JSON), in order."""
         entries: Any = await self._redis.xrange(keys.turn_events(turn_id))

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     session_cache_ttl_seconds: int = Field(default=3600, ge=1)
     """How long a session's cached messages live in Redis after their last write or fill."""
 
+    store_retry_seconds: float = Field(default=15.0, ge=0, le=600)
+    """A step of a reply that Postgres does not take is retried (with backoff) this long within its turn; then it
+    is kept in Redis and stored once Postgres answers (the turn ends after that step)."""
+
+    reconcile_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    """How often each pod looks for replies kept in Redis during a Postgres outage and stores them."""
+
     # --- auth ----------------------------------------------------------------------------------------
     jwt_secret: SecretStr | None = None
     """HS256 secret that signs bearer tokens. One of `jwt_secret` / `jwks_url` is needed unless `dev_auth`."""

@@ -83,6 +83,12 @@ class ShuttingDown(ServiceUnavailable):
         return {"retry-after": "1"}
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """Postgres did not answer (stopped, restarting, unreachable, or the connection dropped mid-query). The store
+    raises this one type for every such failure; whether an interrupted write committed is unknown, so writes that
+    are retried carry keys that make a second attempt write nothing twice."""
+
+
 class ModelError(CopilotError):
     """The model provider failed; `retryable` says whether a later attempt may succeed."""
 

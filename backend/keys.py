@@ -26,6 +26,21 @@ def session_generation(session_id: UUID) -> str:
     return f"{PREFIX}:{{{session_id}}}:gen"
 
 
+def session_pending_writes(session_id: UUID) -> str:
+    """List: appends to the session that Postgres did not take (it was down), oldest first, as JSON; stored in order
+    once it answers, and removed one by one after each has committed."""
+    return f"{PREFIX}:{{{session_id}}}:pending-writes"
+
+
+def session_pending_lock(session_id: UUID) -> str:
+    """String: held (a lease) by the one pod storing the session's pending writes."""
+    return f"{PREFIX}:{{{session_id}}}:pending-lock"
+
+
+PENDING_SESSIONS = f"{PREFIX}:pending-sessions"
+"""Sorted set: sessions that have pending writes, scored by when the first was kept (the reconciler's work list)."""
+
+
 def turn_events(turn_id: str) -> str:
     """Stream: the UI chunks of one turn, from `start` to an `end` entry."""
     return f"{PREFIX}:turn:{{{turn_id}}}:events"

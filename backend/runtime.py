@@ -40,7 +40,9 @@ from backend.store.active_turns import ActiveTurnStore
 from backend.store.cache import SessionCache
 from backend.store.migrate import upgrade_dsn
 from backend.store.operations import OperationStore
+from backend.store.pending import PendingWrites
 from backend.store.postgres import ChatRepository, create_pool
+from backend.store.reconciler import Reconciler
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer
@@ -104,8 +106,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         redis = open_redis(redis_url, cluster=settings.redis_cluster)
         stack.push_async_callback(redis.aclose)
 
+        pending = PendingWrites(redis)
         sessions = SessionStore(
-            ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds)
+            ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds), pending
         )
         stack.push_async_callback(sessions.close)
         limits = UserLimits(
@@ -174,7 +177,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             tools=tools,
             counter=counter,
             limits=TurnLimits(
-                settings.max_tool_rounds, settings.invalid_tool_json_retries, settings.max_tool_output_tokens
+                settings.max_tool_rounds,
+                settings.invalid_tool_json_retries,
+                settings.max_tool_output_tokens,
+                store_retry_seconds=settings.store_retry_seconds,
             ),
             policy=ContextPolicy(budget, Calibration()),
             compactor=compactor,
@@ -225,6 +231,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
         renew_every = settings.turn_lease_seconds / 3
         await stack.enter_async_context(_background(_every(renew_every, limits.renew), "turn slot leases"))
+        reconciler = Reconciler(sessions, pending)
+        await stack.enter_async_context(
+            _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")
+        )
         yield Runtime(
             settings=settings,
             pool=pool,

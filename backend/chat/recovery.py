@@ -3,22 +3,29 @@
 Any pod may do this once the owner's lease has expired. The registry's compare-and-set decides who closes the turn,
 so the closing chunks (open parts ended, `error`, `finish`) are written exactly once, and only the winner stores
 the partial reply.
+
+What is kept is what the turn's Redis Stream holds: the longest prefix any follower can replay. The stored partial
+is the text of the stream's last step, under that step's write key, so a step the owner stored (or kept in Redis
+while Postgres was down) before it died is not stored a second time. Followers on the owner's pod read from its
+memory and may have been shown more than reached Redis (up to one publish window); a client that reconnects with
+a cursor past the kept entries is told, in the `error` chunk, that the rest of what it saw was not kept.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 from uuid import UUID
 
 from backend.chat import protocol as p
 from backend.chat.open_parts import OpenParts
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import INTERRUPTED_MARK
+from backend.chat.turn import INTERRUPTED_MARK, step_key
+from backend.errors import NotFound
 from backend.store.models import NewMessage
 from backend.store.sessions import SessionStore
-from backend.streams.turns import TurnRegistry
+from backend.streams.turns import TurnRegistry, closer_entry_ids, is_owners_entry
 
 log = logging.getLogger("copilot.recovery")
 
@@ -29,7 +36,13 @@ class SessionRelease(Protocol):
     async def release(self, session_id: UUID, turn_id: str) -> object: ...
 
 
-LOST_OWNER_TEXT = "The reply was interrupted because the server generating it stopped. Please try again."
+LOST_OWNER_TEXT = "interrupted: the server generating this reply stopped before it finished. Please try again."
+
+LOST_TAIL_TEXT = (
+    "interrupted: the server generating this reply stopped before it finished, and the last part of the text you "
+    "were shown was not kept. The reply is saved as far as it was kept; please try again."
+)
+"""The `error` a reconnecting client gets instead of `LOST_OWNER_TEXT` when it had been shown more than was kept."""
 
 
 def closing_chunks(chunks: Sequence[p.Chunk]) -> tuple[list[p.Chunk], str]:
@@ -53,29 +66,60 @@ async def reap(
         return False
     chunks = [p.decode(raw) for raw in await registry.chunks(turn_id)]
     closing, partial = closing_chunks(chunks)
-    if not await registry.finish(turn_id, "interrupted", [p.to_json(c) for c in closing]):
+    ids = closer_entry_ids(turn_id, len(closing))
+    if not await registry.finish(turn_id, "interrupted", [p.to_json(c) for c in closing], ids=ids):
         return False
     session_id = UUID(info.session_id)
     log.warning("turn %s lost its owner; closed as interrupted", turn_id)
-    if partial and not await _already_stored(store, session_id, partial):
-        content = f"{partial}\n\n{INTERRUPTED_MARK}"
-        message = NewMessage(
-            "assistant", content, token_count=counter.count_message({"role": "assistant", "content": content})
-        )
-        await store.append(session_id, [message])
+    content = f"{partial}\n\n{INTERRUPTED_MARK}" if partial else INTERRUPTED_MARK
+    message = NewMessage(
+        "assistant",
+        content,
+        token_count=counter.count_message({"role": "assistant", "content": content}),
+        # The owner stores a step before it publishes the step's end, and may have died in between: then this key
+        # is stored already and nothing is written.
+        write_key=step_key(turn_id, _last_step(chunks), 0),
+    )
+    try:
+        # Not retried here (Postgres down: kept in Redis at once), so the session is freed without delay.
+        await store.append_or_keep(session_id, [message], retry_seconds=0.0)
+    except NotFound:
+        log.info("turn %s: its session was deleted; nothing to keep", turn_id)
     await active.release(session_id, turn_id)
     return True
 
 
-async def _already_stored(store: SessionStore, session_id: UUID, text: str) -> bool:
-    """The owner stores a step before it publishes the step's end; it may have died in between."""
-    session = await store.get_any(session_id)
-    if session is None:
-        return True
-    recent = await store.messages(session_id, after=max(0, session.message_count - 20))
-    for message in reversed(recent):
-        if message.role == "user":
-            return False
-        if message.role == "assistant" and (message.content or "").startswith(text):
-            return True
-    return False
+def _last_step(chunks: Sequence[p.Chunk]) -> int:
+    """Index of the last step the stream shows started (the turn counts its steps the same way)."""
+    return max(0, sum(isinstance(c, p.StartStep) for c in chunks) - 1)
+
+
+async def explain_lost_tail(
+    entries: AsyncIterator[tuple[str, bytes | None]], *, turn_id: str, after: str, registry: TurnRegistry
+) -> AsyncIterator[tuple[str, bytes | None]]:
+    """`entries` of a follower that starts after cursor `after`, for a client that may have been shown more of the
+    turn than its stream kept (it followed the owner's memory, and the owner died).
+
+    Entries the owner wrote have the ids it chose (`<base>-1`, `<base>-2`, ...); whoever closed the turn in its
+    place wrote under the next base up (`closer_entry_ids`). On the first of those, a cursor of the owner's that
+    the stream does not hold means the client saw entries that were never kept. It then gets the `error` with
+    `LOST_TAIL_TEXT` and the `finish`, but not the chunks that end the parts still open in the kept prefix: those
+    are not the parts it has open.
+    """
+    cursor = after
+    lost: bool | None = None
+    async for entry_id, payload in entries:
+        if payload is not None and not is_owners_entry(turn_id, entry_id):
+            if lost is None:
+                lost = is_owners_entry(turn_id, cursor) and not await registry.holds(turn_id, cursor)
+                if lost:
+                    log.info("turn %s: a client at %s had been shown entries that were not kept", turn_id, cursor)
+            if lost:
+                chunk = p.decode(payload)
+                if isinstance(chunk, p.Error):
+                    payload = p.to_json(p.Error(error_text=LOST_TAIL_TEXT))
+                elif not isinstance(chunk, p.Finish):
+                    continue
+        elif entry_id:
+            cursor = entry_id
+        yield entry_id, payload

@@ -26,13 +26,13 @@ from backend.chat.admission import TurnAdmission, Unlimited, billed_context, bil
 from backend.chat.open_parts import OpenParts
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
-from backend.chat.recovery import reap
+from backend.chat.recovery import explain_lost_tail, reap
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnRequest
 from backend.chat.ui_stream import UIStreamTranslator
-from backend.errors import Conflict
+from backend.errors import Conflict, StorageUnavailable
 from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts, start_turn
 from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
 from backend.store.operations import Operation
@@ -249,7 +249,7 @@ class TurnRunner:
         async for entry in self._follow_stream(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, seen=seen):
             yield entry
 
-    async def _follow_stream(
+    def _follow_stream(
         self, turn_id: str, *, after: str, heartbeat_seconds: float, seen: OpenParts
     ) -> AsyncIterator[tuple[str, bytes | None]]:
         async def on_idle() -> bool:
@@ -262,20 +262,24 @@ class TurnRunner:
             return False
 
         entries = self._registry.follow(turn_id, after=after, heartbeat_seconds=heartbeat_seconds, on_idle=on_idle)
-        try:
-            async for entry in entries:
-                if entry[1] is not None:
-                    seen.feed_json(entry[1])
-                yield entry
-            return
-        except TurnVanished:
-            log.warning("turn %s: its stream vanished from Redis while followed; ending the follower", turn_id)
-            reason = _STREAM_VANISHED
-        except RedisError as e:
-            log.warning("turn %s: following it failed (%s); ending the follower", turn_id, e)
-            reason = _STREAM_UNREADABLE
-        for chunk in seen.closing(reason):
-            yield "", p.to_json(chunk)
+
+        async def read() -> AsyncIterator[tuple[str, bytes | None]]:
+            try:
+                async for entry in entries:
+                    if entry[1] is not None:
+                        seen.feed_json(entry[1])
+                    yield entry
+                return
+            except TurnVanished:
+                log.warning("turn %s: its stream vanished from Redis while followed; ending the follower", turn_id)
+                reason = _STREAM_VANISHED
+            except RedisError as e:
+                log.warning("turn %s: following it failed (%s); ending the follower", turn_id, e)
+                reason = _STREAM_UNREADABLE
+            for chunk in seen.closing(reason):
+                yield "", p.to_json(chunk)
+
+        return explain_lost_tail(read(), turn_id=turn_id, after=after, registry=self._registry)
 
     async def start(self) -> None:
         """Start this pod's supervisor: lease renewal, stop requests, and closing turns of dead pods."""
@@ -515,6 +519,10 @@ class TurnRunner:
             else:
                 status = "interrupted"
                 emit(ev.TurnFailed("The reply was interrupted because the server is shutting down.", "interrupted"))
+        except StorageUnavailable as e:  # Postgres went away before the turn had its history
+            log.warning("turn %s failed: %s", req.turn_id, e.message)
+            status, error_class = "failed", e.code
+            emit(ev.TurnFailed(e.message, "storage_unavailable"))
         except Exception as e:
             log.exception("turn %s failed", req.turn_id)
             status, error_class = "failed", type(e).__name__

@@ -4,6 +4,11 @@
 history → prompt → model stream → tools (concurrently) → store the step → next step. Every step's assistant
 message and tool results are stored in one append when the step ends; a turn that is cancelled or times out
 stores what it had, marked interrupted, before the cancellation goes on.
+
+A step's messages carry write keys (`<turn id>:<step>:<index>`), so storing a step again (a retry whose first
+attempt committed, a copy kept in Redis, a dead owner's partial reply stored by another pod) writes nothing twice.
+While Postgres does not answer a step is retried within the turn, then kept in Redis for later (`append_or_keep`);
+the turn then ends after that step, since the next model call would read a history that is not stored.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class TurnLimits:
     max_tool_rounds: int = 10
     invalid_tool_json_retries: int = 1
     max_tool_output_tokens: int = 4000
+    store_retry_seconds: float = 15.0
+    """How long a step is retried while Postgres does not answer before it is kept in Redis for later."""
 
 
 @dataclass(slots=True)
@@ -107,7 +114,7 @@ class TurnEngine:
         json_retries = 0
         squeeze = 1.0  # halved once when the provider says the prompt is too long
 
-        for _ in range(self._limits.max_tool_rounds):
+        for index in range(self._limits.max_tool_rounds):
             step = _Step()
             yield ev.StepStarted()
             if self._compactor is not None and self._policy.pressure(window.estimate(fixed)) == "hard":
@@ -152,12 +159,12 @@ class TurnEngine:
                         await window.compact(self._compactor, self._store, keep_tokens=keep)
                         yield ev.Status("compaction", {"state": "done"})
                     continue
-                await self._save(req, _assistant(step.content, []))
+                await self._save(req, index, _assistant(step.content, []))
                 yield ev.TurnFailed(e.message, e.provider_code or "model_error")
                 yield ev.TurnEnded("error")
                 return
             except (asyncio.CancelledError, GeneratorExit):
-                await _shielded(self._save(req, _assistant(_interrupted(step.content), [])))
+                await _shielded(self._save(req, index, _assistant(_interrupted(step.content), []), patient=False))
                 raise
 
             assert step.completed is not None
@@ -185,7 +192,13 @@ class TurnEngine:
 
             assistant = _assistant(step.content, calls)
             if not calls:
-                window.extend(await self._save(req, assistant, usage=step.completed.usage))
+                stored = await self._save(req, index, assistant, usage=step.completed.usage)
+                if stored is None:
+                    yield _KEPT  # the reply is complete; it is stored once Postgres answers
+                    yield ev.StepFinished()
+                    yield ev.TurnEnded(step.completed.finish_reason)
+                    return
+                window.extend(stored)
                 yield ev.StepFinished()
                 yield ev.TurnEnded(step.completed.finish_reason)
                 pressure = self._policy.pressure(window.estimate(fixed), len(window.live))
@@ -215,14 +228,22 @@ class TurnEngine:
             except (asyncio.CancelledError, GeneratorExit):
                 done = [c for c in calls if c.id in outcomes]
                 partial = [_assistant(_interrupted(step.content), done), *self._tool_messages(done, outcomes)]
-                await _shielded(self._save(req, *partial, usage=step.completed.usage))
+                await _shielded(self._save(req, index, *partial, usage=step.completed.usage, patient=False))
                 raise
             stored = await self._save(
-                req, assistant, *self._tool_messages(calls, outcomes, launched), usage=step.completed.usage
+                req, index, assistant, *self._tool_messages(calls, outcomes, launched), usage=step.completed.usage
             )
             for operation in launched.values():
                 if operation.launch is not None:
-                    operation.launch()  # only now: its result must find the pending message stored
+                    # Only now: its result must find the pending message stored (or kept: the result's update
+                    # stores the session's kept writes first).
+                    operation.launch()
+            if stored is None:
+                yield _KEPT
+                yield ev.StepFinished()
+                yield ev.TurnFailed(_STOPPED_UNSTORED, "storage_unavailable")
+                yield ev.TurnEnded("error")
+                return
             window.extend(stored)
             yield ev.StepFinished()
 
@@ -263,18 +284,27 @@ class TurnEngine:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _save(
-        self, req: TurnRequest, *messages: dict[str, Any] | None, usage: Usage | None = None
-    ) -> list[ChatMessage]:
-        rows = [self._new_message(m) for m in messages if m is not None]
+        self,
+        req: TurnRequest,
+        step: int,
+        *messages: dict[str, Any] | None,
+        usage: Usage | None = None,
+        patient: bool = True,
+    ) -> list[ChatMessage] | None:
+        """Store step `step`'s messages; None when Postgres did not take them and they are kept for later.
+        `patient`: retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead)."""
+        present = [m for m in messages if m is not None]
+        rows = [self._new_message(m, step_key(req.turn_id, step, i)) for i, m in enumerate(present)]
         if not rows and usage is None:
             return []
-        result = await self._store.append(
+        result = await self._store.append_or_keep(
             req.session_id,
             rows,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
+            retry_seconds=self._limits.store_retry_seconds if patient else 0.0,
         )
-        return result.messages
+        return None if result is None else result.messages
 
     def _fixed_tokens(
         self, prompt: SystemPrompt, tool_schemas: Sequence[dict[str, Any]], context: Sequence[dict[str, Any]]
@@ -305,14 +335,21 @@ class TurnEngine:
             messages.append({"role": "tool", "tool_call_id": c.id, "content": text})
         return messages
 
-    def _new_message(self, message: dict[str, Any]) -> NewMessage:
+    def _new_message(self, message: dict[str, Any], write_key: str) -> NewMessage:
         return NewMessage(
             role=message["role"],
             content=message.get("content"),
             tool_calls=message.get("tool_calls"),
             tool_call_id=message.get("tool_call_id"),
             token_count=self._counter.count_message(message),
+            write_key=write_key,
         )
+
+
+def step_key(turn_id: str, step: int, index: int) -> str:
+    """The write key of the `index`-th message step `step` (counted from 0, like the turn's `start-step` chunks)
+    stores: whoever stores that message (the turn, the reconciler, the pod closing a dead owner's turn) uses it."""
+    return f"{turn_id}:{step}:{index}"
 
 
 def _generation(
@@ -339,6 +376,14 @@ def _generation(
 
 
 _NO_FACTS = TurnFacts("", UUID(int=0), "", "", "", "", 0)
+
+_KEPT = ev.Status("storage", {"state": "kept"})
+"""Transient: the step's messages wait in Redis for Postgres; they are stored as soon as it answers."""
+
+_STOPPED_UNSTORED = (
+    "The reply stopped after its tool calls because the database is unavailable. What it produced is kept and "
+    "saved as soon as the database is back; ask again then to continue."
+)
 
 
 def _assistant(content: str, calls: Sequence[ToolCall]) -> dict[str, Any] | None:

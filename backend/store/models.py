@@ -43,6 +43,10 @@ class NewMessage:
     client_message_id: str | None = None
     """Set by the client for user messages: a resend with the same id returns the stored message."""
     token_count: int = 0
+    write_key: str | None = None
+    """Set by the turn for the messages of its steps (`<turn id>:<step>:<index>`): an append finds a key already
+    stored when an earlier attempt of the same write committed (its reply was lost, or the write was kept in Redis
+    and stored meanwhile), and writes nothing for it."""
 
 
 class MessageRow(TypedDict):
@@ -95,6 +99,9 @@ class AppendResult:
     """Client message ids that were already stored (nothing new was written for them)."""
     session: ChatSession | None = None
     """The session row as the append's transaction left it (message count and token totals included)."""
+    repeated_keys: frozenset[str] = field(default_factory=frozenset)
+    """Write keys that were already stored: an earlier attempt of this append committed, so neither the messages
+    nor the usage were written again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,45 @@ lock) runs on a connection of its own, never one of this pool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 import asyncpg
 import orjson
 
+from backend.errors import StorageUnavailable
 from backend.store.models import ActiveTurnClaim, ActiveTurnHeld, AppendResult, ChatMessage, ChatSession, NewMessage
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_OUTAGE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (ConnectionError is one)
+    TimeoutError,  # a connect that did not complete
+    asyncpg.PostgresConnectionError,  # the connection is gone, or the server refused it
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, admin shutdown
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections while it restarts
+    asyncpg.InterfaceError,  # "connection is closed": it died under a pooled connection
+)
+"""What Postgres failing looks like through asyncpg. Errors of the SQL itself (constraints, syntax) are not here:
+they are bugs or bad input, not an outage, and stay what they are."""
+
+
+def _outage_is_unavailable(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """Translate an outage into `StorageUnavailable`, once, where it comes in."""
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except _OUTAGE as e:
+            raise StorageUnavailable("The database is unavailable right now; please try again shortly.") from e
+
+    return translated
+
 
 _SESSION_COLUMNS = (
     "id, user_id, title, metadata, message_count, prompt_tokens, completion_tokens, created_at, updated_at, "
@@ -37,13 +67,14 @@ _MESSAGE_COLUMNS = (
 # One statement inserts a whole step's messages: parallel arrays, one element per message.
 _INSERT_MESSAGES = f"""
 INSERT INTO chat_messages (
-    id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count
+    id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count,
+    write_key
 )
 SELECT u.id, $1, u.seq, u.role, u.content, u.tool_calls::jsonb, u.tool_call_id, u.name, u.refusal,
-       u.client_message_id, u.token_count
+       u.client_message_id, u.token_count, u.write_key
 FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-            $10::text[], $11::int[])
-    AS u(id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count)
+            $10::text[], $11::int[], $12::text[])
+    AS u(id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count, write_key)
 RETURNING {_MESSAGE_COLUMNS}
 """
 
@@ -74,8 +105,9 @@ def _session(row: asyncpg.Record) -> ChatSession:
     return ChatSession(**{name: row[name] for name in _SESSION_FIELDS})
 
 
-def _message(row: asyncpg.Record) -> ChatMessage:
-    return ChatMessage(**dict(row.items()))
+def _message(row: asyncpg.Record, *, skip: int = 0) -> ChatMessage:
+    """`skip`: leading columns that are not the message's (selected alongside it)."""
+    return ChatMessage(**dict(list(row.items())[skip:]))
 
 
 class ChatRepository:
@@ -85,6 +117,7 @@ class ChatRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @_outage_is_unavailable
     async def create_session(
         self, user_id: str, *, title: str | None = None, metadata: dict[str, Any] | None = None
     ) -> ChatSession:
@@ -99,10 +132,12 @@ class ChatRepository:
         assert row is not None
         return _session(row)
 
+    @_outage_is_unavailable
     async def get_session(self, session_id: UUID) -> ChatSession | None:
         row = await self._pool.fetchrow(f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = $1", session_id)
         return _session(row) if row else None
 
+    @_outage_is_unavailable
     async def list_sessions(
         self, user_id: str, *, limit: int, before: tuple[datetime, UUID] | None = None
     ) -> list[ChatSession]:
@@ -125,6 +160,7 @@ class ChatRepository:
             )
         return [_session(r) for r in rows]
 
+    @_outage_is_unavailable
     async def update_title(self, session_id: UUID, user_id: str, title: str | None) -> ChatSession | None:
         row = await self._pool.fetchrow(
             f"UPDATE chat_sessions SET title = $3, updated_at = now() WHERE id = $1 AND user_id = $2 "
@@ -135,12 +171,14 @@ class ChatRepository:
         )
         return _session(row) if row else None
 
+    @_outage_is_unavailable
     async def delete_session(self, session_id: UUID, user_id: str) -> bool:
         status = await self._pool.execute(
             "DELETE FROM chat_sessions WHERE id = $1 AND user_id = $2", session_id, user_id
         )
         return bool(status == "DELETE 1")
 
+    @_outage_is_unavailable
     async def append_messages(
         self,
         session_id: UUID,
@@ -154,7 +192,9 @@ class ChatRepository:
         session row as that transaction left it.
 
         A message whose `client_message_id` is already stored is not written again: the stored row is returned in
-        its place and its id is listed in `duplicates`. Raises `LookupError` when the session does not exist.
+        its place and its id is listed in `duplicates`. The same holds for a `write_key` already stored (listed in
+        `repeated_keys`); such a key means an earlier attempt of this very append committed, so the usage is not
+        added again either. Raises `LookupError` when the session does not exist.
 
         With `claim`, the same transaction claims the session's active turn (no extra round trip: the row is
         read and written anyway). If another id holds it under a live lease, or `claim.turn_id` itself does,
@@ -182,7 +222,19 @@ class ChatRepository:
                     client_ids,
                 )
                 existing = {r["client_message_id"]: _message(r) for r in rows}
-            fresh = [m for m in messages if m.client_message_id not in existing]
+            write_keys = [m.write_key for m in messages if m.write_key is not None]
+            repeated: dict[str, ChatMessage] = {}
+            if write_keys:
+                rows = await conn.fetch(
+                    f"SELECT write_key, {_MESSAGE_COLUMNS} FROM chat_messages "
+                    "WHERE session_id = $1 AND write_key = ANY($2::text[])",
+                    session_id,
+                    write_keys,
+                )
+                repeated = {r["write_key"]: _message(r, skip=1) for r in rows}
+            if repeated:
+                prompt_tokens = completion_tokens = 0  # counted by the attempt that stored them
+            fresh = [m for m in messages if m.client_message_id not in existing and m.write_key not in repeated]
             inserted: dict[int, ChatMessage] = {}
             if fresh:
                 rows = await conn.fetch(
@@ -199,6 +251,7 @@ class ChatRepository:
                     [m.refusal for m in fresh],
                     [m.client_message_id for m in fresh],
                     [m.token_count for m in fresh],
+                    [m.write_key for m in fresh],
                 )
                 inserted = {r["sequence"]: _message(r) for r in rows}
             wrote = bool(fresh or prompt_tokens or completion_tokens)
@@ -222,11 +275,17 @@ class ChatRepository:
                 )
         ordered_new = iter(inserted[s] for s in sorted(inserted))
         result = [
-            existing[m.client_message_id] if m.client_message_id in existing else next(ordered_new) for m in messages
+            existing[m.client_message_id]
+            if m.client_message_id in existing
+            else repeated[m.write_key]
+            if m.write_key in repeated
+            else next(ordered_new)
+            for m in messages
         ]
         assert session is not None
-        return AppendResult(result, frozenset(existing), _session(session))
+        return AppendResult(result, frozenset(existing), _session(session), frozenset(repeated))
 
+    @_outage_is_unavailable
     async def commit_summary(
         self, session_id: UUID, *, expected_through: int, through: int, summary: str, summary_tokens: int
     ) -> ChatSession | None:
@@ -247,6 +306,7 @@ class ChatRepository:
         )
         return _session(row) if row else None
 
+    @_outage_is_unavailable
     async def replace_tool_result(
         self, session_id: UUID, tool_call_id: str, content: str, token_count: int
     ) -> ChatMessage | None:
@@ -278,6 +338,7 @@ class ChatRepository:
                 )
         return _message(row) if row else None
 
+    @_outage_is_unavailable
     async def get_messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
         """Messages with sequence > `after`, oldest first, at most `limit`."""
         rows = await self._pool.fetch(
@@ -289,5 +350,6 @@ class ChatRepository:
         )
         return [_message(r) for r in rows]
 
+    @_outage_is_unavailable
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")

@@ -1,7 +1,10 @@
 """Sessions as the rest of the service sees them: Postgres behind a coherent Redis cache, ownership enforced.
 
 Writes go to Postgres first and then tell the cache; reads try the cache and fill it on a miss. Redis being down
-degrades to Postgres-only reads; it never fails a request that Postgres can serve.
+degrades to Postgres-only reads; it never fails a request that Postgres can serve. Postgres being down fails
+requests with `StorageUnavailable` (503), except the writes that must not be lost (`append_or_keep`: a reply's
+steps), which are kept in Redis and stored later, in order: every append and every tool-result update of a
+session first stores what the session has pending, so nothing newer overtakes it.
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ from uuid import UUID
 
 from redis.exceptions import RedisError
 
-from backend.errors import NotFound
+from backend.errors import NotFound, StorageUnavailable
 from backend.store.cache import SessionCache
 from backend.store.models import ActiveTurnClaim, AppendResult, ChatMessage, ChatSession, MessageRow, NewMessage
+from backend.store.pending import PendingAppend, PendingWrites
 from backend.store.postgres import ChatRepository
 
 log = logging.getLogger("copilot.sessions")
 
+_RETRY_FIRST_SECONDS = 0.2
+_RETRY_MAX_SECONDS = 2.0
+_LOCK_POLL_SECONDS = 0.05
+
 
 class SessionStore:
-    def __init__(self, repo: ChatRepository, cache: SessionCache) -> None:
+    def __init__(self, repo: ChatRepository, cache: SessionCache, pending: PendingWrites | None = None) -> None:
         self._repo = repo
         self._cache = cache
+        self._pending = pending
+        """Where writes Postgres did not take wait for it (None: nothing is kept, the error goes to the caller)."""
         # Cache corrections that failed because Redis was unreachable; retried so a blip cannot leave a stale
         # list behind for a whole TTL. Strong references keep the tasks alive.
         self._repairs: set[asyncio.Task[None]] = set()
@@ -80,15 +90,128 @@ class SessionStore:
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
     ) -> AppendResult:
-        """Append messages (the caller has checked ownership). Idempotent per client message id. With `claim`,
-        also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is taken)."""
+        """Append messages (the caller has checked ownership). Idempotent per client message id and per write key.
+        With `claim`, also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is
+        taken).
+
+        The session's pending writes are stored first. `StorageUnavailable` when Postgres does not answer (then
+        nothing of this append is kept)."""
+        await self.store_pending(session_id)
+        return await self._append_now(
+            session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, claim=claim
+        )
+
+    async def append_or_keep(
+        self,
+        session_id: UUID,
+        messages: Sequence[NewMessage],
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        retry_seconds: float,
+    ) -> AppendResult | None:
+        """Append what must not be lost (a step of a reply): while Postgres does not answer, retry with backoff for
+        up to `retry_seconds`, then keep it in Redis and return None; the session's next append or the reconciler
+        stores it once Postgres is back. A cancellation meanwhile keeps it too before it goes on.
+
+        Every message needs a `write_key`: an attempt whose commit went through but whose answer was lost is then
+        harmless to repeat, here or wherever the kept copy is stored."""
+        if any(m.write_key is None for m in messages):
+            raise ValueError("append_or_keep needs a write key on every message")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry_seconds
+        delay = _RETRY_FIRST_SECONDS
+        try:
+            while True:
+                try:
+                    return await self.append(
+                        session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                    )
+                except StorageUnavailable:
+                    if self._pending is None:
+                        raise
+                    if loop.time() + delay > deadline:
+                        break
+                    level = logging.WARNING if delay == _RETRY_FIRST_SECONDS else logging.DEBUG
+                    log.log(level, "storing to %s failed: Postgres unavailable; retrying in %.1fs", session_id, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_SECONDS)
+        except asyncio.CancelledError:
+            if self._pending is not None:
+                await asyncio.shield(self._keep(session_id, messages, prompt_tokens, completion_tokens))
+            raise
+        await self._keep(session_id, messages, prompt_tokens, completion_tokens)
+        return None
+
+    async def store_pending(self, session_id: UUID, *, wait: bool = True) -> None:
+        """Store the session's pending writes, oldest first; one EXISTS when there are none. A pod already doing it
+        is waited for (`wait`, bounded by its lease) or left to it. `StorageUnavailable` if Postgres still does not
+        answer: what is left stays pending."""
+        if self._pending is None:
+            return
+        try:
+            if not await self._pending.any(session_id):
+                return
+        except RedisError:
+            log.warning("cannot tell whether %s has pending writes (Redis unavailable); going on", session_id)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._pending.lock_seconds + 1.0
+        while (token := await self._pending.lock(session_id)) is None:
+            if not wait:
+                return
+            if loop.time() > deadline:
+                raise StorageUnavailable("The session's earlier reply is still being saved; please try again.")
+            await asyncio.sleep(_LOCK_POLL_SECONDS)
+        try:
+            while (item := await self._pending.first(session_id)) is not None:
+                raw, append = item
+                try:
+                    await self._append_now(
+                        session_id,
+                        append.messages,
+                        prompt_tokens=append.prompt_tokens,
+                        completion_tokens=append.completion_tokens,
+                    )
+                except NotFound:
+                    log.warning("session %s was deleted; dropping its pending write", session_id)
+                await self._pending.done(session_id, raw)
+                log.info("stored a pending write of %s (%d messages)", session_id, len(append.messages))
+            await self._pending.unlist_if_empty(session_id)
+        finally:
+            await self._pending.unlock(session_id, token)
+
+    async def _keep(
+        self, session_id: UUID, messages: Sequence[NewMessage], prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        assert self._pending is not None
+        await self._pending.keep(session_id, PendingAppend(tuple(messages), prompt_tokens, completion_tokens))
+        log.warning("Postgres unavailable: kept a write to %s in Redis until it answers", session_id)
+
+    async def _append_now(
+        self,
+        session_id: UUID,
+        messages: Sequence[NewMessage],
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        claim: ActiveTurnClaim | None = None,
+    ) -> AppendResult:
         try:
             result = await self._repo.append_messages(
                 session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, claim=claim
             )
         except LookupError as e:
             raise NotFound("session not found") from e
-        new = [m for m in result.messages if m.client_message_id not in result.duplicates]
+        if result.repeated_keys:
+            # An earlier attempt committed without telling its cache update: the cached list may lack its rows.
+            await self._after_write(session_id, messages=True)
+            return result
+        new = [
+            stored
+            for stored, given in zip(result.messages, messages, strict=True)
+            if given.client_message_id not in result.duplicates
+        ]
         if not new and not prompt_tokens and not completion_tokens:
             return result  # nothing was written (a resent message): the cache is still right
         try:
@@ -117,7 +240,8 @@ class SessionStore:
         self, session_id: UUID, tool_call_id: str, content: str, *, token_count: int
     ) -> ChatMessage | None:
         """Put a long-running operation's result in place of its pending tool message (an update: the cached
-        list is dropped, never patched)."""
+        list is dropped, never patched). The session's pending writes, which may hold that message, go first."""
+        await self.store_pending(session_id)
         message = await self._repo.replace_tool_result(session_id, tool_call_id, content, token_count)
         if message is not None:
             await self._after_write(session_id, messages=True)

@@ -10,9 +10,11 @@ record, `ttl` after the last write. A small tombstone outlives them so a late re
 from "never existed" (404).
 
 Entry ids name their turn: the owner numbers its chunks `<base>-1`, `<base>-2`, … where `base` is derived from the
-turn id and lies centuries ahead of the clock, so entries Redis numbers itself (`*`: the `end` entry, a reaper's
-closing chunks) continue the same sequence. A cursor handed out for one turn is thereby recognisable as not being
-one of another turn's (`position_of`), which matters where a client resumes "the session's running turn".
+turn id and lies centuries ahead of the clock, so entries Redis numbers itself (`*`: the `end` entry) continue the
+same sequence. Whoever closes a turn whose owner died writes under the next base up (`closer_entry_ids`), past
+every id the owner may have handed out from memory. A cursor handed out for one turn is thereby recognisable as
+not being one of another turn's (`position_of`), which matters where a client resumes "the session's running
+turn".
 
 Running turns are listed in one sorted set scored by lease deadline: owners push their deadlines forward in one
 pipelined call per pod, and finding turns whose owner died is a range query, never a key scan.
@@ -110,6 +112,18 @@ def cursor_base(turn_id: str) -> int:
 def entry_id(turn_id: str, position: int) -> str:
     """Id of the `position`-th entry (from 1) of the turn's stream."""
     return f"{cursor_base(turn_id)}-{position}"
+
+
+def closer_entry_ids(turn_id: str, count: int) -> list[str]:
+    """Ids for the entries of whoever ends a turn in its owner's place: the next base up. A follower on the dead
+    owner's pod was handed the owner's ids from memory, possibly beyond what reached Redis; ids that continued the
+    owner's sequence would collide with those cursors and be skipped by a client resuming from one."""
+    return [f"{cursor_base(turn_id) + 1}-{i}" for i in range(1, count + 1)]
+
+
+def is_owners_entry(turn_id: str, entry_id: str) -> bool:
+    """An entry id the turn's owner chose (see `TurnPublisher`), as opposed to one of whoever closed the turn."""
+    return entry_id.startswith(f"{cursor_base(turn_id)}-")
 
 
 def position_of(turn_id: str, cursor: str) -> int | None:
@@ -236,6 +250,12 @@ class TurnRegistry:
         """The user of a turn whose stream has expired (None if no such turn ever existed)."""
         value = await self._redis.get(keys.turn_tombstone(turn_id))
         return value.decode() if isinstance(value, bytes) else value
+
+    async def holds(self, turn_id: str, entry_id: str) -> bool:
+        """Whether the turn's stream has the entry `entry_id` (a cursor a follower on the owner's pod was handed
+        may be ahead of what reached Redis)."""
+        entries: Any = await self._redis.xrange(keys.turn_events(turn_id), entry_id, entry_id, count=1)
+        return bool(entries)
 
     async def chunks(self, turn_id: str) -> list[bytes]:
         """Every chunk of the turn so far (JSON), in order."""

@@ -47,6 +47,48 @@ async def test_resend_with_same_client_id_stores_one_message(repo: ChatRepositor
     assert after.messages[0].sequence == 2
 
 
+def step(turn: str, index: int, text: str) -> list[NewMessage]:
+    """A tool step as a turn stores it: the assistant message and its tool result, each with its write key."""
+    calls = [{"id": f"call-{index}", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    return [
+        NewMessage("assistant", text, tool_calls=calls, write_key=f"{turn}:{index}:0", token_count=3),
+        NewMessage("tool", "42", tool_call_id=f"call-{index}", write_key=f"{turn}:{index}:1", token_count=2),
+    ]
+
+
+async def test_a_retried_append_after_a_lost_commit_reply_stores_nothing_twice(repo: ChatRepository) -> None:
+    """The first attempt committed but its answer never came back (the connection dropped after COMMIT): the retry,
+    here or from a copy kept in Redis, finds the write keys and writes neither the messages nor the usage again."""
+    session = await repo.create_session("alice")
+    await repo.append_messages(session.id, [NewMessage("user", "hi", client_message_id="c-1")])
+    first = await repo.append_messages(session.id, step("t", 0, "let me look"), prompt_tokens=10, completion_tokens=4)
+    assert first.repeated_keys == frozenset()
+
+    retries = await asyncio.gather(
+        *(
+            repo.append_messages(session.id, step("t", 0, "let me look"), prompt_tokens=10, completion_tokens=4)
+            for _ in range(5)
+        )
+    )
+
+    for retry in retries:
+        assert retry.repeated_keys == {"t:0:0", "t:0:1"}
+        assert [m.id for m in retry.messages] == [m.id for m in first.messages]
+    stored = await repo.get_messages(session.id)
+    assert [(m.sequence, m.role) for m in stored] == [(1, "user"), (2, "assistant"), (3, "tool")]
+    row = await repo.get_session(session.id)
+    assert row is not None
+    assert (row.message_count, row.prompt_tokens, row.completion_tokens, row.live_tokens) == (3, 10, 4, 5)
+
+    # The next step, and a partial reply stored under a key already taken (a dead owner's step it had stored).
+    await repo.append_messages(session.id, step("t", 1, "found it"))
+    partial = await repo.append_messages(
+        session.id, [NewMessage("assistant", "found [interrupted]", write_key="t:1:0")]
+    )
+    assert partial.messages[0].content == "found it" and partial.repeated_keys == {"t:1:0"}
+    assert [m.sequence for m in await repo.get_messages(session.id)] == [1, 2, 3, 4, 5]
+
+
 async def test_usage_is_added_to_session_totals(repo: ChatRepository) -> None:
     session = await repo.create_session("alice")
     await repo.append_messages(session.id, [NewMessage("assistant", "x")], prompt_tokens=10, completion_tokens=3)

@@ -434,6 +434,76 @@ async def test_killed_pod_turn_is_closed_by_the_other_pod(pods: tuple[Pod, Pod],
     assert [role for role, _ in await stored(db, sid)] == ["user", "assistant", "user", "assistant"]
 
 
+def entry_number(entry_id: str) -> int:
+    """`0-N` → N (the owner's entry ids count its chunks)."""
+    first, _, second = entry_id.partition("-")
+    assert first == "0", entry_id
+    return int(second)
+
+
+@pytest.mark.slow
+async def test_a_killed_pods_partial_reply_is_what_can_be_replayed_and_a_client_shown_more_is_told(
+    db: asyncpg.Connection, redis: Redis, mock_llm: MockLLMServer, tmp_path: Path
+) -> None:
+    """The client that started the turn reads the owner's memory, ahead of Redis by up to a publish window (1.5 s
+    here). The owner is killed: the stored partial is exactly the text of the last step its Redis Stream holds (what
+    any follower can replay), and the client, reconnecting with its cursor on the other pod, is told the reply was
+    interrupted and that the end of what it saw was not kept, before `finish`."""
+    env = {**pod_env(mock_llm), "COPILOT_PUBLISH_WINDOW_MS": "1500"}
+    async with two_pods(env, tmp_path) as (a, b):
+        sid = await new_session(a.client)
+        message = "[[mock:text tokens=1000 delay_ms=20]]"
+        origin = send(a, sid, message)
+        await origin.wait_for_text()
+        assert origin.task_id is not None
+        events = keys.turn_events(origin.task_id)
+
+        async def kept_ids() -> list[str]:
+            return [entry_id.decode() for entry_id, _ in await redis.xrange(events)]
+
+        async def redis_has_text() -> bool:
+            entries = await redis.xrange(events)
+            return any(b'"text-delta"' in fields.get(b"c", b"") for _, fields in entries)
+
+        await wait_for(redis_has_text)  # a window's write has landed
+        last_kept = entry_number((await kept_ids())[-1])
+
+        async def shown_well_past_it() -> bool:
+            cursor = origin.frames[-1].id
+            return cursor is not None and entry_number(cursor) >= last_kept + 10
+
+        await wait_for(shown_well_past_it)
+        a.kill()
+        await origin.done(within=15)
+        cursor = origin.frames[-1].id
+        assert cursor is not None
+        assert entry_number(cursor) > max(entry_number(i) for i in await kept_ids())  # it saw more than was kept
+
+        reconnect = read(
+            b.client, "GET", f"/api/chat/tasks/{origin.task_id}/stream", headers={**ALICE, "Last-Event-ID": cursor}
+        )
+        await reconnect.done(within=15)
+        assert reconnect.status == 200 and reconnect.error is None
+        assert kinds(reconnect.frames) == ["error", "finish", "[DONE]"]
+        error, finish = chunks(body_of(reconnect.frames))
+        assert error["errorText"].startswith("interrupted:") and "not kept" in error["errorText"]
+        assert finish["finishReason"] == "error"
+
+        await wait_for(lambda: _idle(b, sid))
+        replayed = protocol_chunks(await redis.xrange(events))
+        last_step = replayed[max(i for i, c in enumerate(replayed) if isinstance(c, protocol.StartStep)) :]
+        kept_text = "".join(c.delta for c in last_step if isinstance(c, protocol.TextDelta))
+        assert 0 < len(kept_text) < len(origin.text())
+        assert await stored(db, sid) == [("user", message), ("assistant", kept_text + INTERRUPTED)]
+        full_replay = await replay(b, origin.task_id)  # a follower from the start gets exactly what was stored
+        assert text_of(body_of(full_replay)) == kept_text
+        assert_well_formed(full_replay)
+
+
+def protocol_chunks(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[protocol.Chunk]:
+    return [protocol.decode(fields[b"c"]) for _, fields in entries if b"c" in fields]
+
+
 # --- unknown, foreign and expired tasks -------------------------------------------------------------------
 
 

@@ -16,8 +16,9 @@ from backend import keys
 from backend.chat import protocol as p
 from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
 from backend.chat.protocol_check import check_sequence
-from backend.chat.recovery import LOST_OWNER_TEXT, closing_chunks, reap
+from backend.chat.recovery import LOST_OWNER_TEXT, LOST_TAIL_TEXT, closing_chunks, explain_lost_tail, reap
 from backend.chat.tokens import TokenCounter
+from backend.chat.turn import step_key
 from backend.store.cache import SessionCache
 from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool
@@ -409,3 +410,113 @@ async def test_reap_leaves_an_ended_turn_alone(registry: TurnRegistry, store: Se
     assert not await reap("t-fine", registry=registry, store=store, active=active, counter=counter)
     assert await stream_entries(redis, "t-fine") == before
     assert await store.messages(session.id) == []
+
+
+async def dead_owner_turn(
+    registry: TurnRegistry, store: SessionStore, redis: Redis, published: list[p.Chunk]
+) -> tuple[uuid.UUID, str, ActiveTurns]:
+    """A session whose turn's owner died after publishing `published` (with the owner's ids, `0-1`, ...)."""
+    session = await store.create("alice", title="t")
+    await store.append(session.id, [NewMessage("user", "hi")])
+    active = ActiveTurns(redis, lease_seconds=600)
+    turn_id = str(uuid.uuid4())
+    assert await active.claim(session.id, turn_id)
+    await registry.create(turn_id, str(session.id), "alice")
+    ids = [f"0-{i}" for i in range(1, len(published) + 1)]
+    await registry.publish(turn_id, [p.to_json(c) for c in published], ids=ids)
+    return session.id, turn_id, active
+
+
+def text_step(text_id: str, *deltas: str, ended: bool = True) -> list[p.Chunk]:
+    chunks: list[p.Chunk] = [p.StartStep(), p.TextStart(id=text_id)]
+    chunks += [p.TextDelta(id=text_id, delta=d) for d in deltas]
+    return [*chunks, p.TextEnd(id=text_id), p.FinishStep()] if ended else chunks
+
+
+async def test_reap_stores_the_last_steps_text_even_when_an_earlier_step_began_alike(
+    registry: TurnRegistry, store: SessionStore, redis: Redis
+) -> None:
+    """Regression: the partial was compared by prefix with the stored assistant messages since the user's; a step
+    whose text began like the previous step's ("Let me ...") was taken for stored and lost."""
+    session_id, turn_id, active = await dead_owner_turn(
+        registry,
+        store,
+        redis,
+        [
+            p.Start(message_id="m"),
+            *text_step("text-0", "Let me check that."),
+            *text_step("text-1", "Let me", ended=False),
+        ],
+    )
+    # What the owner stored of step 0 before it died (with the step's write key).
+    await store.append(session_id, [NewMessage("assistant", "Let me check that.", write_key=step_key(turn_id, 0, 0))])
+    counter = TokenCounter("gpt-4o-mini")
+
+    assert await reap(turn_id, registry=registry, store=store, active=active, counter=counter)
+
+    replayable = [p.decode(c) for c in await registry.chunks(turn_id)]
+    last_step = replayable[max(i for i, c in enumerate(replayable) if isinstance(c, p.StartStep)) :]
+    kept_text = "".join(c.delta for c in last_step if isinstance(c, p.TextDelta))
+    assert [(m.role, m.content) for m in await store.messages(session_id)] == [
+        ("user", "hi"),
+        ("assistant", "Let me check that."),
+        ("assistant", f"{kept_text}\n\n[interrupted]"),
+    ]
+    assert kept_text == "Let me"
+
+
+async def test_reap_stores_nothing_for_a_step_its_owner_stored(
+    registry: TurnRegistry, store: SessionStore, redis: Redis
+) -> None:
+    """The owner stores a step before it publishes the step's end, and died in between: the step's write key is
+    stored, so the partial is not stored again (whatever its text)."""
+    session_id, turn_id, active = await dead_owner_turn(
+        registry, store, redis, [p.Start(message_id="m"), *text_step("text-0", "Forty", ended=False)]
+    )
+    await store.append(session_id, [NewMessage("assistant", "Forty-two.", write_key=step_key(turn_id, 0, 0))])
+    counter = TokenCounter("gpt-4o-mini")
+    assert await reap(turn_id, registry=registry, store=store, active=active, counter=counter)
+    assert [m.content for m in await store.messages(session_id)] == ["hi", "Forty-two."]
+
+
+async def test_reap_marks_a_reply_that_had_no_text_yet(
+    registry: TurnRegistry, store: SessionStore, redis: Redis
+) -> None:
+    session_id, turn_id, active = await dead_owner_turn(registry, store, redis, [p.Start(message_id="m")])
+    counter = TokenCounter("gpt-4o-mini")
+    assert await reap(turn_id, registry=registry, store=store, active=active, counter=counter)
+    assert [(m.role, m.content) for m in await store.messages(session_id)] == [
+        ("user", "hi"),
+        ("assistant", "[interrupted]"),
+    ]
+
+
+async def test_a_client_shown_more_than_was_kept_is_told_so(
+    registry: TurnRegistry, store: SessionStore, redis: Redis
+) -> None:
+    """A client of the owner's pod saw entries up to `0-9` from memory; Redis kept `0-1`..`0-5` when the owner
+    died. Reconnecting with its cursor it gets `error` (the reason: interrupted, and that what it saw after the
+    kept text was not kept) and `finish`, and not the ends of parts it may no longer have open. A client whose
+    cursor Redis holds gets the closing chunks as they are."""
+    kept: list[p.Chunk] = [p.Start(message_id="m"), *text_step("text-0", "one ", "two ", ended=False)]
+    session_id, turn_id, active = await dead_owner_turn(registry, store, redis, kept)
+    counter = TokenCounter("gpt-4o-mini")
+    assert await reap(turn_id, registry=registry, store=store, active=active, counter=counter)
+
+    async def reconnect(after: str) -> list[p.Chunk]:
+        entries = registry.follow(turn_id, after=after, heartbeat_seconds=30)
+        async with asyncio.timeout(5):
+            followed = await collect(explain_lost_tail(entries, turn_id=turn_id, after=after, registry=registry))
+        return [p.decode(c) for _, c in followed if c is not None]
+
+    assert await reconnect("0-9") == [p.Error(error_text=LOST_TAIL_TEXT), p.Finish(finish_reason="error")]
+    assert await reconnect("0-5") == [
+        p.TextEnd(id="text-0"),
+        p.FinishStep(),
+        p.Error(error_text=LOST_OWNER_TEXT),
+        p.Finish(finish_reason="error"),
+    ]
+    assert (await reconnect("0"))[: len(kept)] == kept
+    assert LOST_TAIL_TEXT.startswith("interrupted:") and LOST_OWNER_TEXT.startswith("interrupted:")
+    messages = await store.messages(session_id)
+    assert messages[-1].content == "one two \n\n[interrupted]"

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 from uuid import UUID
 
+from redis.exceptions import RedisError
+
 from backend.chat import protocol as p
 from backend.chat.open_parts import OpenParts
 from backend.chat.tokens import TokenCounter
@@ -109,9 +111,10 @@ async def explain_lost_tail(
     cursor = after
     lost: bool | None = None
     async for entry_id, payload in entries:
-        if payload is not None and not is_owners_entry(turn_id, entry_id):
+        # Entries without an id close a stream the follower lost itself: nothing was written, nothing to explain.
+        if payload is not None and entry_id and not is_owners_entry(turn_id, entry_id):
             if lost is None:
-                lost = is_owners_entry(turn_id, cursor) and not await registry.holds(turn_id, cursor)
+                lost = is_owners_entry(turn_id, cursor) and not await _holds(registry, turn_id, cursor)
                 if lost:
                     log.info("turn %s: a client at %s had been shown entries that were not kept", turn_id, cursor)
             if lost:
@@ -123,3 +126,12 @@ async def explain_lost_tail(
         elif entry_id:
             cursor = entry_id
         yield entry_id, payload
+
+
+async def _holds(registry: TurnRegistry, turn_id: str, cursor: str) -> bool:
+    """Whether the stream holds `cursor`; True (nothing to explain) when Redis cannot tell."""
+    try:
+        return await registry.holds(turn_id, cursor)
+    except RedisError:
+        log.warning("turn %s: cannot tell whether a reconnecting client saw more than was kept", turn_id)
+        return True

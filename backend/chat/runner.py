@@ -108,6 +108,8 @@ class TurnRunner:
         """The turns this pod runs, for followers on this pod (read from memory, not from Redis)."""
         self._supervisor: asyncio.Task[None] | None = None
         self._draining = False
+        self._unreleased: dict[str, uuid.UUID] = {}
+        """Ended turns whose Postgres anchor could not be freed yet (turn id → session id): retried by the supervisor."""
         self._anchored: dict[str, uuid.UUID] = {}
         """This pod's turns that hold their session in Postgres (turn id → session id): the leases it renews."""
 
@@ -153,6 +155,10 @@ class TurnRunner:
                 if held.turn_id == turn_id:
                     return Submitted(turn_id, None, repeated=True)  # its slot is that running turn's
                 await self._quota.release(user_id, turn_id)
+                if await self._ended(held.turn_id):
+                    # It ended while Postgres was down, so it could not free the session: do it for it.
+                    await admission.release_anchor(session.id, held.turn_id)
+                    continue
                 await self._make_way(session.id, held.turn_id)
                 continue
             except BaseException:
@@ -185,6 +191,14 @@ class TurnRunner:
             with billed_to(user_id):  # the title task inherits who pays for its model call
                 self._titles.schedule(session.id, user_id, message.text)
         return Submitted(turn_id, user.sequence, repeated=False)
+
+    async def _ended(self, turn_id: str) -> bool:
+        """Whether the turn is known to have ended (its stream's status says so); False when unknown."""
+        try:
+            info = await self._registry.info(turn_id)
+        except RedisError:
+            return False
+        return info is not None and info.status != "running"
 
     async def _make_way(self, session_id: uuid.UUID, current: str) -> None:
         """Apply the double-texting policy to the session's running turn `current`."""
@@ -308,6 +322,7 @@ class TurnRunner:
                 # Postgres first, so a turn's Redis lease never lapses before its Postgres one: whoever closes a turn
                 # when its Redis lease lapsed can free its session at once.
                 await self._guarded("renewing leases in Postgres", self._renew_anchors())
+                await self._guarded("freeing ended turns' sessions in Postgres", self._release_ended())
                 await self._guarded("renewing leases in Redis", self._registry.renew(self._tasks))
                 await self._guarded("closing turns of dead pods", self._reap_expired())
 
@@ -323,6 +338,11 @@ class TurnRunner:
         for turn_id in anchored.keys() - held:
             if turn_id in self._anchored:  # not ended meanwhile
                 log.warning("turn %s no longer holds its session in Postgres (its lease lapsed)", turn_id)
+
+    async def _release_ended(self) -> None:
+        for turn_id, session_id in list(self._unreleased.items()):
+            await self._admission.release_anchor(session_id, turn_id)
+            self._unreleased.pop(turn_id, None)
 
     async def _reap_expired(self) -> None:
         """Close turns whose owner stopped renewing: listed by their Redis lease, and (what a Redis flush cannot
@@ -541,8 +561,10 @@ class TurnRunner:
         try:
             await self._admission.release_anchor(req.session_id, req.turn_id)
         except Exception:
-            # Its lease is no longer renewed: the session is freed when it lapses (the supervisor reaps it).
-            log.exception("turn %s: could not free its session; it frees when its lease lapses", req.turn_id)
+            # Postgres is down (its reply may be kept in Redis meanwhile). The supervisor tries again every tick, and
+            # a message that finds this ended turn still holding the session frees it itself.
+            log.warning("turn %s: could not free its session in Postgres yet; retrying", req.turn_id)
+            self._unreleased[req.turn_id] = req.session_id
         try:
             # The slot goes back before the end is written: a client that saw the end may start another turn at once.
             await self._quota.release(req.user_id, req.turn_id)

@@ -24,7 +24,7 @@ from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
-from backend.streams.turns import TurnRegistry, TurnVanished, entry_id, position_of
+from backend.streams.turns import TurnRegistry, TurnVanished, entry_id, is_owners_entry, position_of
 from tests.conftest import REDIS_URL
 
 
@@ -415,14 +415,14 @@ async def test_reap_leaves_an_ended_turn_alone(registry: TurnRegistry, store: Se
 async def dead_owner_turn(
     registry: TurnRegistry, store: SessionStore, redis: Redis, published: list[p.Chunk]
 ) -> tuple[uuid.UUID, str, ActiveTurns]:
-    """A session whose turn's owner died after publishing `published` (with the owner's ids, `0-1`, ...)."""
+    """A session whose turn's owner died after publishing `published` (with the owner's ids, `<base>-1`, ...)."""
     session = await store.create("alice", title="t")
     await store.append(session.id, [NewMessage("user", "hi")])
     active = ActiveTurns(redis, lease_seconds=600)
     turn_id = str(uuid.uuid4())
     assert await active.claim(session.id, turn_id)
     await registry.create(turn_id, str(session.id), "alice")
-    ids = [f"0-{i}" for i in range(1, len(published) + 1)]
+    ids = [entry_id(turn_id, i) for i in range(1, len(published) + 1)]
     await registry.publish(turn_id, [p.to_json(c) for c in published], ids=ids)
     return session.id, turn_id, active
 
@@ -494,7 +494,7 @@ async def test_reap_marks_a_reply_that_had_no_text_yet(
 async def test_a_client_shown_more_than_was_kept_is_told_so(
     registry: TurnRegistry, store: SessionStore, redis: Redis
 ) -> None:
-    """A client of the owner's pod saw entries up to `0-9` from memory; Redis kept `0-1`..`0-5` when the owner
+    """A client of the owner's pod saw entries up to the 9th from memory; Redis kept the first 5 when the owner
     died. Reconnecting with its cursor it gets `error` (the reason: interrupted, and that what it saw after the
     kept text was not kept) and `finish`, and not the ends of parts it may no longer have open. A client whose
     cursor Redis holds gets the closing chunks as they are."""
@@ -509,8 +509,8 @@ async def test_a_client_shown_more_than_was_kept_is_told_so(
             followed = await collect(explain_lost_tail(entries, turn_id=turn_id, after=after, registry=registry))
         return [p.decode(c) for _, c in followed if c is not None]
 
-    assert await reconnect("0-9") == [p.Error(error_text=LOST_TAIL_TEXT), p.Finish(finish_reason="error")]
-    assert await reconnect("0-5") == [
+    assert await reconnect(entry_id(turn_id, 9)) == [p.Error(error_text=LOST_TAIL_TEXT), p.Finish(finish_reason="error")]
+    assert await reconnect(entry_id(turn_id, 5)) == [
         p.TextEnd(id="text-0"),
         p.FinishStep(),
         p.Error(error_text=LOST_OWNER_TEXT),
@@ -520,3 +520,20 @@ async def test_a_client_shown_more_than_was_kept_is_told_so(
     assert LOST_TAIL_TEXT.startswith("interrupted:") and LOST_OWNER_TEXT.startswith("interrupted:")
     messages = await store.messages(session_id)
     assert messages[-1].content == "one two \n\n[interrupted]"
+
+
+async def test_a_reapers_entries_come_after_every_id_the_owner_could_have_handed_out(
+    registry: TurnRegistry, store: SessionStore, redis: Redis
+) -> None:
+    """Regression (found merging turn-named cursors with the lost-tail check): the reaper's entries continued the
+    owner's sequence (`<base>-6`, …), so a client shown entries up to `<base>-9` from the dead owner's memory skipped
+    the closing `error` and `finish` when it resumed from its cursor, and its stream never ended."""
+    kept: list[p.Chunk] = [p.Start(message_id="m"), *text_step("text-0", "one ", "two ", ended=False)]
+    session_id, turn_id, active = await dead_owner_turn(registry, store, redis, kept)
+    assert await reap(turn_id, registry=registry, store=store, active=active, counter=TokenCounter("gpt-4o-mini"))
+    ids = [entry_id_.decode() for entry_id_, _ in await redis.xrange(keys.turn_events(turn_id))]
+    closing = ids[len(kept) :]
+    assert closing and not any(is_owners_entry(turn_id, i) for i in closing)
+    far_ahead = entry_id(turn_id, 10_000)
+    followed = await collect(registry.follow(turn_id, after=far_ahead, heartbeat_seconds=30))
+    assert [type(p.decode(c)) for _, c in followed if c is not None][-2:] == [p.Error, p.Finish]

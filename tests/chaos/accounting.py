@@ -80,7 +80,10 @@ def account(plan: TurnPlan, views: Sequence[ClientView], rows: Sequence[Row]) ->
     seen = max((v.text for v in views), key=len, default="")
     clear_error = any(v.errors for v in views) and not seen
     if not replies:
-        return result if clear_error else _lost(result, f"no reply stored (a client saw {len(seen)} chars)")
+        if clear_error:
+            return result
+        following = ", ".join(f"{r.role} {_describe(r.content)}" for r in after[:4]) or "nothing"
+        return _lost(result, f"no reply stored (a client saw {len(seen)} chars; then {following})")
     if len(replies) > 1:
         described = ", ".join(_describe(r) for r in replies)
         return _duplicated(result, f"{len(replies)} replies stored ({described}; expected {len(plan.expected)})")

@@ -139,11 +139,21 @@ class Driver:
         urls = self._urls()
         return urls[pod % len(urls)] + path
 
+    async def request(self, method: str, pod: int, path: str, user: str, **kwargs: Any) -> httpx.Response:
+        """A plain request, tried on the next pod when the connection fails (a pooled keep-alive connection the
+        server just closed, a pod that is down), three times at most."""
+        for attempt in range(2):
+            try:
+                return await self.http.request(
+                    method, self.url(pod + attempt, path), headers=self.headers(user), **kwargs
+                )
+            except httpx.TransportError:
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        return await self.http.request(method, self.url(pod + 2, path), headers=self.headers(user), **kwargs)
+
     async def new_session(self, user: str, pod: int) -> str:
         # A title keeps the title writer (which also calls the model) out of the way.
-        r = await self.http.post(
-            self.url(pod, "/api/chat/sessions"), json={"title": "chaos"}, headers=self.headers(user)
-        )
+        r = await self.request("POST", pod, "/api/chat/sessions", user, json={"title": "chaos"})
         r.raise_for_status()
         return str(r.json()["id"])
 

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 
+import asyncpg
 import pytest
 
 from tests.chaos.accounting import Figures
@@ -175,6 +176,39 @@ async def test_postgres_down_10s(up: Rig, driver: Driver, record: Callable[[Figu
     figures = await run.figures(settle=30)
     record(figures)
     assert_nothing_lost(figures, close_within=OUTAGE + 10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a reply is lost when a cancel lands while it is being stored (the last step's save is not shielded "
+    "from the cancellation): a new defect found by the soak, no owner yet",
+)
+async def test_cancel_while_the_reply_is_stored(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
+    """Stop is pressed as the reply ends, while Postgres is slow to store it: the reply the user saw must still be
+    stored once (complete, or marked interrupted). The soak met this once in about 600 cancels; a lock on the
+    messages table makes it happen every time."""
+    messages = [text_turn(f"x{i}", 10, 20) for i in range(TURNS)]
+    run = await Run.begin(up, driver, "cancel while the reply is stored", messages)
+    await run.streaming(deltas=1)  # every user message is stored
+    conn = await asyncpg.connect(up.postgres.dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")  # the replies' saves wait
+            await run.streaming(deltas=10)  # every reply has been shown whole
+            run.mark_fault()
+            cancels = [
+                asyncio.create_task(
+                    driver.request("POST", p.pod + 1, f"/api/chat/sessions/{p.session_id}/cancel", p.user)
+                )
+                for p in run.plans
+            ]
+            await asyncio.sleep(1.0)  # the owners act on the cancel while the saves wait
+    finally:
+        await conn.close()
+    await asyncio.gather(*cancels)
+    figures = await run.figures()
+    record(figures)
+    assert_nothing_lost(figures, close_within=10)
 
 
 # --- the model -----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import httpx
 import jwt
@@ -29,20 +30,20 @@ import redis
 
 from tests.chaos.servers import OwnPostgres, OwnRedis, free_port, log_tail
 
-ROOT = Path(__file__).resolve().parents[2]
-
-POD_ENV: Mapping[str, str] = {
-    "COPILOT_MODEL": "mock-model",
-    "OPENAI_API_KEY": "test",
-    "COPILOT_TURN_LEASE_SECONDS": "2",
-    "COPILOT_LLM_IDLE_TIMEOUT_SECONDS": "2",
-    "COPILOT_LLM_RETRY_BASE_SECONDS": "0.05",
-    "COPILOT_LLM_RETRY_MAX_SECONDS": "0.2",
-    # Read by the graceful shutdown (SIGTERM: stop running turns after this grace); ignored by a build without it.
-    "COPILOT_SHUTDOWN_GRACE_SECONDS": "5",
-    "COPILOT_MIGRATE_ON_STARTUP": "true",
-    "COPILOT_LOG_LEVEL": "WARNING",
-}
+POD_ENV: Mapping[str, str] = MappingProxyType(
+    {
+        "COPILOT_MODEL": "mock-model",
+        "OPENAI_API_KEY": "test",
+        "COPILOT_TURN_LEASE_SECONDS": "2",
+        "COPILOT_LLM_IDLE_TIMEOUT_SECONDS": "2",
+        "COPILOT_LLM_RETRY_BASE_SECONDS": "0.05",
+        "COPILOT_LLM_RETRY_MAX_SECONDS": "0.2",
+        # Read by the graceful shutdown (SIGTERM: stop running turns after this grace); ignored by a build without it.
+        "COPILOT_SHUTDOWN_GRACE_SECONDS": "5",
+        "COPILOT_MIGRATE_ON_STARTUP": "true",
+        "COPILOT_LOG_LEVEL": "WARNING",
+    }
+)
 """What every pod runs with, besides the URLs and the JWT secret of its rig."""
 
 
@@ -62,9 +63,9 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 60) -> None:
+        # Run from the rig's directory: a developer's `.env` in the repository must not configure a pod.
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                # Run from the rig's directory: a developer's `.env` in the repository must not configure a pod.
                 self.args,
                 cwd=self.log_path.parent,
                 env=self.env,

@@ -2,8 +2,9 @@
 the figures (docs/reliability.md): every turn stored once, none lost or duplicated, no session left busy, every
 stream closed in time.
 
-A scenario that fails today because of a defect being fixed elsewhere is marked `xfail(strict=True)`: it turns red
-the moment the fix lands, and the mark goes.
+A scenario that fails today because of a known defect is marked `xfail(strict=True)` with the defect and the work
+that fixes it (or "no owner yet" for a defect this suite found): it turns red the moment the fix lands, and the
+mark goes.
 """
 
 from __future__ import annotations
@@ -18,18 +19,15 @@ import pytest
 
 from tests.chaos.accounting import Figures
 from tests.chaos.driver import Driver
-from tests.chaos.harness import Rig
+from tests.chaos.harness import POD_ENV, Rig
 from tests.chaos.scenario import Run, text_turn
 
 pytestmark = pytest.mark.slow
 
 TURNS = 20
-LEASE = 2.0
-"""`COPILOT_TURN_LEASE_SECONDS` of the pods (tests/chaos/harness.py)."""
-IDLE_TIMEOUT = 2.0
-"""`COPILOT_LLM_IDLE_TIMEOUT_SECONDS` of the pods."""
-SHUTDOWN_GRACE = 5.0
-"""`COPILOT_SHUTDOWN_GRACE_SECONDS` of the pods."""
+LEASE = float(POD_ENV["COPILOT_TURN_LEASE_SECONDS"])
+IDLE_TIMEOUT = float(POD_ENV["COPILOT_LLM_IDLE_TIMEOUT_SECONDS"])
+SHUTDOWN_GRACE = float(POD_ENV["COPILOT_SHUTDOWN_GRACE_SECONDS"])
 OUTAGE = 10.0
 
 

@@ -54,6 +54,9 @@ class SoakSettings:
     """Pause between two words of the mock model (50 ms: 20 words/s)."""
     think: float = 1.0
     """Mean pause of a user between two turns."""
+    turns_per_session: int = 20
+    """A user starts a new session after this many turns, as people start new chats: histories (and the model
+    tokens a user spends, which per-user limits count) stay bounded however long the run."""
     reconnect_share: float = 0.15
     cancel_share: float = 0.15
     max_growth: float = 0.10
@@ -100,10 +103,12 @@ class Soak:
         user = f"soak-{index}"
         pods = len(self.rig.pods)
         await asyncio.sleep(rng.uniform(0, min(5.0, s.duration / 10)))  # ramp up
-        session = await self.driver.new_session(user, index % pods)
         end = self.started + s.duration
         turn = 0
+        session = ""
         while time.monotonic() < end:
+            if turn % s.turns_per_session == 0:
+                session = await self.driver.new_session(user, index + turn)
             message, expected = text_turn(f"u{index}t{turn}", s.words, s.delay_ms)
             plan = TurnPlan(user, session, (index + turn) % pods, message, expected)
             kind = _pick(rng, s)
@@ -160,7 +165,8 @@ class Soak:
 
     async def _settle(self, within: float = 30.0) -> tuple[list[TurnAccount], list[str]]:
         """Wait for the sessions to be free and the replies stored (bounded), then account for every turn."""
-        plans = {v.plan.session_id: v.plan for _, v in self.views}
+        started = [v for _, v in self.views if v.task_id is not None]
+        plans = {v.plan.session_id: v.plan for v in started}
         deadline = time.monotonic() + within
         conn = await asyncpg.connect(self.rig.postgres.dsn)
         try:
@@ -173,32 +179,39 @@ class Soak:
             rows = await session_rows(conn, list(plans))
         finally:
             await conn.close()
-        return [account(v.plan, [v], rows[v.plan.session_id]) for _, v in self.views], busy
+        return [account(v.plan, [v], rows[v.plan.session_id]) for v in started], busy
 
     def _results(self, accounts: Sequence[TurnAccount], busy: Sequence[str]) -> dict[str, Any]:
         s = self.settings
+        kinds = {id(v): kind for kind, v in self.views}
         verdicts = Counter(a.verdict for a in accounts)
         baseline = next((x for x in self.samples if x.at >= s.warmup), self.samples[0])
         final = self.samples[-1]
         growth = final.total / baseline.total - 1 if baseline.total else 0.0
         unclosed = sum(1 for _, v in self.views if v.closed_at is None)
+        refused = Counter(v.refused for _, v in self.views if v.refused is not None)
+        not_sent = sum(1 for _, v in self.views if v.task_id is None and v.refused is None)
         failures = []
         if growth > s.max_growth:
             failures.append(f"RSS grew {growth:.1%} after the warm-up (limit {s.max_growth:.0%})")
         if verdicts["lost"] or verdicts["duplicated"]:
             failures.append(f"{verdicts['lost']} turns lost, {verdicts['duplicated']} duplicated")
-        if busy or unclosed:
-            failures.append(f"{len(busy)} sessions left busy, {unclosed} streams not closed")
+        if busy or unclosed or not_sent:
+            failures.append(
+                f"{len(busy)} sessions left busy, {unclosed} streams not closed, {not_sent} messages not accepted"
+            )
         return {
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(s).items()},
             "turns": len(self.views),
             "by_kind": dict(Counter(kind for kind, _ in self.views)),
+            "refused": dict(refused),
+            "not_sent": not_sent,
             "stored_once": verdicts["stored once"],
             "lost": verdicts["lost"],
             "duplicated": verdicts["duplicated"],
             "busy": len(busy),
             "unclosed": unclosed,
-            "problems": [_problem(kind, a) for (kind, _), a in zip(self.views, accounts, strict=True) if a.why][:20],
+            "problems": [_problem(kinds[id(a.views[0])], a) for a in accounts if a.why][:20],
             "rss_mb": [{"at_s": round(x.at), **{k: round(v / _MB, 1) for k, v in x.rss.items()}} for x in self.samples],
             "rss_baseline_mb": round(baseline.total / _MB, 1),
             "rss_final_mb": round(final.total / _MB, 1),
@@ -232,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=float, default=defaults.sample_every, help="seconds between RSS samples")
     p.add_argument("--words", type=int, default=defaults.words, help="words per reply (%(default)s)")
     p.add_argument("--delay-ms", type=float, default=defaults.delay_ms, help="pause between words (%(default)s)")
+    p.add_argument("--turns-per-session", type=int, default=defaults.turns_per_session, help="turns per session")
     p.add_argument("--think", type=float, default=defaults.think, help="mean pause between a user's turns")
     p.add_argument("--max-growth", type=float, default=defaults.max_growth, help="allowed RSS growth (0.10: 10%%)")
     p.add_argument("--lease", type=float, default=defaults.lease_seconds, help="turn lease of the pods (seconds)")
@@ -262,6 +276,7 @@ def main(argv: Sequence[str]) -> int:
         words=args.words,
         delay_ms=args.delay_ms,
         think=args.think,
+        turns_per_session=args.turns_per_session,
         max_growth=args.max_growth,
         lease_seconds=args.lease,
         out=args.out,
@@ -275,7 +290,7 @@ def main(argv: Sequence[str]) -> int:
     print(
         f"\n{results['turns']} turns {results['by_kind']}: {results['stored_once']} stored once, "
         f"{results['lost']} lost, {results['duplicated']} duplicated, {results['busy']} sessions left busy, "
-        f"{results['unclosed']} streams not closed"
+        f"{results['unclosed']} streams not closed; refused: {results['refused'] or 'none'}"
     )
     print(
         f"RSS of the pods: {results['rss_baseline_mb']} MB after the warm-up, {results['rss_final_mb']} MB at the "

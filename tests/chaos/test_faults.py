@@ -2,9 +2,7 @@
 the figures (docs/reliability.md): every turn stored once, none lost or duplicated, no session left busy, every
 stream closed in time.
 
-A scenario that fails today because of a known defect is marked `xfail(strict=True)` with the defect and the work
-that fixes it (or "no owner yet" for a defect this suite found): it turns red the moment the fix lands, and the
-mark goes.
+Every scenario asserts its targets; none is expected to fail.
 """
 
 from __future__ import annotations
@@ -65,10 +63,6 @@ async def test_pod_sigkill_mid_stream(up: Rig, driver: Driver, record: Callable[
     assert all(v.reconnects == 0 and v.text == v.plan.expected for v in survived)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIGTERM waits for the replies to finish instead of a 20 s grace: fixed by the streams work",
-)
 async def test_pod_sigterm_mid_stream(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
     """An orchestrator stops a pod (SIGTERM) with long turns streaming: they get the shutdown grace, then are
     stopped and stored as interrupted, their streams end cleanly, and the process exits before 30 s. The turns of
@@ -93,10 +87,6 @@ async def test_pod_sigterm_mid_stream(up: Rig, driver: Driver, record: Callable[
 # --- Redis ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="followers end 15 s late after a Redis restart: fixed by the streams work",
-)
 async def test_redis_restart_without_persistence(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
     """Redis restarts empty mid-stream (turn streams, leases and pointers gone): the replies are stored once and
     every stream still ends within moments of its turn's end."""
@@ -111,10 +101,6 @@ async def test_redis_restart_without_persistence(up: Rig, driver: Driver, record
     assert_nothing_lost(figures, close_within=4 + 3)  # the turns' remaining ~4 s, then the end at once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two turns in one session after a Redis flush: fixed by the anchor work",
-)
 async def test_redis_restart_keeps_one_turn_per_session(
     up: Rig, driver: Driver, record: Callable[[Figures], None]
 ) -> None:
@@ -135,11 +121,6 @@ async def test_redis_restart_keeps_one_turn_per_session(
     assert_nothing_lost(figures, close_within=60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="turns that ended during a Redis outage are closed again when it returns (a second reply stored "
-    "through the stale session cache, or a second finish): a new defect found by this suite, no owner yet",
-)
 async def test_redis_down_10s(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
     """Redis is unreachable for 10 s and comes back with its data: turns that end during the outage and turns that
     outlast it are stored once, and every stream ends."""
@@ -158,10 +139,6 @@ async def test_redis_down_10s(up: Rig, driver: Driver, record: Callable[[Figures
 # --- Postgres ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replies lost during a Postgres outage (0 of 20 stored): fixed by the pgoutage work",
-)
 async def test_postgres_down_10s(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
     """Postgres is down for 10 s while the turns end: each reply is stored once when it is back, nothing lost."""
     messages = [text_turn(f"p{i}", 150, 40) for i in range(TURNS)]
@@ -176,11 +153,6 @@ async def test_postgres_down_10s(up: Rig, driver: Driver, record: Callable[[Figu
     assert_nothing_lost(figures, close_within=OUTAGE + 10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reply is lost when a cancel lands while it is being stored (the last step's save is not shielded "
-    "from the cancellation): a new defect found by the soak, no owner yet",
-)
 async def test_cancel_while_the_reply_is_stored(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
     """Stop is pressed as the reply ends, while Postgres is slow to store it: the reply the user saw must still be
     stored once (complete, or marked interrupted). The soak met this once in about 600 cancels; a lock on the
@@ -248,10 +220,6 @@ async def test_upstream_cut(up: Rig, driver: Driver, record: Callable[[Figures],
     assert all(v.errors and v.finish_reasons == ["error"] for v in run.views)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tool calls left running when the stream is cut: fixed by the streams work",
-)
 async def test_upstream_cut_mid_tool_arguments(up: Rig, driver: Driver, record: Callable[[Figures], None]) -> None:
     """The provider's stream drops while a tool call's arguments stream: the client must not be left with a tool
     call running forever."""

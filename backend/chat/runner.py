@@ -109,7 +109,7 @@ class TurnRunner:
         self._supervisor: asyncio.Task[None] | None = None
         self._draining = False
         self._unreleased: dict[str, uuid.UUID] = {}
-        """Ended turns whose Postgres anchor could not be freed yet (turn id → session id): retried by the supervisor."""
+        """Ended turns whose Postgres anchor could not be freed yet (turn id → session id): the supervisor retries."""
         self._anchored: dict[str, uuid.UUID] = {}
         """This pod's turns that hold their session in Postgres (turn id → session id): the leases it renews."""
 

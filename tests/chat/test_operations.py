@@ -32,7 +32,7 @@ from backend.streams.active import ActiveTurns
 from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session, send, stored, turn_calls
 from tests.chat.long_tools import FailingJob, GatedDelegation, SlowEcho
 from tests.conftest import LiveServer, auth
-from tests.private_redis import private_redis
+from tests.redis_server import private_redis
 from tests.sse import chunks, read_stream, text_of, types
 from tests.streams.test_durable_turns import Pod, pod_env, two_pods
 

@@ -30,7 +30,7 @@ from backend.devtools.report_worker import (
 from tests.api.test_chat_stream import new_session
 from tests.chat.test_operations import REPORT, SECRET, settled, start_operation, tool_message, wait_for
 from tests.conftest import REDIS_URL, LiveServer
-from tests.private_redis import private_redis
+from tests.redis_server import private_redis
 
 
 @pytest.fixture

@@ -7,77 +7,19 @@ never touched.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import httpx
 import orjson
-import pytest
-from redis.asyncio import Redis
 
 from backend.config import Settings
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer
+from tests.redis_server import private_redis
 from tests.sse import Frame
 from tests.streams.test_durable_turns import ALICE, assert_well_formed, frames_of, kinds, new_session, stored
-
-
-class PrivateRedis:
-    """A redis-server on a free port with no persistence: a restart comes back empty, as after a crash."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = directory
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            pytest.skip("redis-server is not installed")
-        args = [server, "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self._dir)]
-        self._process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        client = Redis.from_url(self.url)
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        if await client.ping():
-                            return
-                    except OSError:
-                        pass
-                    except Exception as e:  # redis-py's ConnectionError while the server starts
-                        if "connect" not in str(e).lower():
-                            raise
-                    await asyncio.sleep(0.02)
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self._process is not None:
-            self._process.kill()  # no shutdown save: what a crash or an OOM kill leaves
-            await self._process.wait()
-            self._process = None
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-
-@asynccontextmanager
-async def private_redis(directory: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(directory)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @dataclass

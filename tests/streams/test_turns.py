@@ -509,7 +509,10 @@ async def test_a_client_shown_more_than_was_kept_is_told_so(
             followed = await collect(explain_lost_tail(entries, turn_id=turn_id, after=after, registry=registry))
         return [p.decode(c) for _, c in followed if c is not None]
 
-    assert await reconnect(entry_id(turn_id, 9)) == [p.Error(error_text=LOST_TAIL_TEXT), p.Finish(finish_reason="error")]
+    assert await reconnect(entry_id(turn_id, 9)) == [
+        p.Error(error_text=LOST_TAIL_TEXT),
+        p.Finish(finish_reason="error"),
+    ]
     assert await reconnect(entry_id(turn_id, 5)) == [
         p.TextEnd(id="text-0"),
         p.FinishStep(),
@@ -529,7 +532,7 @@ async def test_a_reapers_entries_come_after_every_id_the_owner_could_have_handed
     owner's sequence (`<base>-6`, …), so a client shown entries up to `<base>-9` from the dead owner's memory skipped
     the closing `error` and `finish` when it resumed from its cursor, and its stream never ended."""
     kept: list[p.Chunk] = [p.Start(message_id="m"), *text_step("text-0", "one ", "two ", ended=False)]
-    session_id, turn_id, active = await dead_owner_turn(registry, store, redis, kept)
+    _, turn_id, active = await dead_owner_turn(registry, store, redis, kept)
     assert await reap(turn_id, registry=registry, store=store, active=active, counter=TokenCounter("gpt-4o-mini"))
     ids = [entry_id_.decode() for entry_id_, _ in await redis.xrange(keys.turn_events(turn_id))]
     closing = ids[len(kept) :]

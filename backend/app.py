@@ -16,12 +16,13 @@ from backend.api.limits import BodyLimit, HeaderLimit
 from backend.config import Settings, startup_warnings
 from backend.errors import CopilotError
 from backend.log_redaction import install_redaction
-from backend.runtime import Runtime, open_runtime
+from backend.runtime import Fallbacks, Runtime, open_runtime
 
 log = logging.getLogger("copilot.app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = None) -> FastAPI:
+    """The app; `fallbacks` stand in for unset storage URLs and model (see `runtime.Fallbacks`)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_redaction()
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings, fallbacks) as runtime:
             app.state.runtime = runtime
             yield
 

@@ -33,10 +33,11 @@ def server_config(settings: Settings) -> uvicorn.Config:
 
     from backend.api.head_limit import head_limited
     from backend.app import create_app
+    from backend.devtools.fallbacks import dev_fallbacks
     from backend.server import CONNECTIONS_GRACE_SECONDS
 
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, dev_fallbacks()),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

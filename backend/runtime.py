@@ -10,9 +10,9 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from redis.asyncio import Redis
@@ -85,15 +85,43 @@ class Runtime:
         await self.turns.drain(self.settings.shutdown_grace_seconds)
 
 
+class ServiceUrls(Protocol):
+    """The URLs of the servers a `Fallbacks.services` started (None for one it was not asked for)."""
+
+    @property
+    def database_url(self) -> str | None: ...
+
+    @property
+    def redis_url(self) -> str | None: ...
+
+
+class DemoModel(Protocol):
+    @property
+    def base_url(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fallbacks:
+    """Stand-ins for what the settings leave unset, handed in by whoever starts the service: `copilot serve` plugs
+    in the embedded servers and the demo model (dev tools, which this module never imports). Without one, an unset
+    `DATABASE_URL` / `REDIS_URL` or model is a `ConfigurationError` at startup."""
+
+    services: Callable[..., AbstractAsyncContextManager[ServiceUrls]] | None = None
+    """`services(data_dir, postgres=bool, redis=bool)`: servers for the URLs that are unset."""
+    demo_model: Callable[[], AbstractAsyncContextManager[DemoModel]] | None = None
+    """An OpenAI-compatible model to answer when no model is configured (never in production)."""
+
+
 @asynccontextmanager
-async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -> AsyncIterator[Runtime]:
+    fallbacks = fallbacks or Fallbacks()
     async with AsyncExitStack() as stack:
         database_url, redis_url = settings.database_url, settings.redis_url
         if database_url is None or redis_url is None:
-            from backend.embedded import embedded_services  # the embedded servers are only loaded when used
-
+            if fallbacks.services is None:
+                raise ConfigurationError("set DATABASE_URL and REDIS_URL (only `copilot serve` embeds servers)")
             urls = await stack.enter_async_context(
-                embedded_services(settings.data_dir, postgres=database_url is None, redis=redis_url is None)
+                fallbacks.services(settings.data_dir, postgres=database_url is None, redis=redis_url is None)
             )
             database_url = database_url or urls.database_url
             redis_url = redis_url or urls.redis_url
@@ -125,7 +153,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         def spend(usage: Usage) -> None:
             limits.spend(billed_user(), usage.prompt_tokens + usage.completion_tokens)
 
-        llm = await _open_llm(settings, stack, on_usage=spend)
+        llm = await _open_llm(settings, stack, fallbacks, on_usage=spend)
         tools = build_registry(settings.tools)
         registry = TurnRegistry(
             redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
@@ -288,16 +316,16 @@ async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _open_llm(
-    settings: Settings, stack: AsyncExitStack, on_usage: Callable[[Usage], None] | None = None
+    settings: Settings, stack: AsyncExitStack, fallbacks: Fallbacks, on_usage: Callable[[Usage], None] | None = None
 ) -> LLMClient:
     base_url, model = settings.llm_base_url, settings.model
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     if settings.uses_demo_model:
         if settings.environment == "production":  # settings copied without validation end up here, not in a demo
             raise ConfigurationError("production needs OPENAI_API_KEY or OPENAI_BASE_URL: no demo model there")
-        from backend.devtools.mock_llm import MockLLMServer
-
-        demo = await stack.enter_async_context(MockLLMServer())
+        if fallbacks.demo_model is None:
+            raise ConfigurationError("set OPENAI_API_KEY or OPENAI_BASE_URL (only `copilot serve` has a demo model)")
+        demo = await stack.enter_async_context(fallbacks.demo_model())
         base_url, model = demo.base_url, "mock-model"
         log.info("the built-in demo model answers at %s", base_url)  # the app warned at startup already
     llm = LLMClient(

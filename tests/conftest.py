@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from backend.app import create_app
 from backend.config import Settings
+from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 
@@ -119,7 +120,7 @@ class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings)
+        self.app = create_app(settings, dev_fallbacks())
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.app import create_app
 from backend.config import Settings
+from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.log_redaction import REDACTED, RedactSecrets, install_redaction, redact
 from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, free_port, make_token
@@ -207,7 +208,9 @@ def pristine_uvicorn_loggers() -> Iterator[None]:
 async def uvicorn_in_process(settings: Settings, pristine_uvicorn_loggers: None) -> AsyncIterator[int]:
     """The app under uvicorn's own default logging config at INFO, as `uvicorn --factory` would run it."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="info", access_log=True)
+    config = uvicorn.Config(
+        create_app(settings, dev_fallbacks()), host="127.0.0.1", port=port, log_level="info", access_log=True
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -120,3 +120,18 @@ async def test_a_configured_service_reports_no_warnings(chat: tuple[httpx.AsyncC
     client, _ = chat  # a JWT key and a model (the mock)
     body = (await client.get("/health/ready")).json()
     assert (body["status"], body["warnings"]) == ("ok", [])
+
+
+async def test_without_fallbacks_unset_urls_and_model_are_refused(settings: Settings) -> None:
+    """Only `copilot serve` hands the runtime the embedded servers and the demo model (`runtime.Fallbacks`): an app
+    built without them refuses to start instead of reaching for dev tools."""
+    no_model = settings.model_copy(update={"llm_api_key": None, "llm_base_url": None})
+    app = create_app(no_model)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        async with app.router.lifespan_context(app):
+            pass
+    no_database = settings.model_copy(update={"database_url": None})
+    app = create_app(no_database)
+    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+        async with app.router.lifespan_context(app):
+            pass

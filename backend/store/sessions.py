@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -264,6 +264,19 @@ class SessionStore:
             log.warning("cache fill failed for %s", session_id)
         page = [m for m in everything if m.sequence > after]
         return page if limit is None else page[:limit]
+
+    async def stored_messages(self, session_id: UUID, *, page_size: int = 500) -> AsyncIterator[list[ChatMessage]]:
+        """Every message of a session, oldest first, read from Postgres in pages of `page_size` (the caller has
+        checked ownership). Not through the cache: a whole long conversation is read once (an export), and filling
+        the cache would hold all of it in memory at once."""
+        after = 0
+        while True:
+            page = await self._repo.get_messages(session_id, after=after, limit=page_size)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1].sequence
 
     async def message_rows(self, session_id: UUID, *, after: int = 0) -> list[MessageRow]:
         """`messages(session_id, after=after)` as plain rows: the cheap read a prompt is built from."""

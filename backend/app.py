@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.api import admin, chat, health, info, operations, panel, sessions, transcript, ws
+from backend.api import admin, chat, docs, health, info, operations, panel, sessions, transcript, ws
 from backend.api.limits import BodyLimit, HeaderLimit
 from backend.config import Settings, startup_warnings
 from backend.errors import CopilotError
@@ -35,7 +35,8 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
             app.state.runtime = runtime
             yield
 
-    app = FastAPI(title="copilot-chat", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load their assets from a CDN: `backend.api.docs` serves them offline instead.
+    app = FastAPI(title="copilot-chat", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
     app.include_router(health.router)
@@ -47,7 +48,9 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.include_router(ws.router)
     app.include_router(operations.router)
     app.include_router(panel.router)
+    app.include_router(docs.router)
     app.mount("/static", panel.static_assets(), name="static")
+    app.mount(docs.ASSETS_URL, docs.docs_assets(), name="docs-assets")
 
     @app.exception_handler(CopilotError)
     async def copilot_error(_: Request, exc: CopilotError) -> JSONResponse:

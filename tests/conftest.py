@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from typing import Any
 
 import asyncpg
@@ -15,7 +15,7 @@ import jwt
 import orjson
 import pytest
 import uvicorn
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr
 from redis.asyncio import Redis
 
 from backend.app import create_app
@@ -23,6 +23,38 @@ from backend.config import Settings
 from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
+
+# Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, DATABASE_URL)
+# must not reach the tests' settings, the SDKs that read them on their own, or the servers tests spawn: they would send
+# test traffic to a real model or analytics project and make results depend on the shell. The tests' own switches stay.
+_LEAKING_PREFIXES = ("OPENAI_", "LANGFUSE_", "POSTHOG_", "COPILOT_")
+_TEST_SWITCHES = ("COPILOT_TEST_DB", "COPILOT_UPDATE_")
+
+
+def _settings_variables() -> set[str]:
+    """Every variable `Settings` reads besides `COPILOT_*`: its aliases (DATABASE_URL, REDIS_URL, OPENAI_API_KEY...)."""
+    names = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {choice for choice in alias.choices if isinstance(choice, str)}
+    return names
+
+
+def scrub_environment(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove from `environ` what would configure the service or its SDKs; the names removed."""
+    leaking = _settings_variables()
+    removed = [
+        name
+        for name in environ
+        if (name.startswith(_LEAKING_PREFIXES) or name in leaking) and not name.startswith(_TEST_SWITCHES)
+    ]
+    for name in removed:
+        del environ[name]
+    return removed
+
+
+scrub_environment(os.environ)
 
 ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # A database of this run's own (two runs on one server must not drop each other's); COPILOT_TEST_DB pins it.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 from collections.abc import Generator
@@ -51,10 +52,25 @@ class _HideStreamCuts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], StreamCut))
 
 
+# True inside an embedded mock server's task: its uvicorn logs on the same `uvicorn.error` logger as the host's
+# server, so in `copilot serve` (the demo model) its "Started server process [pid]", "Shutting down" and "Finished
+# server process [pid]" read as the app's own lines printed twice.
+_IN_EMBEDDED_SERVER: contextvars.ContextVar[bool] = contextvars.ContextVar("in_embedded_mock_server", default=False)
+
+
+class _HideEmbeddedLifecycle(logging.Filter):
+    """Drops an embedded mock server's info lines; its warnings and errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _IN_EMBEDDED_SERVER.get()
+
+
 def _hide_stream_cuts() -> None:
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _HideStreamCuts) for f in logger.filters):
         logger.addFilter(_HideStreamCuts())
+    if not any(isinstance(f, _HideEmbeddedLifecycle) for f in logger.filters):
+        logger.addFilter(_HideEmbeddedLifecycle())
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -96,9 +112,17 @@ class MockLLMServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.mock, log_config=None, lifespan="off", timeout_graceful_shutdown=1)
+        # No access log: the host's server logs its own requests, the model's calls would read as more of them.
+        config = uvicorn.Config(
+            self.mock, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1
+        )
         server = self._server = _EmbeddedServer(config)
-        task = self._task = asyncio.create_task(server.serve(sockets=[sock]))
+
+        async def serve() -> None:
+            _IN_EMBEDDED_SERVER.set(True)  # in this task's own context only
+            await server.serve(sockets=[sock])
+
+        task = self._task = asyncio.create_task(serve())
         async with asyncio.timeout(10):
             while not server.started:
                 if task.done():

@@ -41,11 +41,12 @@ class Served:
 
 
 @pytest.fixture
-async def served(settings: Settings) -> AsyncIterator[Served]:
+async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[Served]:
     """`copilot serve` in a child process, in production mode, on the tests' Postgres and Redis."""
     port = free_port()
     env = {
         **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[2]),
         "COPILOT_ENVIRONMENT": "production",
         "COPILOT_JWT_SECRET": JWT_SECRET,
         "DATABASE_URL": str(settings.database_url),
@@ -56,7 +57,15 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
         "COPILOT_MAX_HEADER_BYTES": str(HEADER_LIMIT),
     }
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "backend.cli", "serve", "--port", str(port), env=env, cwd=Path(__file__).parents[2]
+        # cwd: not the checkout, so no stray .env is read
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:

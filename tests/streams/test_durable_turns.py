@@ -69,6 +69,7 @@ def pod_env(llm: MockLLMServer) -> dict[str, str]:
     }
     return {
         **env,
+        "PYTHONPATH": str(ROOT),
         "DATABASE_URL": DATABASE_URL,
         "REDIS_URL": REDIS_URL,
         "COPILOT_JWT_SECRET": JWT_SECRET,
@@ -91,7 +92,7 @@ async def start_pod(name: str, env: dict[str, str], log: IO[bytes], log_path: Pa
         sys.executable,
         *("-m", "uvicorn", "backend.app:create_app", "--factory"),
         *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-        cwd=ROOT,
+        cwd=log_path.parent,  # not the checkout: no stray .env is read
         env=env,
         stdout=log,
         stderr=log,

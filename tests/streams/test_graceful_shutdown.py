@@ -23,7 +23,6 @@ from tests.sse import chunks
 from tests.streams.test_durable_turns import (
     ALICE,
     INTERRUPTED,
-    ROOT,
     Pod,
     assert_well_formed,
     body_of,
@@ -46,7 +45,7 @@ async def start_serve(env: dict[str, str], log_path: Path) -> Pod:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)),
-        cwd=ROOT,
+        cwd=log_path.parent,  # not the checkout: no stray .env is read
         env=env,
         stdout=log,
         stderr=log,

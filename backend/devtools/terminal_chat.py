@@ -204,7 +204,7 @@ async def send(http: httpx.AsyncClient, session_id: str, message: str, out: Text
     """Send `message` to the session and write the reply to `out` as it streams, ending with a newline.
 
     Each call is a new message (a fresh `client_message_id`). Cancelling it only stops the reading: the server
-    finishes the reply and stores it.
+    goes on with the reply until `cancel` stops it.
     """
     body = {"message": message, "client_message_id": str(uuid.uuid4())}
     screen = _Screen(out)
@@ -224,6 +224,17 @@ async def send(http: httpx.AsyncClient, session_id: str, message: str, out: Text
                         screen.line(shown)
     finally:
         screen.end()
+
+
+async def cancel(http: httpx.AsyncClient, session_id: str) -> str:
+    """Stop the session's running reply on the server; returns its status (`cancelled`, or `idle` if none ran).
+
+    The server answers once the reply has ended and its partial text is stored, so the next message is accepted.
+    """
+    with _http_errors():
+        response = await http.post(f"/api/chat/sessions/{session_id}/cancel")
+        await _raise_for_error(response)
+    return str(response.json().get("status", "unknown"))
 
 
 async def interruptible(coro: Coroutine[Any, Any, T]) -> T:
@@ -282,7 +293,8 @@ async def chat(url: str, token: str | None, session_id: str | None = None, out: 
     """The prompt loop of `copilot chat`; returns the exit status.
 
     `/new` starts a new session and `/quit`, end of input or Ctrl-C at the prompt leave. Ctrl-C during a reply
-    stops reading it and returns to the prompt.
+    stops it on the server (otherwise the server would go on generating it and refuse the next message with 409)
+    and returns to the prompt; a second Ctrl-C while it is being stopped, or at the prompt, leaves.
     """
     out = out or sys.stdout
     async with open_client(url, token) as http:
@@ -307,9 +319,26 @@ async def chat(url: str, token: str | None, session_id: str | None = None, out: 
                 elif message:
                     await interruptible(send(http, session_id, message, out))
             except Interrupted:
-                print("(stopped reading; the server finishes the reply and stores it)", file=out)
+                if not await _stop_reply(http, session_id, out):
+                    return 0
             except ChatClientError as e:
                 print(f"! {e}", file=out)
+
+
+async def _stop_reply(http: httpx.AsyncClient, session_id: str, out: TextIO) -> bool:
+    """Cancel the reply the user interrupted; False if they pressed Ctrl-C again meanwhile (they want to leave)."""
+    print("(stopping the reply; Ctrl-C again quits)", file=out)
+    try:
+        status = await interruptible(cancel(http, session_id))
+    except Interrupted:
+        print(file=out)
+        return False
+    except ChatClientError as e:
+        print(f"! could not stop the reply: {e}", file=out)
+        return True
+    if status == "cancelled":
+        print("(stopped; what was written so far is stored)", file=out)
+    return True
 
 
 def run(url: str, token: str | None, session_id: str | None = None) -> int:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import orjson
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 from redis.asyncio import Redis
 
 from backend.config import Settings
@@ -197,7 +198,9 @@ async def test_failed_reply_shows_an_error_with_retry(
         await wait_turn_end(page)
         await expect(page.locator(".error-box")).to_have_count(0)
         stored = await stored_messages(api, sid)
-        assert [m["role"] for m in stored] == ["user", "user", "assistant"]  # the retry sent the message again
+        # The reply failed on the server, which replays a turn for a resend of its message: Retry sends the text
+        # as a new message (stored a second time) so that the model is asked again.
+        assert [m["role"] for m in stored] == ["user", "user", "assistant"]
         await page.close()
 
 
@@ -227,3 +230,35 @@ async def test_markup_in_model_and_tool_output_stays_text(page: Page, live: Live
 
     assert await page.evaluate("window.pwned") is None
     assert await page.locator("#transcript script, #transcript img, #transcript iframe").count() == 0
+
+
+async def test_retry_after_a_lost_send_resends_the_same_message(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    sent: list[dict[str, object]] = []
+
+    async def lose_the_answer(route: Route) -> None:
+        # The server gets the message and answers it; the connection drops before the panel sees the answer.
+        sent.append(orjson.loads(route.request.post_data or "{}"))
+        if len(sent) == 1:
+            await route.fetch()
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await page.route(f"**/api/chat/sessions/{sid}/stream", lose_the_answer)
+    await send(page, '[[mock:text content="Only once"]]')
+    error = page.locator(".error-box")
+    await expect(error).to_be_visible()
+    await error.locator(".retry").click()
+    await expect(page.locator(".message.assistant .text")).to_have_text("Only once")
+    await wait_turn_end(page)
+    await expect(page.locator(".error-box")).to_have_count(0)
+
+    stored = await stored_messages(api, sid)
+    assert [m["role"] for m in stored] == ["user", "assistant"]  # the message and its reply, each stored once
+    assert len(sent) == 2 and sent[0]["client_message_id"] == sent[1]["client_message_id"]
+    await expect(page.locator(".message.user")).to_have_count(1)
+    await expect(page.locator(".message.assistant")).to_have_count(1)

@@ -20,6 +20,7 @@ class Follow {
     this.started = false;
     this.ended = false;
     this.cursor = undefined;
+    this.lost = false; // the panel lost the stream; the reply may well have ended fine on the server
     this.abort = new AbortController();
   }
 }
@@ -220,7 +221,10 @@ class Panel {
           // 404/410: the stream is gone (expired, or the session was deleted); the stored messages tell the rest.
           follow.ended = true;
           this.finishedTasks.add(follow.taskId);
-          if (!(error instanceof ApiError)) follow.message.error = `Lost the reply: ${error.message}`;
+          if (!(error instanceof ApiError)) {
+            follow.message.error = `Lost the reply: ${error.message}`;
+            follow.lost = true;
+          }
           break;
         }
         await sleep(RECONNECT_DELAYS_MS[attempt++]);
@@ -228,7 +232,9 @@ class Panel {
     }
     this.finishedTasks.add(follow.taskId);
     if (sessionId !== this.sessionId) return;
-    if (follow.message.error) this.problem = { message: follow.message.error, retry: () => this.retry() };
+    if (follow.message.error) {
+      this.problem = { message: follow.message.error, retry: () => this.retry({ resend: follow.lost }) };
+    }
     if (follow.started || follow.visible) {
       await this.load(); // the stored messages now hold the reply (and a finished operation's result)
       this.refreshSessions().catch(() => {}); // the first reply gives the session its title
@@ -237,7 +243,11 @@ class Panel {
     }
   }
 
-  async send(text) {
+  /**
+   * Send `text` as a new message, or, with the `clientMessageId` it was sent with before, send that message again:
+   * the server then joins (or replays) the turn it started instead of storing the message a second time.
+   */
+  async send(text, clientMessageId = newId()) {
     text = text.trim();
     if (!text || this.busy()) return;
     this.problem = null;
@@ -249,17 +259,18 @@ class Panel {
         this.sessions.unshift(session);
         await this.open(session.id);
       }
-      const clientMessageId = newId();
       this.pendingUser = { text, clientMessageId };
       this.render();
       const response = await this.api.sendMessage(this.sessionId, text, clientMessageId);
-      this.follow(response.headers.get("x-copilot-task-id"), { response, visible: true });
+      this.followSent(response.headers.get("x-copilot-task-id"), response);
     } catch (error) {
       this.pendingUser = null; // a refused message is not stored
       if (error instanceof ApiError && error.code === "conflict" && error.details.active_task_id) {
         this.follow(error.details.active_task_id, { visible: true });
       }
-      this.fail(error, () => this.send(text));
+      // The request may have reached the server (a connection lost after it stored the message): Retry resends the
+      // same message, which the server recognises by its id.
+      this.fail(error, () => this.send(text, clientMessageId));
       if (!this.dom.input.value) this.dom.input.value = text;
     } finally {
       this.sending = false;
@@ -267,10 +278,29 @@ class Panel {
     }
   }
 
-  /** Send the last user message again (after a reply failed). */
-  retry() {
+  /** The reply to a message just sent (or sent again): a resend's task may have been followed and ended before. */
+  followSent(taskId, response) {
+    const running = this.follows.get(taskId);
+    if (running && !running.ended) {
+      running.visible = true;
+      response.body?.cancel().catch(() => {}); // already being read: this second copy of the stream is not needed
+      return;
+    }
+    this.follows.delete(taskId);
+    this.finishedTasks.delete(taskId);
+    this.follow(taskId, { response, visible: true });
+  }
+
+  /**
+   * Ask again after a reply went wrong. `resend`: the panel only lost the reply's stream, so the last user message
+   * is sent again with its own client message id and the server replays (or joins) that turn, storing nothing
+   * twice. Otherwise the reply failed on the server, which would only replay the failure for that id: the text
+   * goes as a new message.
+   */
+  retry({ resend = false } = {}) {
     const last = [...this.stored].reverse().find((m) => m.role === "user");
-    if (last) this.send(last.content || "");
+    if (!last) return;
+    this.send(last.content || "", resend && last.client_message_id ? last.client_message_id : newId());
   }
 
   async stop() {

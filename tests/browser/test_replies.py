@@ -262,3 +262,39 @@ async def test_retry_after_a_lost_send_resends_the_same_message(
     assert len(sent) == 2 and sent[0]["client_message_id"] == sent[1]["client_message_id"]
     await expect(page.locator(".message.user")).to_have_count(1)
     await expect(page.locator(".message.assistant")).to_have_count(1)
+
+
+async def test_retry_after_a_lost_reply_stream_resends_the_same_message(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    sent: list[dict[str, object]] = []
+
+    async def cut_the_reply(route: Route) -> None:
+        # The turn runs to its end on the server; the panel gets its answer cut off before the first chunk.
+        sent.append(orjson.loads(route.request.post_data or "{}"))
+        if len(sent) > 1:
+            await route.continue_()
+            return
+        answer = await route.fetch()
+        headers = {**answer.headers, "content-length": "100000"}
+        headers.pop("transfer-encoding", None)
+        await route.fulfill(status=answer.status, headers=headers, body=b": cut\n\n")
+
+    async def unreachable(route: Route) -> None:
+        await route.abort("connectionreset")
+
+    await page.route(f"**/api/chat/sessions/{sid}/stream", cut_the_reply)
+    await page.route("**/api/chat/tasks/**", unreachable)  # every reconnection fails: the reply is lost
+    await send(page, '[[mock:text content="Said once"]]')
+    error = page.locator(".error-box")
+    await expect(error.locator(".error-text")).to_contain_text("Lost the reply", timeout=30_000)
+    await page.unroute("**/api/chat/tasks/**")
+    await error.locator(".retry").click()
+    await expect(page.locator(".message.assistant .text")).to_have_text("Said once")
+    await wait_turn_end(page)
+
+    stored = await stored_messages(api, sid)
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert len(sent) == 2 and sent[0]["client_message_id"] == sent[1]["client_message_id"]

@@ -291,6 +291,8 @@ async def test_retry_after_a_lost_reply_stream_resends_the_same_message(
     error = page.locator(".error-box")
     await expect(error.locator(".error-text")).to_contain_text("Lost the reply", timeout=30_000)
     await page.unroute("**/api/chat/tasks/**")
+    # The stored reply is shown; the replay Retry brings must not show it a second time.
+    await expect(page.locator(".message.assistant .text")).to_have_text("Said once")
     await error.locator(".retry").click()
     await expect(page.locator(".message.assistant .text")).to_have_text("Said once")
     await wait_turn_end(page)

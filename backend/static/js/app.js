@@ -21,6 +21,7 @@ class Follow {
     this.ended = false;
     this.cursor = undefined;
     this.lost = false; // the panel lost the stream; the reply may well have ended fine on the server
+    this.clientMessageId = null; // of the message whose turn this is, when this panel sent it
     this.abort = new AbortController();
   }
 }
@@ -262,7 +263,7 @@ class Panel {
       this.pendingUser = { text, clientMessageId };
       this.render();
       const response = await this.api.sendMessage(this.sessionId, text, clientMessageId);
-      this.followSent(response.headers.get("x-copilot-task-id"), response);
+      this.followSent(response.headers.get("x-copilot-task-id"), response, clientMessageId);
     } catch (error) {
       this.pendingUser = null; // a refused message is not stored
       if (error instanceof ApiError && error.code === "conflict" && error.details.active_task_id) {
@@ -279,7 +280,7 @@ class Panel {
   }
 
   /** The reply to a message just sent (or sent again): a resend's task may have been followed and ended before. */
-  followSent(taskId, response) {
+  followSent(taskId, response, clientMessageId) {
     const running = this.follows.get(taskId);
     if (running && !running.ended) {
       running.visible = true;
@@ -289,6 +290,8 @@ class Panel {
     this.follows.delete(taskId);
     this.finishedTasks.delete(taskId);
     this.follow(taskId, { response, visible: true });
+    const follow = this.follows.get(taskId);
+    if (follow) follow.clientMessageId = clientMessageId;
   }
 
   /**
@@ -404,16 +407,20 @@ class Panel {
   /**
    * Stored messages minus those a followed reply is replaying: a reply's earlier steps are stored while it runs,
    * and its stream (replayed from `start`) carries them too. They are the stored messages from the first one that
-   * holds a tool call of a followed reply on (user messages stay).
+   * holds a tool call of a followed reply on (user messages stay); for a message this panel sent, everything stored
+   * after it, since a resend (Retry) replays a turn that may have ended and been stored already.
    */
   visibleStored(live) {
     const calls = new Set();
+    let stored = this.stored;
     for (const follow of live) {
       for (const part of follow.message.parts) if (part.type === "tool") calls.add(part.toolCallId);
+      const sent = follow.clientMessageId && stored.find((m) => m.client_message_id === follow.clientMessageId);
+      if (sent) stored = stored.filter((m) => m.role === "user" || m.sequence <= sent.sequence);
     }
-    if (!calls.size) return this.stored;
-    const first = this.stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
-    return first ? this.stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : this.stored;
+    if (!calls.size) return stored;
+    const first = stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
+    return first ? stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : stored;
   }
 }
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import Any, TextIO, TypeVar
 
 import httpx
@@ -27,6 +27,8 @@ TOOL_TEXT_LIMIT = 120
 # The server sends a heartbeat every 15s (by default) while a reply is quiet, so a minute of silence means it is gone.
 _TIMEOUT = httpx.Timeout(30.0, read=60.0)
 _PROMPT = "> "
+_QUIT_GRACE_SECONDS = 5.0
+"""How long quitting waits for the cancel of the reply it interrupted to reach the server."""
 
 
 class ChatClientError(Exception):
@@ -237,7 +239,7 @@ async def cancel(http: httpx.AsyncClient, session_id: str) -> str:
     return str(response.json().get("status", "unknown"))
 
 
-async def interruptible(coro: Coroutine[Any, Any, T]) -> T:
+async def interruptible(coro: Awaitable[T]) -> T:
     """Await `coro` as a task that Ctrl-C cancels; raises `Interrupted` when it does.
 
     Outside these waits Ctrl-C keeps its usual effect (KeyboardInterrupt).
@@ -328,9 +330,13 @@ async def chat(url: str, token: str | None, session_id: str | None = None, out: 
 async def _stop_reply(http: httpx.AsyncClient, session_id: str, out: TextIO) -> bool:
     """Cancel the reply the user interrupted; False if they pressed Ctrl-C again meanwhile (they want to leave)."""
     print("(stopping the reply; Ctrl-C again quits)", file=out)
+    stopping = asyncio.ensure_future(cancel(http, session_id))
     try:
-        status = await interruptible(cancel(http, session_id))
+        status = await interruptible(asyncio.shield(stopping))
     except Interrupted:
+        # Quit, but let the cancel reach the server first: otherwise the reply goes on and the session stays busy.
+        with contextlib.suppress(ChatClientError, TimeoutError):
+            await asyncio.wait_for(stopping, _QUIT_GRACE_SECONDS)
         print(file=out)
         return False
     except ChatClientError as e:

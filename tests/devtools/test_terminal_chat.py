@@ -430,3 +430,25 @@ async def test_ctrl_c_during_a_reply_stops_it_on_the_server_and_the_next_message
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert len(messages[1]["content"].split()) < 300  # cut short by the cancel, not finished by the server
     assert messages[3]["content"] == "two"
+
+
+async def test_ctrl_c_twice_quickly_stops_the_reply_and_quits(
+    live: LiveServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    typed = iter(["[[mock:text tokens=300 delay_ms=20]]", "never read"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(typed))
+
+    class Out(InterruptedOnFirstReply):
+        def write(self, text: str, /) -> int:
+            written = super().write(text)
+            if text.startswith("(stopping the reply"):
+                # The cancel request is awaited right after this line: the second press lands while it runs.
+                asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGINT)
+            return written
+
+    out = Out()
+    async with asyncio.timeout(30):
+        assert await chat(live.url, make_token("alice"), out=out) == 0
+    assert next(typed) == "never read"  # it quit instead of prompting again
+    session_id = out.getvalue().split()[1]
+    assert len((await stored_reply(http, session_id)).split()) < 300  # and the reply was stopped on the server

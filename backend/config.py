@@ -5,11 +5,12 @@ Nothing else in the package reads `os.environ`; the app factory takes a `Setting
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -89,8 +90,9 @@ class Settings(BaseSettings):
     dev_user_id: str = "dev-user"
     """The user of development auth."""
 
-    admin_user_ids: list[str] = Field(default_factory=list)
-    """Users (JWT `sub`) allowed on admin endpoints, besides tokens whose `roles` claim holds `admin`."""
+    admin_user_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Users (JWT `sub`) allowed on admin endpoints, besides tokens whose `roles` claim holds `admin`: comma-separated
+    (`alice,bob`) or a JSON list (`["alice","bob"]`)."""
 
     # --- model --------------------------------------------------------------------------------------
     llm_base_url: str | None = Field(
@@ -130,9 +132,9 @@ class Settings(BaseSettings):
     invalid_tool_json_retries: int = Field(default=1, ge=0, le=5)
     """Retries of a step whose tool-call arguments were not valid JSON."""
 
-    tools: list[str] = Field(default_factory=list)
-    """Extra tool registries as a JSON list of `package.module:attribute` (a ToolRegistry or a function returning
-    one), e.g. `["acme.copilot_tools:registry"]`."""
+    tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Extra tool registries, each `package.module:attribute` (a ToolRegistry or a function returning one):
+    comma-separated (`acme.copilot_tools:registry`) or a JSON list (`["acme.copilot_tools:registry"]`)."""
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
@@ -322,6 +324,11 @@ class Settings(BaseSettings):
         # `docker compose` passes `${VAR:-}` as an empty string; that means "not configured", not "".
         return None if value == "" else value
 
+    @field_validator("admin_user_ids", "tools", mode="before")
+    @classmethod
+    def _list_from_text(cls, value: object) -> object:
+        return _split_list(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
         if self.environment == "production" and (problems := _production_problems(self)):
@@ -346,6 +353,23 @@ class Settings(BaseSettings):
         if self.langfuse_prompt_label is not None:
             return self.langfuse_prompt_label
         return "production" if self.environment == "production" else "latest"
+
+
+def _split_list(text: str) -> list[str]:
+    """A list setting as people type it: a JSON list, or comma-separated items (blanks around items dropped).
+
+    NoDecode keeps pydantic-settings from requiring JSON for these fields, which crashed startup on `alice,bob`.
+    """
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            decoded = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a valid JSON list: {exc.msg}") from exc
+        if not isinstance(decoded, list) or not all(isinstance(item, str) for item in decoded):
+            raise ValueError("a JSON list setting must hold strings only")
+        return [item.strip() for item in decoded if item.strip()]
+    return [item.strip() for item in stripped.split(",") if item.strip()]
 
 
 def _production_problems(settings: Settings) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backend.config import Settings
@@ -48,3 +50,40 @@ def test_prompt_label_follows_the_environment() -> None:
     production = settings(environment="production", jwt_secret="x" * 32, llm_api_key="sk-test")
     assert production.prompt_label == "production"
     assert settings(langfuse_prompt_label="staging").prompt_label == "staging"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("alice", ["alice"]),
+        ("alice,bob", ["alice", "bob"]),
+        (" alice , bob ,", ["alice", "bob"]),
+        ('["alice", "bob"]', ["alice", "bob"]),
+        ("", []),
+    ],
+)
+def test_list_settings_from_the_environment_accept_comma_separated_or_json(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("COPILOT_ADMIN_USER_IDS", raw)
+    monkeypatch.setenv("COPILOT_TOOLS", raw.replace("alice", "acme.tools:registry"))
+    s = settings()
+    assert s.admin_user_ids == expected
+    assert s.tools == [item.replace("alice", "acme.tools:registry") for item in expected]
+
+
+def test_list_settings_from_an_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("COPILOT_ADMIN_USER_IDS=alice,bob\nCOPILOT_TOOLS=acme.tools:registry\n")
+    s = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert (s.admin_user_ids, s.tools) == (["alice", "bob"], ["acme.tools:registry"])
+
+
+def test_a_broken_json_list_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COPILOT_ADMIN_USER_IDS", '["alice",')
+    with pytest.raises(ValueError, match="admin_user_ids"):
+        settings()
+
+
+def test_list_settings_from_the_constructor_still_take_lists() -> None:
+    assert settings(admin_user_ids=["alice"], tools="a.b:c,d.e:f").tools == ["a.b:c", "d.e:f"]

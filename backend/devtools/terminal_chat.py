@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import Any, TextIO, TypeVar
 
 import httpx
@@ -27,6 +27,8 @@ TOOL_TEXT_LIMIT = 120
 # The server sends a heartbeat every 15s (by default) while a reply is quiet, so a minute of silence means it is gone.
 _TIMEOUT = httpx.Timeout(30.0, read=60.0)
 _PROMPT = "> "
+_QUIT_GRACE_SECONDS = 5.0
+"""How long quitting waits for the cancel of the reply it interrupted to reach the server."""
 
 
 class ChatClientError(Exception):
@@ -204,7 +206,7 @@ async def send(http: httpx.AsyncClient, session_id: str, message: str, out: Text
     """Send `message` to the session and write the reply to `out` as it streams, ending with a newline.
 
     Each call is a new message (a fresh `client_message_id`). Cancelling it only stops the reading: the server
-    finishes the reply and stores it.
+    goes on with the reply until `cancel` stops it.
     """
     body = {"message": message, "client_message_id": str(uuid.uuid4())}
     screen = _Screen(out)
@@ -226,7 +228,18 @@ async def send(http: httpx.AsyncClient, session_id: str, message: str, out: Text
         screen.end()
 
 
-async def interruptible(coro: Coroutine[Any, Any, T]) -> T:
+async def cancel(http: httpx.AsyncClient, session_id: str) -> str:
+    """Stop the session's running reply on the server; returns its status (`cancelled`, or `idle` if none ran).
+
+    The server answers once the reply has ended and its partial text is stored, so the next message is accepted.
+    """
+    with _http_errors():
+        response = await http.post(f"/api/chat/sessions/{session_id}/cancel")
+        await _raise_for_error(response)
+    return str(response.json().get("status", "unknown"))
+
+
+async def interruptible(coro: Awaitable[T]) -> T:
     """Await `coro` as a task that Ctrl-C cancels; raises `Interrupted` when it does.
 
     Outside these waits Ctrl-C keeps its usual effect (KeyboardInterrupt).
@@ -282,7 +295,8 @@ async def chat(url: str, token: str | None, session_id: str | None = None, out: 
     """The prompt loop of `copilot chat`; returns the exit status.
 
     `/new` starts a new session and `/quit`, end of input or Ctrl-C at the prompt leave. Ctrl-C during a reply
-    stops reading it and returns to the prompt.
+    stops it on the server (otherwise the server would go on generating it and refuse the next message with 409)
+    and returns to the prompt; a second Ctrl-C while it is being stopped, or at the prompt, leaves.
     """
     out = out or sys.stdout
     async with open_client(url, token) as http:
@@ -307,9 +321,30 @@ async def chat(url: str, token: str | None, session_id: str | None = None, out: 
                 elif message:
                     await interruptible(send(http, session_id, message, out))
             except Interrupted:
-                print("(stopped reading; the server finishes the reply and stores it)", file=out)
+                if not await _stop_reply(http, session_id, out):
+                    return 0
             except ChatClientError as e:
                 print(f"! {e}", file=out)
+
+
+async def _stop_reply(http: httpx.AsyncClient, session_id: str, out: TextIO) -> bool:
+    """Cancel the reply the user interrupted; False if they pressed Ctrl-C again meanwhile (they want to leave)."""
+    print("(stopping the reply; Ctrl-C again quits)", file=out)
+    stopping = asyncio.ensure_future(cancel(http, session_id))
+    try:
+        status = await interruptible(asyncio.shield(stopping))
+    except Interrupted:
+        # Quit, but let the cancel reach the server first: otherwise the reply goes on and the session stays busy.
+        with contextlib.suppress(ChatClientError, TimeoutError):
+            await asyncio.wait_for(stopping, _QUIT_GRACE_SECONDS)
+        print(file=out)
+        return False
+    except ChatClientError as e:
+        print(f"! could not stop the reply: {e}", file=out)
+        return True
+    if status == "cancelled":
+        print("(stopped; what was written so far is stored)", file=out)
+    return True
 
 
 def run(url: str, token: str | None, session_id: str | None = None) -> int:

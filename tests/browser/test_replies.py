@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import orjson
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 from redis.asyncio import Redis
 
 from backend.config import Settings
@@ -197,7 +198,9 @@ async def test_failed_reply_shows_an_error_with_retry(
         await wait_turn_end(page)
         await expect(page.locator(".error-box")).to_have_count(0)
         stored = await stored_messages(api, sid)
-        assert [m["role"] for m in stored] == ["user", "user", "assistant"]  # the retry sent the message again
+        # The reply failed on the server, which replays a turn for a resend of its message: Retry sends the text
+        # as a new message (stored a second time) so that the model is asked again.
+        assert [m["role"] for m in stored] == ["user", "user", "assistant"]
         await page.close()
 
 
@@ -227,3 +230,73 @@ async def test_markup_in_model_and_tool_output_stays_text(page: Page, live: Live
 
     assert await page.evaluate("window.pwned") is None
     assert await page.locator("#transcript script, #transcript img, #transcript iframe").count() == 0
+
+
+async def test_retry_after_a_lost_send_resends_the_same_message(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    sent: list[dict[str, object]] = []
+
+    async def lose_the_answer(route: Route) -> None:
+        # The server gets the message and answers it; the connection drops before the panel sees the answer.
+        sent.append(orjson.loads(route.request.post_data or "{}"))
+        if len(sent) == 1:
+            await route.fetch()
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await page.route(f"**/api/chat/sessions/{sid}/stream", lose_the_answer)
+    await send(page, '[[mock:text content="Only once"]]')
+    error = page.locator(".error-box")
+    await expect(error).to_be_visible()
+    await error.locator(".retry").click()
+    await expect(page.locator(".message.assistant .text")).to_have_text("Only once")
+    await wait_turn_end(page)
+    await expect(page.locator(".error-box")).to_have_count(0)
+
+    stored = await stored_messages(api, sid)
+    assert [m["role"] for m in stored] == ["user", "assistant"]  # the message and its reply, each stored once
+    assert len(sent) == 2 and sent[0]["client_message_id"] == sent[1]["client_message_id"]
+    await expect(page.locator(".message.user")).to_have_count(1)
+    await expect(page.locator(".message.assistant")).to_have_count(1)
+
+
+async def test_retry_after_a_lost_reply_stream_resends_the_same_message(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    sent: list[dict[str, object]] = []
+
+    async def cut_the_reply(route: Route) -> None:
+        # The turn runs to its end on the server; the panel gets its answer cut off before the first chunk.
+        sent.append(orjson.loads(route.request.post_data or "{}"))
+        if len(sent) > 1:
+            await route.continue_()
+            return
+        answer = await route.fetch()
+        headers = {**answer.headers, "content-length": "100000"}
+        headers.pop("transfer-encoding", None)
+        await route.fulfill(status=answer.status, headers=headers, body=b": cut\n\n")
+
+    async def unreachable(route: Route) -> None:
+        await route.abort("connectionreset")
+
+    await page.route(f"**/api/chat/sessions/{sid}/stream", cut_the_reply)
+    await page.route("**/api/chat/tasks/**", unreachable)  # every reconnection fails: the reply is lost
+    await send(page, '[[mock:text content="Said once"]]')
+    error = page.locator(".error-box")
+    await expect(error.locator(".error-text")).to_contain_text("Lost the reply", timeout=30_000)
+    await page.unroute("**/api/chat/tasks/**")
+    # The stored reply is shown; the replay Retry brings must not show it a second time.
+    await expect(page.locator(".message.assistant .text")).to_have_text("Said once")
+    await error.locator(".retry").click()
+    await expect(page.locator(".message.assistant .text")).to_have_text("Said once")
+    await wait_turn_end(page)
+
+    stored = await stored_messages(api, sid)
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert len(sent) == 2 and sent[0]["client_message_id"] == sent[1]["client_message_id"]

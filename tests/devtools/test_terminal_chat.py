@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import io
+import os
 import re
+import signal
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -380,3 +384,71 @@ async def test_the_wait_of_a_refusal_is_said_as_people_say_it(retry_after: str, 
     with pytest.raises(ChatClientError) as caught:
         await terminal_chat._raise_for_error(response)
     assert str(caught.value) == "The daily budget is used up." + shown
+
+
+class InterruptedOnFirstReply(io.StringIO):
+    """Output that presses Ctrl-C (a real SIGINT to this process) as soon as the first reply text is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pressed = False
+
+    def write(self, text: str, /) -> int:
+        written = super().write(text)
+        if not self.pressed and text.strip() and not text.startswith("session "):
+            self.pressed = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+
+async def test_ctrl_c_during_a_reply_stops_it_on_the_server_and_the_next_message_is_accepted(
+    live: LiveServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    typed = iter(["[[mock:text tokens=300 delay_ms=20]]", '[[mock:text content="two"]]'])
+    at_prompt_again = threading.Event()
+
+    def scripted_input(prompt: str = "") -> str:
+        try:
+            return next(typed)
+        except StopIteration:
+            # The second Ctrl-C, at the prompt: it leaves.
+            at_prompt_again.set()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)
+            raise EOFError from None
+
+    monkeypatch.setattr(builtins, "input", scripted_input)
+    out = InterruptedOnFirstReply()
+    async with asyncio.timeout(30):
+        assert await chat(live.url, make_token("alice"), out=out) == 0
+    assert at_prompt_again.is_set()
+    lines = out.getvalue().splitlines()
+    session_id = lines[0].split()[1]
+    assert "(stopped; what was written so far is stored)" in lines, lines
+    assert lines[-2:] == ["two", ""], lines  # not "! ... (HTTP 409)": the first reply no longer runs
+    messages = (await http.get(f"/api/chat/sessions/{session_id}")).json()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert len(messages[1]["content"].split()) < 300  # cut short by the cancel, not finished by the server
+    assert messages[3]["content"] == "two"
+
+
+async def test_ctrl_c_twice_quickly_stops_the_reply_and_quits(
+    live: LiveServer, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    typed = iter(["[[mock:text tokens=300 delay_ms=20]]", "never read"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(typed))
+
+    class Out(InterruptedOnFirstReply):
+        def write(self, text: str, /) -> int:
+            written = super().write(text)
+            if text.startswith("(stopping the reply"):
+                # The cancel request is awaited right after this line: the second press lands while it runs.
+                asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGINT)
+            return written
+
+    out = Out()
+    async with asyncio.timeout(30):
+        assert await chat(live.url, make_token("alice"), out=out) == 0
+    assert next(typed) == "never read"  # it quit instead of prompting again
+    session_id = out.getvalue().split()[1]
+    assert len((await stored_reply(http, session_id)).split()) < 300  # and the reply was stopped on the server

@@ -20,6 +20,8 @@ class Follow {
     this.started = false;
     this.ended = false;
     this.cursor = undefined;
+    this.lost = false; // the panel lost the stream; the reply may well have ended fine on the server
+    this.clientMessageId = null; // of the message whose turn this is, when this panel sent it
     this.abort = new AbortController();
   }
 }
@@ -220,7 +222,10 @@ class Panel {
           // 404/410: the stream is gone (expired, or the session was deleted); the stored messages tell the rest.
           follow.ended = true;
           this.finishedTasks.add(follow.taskId);
-          if (!(error instanceof ApiError)) follow.message.error = `Lost the reply: ${error.message}`;
+          if (!(error instanceof ApiError)) {
+            follow.message.error = `Lost the reply: ${error.message}`;
+            follow.lost = true;
+          }
           break;
         }
         await sleep(RECONNECT_DELAYS_MS[attempt++]);
@@ -228,7 +233,9 @@ class Panel {
     }
     this.finishedTasks.add(follow.taskId);
     if (sessionId !== this.sessionId) return;
-    if (follow.message.error) this.problem = { message: follow.message.error, retry: () => this.retry() };
+    if (follow.message.error) {
+      this.problem = { message: follow.message.error, retry: () => this.retry({ resend: follow.lost }) };
+    }
     if (follow.started || follow.visible) {
       await this.load(); // the stored messages now hold the reply (and a finished operation's result)
       this.refreshSessions().catch(() => {}); // the first reply gives the session its title
@@ -237,7 +244,11 @@ class Panel {
     }
   }
 
-  async send(text) {
+  /**
+   * Send `text` as a new message, or, with the `clientMessageId` it was sent with before, send that message again:
+   * the server then joins (or replays) the turn it started instead of storing the message a second time.
+   */
+  async send(text, clientMessageId = newId()) {
     text = text.trim();
     if (!text || this.busy()) return;
     this.problem = null;
@@ -249,17 +260,18 @@ class Panel {
         this.sessions.unshift(session);
         await this.open(session.id);
       }
-      const clientMessageId = newId();
       this.pendingUser = { text, clientMessageId };
       this.render();
       const response = await this.api.sendMessage(this.sessionId, text, clientMessageId);
-      this.follow(response.headers.get("x-copilot-task-id"), { response, visible: true });
+      this.followSent(response.headers.get("x-copilot-task-id"), response, clientMessageId);
     } catch (error) {
       this.pendingUser = null; // a refused message is not stored
       if (error instanceof ApiError && error.code === "conflict" && error.details.active_task_id) {
         this.follow(error.details.active_task_id, { visible: true });
       }
-      this.fail(error, () => this.send(text));
+      // The request may have reached the server (a connection lost after it stored the message): Retry resends the
+      // same message, which the server recognises by its id.
+      this.fail(error, () => this.send(text, clientMessageId));
       if (!this.dom.input.value) this.dom.input.value = text;
     } finally {
       this.sending = false;
@@ -267,10 +279,31 @@ class Panel {
     }
   }
 
-  /** Send the last user message again (after a reply failed). */
-  retry() {
+  /** The reply to a message just sent (or sent again): a resend's task may have been followed and ended before. */
+  followSent(taskId, response, clientMessageId) {
+    const running = this.follows.get(taskId);
+    if (running && !running.ended) {
+      running.visible = true;
+      response.body?.cancel().catch(() => {}); // already being read: this second copy of the stream is not needed
+      return;
+    }
+    this.follows.delete(taskId);
+    this.finishedTasks.delete(taskId);
+    this.follow(taskId, { response, visible: true });
+    const follow = this.follows.get(taskId);
+    if (follow) follow.clientMessageId = clientMessageId;
+  }
+
+  /**
+   * Ask again after a reply went wrong. `resend`: the panel only lost the reply's stream, so the last user message
+   * is sent again with its own client message id and the server replays (or joins) that turn, storing nothing
+   * twice. Otherwise the reply failed on the server, which would only replay the failure for that id: the text
+   * goes as a new message.
+   */
+  retry({ resend = false } = {}) {
     const last = [...this.stored].reverse().find((m) => m.role === "user");
-    if (last) this.send(last.content || "");
+    if (!last) return;
+    this.send(last.content || "", resend && last.client_message_id ? last.client_message_id : newId());
   }
 
   async stop() {
@@ -374,16 +407,20 @@ class Panel {
   /**
    * Stored messages minus those a followed reply is replaying: a reply's earlier steps are stored while it runs,
    * and its stream (replayed from `start`) carries them too. They are the stored messages from the first one that
-   * holds a tool call of a followed reply on (user messages stay).
+   * holds a tool call of a followed reply on (user messages stay); for a message this panel sent, everything stored
+   * after it, since a resend (Retry) replays a turn that may have ended and been stored already.
    */
   visibleStored(live) {
     const calls = new Set();
+    let stored = this.stored;
     for (const follow of live) {
       for (const part of follow.message.parts) if (part.type === "tool") calls.add(part.toolCallId);
+      const sent = follow.clientMessageId && stored.find((m) => m.client_message_id === follow.clientMessageId);
+      if (sent) stored = stored.filter((m) => m.role === "user" || m.sequence <= sent.sequence);
     }
-    if (!calls.size) return this.stored;
-    const first = this.stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
-    return first ? this.stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : this.stored;
+    if (!calls.size) return stored;
+    const first = stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
+    return first ? stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : stored;
   }
 }
 

@@ -119,8 +119,12 @@ class TurnRunner:
         """Start a turn for `message`, or find the one a resend of it started. `limited`: the user's limits may
         refuse it (`RateLimited`, nothing stored); a resend never takes a second slot."""
         turn_id = _turn_id(session.id, message.client_message_id)
-        if await self._registry.info(turn_id) is not None:
+        earlier = await self._registry.info(turn_id)
+        if earlier is not None and earlier.status != "failed":
             return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
+        # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
+        # its stream opened afresh; the message is not stored again, and if the failed turn stored part of a reply,
+        # the check below refuses it (409) like any message already answered.
         admission = self._admission
         while True:
             while not await admission.claim_fast(session.id, turn_id):

@@ -454,3 +454,32 @@ async def test_heartbeats_while_the_model_is_silent(chat_settings: Settings) -> 
     assert body.count(b": keep-alive\n\n") >= 3
     assert_well_formed(body)
     assert len(text_of(body).split()) == 6
+
+
+async def test_a_resend_of_a_message_whose_turn_failed_tries_again_and_stores_it_once(
+    chat_settings: Settings, db: asyncpg.Connection, mock_llm: MockLLMServer
+) -> None:
+    """Regression (the panel's Retry stored the message twice): a resend with the client message id of a message
+    whose turn failed before any reply was stored is a new attempt of that turn, not a replay of the failure."""
+    settings = chat_settings.model_copy(update={"llm_max_retries": 0})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        message = "Hello [[mock:server_error times=1 key=retry-me]]"
+        first, body = await send(client, sid, message, client_message_id="m-1")
+        assert chunks(body)[-1] == {"type": "finish", "finishReason": "error"}
+        await asyncio.sleep(0.2)  # the failed turn frees its session
+        again, body = await send(client, sid, message, client_message_id="m-1")
+        assert again.status_code == 200
+        assert again.headers["x-copilot-task-id"] == first.headers["x-copilot-task-id"]
+        assert_well_formed(body)
+        assert chunks(body)[-1]["finishReason"] == "stop"
+        await wait_idle(client, sid)
+        assert [r["role"] for r in await stored(db, sid)] == ["user", "assistant"]
+        # A turn that had stored part of a reply before it failed is answered: its resend is refused.
+        cut = "[[mock:text tokens=10]] [[mock:cut after=4]]"
+        await send(client, sid, cut, client_message_id="m-2")
+        await asyncio.sleep(0.2)
+        refused = await client.post(
+            f"/api/chat/sessions/{sid}/stream", json={"message": cut, "client_message_id": "m-2"}, headers=ALICE
+        )
+        assert refused.status_code == 409 and "message_id" in refused.json()["error"]["details"]

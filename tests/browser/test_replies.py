@@ -198,9 +198,9 @@ async def test_failed_reply_shows_an_error_with_retry(
         await wait_turn_end(page)
         await expect(page.locator(".error-box")).to_have_count(0)
         stored = await stored_messages(api, sid)
-        # The reply failed on the server, which replays a turn for a resend of its message: Retry sends the text
-        # as a new message (stored a second time) so that the model is asked again.
-        assert [m["role"] for m in stored] == ["user", "user", "assistant"]
+        # Regression: Retry stored the message a second time. It resends it with its client message id, and the
+        # server tries the failed turn again.
+        assert [m["role"] for m in stored] == ["user", "assistant"]
         await page.close()
 
 

@@ -20,7 +20,6 @@ class Follow {
     this.started = false;
     this.ended = false;
     this.cursor = undefined;
-    this.lost = false; // the panel lost the stream; the reply may well have ended fine on the server
     this.clientMessageId = null; // of the message whose turn this is, when this panel sent it
     this.abort = new AbortController();
   }
@@ -224,7 +223,6 @@ class Panel {
           this.finishedTasks.add(follow.taskId);
           if (!(error instanceof ApiError)) {
             follow.message.error = `Lost the reply: ${error.message}`;
-            follow.lost = true;
           }
           break;
         }
@@ -234,7 +232,7 @@ class Panel {
     this.finishedTasks.add(follow.taskId);
     if (sessionId !== this.sessionId) return;
     if (follow.message.error) {
-      this.problem = { message: follow.message.error, retry: () => this.retry({ resend: follow.lost }) };
+      this.problem = { message: follow.message.error, retry: () => this.retry() };
     }
     if (follow.started || follow.visible) {
       await this.load(); // the stored messages now hold the reply (and a finished operation's result)
@@ -250,7 +248,7 @@ class Panel {
    */
   async send(text, clientMessageId = newId()) {
     text = text.trim();
-    if (!text || this.busy()) return;
+    if (!text || this.busy()) return "busy";
     this.problem = null;
     this.sending = true;
     this.dom.input.value = "";
@@ -268,6 +266,9 @@ class Panel {
       this.pendingUser = null; // a refused message is not stored
       if (error instanceof ApiError && error.code === "conflict" && error.details.active_task_id) {
         this.follow(error.details.active_task_id, { visible: true });
+      }
+      if (error instanceof ApiError && error.code === "conflict" && error.details.message_id) {
+        return "answered"; // a resend of a message whose failed turn had already stored part of a reply
       }
       // The request may have reached the server (a connection lost after it stored the message): Retry resends the
       // same message, which the server recognises by its id.
@@ -295,15 +296,16 @@ class Panel {
   }
 
   /**
-   * Ask again after a reply went wrong. `resend`: the panel only lost the reply's stream, so the last user message
-   * is sent again with its own client message id and the server replays (or joins) that turn, storing nothing
-   * twice. Otherwise the reply failed on the server, which would only replay the failure for that id: the text
-   * goes as a new message.
+   * Ask again after a reply went wrong: the last user message is sent again with its own client message id. The
+   * server joins or replays a turn the panel only lost sight of, and tries a failed one again, storing nothing
+   * twice. Only when the failed turn had already stored part of a reply (the server answers 409 `message_id`) does
+   * the text go as a new message.
    */
-  retry({ resend = false } = {}) {
+  async retry() {
     const last = [...this.stored].reverse().find((m) => m.role === "user");
     if (!last) return;
-    this.send(last.content || "", resend && last.client_message_id ? last.client_message_id : newId());
+    const text = last.content || "";
+    if ((await this.send(text, last.client_message_id || newId())) === "answered") await this.send(text, newId());
   }
 
   async stop() {

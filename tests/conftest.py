@@ -23,6 +23,7 @@ from backend.config import Settings
 from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
+from backend.store.postgres import create_pool
 
 # Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, DATABASE_URL)
 # must not reach the tests' settings, the SDKs that read them on their own, or the servers tests spawn: they would send
@@ -103,6 +104,14 @@ async def db(migrated_database: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute("TRUNCATE chat_sessions CASCADE")
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def pool(db: asyncpg.Connection, migrated_database: str) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool of the service's own kind on the emptied test database."""
+    pool = await create_pool(migrated_database, min_size=1, max_size=20)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

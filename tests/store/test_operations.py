@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
 import pytest
 
 from backend.store.operations import Operation, OperationStore
-from backend.store.postgres import ChatRepository, create_pool
-
-
-@pytest.fixture
-async def pool(db: asyncpg.Connection, migrated_database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(migrated_database, min_size=1, max_size=20)
-    yield pool
-    await pool.close()
+from backend.store.postgres import ChatRepository
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from backend.embedded import embedded_services
 from backend.store.cache import SessionCache
 from backend.store.models import NewMessage
 from backend.store.operations import Operation, OperationStore
-from backend.store.postgres import ChatRepository, create_pool
+from backend.store.postgres import ChatRepository
 from backend.store.sessions import SessionStore
 from backend.streams.completions import (
     Completion,
@@ -350,13 +350,6 @@ async def test_a_cancellation_lost_inside_a_redis_call_still_stops_the_consumer(
 
 
 # --- a consumer killed mid-processing -----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def pool(db: asyncpg.Connection, migrated_database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(migrated_database, min_size=1, max_size=5)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

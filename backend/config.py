@@ -219,8 +219,8 @@ class Settings(BaseSettings):
     trimmed by length (a replay starts at `start`); each expires whole after this long."""
 
     turn_lease_seconds: float = Field(default=30.0, ge=1)
-    """A running turn's pod renews its lease; a turn whose lease lapsed this long is closed as interrupted by any
-    pod (detected within this plus a third of it)."""
+    """A running turn's pod renews its lease; a turn whose lease lapsed is closed as interrupted by any pod, once
+    seen lapsed for two thirds of this more (so within about twice this after its pod died)."""
 
     double_texting: Literal["reject", "interrupt", "enqueue"] = "reject"
     """A message while a turn runs: `reject` (409 with the active task id), `interrupt` (stop it, then start),

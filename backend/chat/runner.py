@@ -23,6 +23,7 @@ from backend.cancellation import check_cancelled
 from backend.chat import events as ev
 from backend.chat import protocol as p
 from backend.chat.admission import TurnAdmission, Unlimited, billed_context, billed_to
+from backend.chat.lapses import LapseWatch
 from backend.chat.open_parts import OpenParts
 from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
@@ -112,6 +113,8 @@ class TurnRunner:
         """Ended turns whose Postgres anchor could not be freed yet (turn id → session id): the supervisor retries."""
         self._anchored: dict[str, uuid.UUID] = {}
         """This pod's turns that hold their session in Postgres (turn id → session id): the leases it renews."""
+        # Two of an owner's renewal periods: after Redis was away, a live owner renews within that time.
+        self._lapses = LapseWatch(grace_seconds=registry.lease_seconds * 2 / 3)
 
     async def submit(
         self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool, limited: bool = True
@@ -216,7 +219,7 @@ class TurnRunner:
         while await self._admission.current(session_id) == current:
             if asyncio.get_running_loop().time() > deadline:
                 raise Conflict("the previous reply did not finish in time", active_task_id=current)
-            if await self._lease_lapsed(session_id, current):
+            if await self._owner_gone(current, session_id):
                 await self._reap(current, session_id)
             await asyncio.sleep(0.05)
 
@@ -235,7 +238,7 @@ class TurnRunner:
             # a new message is accepted at once.
             if await self._admission.current(session_id) != turn_id:
                 break
-            if await self._lease_lapsed(session_id, turn_id):
+            if await self._owner_gone(turn_id, session_id):
                 await self._reap(turn_id, session_id)
             await asyncio.sleep(0.05)
         return turn_id
@@ -274,7 +277,7 @@ class TurnRunner:
             info = await self._registry.info(turn_id)
             if info is None or info.status != "running":
                 return True
-            if await self._registry.lease_expired(turn_id):
+            if await self._owner_gone(turn_id):
                 await self._reap(turn_id)
                 return True
             return False
@@ -351,25 +354,41 @@ class TurnRunner:
     async def _reap_expired(self) -> None:
         """Close turns whose owner stopped renewing: listed by their Redis lease, and (what a Redis flush cannot
         hide) by their Postgres lease."""
-        for turn_id in await self._registry.expired():
-            if turn_id not in self._tasks:
+        self._lapses.prune()
+        try:
+            expired = await self._registry.expired()
+        except RedisError:
+            self._lapses.reset()
+            raise
+        for turn_id in expired:
+            if turn_id not in self._tasks and self._lapses.confirmed(turn_id, True):
                 await self._reap(turn_id)
         for session_id, turn_id in await self._admission.lapsed():
             # A turn whose Redis lease is still fresh has a live owner (only Postgres was out of its reach).
-            if turn_id not in self._tasks and await self._lease_lapsed(session_id, turn_id):
+            if turn_id not in self._tasks and await self._owner_gone(turn_id, session_id):
                 await self._reap(turn_id, session_id)
 
-    async def _lease_lapsed(self, session_id: uuid.UUID, turn_id: str) -> bool:
-        """The turn's owner stopped renewing it: its Redis lease says so, or, when Redis knows no lease for it
-        (a flush), its Postgres lease does."""
-        deadline = await self._registry.lease_deadline(turn_id)
+    async def _owner_gone(self, turn_id: str, session_id: uuid.UUID | None = None) -> bool:
+        """The turn's owner stopped renewing it, as this pod has seen for a while (see `LapseWatch`): its Redis
+        lease says so, or, when Redis knows no lease for it (a flush), its Postgres lease does (given
+        `session_id`; without it, a turn Redis holds no lease for is taken as not leased yet)."""
+        try:
+            deadline = await self._registry.lease_deadline(turn_id)
+        except RedisError:
+            self._lapses.reset()
+            raise
         if deadline is not None:
-            return deadline < time.time()
-        return await self._admission.anchor_lapsed(session_id, turn_id)
+            lapsed = deadline < time.time()
+        elif session_id is not None:
+            lapsed = await self._admission.anchor_lapsed(session_id, turn_id)
+        else:
+            lapsed = False
+        return self._lapses.confirmed(turn_id, lapsed)
 
     async def _reap(self, turn_id: str, session_id: uuid.UUID | None = None) -> None:
         """Close a turn whose owner died and free its session. With `session_id` (a turn found through its
         Postgres lease), the session is freed even when Redis no longer knows the turn."""
+        self._lapses.forget(turn_id)
         closed = await reap(
             turn_id,
             registry=self._registry,
@@ -398,7 +417,7 @@ class TurnRunner:
                 current = await self._admission.current(op.session_id)
             if current == op.task_id:
                 return  # another pod is running it
-            if current is not None and await self._lease_lapsed(op.session_id, current):
+            if current is not None and await self._owner_gone(current, op.session_id):
                 await self._reap(current, op.session_id)
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"session {op.session_id} stayed busy; the continuation is retried later")

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.api import admin, chat, docs, health, info, operations, panel, sessions, transcript, ws
+from backend.api import admin, chat, docs, health, info, operations, panel, sessions, transcript, ui_messages, ws
 from backend.api.limits import BodyLimit, HeaderLimit
 from backend.config import Settings, startup_warnings
 from backend.errors import CopilotError
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(transcript.router)
+    app.include_router(ui_messages.router)
     app.include_router(info.router)
     app.include_router(chat.router)
     app.include_router(admin.router)

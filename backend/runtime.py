@@ -110,6 +110,9 @@ class Fallbacks:
     """`services(data_dir, postgres=bool, redis=bool)`: servers for the URLs that are unset."""
     demo_model: Callable[[], AbstractAsyncContextManager[DemoModel]] | None = None
     """An OpenAI-compatible model to answer when no model is configured (never in production)."""
+    report_worker: Callable[[str, Settings], AbstractAsyncContextManager[None]] | None = None
+    """`report_worker(redis_url, settings)`: the external worker of `generate_report`, run in process alongside the
+    demo model, so the long-running flow works with no second process."""
 
 
 @asynccontextmanager
@@ -259,6 +262,8 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
         renew_every = settings.turn_lease_seconds / 3
         await stack.enter_async_context(_background(_every(renew_every, limits.renew), "turn slot leases"))
+        if settings.uses_demo_model and fallbacks.report_worker is not None:
+            await stack.enter_async_context(fallbacks.report_worker(redis_url, settings))
         reconciler = Reconciler(sessions, pending)
         await stack.enter_async_context(
             _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")

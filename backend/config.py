@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=20, ge=1)
     """Upper bound of the asyncpg pool."""
 
+    startup_wait_seconds: float = Field(default=60.0, ge=0)
+    """At startup, how long to wait for PostgreSQL and Redis to accept connections (retried with a warning each time,
+    e.g. while Compose starts them); then the service exits with a message. 0: one attempt."""
+
     migrate_on_startup: bool = True
     """Apply pending SQL migrations at startup (under an advisory lock, so N pods may start at once)."""
 

@@ -33,6 +33,7 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
+from backend.dependencies_wait import wait_for_postgres, wait_for_redis
 from backend.errors import ConfigurationError
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
@@ -130,12 +131,14 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             redis_url = redis_url or urls.redis_url
         assert database_url is not None and redis_url is not None
 
+        await wait_for_postgres(database_url, within_seconds=settings.startup_wait_seconds)
         if settings.migrate_on_startup:
             await upgrade_dsn(database_url)
         pool = await create_pool(database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size)
         stack.push_async_callback(pool.close)
         redis = open_redis(redis_url, cluster=settings.redis_cluster)
         stack.push_async_callback(redis.aclose)
+        await wait_for_redis(redis, within_seconds=settings.startup_wait_seconds)
 
         pending = PendingWrites(redis)
         sessions = SessionStore(

@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     """Upper bound of the asyncpg pool."""
 
     startup_wait_seconds: float = Field(default=60.0, ge=0)
-    """At startup, how long to wait for PostgreSQL and Redis to accept connections (retried with a warning each time,
-    e.g. while Compose starts them); then the service exits with a message. 0: one attempt."""
+    """At startup, how long to wait for PostgreSQL to accept connections (retried with a warning each time, e.g. while
+    Compose starts it); then the service exits with a message. 0: one attempt. Redis needs no wait: the service starts
+    without it (readiness answers 503 until it answers)."""
 
     migrate_on_startup: bool = True
     """Apply pending SQL migrations at startup (under an advisory lock, so N pods may start at once)."""

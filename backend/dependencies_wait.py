@@ -1,9 +1,12 @@
-"""Waiting at startup for PostgreSQL and Redis to accept connections, bounded and logged.
+"""Waiting at startup for PostgreSQL to accept connections, bounded and logged.
 
 Under Compose or Kubernetes the app may start before its database: exiting then turns a few seconds of ordering into
 a crash loop. So the first connection is retried, with a warning per attempt, for `COPILOT_STARTUP_WAIT_SECONDS`;
 only what a retry can cure is retried (refused or reset connections, unknown host names, timeouts, a server still
-starting or loading its data). A wrong password or database name fails at once.
+starting up). A wrong password or database name fails at once.
+
+Redis needs no wait: the service starts without it (readiness answers 503, and every Redis call fails fast and is
+retried by its caller) and uses it as soon as it answers.
 """
 
 from __future__ import annotations
@@ -14,9 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backend.errors import ConfigurationError
 
@@ -25,9 +25,8 @@ log = logging.getLogger("copilot.startup")
 FIRST_PAUSE_SECONDS, LONGEST_PAUSE_SECONDS = 0.5, 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 
-_PASSING = (OSError, TimeoutError, asyncpg.CannotConnectNowError, RedisConnectionError, RedisTimeoutError)
-"""Failures of a server that is not up yet (`OSError` covers refused connections and unresolvable host names;
-`BusyLoadingError`, Redis loading its data, is a `ConnectionError`)."""
+_PASSING = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+"""Failures of a server that is not up yet (`OSError` covers refused connections and unresolvable host names)."""
 
 
 async def wait_for_postgres(dsn: str, *, within_seconds: float) -> None:
@@ -36,13 +35,6 @@ async def wait_for_postgres(dsn: str, *, within_seconds: float) -> None:
         await connection.close()
 
     await wait_until_up("PostgreSQL", probe, within_seconds=within_seconds)
-
-
-async def wait_for_redis(redis: Redis, *, within_seconds: float) -> None:
-    async def probe() -> None:
-        await redis.ping()
-
-    await wait_until_up("Redis", probe, within_seconds=within_seconds)
 
 
 async def wait_until_up(name: str, probe: Callable[[], Awaitable[None]], *, within_seconds: float) -> None:

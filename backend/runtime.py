@@ -33,7 +33,7 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.turn import TurnEngine, TurnLimits
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
-from backend.dependencies_wait import wait_for_postgres, wait_for_redis
+from backend.dependencies_wait import wait_for_postgres
 from backend.errors import ConfigurationError
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
@@ -138,7 +138,6 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         stack.push_async_callback(pool.close)
         redis = open_redis(redis_url, cluster=settings.redis_cluster)
         stack.push_async_callback(redis.aclose)
-        await wait_for_redis(redis, within_seconds=settings.startup_wait_seconds)
 
         pending = PendingWrites(redis)
         sessions = SessionStore(

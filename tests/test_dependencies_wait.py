@@ -1,6 +1,6 @@
-"""`backend/dependencies_wait.py`: at startup the service waits (bounded, logged) for PostgreSQL and Redis that are
-not accepting connections yet, instead of exiting; a server that never comes, or a wrong password, ends it with a
-message."""
+"""`backend/dependencies_wait.py`: at startup the service waits (bounded, logged) for a PostgreSQL that is not
+accepting connections yet, instead of exiting (it starts without Redis anyway, see tests/api/test_health.py); a
+server that never comes, or a database that does not exist, ends it with a message."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
 
-from backend.dependencies_wait import wait_for_postgres, wait_for_redis
+from backend.dependencies_wait import wait_for_postgres
 from backend.errors import ConfigurationError
-from tests.conftest import DATABASE_URL, REDIS_URL, free_port
+from tests.conftest import DATABASE_URL, free_port
 
 
 @contextlib.asynccontextmanager
@@ -62,20 +61,6 @@ async def test_waits_for_postgres_that_comes_up_later(db: asyncpg.Connection, ca
     async with forwarder(port, _address(DATABASE_URL)):
         await waiting
     assert "PostgreSQL accepts connections (after" in caplog.text
-
-
-async def test_waits_for_redis_that_comes_up_later(caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    redis = Redis.from_url(_moved(REDIS_URL, port), socket_connect_timeout=1)
-    try:
-        waiting = asyncio.create_task(wait_for_redis(redis, within_seconds=30))
-        while "Redis is not accepting connections yet (attempt 2" not in caplog.text:
-            assert not waiting.done(), waiting
-            await asyncio.sleep(0.05)
-        async with forwarder(port, _address(REDIS_URL)):
-            await waiting
-    finally:
-        await redis.aclose()
 
 
 async def test_gives_up_with_a_message_when_nothing_comes() -> None:

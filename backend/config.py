@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     """Longest a whole turn (all its steps and tools) may run."""
 
     max_tool_rounds: int = Field(default=10, ge=1)
-    """Model calls per turn; a model still calling tools after this many ends with an error."""
+    """Tool rounds per turn (model calls whose tool calls ran; a step retried after a context overflow or invalid
+    tool arguments does not count); a model still calling tools after this many ends with an error."""
 
     invalid_tool_json_retries: int = Field(default=1, ge=0, le=5)
     """Retries of a step whose tool-call arguments were not valid JSON."""

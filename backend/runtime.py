@@ -30,7 +30,7 @@ from backend.chat.runner import TurnRunner
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import TurnEngine, TurnLimits
+from backend.chat.turn_state import TurnLimits, TurnServices
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.errors import ConfigurationError
@@ -199,7 +199,7 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             limits=stream_limits,
         )
         stack.push_async_callback(operations.close)
-        engine = TurnEngine(
+        services = TurnServices(
             store=sessions,
             llm=llm,
             tools=tools,
@@ -225,7 +225,7 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         await prompts.start()
         stack.push_async_callback(prompts.close)
         turns = TurnRunner(
-            engine=engine,
+            services=services,
             store=sessions,
             registry=registry,
             admission=SessionAdmission(

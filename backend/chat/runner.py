@@ -31,7 +31,8 @@ from backend.chat.recovery import explain_lost_tail, reap
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import TurnEngine, TurnRequest
+from backend.chat.turn import stream_chat_completion
+from backend.chat.turn_state import TurnRequest, TurnServices
 from backend.chat.ui_stream import UIStreamTranslator
 from backend.errors import Conflict, StorageUnavailable
 from backend.observability.telemetry import NullTelemetry, Telemetry, TurnFacts, start_turn
@@ -77,7 +78,7 @@ class TurnRunner:
     def __init__(
         self,
         *,
-        engine: TurnEngine,
+        services: TurnServices,
         store: SessionStore,
         registry: TurnRegistry,
         admission: SessionAdmission,
@@ -91,7 +92,7 @@ class TurnRunner:
         model: str = "",
         quota: TurnAdmission | None = None,
     ) -> None:
-        self._engine = engine
+        self._services = services
         self._store = store
         self._registry = registry
         self._admission = admission
@@ -548,7 +549,7 @@ class TurnRunner:
 
         try:
             async with asyncio.timeout(self._turn_max_seconds):
-                async for event in self._engine.run(req, prompt, telemetry):
+                async for event in stream_chat_completion(req, prompt, self._services, telemetry):
                     if isinstance(event, ev.TurnFailed):
                         status, error_class = "failed", event.code
                     emit(event)

@@ -18,7 +18,7 @@ from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
 from backend.chat.protocol_check import check_sequence
 from backend.chat.recovery import LOST_OWNER_TEXT, LOST_TAIL_TEXT, closing_chunks, explain_lost_tail, reap
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import step_key
+from backend.chat.turn_state import step_key
 from backend.store.cache import SessionCache
 from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool

@@ -19,18 +19,21 @@ from redis.asyncio import Redis
 
 from backend.auth import Authenticator
 from backend.cancellation import check_cancelled
-from backend.chat.admission import billed_user
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
 from backend.chat.llm import LLMClient, RetryPolicy, Usage
+from backend.chat.local_turns import LocalTurns
 from backend.chat.operations import OperationRunner
 from backend.chat.prompt import default_prompt
 from backend.chat.prompt_source import PromptSource
-from backend.chat.runner import TurnRunner
+from backend.chat.quota import billed_user
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
+from backend.chat.turn_admission import TurnAdmission
+from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import TurnLimits, TurnServices
+from backend.chat.turn_supervisor import TurnSupervisor
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.errors import ConfigurationError
@@ -68,8 +71,12 @@ class Runtime:
     auth: Authenticator
     llm: LLMClient
     tools: ToolRegistry
-    registry: TurnRegistry
-    turns: TurnRunner
+    turn_registry: TurnRegistry
+    admission: TurnAdmission
+    """Lets turns in: messages, continuations, the stop button."""
+    driver: TurnDriver
+    """Runs this pod's turns and follows any turn."""
+    supervisor: TurnSupervisor
     prompts: PromptSource
     operations: OperationRunner
     limits: UserLimits
@@ -80,9 +87,9 @@ class Runtime:
         """What a pod does on SIGTERM before it exits: refuse new turns at once (readiness answers 503), stop taking
         operation completions (whose continuations are turns too), give the running turns
         `shutdown_grace_seconds`, then stop them. Streams of other pods' turns keep being served meanwhile."""
-        self.turns.refuse_new_turns()
+        self.admission.refuse_new_turns()
         await self.stop_consuming()
-        await self.turns.drain(self.settings.shutdown_grace_seconds)
+        await self.driver.drain(self.settings.shutdown_grace_seconds)
 
 
 class ServiceUrls(Protocol):
@@ -224,28 +231,43 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         )
         await prompts.start()
         stack.push_async_callback(prompts.close)
-        turns = TurnRunner(
+        active = SessionAdmission(
+            ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+            ActiveTurnStore(pool),
+            lease_seconds=settings.turn_lease_seconds,
+        )
+        local = LocalTurns()
+        supervisor = TurnSupervisor(local, registry=registry, active=active, store=sessions, counter=counter)
+        await supervisor.start()
+        stack.push_async_callback(supervisor.close)
+        driver = TurnDriver(
+            local,
+            supervisor,
             services=services,
-            store=sessions,
             registry=registry,
-            admission=SessionAdmission(
-                ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
-                ActiveTurnStore(pool),
-                lease_seconds=settings.turn_lease_seconds,
-            ),
-            titles=titles,
+            active=active,
+            quota=limits,
             prompt=prompts.current,
             telemetry=observability.telemetry,
-            counter=counter,
             turn_max_seconds=settings.turn_max_seconds,
             publish_window_seconds=settings.publish_window_ms / 1000,
-            double_texting=settings.double_texting,
-            model=llm.model,
-            quota=limits,
         )
-        await turns.start()
-        stack.push_async_callback(turns.shutdown)
-        operations.set_continuation(turns.continue_operation)
+        stack.push_async_callback(driver.shutdown)
+        admission = TurnAdmission(
+            local,
+            driver,
+            supervisor,
+            store=sessions,
+            registry=registry,
+            active=active,
+            quota=limits,
+            titles=titles,
+            counter=counter,
+            turn_max_seconds=settings.turn_max_seconds,
+            double_texting=settings.double_texting,
+        )
+        stack.callback(admission.refuse_new_turns)  # at shutdown, first
+        operations.set_continuation(admission.continue_operation)
         consumer = CompletionConsumer(
             redis,
             consumer=f"pod-{uuid.uuid4().hex[:12]}",
@@ -271,8 +293,10 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             auth=Authenticator(settings),
             llm=llm,
             tools=tools,
-            registry=registry,
-            turns=turns,
+            turn_registry=registry,
+            admission=admission,
+            driver=driver,
+            supervisor=supervisor,
             prompts=prompts,
             operations=operations,
             limits=limits,

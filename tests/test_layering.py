@@ -12,6 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend"
 
 BASE = ("config", "errors", "keys", "redis_client", "cancellation", "auth", "webhooks")
 DEV = ("backend.devtools", "backend.embedded")
+ROUTES = ("admin", "chat", "docs", "health", "info", "operations", "panel", "sessions", "transcript", "ws")
+TURN_MACHINERY = ("backend.chat.turn_admission", "backend.chat.turn_driver", "backend.chat.turn_supervisor")
 
 # (importing part, imported part, why)
 RULES = [
@@ -23,6 +25,9 @@ RULES = [
     (("tools",), ("backend.chat",), "tools see a context, not the engine"),
     (BASE, ("backend.chat",), "the base layer depends on nothing above it"),
     (("chat",), ("backend.api",), "the engine knows no HTTP"),
+    (tuple(f"api/{r}" for r in ROUTES), ("backend.runtime",), "routes take narrow dependencies (api/deps.py)"),
+    (("api/ws",), tuple(f"backend.api.{r}" for r in ROUTES if r != "ws"), "a transport imports no route module"),
+    (("api/chat_schemas", "api/schemas", "api/ws_schemas"), TURN_MACHINERY, "bodies are values, not the runner"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from backend.api.deps import CurrentUser, RuntimeDep
+from backend.api.deps import CurrentUser, Model, SettingsDep, Tools
 from backend.api.info_schemas import Features, Limits, ServiceInfo
 from backend.config import context_window_of
 
@@ -12,15 +12,15 @@ router = APIRouter(prefix="/api", tags=["info"])
 
 
 @router.get("/info")
-async def get_info(request: Request, _: CurrentUser, runtime: RuntimeDep) -> ServiceInfo:
+async def get_info(request: Request, _: CurrentUser, settings: SettingsDep, llm: Model, tools: Tools) -> ServiceInfo:
     """What this deployment runs and allows. Says whether integrations are on, never their keys or URLs."""
-    settings, model = runtime.settings, runtime.llm.model
+    model = llm.model
     return ServiceInfo(
         service=request.app.title,
         version=request.app.version,
         model=model,
         api="chat_completions",
-        tools=runtime.tools.schemas(),
+        tools=tools.schemas(),
         limits=Limits(
             max_body_bytes=settings.max_body_bytes,
             max_header_bytes=settings.max_header_bytes,

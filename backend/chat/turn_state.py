@@ -29,6 +29,16 @@ INTERRUPTED_MARK = "[interrupted]"
 
 
 @dataclass(frozen=True, slots=True)
+class UserMessage:
+    """A message a user sent, as the transports hand it to `TurnAdmission.submit`."""
+
+    text: str
+    client_message_id: str | None = None
+    """Idempotency key: a resend with the same id finds the same turn."""
+    page_context: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TurnRequest:
     turn_id: str
     """Task id of the turn: the id a client reconnects with."""

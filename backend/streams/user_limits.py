@@ -76,7 +76,7 @@ _ADMITTED, _NO_TOKENS, _NO_SLOT = 0, 1, 2
 
 
 class UserLimits:
-    """The per-user limits of this pod; 0 turns a limit off. Implements the runner's `TurnAdmission` port."""
+    """The per-user limits of this pod; 0 turns a limit off. Implements the turns' `TurnQuota` port."""
 
     def __init__(
         self,

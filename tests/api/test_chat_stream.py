@@ -439,7 +439,7 @@ async def test_shutdown_mid_turn_stores_the_partial_reply_marked_interrupted(
         sid = await new_session(client)
         task = asyncio.create_task(send(client, sid, "[[mock:text tokens=200 delay_ms=10]]"))
         await asyncio.sleep(0.4)
-        await live.app.state.runtime.turns.shutdown()
+        await live.app.state.runtime.driver.shutdown()
         _, body = await task
     assert_well_formed(body)
     rows = await stored(db, sid)

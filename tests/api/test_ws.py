@@ -208,7 +208,7 @@ async def test_resume_after_reconnecting_sends_exactly_the_missing_chunks(chat: 
     frames = first + rest
     assert_well_formed(frames)
     assert types(frames)[-1] == "finish"
-    registry = live.app.state.runtime.registry
+    registry = live.app.state.runtime.turn_registry
     stored = [orjson.loads(c) for c in await registry.chunks(done["task_id"])]
     assert [f["chunk"] for f in frames] == stored  # nothing lost, nothing repeated
     assert len(text_of(frames).split()) == 60

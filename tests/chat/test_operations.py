@@ -831,7 +831,7 @@ async def test_a_continuation_ended_by_another_pod_while_this_one_waited_is_not_
     session_id = uuid.UUID(sid)
     assert await ActiveTurns(redis, lease_seconds=60).claim(session_id, "a-long-turn")
     calls_before = len(turn_calls(mock_llm))
-    waiting = asyncio.create_task(runtime.turns.continue_operation(op))
+    waiting = asyncio.create_task(runtime.admission.continue_operation(op))
     await asyncio.sleep(0.3)  # it has seen the task stream running and waits for the session
     assert not waiting.done()
 

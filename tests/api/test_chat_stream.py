@@ -10,10 +10,10 @@ import asyncpg
 import httpx
 import pytest
 
-from backend.chat.protocol_check import check_body
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from tests.conftest import LiveServer, auth
+from tests.protocol_check import check_body
 from tests.sse import chunks, read_stream, text_of, types
 
 ALICE = auth("alice")

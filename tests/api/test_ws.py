@@ -15,9 +15,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from backend.chat import protocol
-from backend.chat.protocol_check import check_sequence
 from backend.config import Settings
 from tests.conftest import LiveServer, auth, make_token
+from tests.protocol_check import check_sequence
 
 ALICE = auth("alice")
 Chat = tuple[httpx.AsyncClient, LiveServer]

@@ -41,7 +41,7 @@ class TextChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCallStarted:
+class ToolCallHeader:
     """The model began a tool call: its id and name are known, its arguments are still streaming."""
 
     id: str
@@ -82,7 +82,7 @@ class Completed:
     usage: Usage | None
 
 
-ModelEvent = TextChunk | ToolCallStarted | ToolArgumentsDelta | Completed
+ModelEvent = TextChunk | ToolCallHeader | ToolArgumentsDelta | Completed
 
 
 @dataclass(slots=True)
@@ -261,7 +261,7 @@ class _Reply:
                         events.append(ToolArgumentsDelta(partial.id, fragment))
                 if not partial.announced and partial.id and partial.name:
                     partial.announced = True
-                    events.append(ToolCallStarted(partial.id, partial.name))
+                    events.append(ToolCallHeader(partial.id, partial.name))
                     if partial.arguments:
                         events.append(ToolArgumentsDelta(partial.id, "".join(partial.arguments)))
             if choice.get("finish_reason"):

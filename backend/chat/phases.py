@@ -77,7 +77,7 @@ async def stream_model_call(turn: TurnState, step: Step) -> AsyncIterator[ev.Tur
                 yield ev.TextDelta(event.text)
             elif isinstance(event, llm.ToolArgumentsDelta):
                 yield ev.ToolInputDelta(event.id, event.text)
-            elif isinstance(event, llm.ToolCallStarted):
+            elif isinstance(event, llm.ToolCallHeader):
                 yield ev.ToolCallStarted(event.id, event.name)
             else:
                 step.completed = event

@@ -6,11 +6,14 @@ Nothing else in the package reads `os.environ`; the app factory takes a `Setting
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from backend.mcp_config import HttpServer, StdioServer, parse_mcp_servers
 
 
 class Settings(BaseSettings):
@@ -135,6 +138,29 @@ class Settings(BaseSettings):
     tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Extra tool registries, each `package.module:attribute` (a ToolRegistry or a function returning one):
     comma-separated (`acme.copilot_tools:registry`) or a JSON list (`["acme.copilot_tools:registry"]`)."""
+
+    mcp_servers: str | None = None
+    """MCP servers whose tools the model may call, as JSON in the common `mcpServers` shape (docs/mcp.md):
+    `{"mcpServers": {"search": {"url": "https://...", "bearer_token_env": "SEARCH_TOKEN"}}}`."""
+
+    mcp_config: Path | None = None
+    """A JSON file of MCP servers in the same shape; its servers join those of `COPILOT_MCP_SERVERS`."""
+
+    mcp_tool_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest one MCP tool call may take (a server's `timeout_seconds` overrides it)."""
+
+    mcp_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Longest a connection to an MCP server (start, handshake, tool list) may take."""
+
+    mcp_startup_wait_seconds: float = Field(default=5.0, ge=0)
+    """How long startup waits for the MCP servers' tool lists before serving; a server not connected by then
+    joins in the background when it answers."""
+
+    mcp_tools_ttl_seconds: float = Field(default=300.0, gt=0)
+    """The tool list of an MCP server is fetched again after this long (and whenever the server says it changed)."""
+
+    mcp_reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    """Longest wait between two attempts to reach an MCP server that is down (the wait doubles from 0.5 s)."""
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
@@ -317,6 +343,8 @@ class Settings(BaseSettings):
         "langfuse_prompt_label",
         "posthog_api_key",
         "posthog_host",
+        "mcp_servers",
+        "mcp_config",
         mode="before",
     )
     @classmethod
@@ -340,7 +368,19 @@ class Settings(BaseSettings):
             raise ValueError("need COMPACTION_TARGET_RATIO < COMPACTION_SOFT_RATIO <= COMPACTION_HARD_RATIO")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
+        self.mcp_server_specs  # noqa: B018 (a bad MCP configuration fails here, at startup)
         return self
+
+    _mcp: tuple[object, dict[str, StdioServer | HttpServer]] | None = PrivateAttr(default=None)
+
+    @property
+    def mcp_server_specs(self) -> dict[str, StdioServer | HttpServer]:
+        """The enabled MCP servers of `mcp_servers` and `mcp_config`, by name. Parsed once per value of the two
+        (settings copied with `model_copy(update=...)` are not validated again, so the key is checked here)."""
+        key = (self.mcp_servers, self.mcp_config)
+        if self._mcp is None or self._mcp[0] != key:
+            self._mcp = (key, _mcp_servers_of(self))
+        return dict(self._mcp[1])
 
     @property
     def uses_demo_model(self) -> bool:
@@ -370,6 +410,22 @@ def _split_list(text: str) -> list[str]:
             raise ValueError("a JSON list setting must hold strings only")
         return [item.strip() for item in decoded if item.strip()]
     return [item.strip() for item in stripped.split(",") if item.strip()]
+
+
+def _mcp_servers_of(settings: Settings) -> dict[str, StdioServer | HttpServer]:
+    servers = {}
+    if settings.mcp_servers is not None:
+        servers = parse_mcp_servers(settings.mcp_servers, source="COPILOT_MCP_SERVERS", environ=os.environ)
+    if settings.mcp_config is not None:
+        try:
+            text = settings.mcp_config.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"COPILOT_MCP_CONFIG: cannot read {settings.mcp_config}: {exc.strerror}") from None
+        for name, server in parse_mcp_servers(text, source=str(settings.mcp_config), environ=os.environ).items():
+            if name in servers:
+                raise ValueError(f"MCP server {name!r} is in both COPILOT_MCP_SERVERS and {settings.mcp_config}")
+            servers[name] = server
+    return servers
 
 
 def _production_problems(settings: Settings) -> list[str]:

@@ -50,6 +50,7 @@ from backend.streams.limits import StreamLimits
 from backend.streams.operations import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.source import McpToolSource, open_mcp_tools
 from backend.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger("copilot.runtime")
@@ -73,6 +74,8 @@ class Runtime:
     prompts: PromptSource
     operations: OperationRunner
     limits: UserLimits
+    mcp: McpToolSource
+    """The MCP servers whose tools are in `tools`, with their connection states."""
     stop_consuming: Callable[[], Awaitable[None]] = field(default=_nothing_to_stop)
     """Stops this pod's completion consumer (other pods take the completions)."""
 
@@ -155,6 +158,17 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
 
         llm = await _open_llm(settings, stack, fallbacks, on_usage=spend)
         tools = build_registry(settings.tools)
+        mcp = await stack.enter_async_context(
+            open_mcp_tools(
+                settings.mcp_server_specs,
+                tools,
+                tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
+                connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
+                tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
+                reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
+                startup_wait_seconds=settings.mcp_startup_wait_seconds,
+            )
+        )
         registry = TurnRegistry(
             redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
         )
@@ -276,6 +290,7 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             prompts=prompts,
             operations=operations,
             limits=limits,
+            mcp=mcp,
             stop_consuming=lambda: _stop(consuming),
         )
 

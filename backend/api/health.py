@@ -24,8 +24,8 @@ async def live() -> dict[str, str]:
 @router.get("/ready", responses={503: {"description": "Postgres or Redis unreachable, or the pod is draining"}})
 async def ready(runtime: RuntimeDep) -> JSONResponse:
     """Postgres and Redis answer and the pod takes new turns; 503 otherwise (at once, without I/O, once it drains).
-    `warnings` lists what a development start lacks (no JWT key, the demo model): readiness is about the stores, so
-    they do not make it fail."""
+    `warnings` lists what a development start lacks (no JWT key, the demo model) and `mcp` the state of each MCP
+    server: readiness is about the stores, so neither makes it fail (a down MCP server only fails its own tools)."""
     if runtime.turns.draining:
         return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
     checks = {"postgres": runtime.sessions.ping(), "redis": runtime.redis.ping()}
@@ -37,5 +37,10 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
         for name, r in zip(checks, results, strict=True)
     }
     ok = all(v == "ok" for v in status.values())
-    body = {"status": "ok" if ok else "unavailable", "checks": status, "warnings": startup_warnings(runtime.settings)}
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "checks": status,
+        "warnings": startup_warnings(runtime.settings),
+        "mcp": {s.name: {"state": s.state, "tools": s.tools, "error": s.error} for s in runtime.mcp.statuses()},
+    }
     return JSONResponse(body, status_code=200 if ok else 503)

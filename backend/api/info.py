@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from backend.api.deps import CurrentUser, RuntimeDep
-from backend.api.info_schemas import Features, Limits, ServiceInfo
+from backend.api.info_schemas import Features, Limits, McpServerInfo, ServiceInfo
 from backend.config import context_window_of
 
 router = APIRouter(prefix="/api", tags=["info"])
@@ -21,6 +21,7 @@ async def get_info(request: Request, _: CurrentUser, runtime: RuntimeDep) -> Ser
         model=model,
         api="chat_completions",
         tools=runtime.tools.schemas(),
+        mcp_servers=[McpServerInfo.model_validate(status, from_attributes=True) for status in runtime.mcp.statuses()],
         limits=Limits(
             max_body_bytes=settings.max_body_bytes,
             max_header_bytes=settings.max_header_bytes,

@@ -85,12 +85,14 @@ class HttpMcpServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self._token = token
+        self.mcp = build_server()
+        """The running server: a test may change its tools (without announcing it, unlike `grow`)."""
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        mcp = build_server()
-        app: Any = _RequireBearer(mcp.streamable_http_app(), self._token)
+        self.mcp = build_server()
+        app: Any = _RequireBearer(self.mcp.streamable_http_app(), self._token)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())

@@ -230,3 +230,25 @@ async def test_a_stdio_server_that_dies_is_started_again(chat_settings: Settings
             assert "MCP server 'local'" in result["errorText"]  # meanwhile: a clear error, the turn goes on
             await asyncio.sleep(0.05)
         assert result["output"]["result"] != first
+
+
+async def test_the_tool_list_is_fetched_again_after_its_ttl(chat_settings: Settings, http_mcp: HttpMcpServer) -> None:
+    settings = with_mcp(chat_settings, {"remote": remote_config(http_mcp.url)}, mcp_tools_ttl_seconds=0.2)
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+
+        def quiet(n: int) -> int:
+            return -n
+
+        http_mcp.mcp.add_tool(quiet, name="quiet", description="Added without a list-changed notification.")
+        http_mcp.mcp.remove_tool("fail")
+        for _ in range(100):
+            names = {t["function"]["name"] for t in (await info(client))["tools"]}
+            if "remote__quiet" in names:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the TTL never refreshed the tool list")
+        assert "remote__fail" not in names  # a tool the server dropped leaves the registry
+        sid = await new_session(client)
+        _, body = await send(client, sid, '[[mock:tool name=remote__quiet args={"n": 4}]]')
+        assert outputs(body)[0]["output"] == {"result": -4}

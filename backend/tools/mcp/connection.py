@@ -49,6 +49,8 @@ class ServerUnavailable(Exception):
 class _Lost(Exception):
     """The open session stopped working; the supervisor reconnects."""
 
+    kind = "connection lost"
+
 
 @dataclass(frozen=True)
 class ServerStatus:
@@ -60,7 +62,8 @@ class ServerStatus:
     tools: int
     """Tools of the server in the registry (the last list it sent, kept while it is down)."""
     error: str | None
-    """Why the last attempt or the last session failed; None once connected."""
+    """Why the last attempt or the last session failed, as a kind (`HTTP 401`, `timed out`, `ConnectError`,
+    `connection lost`, ...) safe to show any user; the details are logged. None once connected."""
     since: datetime
     """When the server entered `state`."""
 
@@ -130,11 +133,11 @@ class McpConnection:
         except MCPError as exc:
             if exc.error.code != mcp_types.CONNECTION_CLOSED:
                 raise
-            self._lose(client, f"connection closed: {exc}")
+            self._lose(client, f"the connection closed during a call: {exc}")
         except (asyncio.CancelledError, TimeoutError):
             raise
         except Exception as exc:  # a transport failure (the SDK raises the HTTP client's errors as they are)
-            self._lose(client, _describe(exc))
+            self._lose(client, f"a call failed: {_describe(exc)[1]}")
         raise ServerUnavailable(f"MCP server {self.name!r} became unavailable during the call; it is reconnected")
 
     async def _connected_client(self) -> Client:
@@ -150,16 +153,13 @@ class McpConnection:
             self._lost = _Lost(reason)
             self._wake.set()
 
-    def _enter(self, state: ServerState, error: str | None = None) -> None:
+    def _enter(self, state: ServerState, error: str | None = None, detail: str | None = None) -> None:
         if state != self._state:
             self._since = datetime.now(UTC)
-            log.log(
-                logging.WARNING if state == "down" else logging.INFO,
-                "MCP server %r is %s%s",
-                self.name,
-                state,
-                f": {error}" if error else "",
-            )
+            level = logging.WARNING if state == "down" else logging.INFO
+            log.log(level, "MCP server %r is %s%s", self.name, state, f": {detail}" if detail else "")
+        elif detail:
+            log.debug("MCP server %r is still %s: %s", self.name, state, detail)
         self._state, self._error = state, error
         if state == "connecting":
             self._settled.clear()
@@ -179,8 +179,8 @@ class McpConnection:
                     raise
                 if self._state == "ready":
                     delay = _FIRST_RETRY_SECONDS  # a session that worked: try again soon
-                http = f" ({self._http_error})" if self._http_error else ""
-                self._enter("down", _describe(exc) + http)
+                kind, detail = _describe(exc)
+                self._enter("down", self._http_error or kind, detail)
             finally:
                 self._client = None
             self._wake.clear()
@@ -231,7 +231,7 @@ class McpConnection:
 
     async def _note_response(self, response: httpx2.Response) -> None:
         if response.status_code >= 400:
-            self._http_error = f"HTTP {response.status_code} from {response.url.host}"
+            self._http_error = f"HTTP {response.status_code}"
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, mcp_types.ToolListChangedNotification):
@@ -250,7 +250,7 @@ class McpConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._lose(client, f"change notifications stopped: {_describe(exc)}")
+            self._lose(client, f"change notifications stopped: {_describe(exc)[1]}")
             return
         self._lose(client, "the server closed its change notifications")
 
@@ -271,12 +271,16 @@ async def _stop(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """A failure as (kind, detail): the kind names what happened without any text of the server's (which may hold
+    URLs or hosts), for every user's eyes; the detail is for the logs."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, TimeoutError) and not str(exc):
-        text = "timed out"
-    elif isinstance(exc, OSError | MCPError) or type(exc).__module__.startswith("httpx"):
-        text = f"{type(exc).__name__}: {text}" if str(exc) else type(exc).__name__
-    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
+    if isinstance(exc, _Lost):
+        kind = exc.kind
+    elif isinstance(exc, TimeoutError):
+        kind = "timed out"
+    else:
+        kind = type(exc).__name__
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else kind
+    return kind, detail if len(detail) <= _ERROR_CHARS else detail[: _ERROR_CHARS - 1] + "…"

@@ -212,7 +212,9 @@ async def test_a_wrong_bearer_token_leaves_the_server_down_with_the_reason(
     settings = with_mcp(chat_settings, {"remote": {"url": http_mcp.url, "bearer_token_env": "WRONG_MCP_TOKEN"}})
     async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
         await wait_for(client, "remote", "down")
-        assert "401" in (await server_state(client, "remote"))["error"]
+        assert (await server_state(client, "remote"))["error"] == "HTTP 401"
+        shown = (await client.get("/api/info", headers=ALICE)).text + (await client.get("/health/ready")).text
+        assert "not-the-token" not in shown and str(http_mcp.port) not in shown  # no token, no address
 
 
 async def test_a_stdio_server_that_dies_is_started_again(chat_settings: Settings) -> None:

@@ -2,7 +2,8 @@
 tests.tools.mcp.servers`) and over streamable HTTP (`HttpMcpServer`, uvicorn in the test's event loop).
 
 Tools: `add` (arguments), `fail` (an error the tool reports), `slow` (a call that takes `seconds`), `grow` (adds the
-tool `later` and announces the list change), `weird.name` (a name providers refuse), `pid` (the server process).
+tool `later` and announces the list change), `weird.name` (a name providers refuse), `big` (a long output), `pid`
+(the server process).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def build_server() -> MCPServer:
         return x
 
     server.add_tool(weird, name="weird.name", description="A tool whose name providers refuse.")
+
+    @server.tool()
+    def big(size: int) -> str:
+        """`size` characters of text."""
+        return "x" * size
 
     @server.tool()
     def pid() -> int:

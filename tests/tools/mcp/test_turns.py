@@ -7,9 +7,12 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 import httpx
 import pytest
 
@@ -90,7 +93,7 @@ async def test_tools_of_a_stdio_and_an_http_server_run_in_one_turn(
 
         ready = await client.get("/health/ready")
         assert ready.status_code == 200
-        assert ready.json()["mcp"]["local"] == {"state": "ready", "tools": 6, "error": None}
+        assert ready.json()["mcp"]["local"] == {"state": "ready", "tools": 7, "error": None}
 
         sid = await new_session(client)
         _, body = await send(
@@ -156,7 +159,7 @@ async def test_a_tool_list_change_is_seen_by_the_next_turn(chat_settings: Settin
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the new tool never joined the registry")
-        assert (await server_state(client, "local"))["tools"] == 7
+        assert (await server_state(client, "local"))["tools"] == 8
         _, body = await send(client, sid, '[[mock:tool name=local__later args={"word": "hi"}]]')
         assert outputs(body)[0]["output"] == {"result": "HI"}
 
@@ -254,3 +257,46 @@ async def test_the_tool_list_is_fetched_again_after_its_ttl(chat_settings: Setti
         sid = await new_session(client)
         _, body = await send(client, sid, '[[mock:tool name=remote__quiet args={"n": 4}]]')
         assert outputs(body)[0]["output"] == {"result": -4}
+
+
+async def test_a_long_output_is_cut_like_any_tools(chat_settings: Settings, db: asyncpg.Connection) -> None:
+    settings = with_mcp(chat_settings, {"local": stdio_config()}, max_tool_output_tokens=100)
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        _, body = await send(client, sid, '[[mock:tool name=local__big args={"size": 200000}]]')
+        assert_well_formed(body)
+        assert outputs(body)[0]["type"] == "tool-output-available"
+        (stored,) = await db.fetch(
+            "SELECT content FROM chat_messages WHERE session_id = $1 AND role = 'tool'", UUID(sid)
+        )
+        assert "omitted" in stored["content"] and len(stored["content"]) < 2000
+
+
+async def test_stdio_servers_are_stopped_at_shutdown(chat_settings: Settings) -> None:
+    settings = with_mcp(chat_settings, {"local": stdio_config()})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        _, body = await send(client, sid, "[[mock:tool name=local__pid args={}]]")
+        child = outputs(body)[0]["output"]["result"]
+        os.kill(child, 0)  # running
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+async def test_a_server_that_never_answers_or_cannot_start_is_down_and_does_not_hold_the_service(
+    chat_settings: Settings,
+) -> None:
+    servers = {
+        "mute": {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"]},
+        "missing": {"command": "/nonexistent/mcp-server"},
+    }
+    settings = with_mcp(chat_settings, servers, mcp_connect_timeout_seconds=0.5, mcp_startup_wait_seconds=2)
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        await wait_for(client, "mute", "down")
+        await wait_for(client, "missing", "down")
+        assert (await server_state(client, "mute"))["error"] == "timed out"
+        assert (await server_state(client, "missing"))["error"] == "FileNotFoundError"
+        assert (await client.get("/health/ready")).status_code == 200
+        sid = await new_session(client)
+        _, body = await send(client, sid, "[[mock:text content=fine]]")
+        assert chunks(body)[-1]["finishReason"] == "stop"

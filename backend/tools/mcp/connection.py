@@ -87,6 +87,8 @@ class McpConnection:
         self._reconnect_max = reconnect_max_seconds
         self._client: Client | None = None
         self._state: ServerState = "connecting"
+        self._outcome: ServerState | None = None
+        """How the last attempt ended (`ready` or `down`)."""
         self._since = datetime.now(UTC)
         self._error: str | None = None
         self._tool_count = 0
@@ -97,15 +99,22 @@ class McpConnection:
         self._wake = asyncio.Event()
         self._http_error: str | None = None
         """The last HTTP error status the server answered (the SDK reports only a generic error for it)."""
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"mcp server {self.name}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop the supervisor and close the session (a stdio server is stopped)."""
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        # The SDK's task groups can swallow a cancellation that lands while they open a connection (seen in about 1
+        # close in 30 while a server was down): the flag ends the loop, and the cancellation is repeated until then.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
     async def wait_settled(self) -> None:
         """Until the current attempt to connect has succeeded or failed."""
@@ -154,35 +163,40 @@ class McpConnection:
             self._wake.set()
 
     def _enter(self, state: ServerState, error: str | None = None, detail: str | None = None) -> None:
-        if state != self._state:
+        # The attempts to reach a server that is down neither move `since` nor log above debug: "down since 10:02"
+        # and one warning, not two lines per attempt.
+        retrying = self._outcome == "down" and {self._state, state} == {"down", "connecting"}
+        if state != self._state and not retrying:
             self._since = datetime.now(UTC)
-            level = logging.WARNING if state == "down" else logging.INFO
-            log.log(level, "MCP server %r is %s%s", self.name, state, f": {detail}" if detail else "")
-        elif detail:
-            log.debug("MCP server %r is still %s: %s", self.name, state, detail)
-        self._state, self._error = state, error
         if state == "connecting":
             self._settled.clear()
         else:
+            if state != self._outcome:
+                level = logging.WARNING if state == "down" else logging.INFO
+                log.log(level, "MCP server %r is %s%s", self.name, state, f": {detail}" if detail else "")
+            else:
+                log.debug("MCP server %r is still %s: %s", self.name, state, detail)
+            self._outcome = state
             self._settled.set()
+        self._state, self._error = state, error
 
     async def _supervise(self) -> None:
         delay = _FIRST_RETRY_SECONDS
-        while True:
+        while not self._closing:
             self._enter("connecting", self._error)
             try:
                 await self._run_session()
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # ExceptionGroup from the SDK's task groups included
-                if not isinstance(exc, Exception):
-                    raise
+            except Exception as exc:  # an ExceptionGroup from the SDK's task groups included
+                kind, detail = _describe(exc)
                 if self._state == "ready":
                     delay = _FIRST_RETRY_SECONDS  # a session that worked: try again soon
-                kind, detail = _describe(exc)
-                self._enter("down", self._http_error or kind, detail)
+                elif self._http_error:
+                    kind = self._http_error  # refused while connecting: the status says why
+                self._enter("down", kind, detail)
             finally:
                 self._client = None
+            if self._closing:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -199,7 +213,7 @@ class McpConnection:
             self._enter("ready")
             listed = time.monotonic()
             pinged = listed
-            while True:
+            while not self._closing:
                 if self._lost is None and not self._changed.is_set():
                     wait = min(listed + self._ttl, pinged + _PING_SECONDS) - time.monotonic()
                     self._wake.clear()

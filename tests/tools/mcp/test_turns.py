@@ -300,3 +300,30 @@ async def test_a_server_that_never_answers_or_cannot_start_is_down_and_does_not_
         sid = await new_session(client)
         _, body = await send(client, sid, "[[mock:text content=fine]]")
         assert chunks(body)[-1]["finishReason"] == "stop"
+
+
+async def test_a_down_server_is_retried_and_stays_down_since_its_first_failure(chat_settings: Settings) -> None:
+    attempts = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()  # a server that hangs up on every request
+
+    listener = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    settings = with_mcp(
+        chat_settings, {"broken": {"url": f"http://127.0.0.1:{port}/mcp"}}, mcp_reconnect_max_seconds=0.1
+    )
+    async with listener, LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        await wait_for(client, "broken", "down")
+        first = await server_state(client, "broken")
+        seen = attempts
+        for _ in range(200):
+            if attempts >= seen + 3:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no new attempts to reach the server ({attempts})")
+        await wait_for(client, "broken", "down")
+        assert (await server_state(client, "broken"))["since"] == first["since"]

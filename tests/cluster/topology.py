@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import jwt
 import redis
+from redis.crc import key_slot
 
 NODE_TIMEOUT_MS = 2000
 REQUIRED_COMMANDS = {"redis-server": "redis-server", "redis-cli": "redis-tools", "pgbouncer": "pgbouncer"}
@@ -92,7 +93,10 @@ class Topology:
     pod_env: dict[str, str] = field(default_factory=dict)
     """Overrides of `POD_ENV`."""
     pids: dict[str, int] = field(default_factory=dict)
-    """Process name → pid of what runs (`redis-7001`, `pgbouncer`, `mock-llm`, `pod-1`, `haproxy`)."""
+    """Process name → pid of what runs (`redis-7101`, `pgbouncer`, `mock-llm`, `pod-1`, `haproxy`)."""
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()  # processes run with the root as their working directory
 
     # --- addresses ---------------------------------------------------------------------------------------------
     @property
@@ -254,6 +258,20 @@ class Topology:
                 )
             return nodes
         return []
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves `key`'s hash slot now."""
+        slot = key_slot(key.encode())
+        for port in self.ports.redis:
+            try:
+                with self.redis_node(port) as node:
+                    ranges = node.execute_command("CLUSTER", "SLOTS")
+            except (redis.RedisError, OSError):
+                continue
+            for start, end, master, *_ in ranges:
+                if start <= slot <= end:
+                    return int(master[1])
+        raise RuntimeError(f"no node serves slot {slot}")
 
     def masters(self) -> list[int]:
         return sorted(int(n["port"]) for n in self.cluster_nodes() if n["role"] == "master" and n["failed"] == "False")

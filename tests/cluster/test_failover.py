@@ -48,7 +48,7 @@ async def _wait_promoted(topology: Topology, replica: int, within: float = 30) -
         if nodes.get(replica, {}).get("role") == "master":
             try:
                 with topology.redis_node(replica) as node:
-                    if node.cluster("info").get("cluster_state") == "ok":  # type: ignore[union-attr]
+                    if node.cluster("info").get("cluster_state") == "ok":
                         return time.monotonic()
             except OSError:
                 pass

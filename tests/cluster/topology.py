@@ -221,7 +221,7 @@ class Topology:
     def _create_cluster(self) -> None:
         first = self.ports.redis[0]
         with self.redis_node(first) as node:
-            if int(node.cluster("info").get("cluster_known_nodes", 1)) > 1:  # type: ignore[union-attr]
+            if int(node.cluster("info").get("cluster_known_nodes", 1)) > 1:
                 self.wait_cluster_ok()
                 return  # restarted from its `nodes.conf`: the cluster exists
         addresses = [f"127.0.0.1:{p}" for p in self.ports.redis]
@@ -297,7 +297,7 @@ class Topology:
                 continue
             try:
                 with self.redis_node(port) as node:
-                    if node.cluster("info").get("cluster_state") != "ok":  # type: ignore[union-attr]
+                    if node.cluster("info").get("cluster_state") != "ok":
                         return False
                     info = node.info("replication")
                     if info["role"] == "slave" and info.get("master_link_status") != "up":
@@ -366,17 +366,19 @@ admin_users = postgres
         return {
             **_base_env(),
             **POD_ENV,
-            **self.pod_env,
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
             "OPENAI_BASE_URL": f"http://127.0.0.1:{self.ports.mock}/v1",
             "COPILOT_JWT_SECRET": self.jwt_secret,
+            **self.pod_env,
         }
 
-    def start_pod(self, index: int) -> None:
+    def start_pod(self, index: int, env: Mapping[str, str] | None = None) -> None:
+        """Start pod `index` (from 0); `env` overrides its environment (another Redis, say)."""
         port = self.ports.pods[index]
         args = [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        self._start(f"pod-{index + 1}", args, self.pod_environment(), ready=f"{self.pod_url(index)}/health/ready")
+        environment = {**self.pod_environment(), **(env or {})}
+        self._start(f"pod-{index + 1}", args, environment, ready=f"{self.pod_url(index)}/health/ready")
 
     def _start_haproxy(self) -> None:
         servers = "\n".join(f"    server pod-{i + 1} 127.0.0.1:{port} check" for i, port in enumerate(self.ports.pods))

@@ -7,7 +7,8 @@ from redis.asyncio.cluster import RedisCluster
 
 MAX_CONNECTIONS = 2**31 - 1
 """Every open stream holds a connection in a blocking XREAD, so the pool must not cap connections: redis-py 8
-lowered the default cap to 100, which failed turns at 100 concurrent streams (MaxConnectionsError)."""
+lowered the default cap to 100, which failed turns at 100 concurrent streams (MaxConnectionsError). The cluster
+client's default is 100 per node."""
 
 
 SOCKET_TIMEOUT_SECONDS = 3.0
@@ -22,8 +23,12 @@ SOCKET_CONNECT_TIMEOUT_SECONDS = 2.0
 def open_redis(url: str, *, cluster: bool) -> Redis:
     if cluster:
         # RedisCluster offers the same command API; keys are hash-tagged per session so scripts stay on one slot.
+        # Its cap is per node, 100 by default: the same limit as the single server's, on each master.
         client: Redis = RedisCluster.from_url(  # type: ignore[assignment]
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS
+            url,
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
         )
         return client
     return Redis.from_url(

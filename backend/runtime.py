@@ -131,8 +131,13 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         assert database_url is not None and redis_url is not None
 
         if settings.migrate_on_startup:
-            await upgrade_dsn(database_url)
-        pool = await create_pool(database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size)
+            await upgrade_dsn(database_url, statement_cache_size=settings.db_statement_cache_size)
+        pool = await create_pool(
+            database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
         stack.push_async_callback(pool.close)
         redis = open_redis(redis_url, cluster=settings.redis_cluster)
         stack.push_async_callback(redis.aclose)

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx2
-import mcp_types
 from mcp import Client, StdioServerParameters
+from mcp import types as mcp_types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared._httpx_utils import create_mcp_http_client

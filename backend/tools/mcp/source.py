@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
-import mcp_types
+from mcp import types as mcp_types
 
 from backend.mcp_config import HttpServer, StdioServer
 from backend.tools.mcp.connection import McpConnection, ServerStatus

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import mcp_types
+from mcp import types as mcp_types
 from pydantic import RootModel
 
 from backend.tools.base import Tool, ToolContext

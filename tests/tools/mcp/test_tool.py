@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import mcp_types
 import pytest
+from mcp import types as mcp_types
 
 from backend.tools.mcp.tool import McpToolError, output_of
 

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "backend"
 
-BASE = ("config", "errors", "keys", "redis_client", "cancellation", "auth", "webhooks")
+BASE = ("config", "mcp_config", "errors", "keys", "redis_client", "cancellation", "auth", "webhooks")
 DEV = ("backend.devtools", "backend.embedded")
 
 # (importing part, imported part, why)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.mcp_config import HttpServer, StdioServer, parse_mcp_servers
+from backend.mcp_config import McpServer, parse_mcp_servers
 
 
 class Settings(BaseSettings):
@@ -376,10 +376,10 @@ class Settings(BaseSettings):
         self.mcp_server_specs  # noqa: B018 (a bad MCP configuration fails here, at startup)
         return self
 
-    _mcp: tuple[object, dict[str, StdioServer | HttpServer]] | None = PrivateAttr(default=None)
+    _mcp: tuple[object, dict[str, McpServer]] | None = PrivateAttr(default=None)
 
     @property
-    def mcp_server_specs(self) -> dict[str, StdioServer | HttpServer]:
+    def mcp_server_specs(self) -> dict[str, McpServer]:
         """The enabled MCP servers of `mcp_servers` and `mcp_config`, by name. Parsed once per value of the two
         (settings copied with `model_copy(update=...)` are not validated again, so the key is checked here)."""
         key = (self.mcp_servers, self.mcp_config)
@@ -417,7 +417,7 @@ def _split_list(text: str) -> list[str]:
     return [item.strip() for item in stripped.split(",") if item.strip()]
 
 
-def _mcp_servers_of(settings: Settings) -> dict[str, StdioServer | HttpServer]:
+def _mcp_servers_of(settings: Settings) -> dict[str, McpServer]:
     servers = {}
     if settings.mcp_servers is not None:
         servers = parse_mcp_servers(settings.mcp_servers, source="COPILOT_MCP_SERVERS", environ=os.environ)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
 
@@ -70,10 +70,11 @@ class HttpServer(_Server):
         return headers
 
 
-McpServer = Annotated[StdioServer | HttpServer, Field(discriminator="type")]
+McpServer = StdioServer | HttpServer
+"""One configured server, whichever its transport."""
 
 
-def parse_mcp_servers(text: str, *, source: str, environ: Mapping[str, str]) -> dict[str, StdioServer | HttpServer]:
+def parse_mcp_servers(text: str, *, source: str, environ: Mapping[str, str]) -> dict[str, McpServer]:
     """The enabled servers of `text` (JSON) by name. `source` names where it came from in error messages;
     `environ` is where `bearer_token_env` variables are looked up."""
     try:
@@ -81,7 +82,7 @@ def parse_mcp_servers(text: str, *, source: str, environ: Mapping[str, str]) -> 
     except json.JSONDecodeError as exc:
         raise ValueError(f"{source}: not valid JSON: {exc}") from None
     entries = _server_entries(document, source)
-    servers: dict[str, StdioServer | HttpServer] = {}
+    servers: dict[str, McpServer] = {}
     for name, entry in entries.items():
         server = _parse_server(name, entry, source, environ)
         if not server.disabled:
@@ -103,7 +104,7 @@ def _server_entries(document: Any, source: str) -> dict[str, Any]:
     return document
 
 
-def _parse_server(name: str, entry: Any, source: str, environ: Mapping[str, str]) -> StdioServer | HttpServer:
+def _parse_server(name: str, entry: Any, source: str, environ: Mapping[str, str]) -> McpServer:
     where = f"{source}: MCP server {name!r}"
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object")
@@ -117,9 +118,7 @@ def _parse_server(name: str, entry: Any, source: str, environ: Mapping[str, str]
     if "bearer_token" in entry:
         raise ValueError(f"{where}: put the token in an environment variable and name it in 'bearer_token_env'")
     try:
-        server: StdioServer | HttpServer = (StdioServer if entry["type"] == "stdio" else HttpServer).model_validate(
-            entry
-        )
+        server: McpServer = (StdioServer if entry["type"] == "stdio" else HttpServer).model_validate(entry)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}"

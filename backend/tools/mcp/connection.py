@@ -31,7 +31,7 @@ from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from backend.mcp_config import HttpServer, StdioServer
+from backend.mcp_config import McpServer, StdioServer
 
 log = logging.getLogger("copilot.tools.mcp")
 
@@ -72,7 +72,7 @@ class McpConnection:
     def __init__(
         self,
         name: str,
-        spec: StdioServer | HttpServer,
+        spec: McpServer,
         *,
         on_tools: Callable[[str, Sequence[mcp_types.Tool]], None],
         connect_timeout_seconds: float,

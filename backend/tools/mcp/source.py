@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from mcp import types as mcp_types
 
-from backend.mcp_config import HttpServer, StdioServer
+from backend.mcp_config import McpServer
 from backend.tools.mcp.connection import McpConnection, ServerStatus
 from backend.tools.mcp.naming import tool_names
 from backend.tools.mcp.tool import McpTool
@@ -27,7 +27,7 @@ log = logging.getLogger("copilot.tools.mcp")
 class McpToolSource:
     def __init__(
         self,
-        servers: Mapping[str, StdioServer | HttpServer],
+        servers: Mapping[str, McpServer],
         registry: ToolRegistry,
         *,
         tool_timeout_seconds: float,
@@ -94,7 +94,7 @@ class McpToolSource:
 
 @asynccontextmanager
 async def open_mcp_tools(
-    servers: Mapping[str, StdioServer | HttpServer],
+    servers: Mapping[str, McpServer],
     registry: ToolRegistry,
     *,
     tool_timeout_seconds: float,

@@ -90,12 +90,33 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release without a server round trip: see the module docstring for why there is nothing to reset."""
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
-    )
+QueryObserver = Callable[[str, float, bool], None]
+"""Hears each statement: its first keyword (`SELECT`, `INSERT`, `WITH`, ...), its duration, whether it failed."""
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, observe: QueryObserver | None = None) -> asyncpg.Pool:
+    """The pool; with `observe`, every statement of its connections is reported (asyncpg's query logger, which
+    times each statement and calls back once it has ended)."""
+    init = _init_connection
+    if observe is not None:
+
+        def report(query: Any) -> None:
+            observe(_statement(query.query), query.elapsed, query.exception is not None)
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn)
+            conn.add_query_logger(report)
+
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init, reset=_keep_session)
     assert pool is not None
     return pool
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(query: str) -> str:
+    """The first keyword of a statement (the package's statements are constants: this is looked up once each)."""
+    words = query.split(None, 1)
+    return words[0].upper().rstrip(";") if words else "?"
 
 
 _SESSION_FIELDS = tuple(c.strip() for c in _SESSION_COLUMNS.split(","))

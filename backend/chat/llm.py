@@ -189,16 +189,13 @@ class LLMClient:
         body = {"model": model, "messages": list(messages), "max_tokens": max_tokens}
         started = time.monotonic()
         try:
-            try:
-                response = await self._post(body, stream=False)
-                completion = orjson.loads(response.content)
-            except _CLIENT_ERRORS as e:
-                raise _translate(e) from e
-            except orjson.JSONDecodeError as e:
-                raise ModelError("the model sent a malformed response", provider_code="malformed_response") from e
-        except ModelError as e:
-            self._observer.failed(model, e.provider_code, retrying=False)
-            raise
+            response = await self._post(body, stream=False)
+            completion = orjson.loads(response.content)
+        except _CLIENT_ERRORS as e:
+            raise self._failed(model, _translate(e)) from e
+        except orjson.JSONDecodeError as e:
+            malformed = ModelError("the model sent a malformed response", provider_code="malformed_response")
+            raise self._failed(model, malformed) from e
         self._observer.succeeded(model, time.monotonic() - started)
         if isinstance(completion, dict):
             self._report(_usage(completion.get("usage")), model)
@@ -255,6 +252,10 @@ class LLMClient:
             raise _translate(e) from e
         self._report(reply.usage, self.model)
         yield reply.completed()
+
+    def _failed(self, model: str, error: ModelError) -> ModelError:
+        self._observer.failed(model, error.provider_code, retrying=False)
+        return error
 
     def _report(self, usage: Usage | None, model: str) -> None:
         if usage is None:

@@ -15,12 +15,13 @@ import pytest
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from websockets.asyncio.client import connect
 
 from backend.config import Settings
 from backend.errors import ConfigurationError
 from backend.observability.metrics import Metrics
 from tests.api.test_chat_stream import ALICE, new_session, send, wait_idle
-from tests.conftest import LiveServer, auth, free_port
+from tests.conftest import LiveServer, auth, free_port, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,3 +228,19 @@ def test_multiprocess_mode_adds_up_every_worker(tmp_path: Path) -> None:
     samples = parse(run("scrape"))
     assert value(samples, "copilot_turns_running") == 1
     assert value(samples, "copilot_turns_started_total") == 2  # counters keep what the dead worker counted
+
+
+async def test_an_open_websocket_is_counted_while_it_lasts(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    client, live = chat
+    sid = await new_session(client)
+    url = f"ws://127.0.0.1:{live.port}/api/chat/sessions/{sid}/ws?token={make_token('alice')}"
+    async with connect(url, proxy=None, open_timeout=5) as ws:
+        assert ws.response is not None and ws.response.headers["x-request-id"]
+        await ws.send('{"type": "ping"}')
+        await asyncio.wait_for(ws.recv(), 10)
+        assert value(await scrape(client), "copilot_streams_open", transport="websocket") == 1
+    for _ in range(100):  # the server sees the close a moment later
+        if value(await scrape(client), "copilot_streams_open", transport="websocket") == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the closed WebSocket is still counted")

@@ -34,7 +34,7 @@ from backend.chat.turn import TurnEngine, TurnLimits
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.errors import ConfigurationError
-from backend.observability.instruments import SAMPLE_SECONDS, BacklogSampler, Instruments
+from backend.observability.instruments import SAMPLE_SECONDS, BacklogSampler, Instruments, watch_loop_lag
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.active_turns import ActiveTurnStore
@@ -278,6 +278,7 @@ async def open_runtime(
             )
             await sampler.sample()
             await stack.enter_async_context(_background(_every(SAMPLE_SECONDS, sampler.sample), "metrics sampler"))
+            await stack.enter_async_context(_background(watch_loop_lag(instruments.metrics), "event loop lag"))
         reconciler = Reconciler(sessions, pending)
         await stack.enter_async_context(
             _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")

@@ -17,7 +17,7 @@ _SERIES_SUFFIX = re.compile(r"_(bucket|sum|count|created)$")
 def exposed() -> set[str]:
     text = Metrics().exposition()[0].decode()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
-    return {name for name in names if not name.endswith("_created")}
+    return {name for name in names if name.startswith("copilot_") and not name.endswith("_created")}
 
 
 def referenced(text: str) -> set[str]:

@@ -8,6 +8,7 @@ metrics and tracing off pays nothing on those paths.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ log = logging.getLogger("copilot.metrics")
 
 SAMPLE_SECONDS = 15.0
 """How often each process samples the shared backlogs (pending operations, completions) into gauges."""
+
+LAG_PROBE_SECONDS = 0.5
+"""How often the event loop's lag is measured."""
 
 
 class Backlog(Protocol):
@@ -139,3 +143,13 @@ class BacklogSampler:
         except Exception as e:
             m.child(m.samples_failed, "redis").inc()
             log.warning("could not sample the completions' backlog: %s: %s", type(e).__name__, e)
+
+
+async def watch_loop_lag(metrics: Metrics) -> None:
+    """Until cancelled: how much later than asked the loop wakes this task up, into `copilot_event_loop_lag_seconds`.
+    A loop busy with CPU work (or blocked by a synchronous call) is late for every timer and every stream."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + LAG_PROBE_SECONDS
+        await asyncio.sleep(LAG_PROBE_SECONDS)
+        metrics.loop_lag.observe(max(0.0, loop.time() - asked))

@@ -24,7 +24,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
     start_http_server,
 )
@@ -68,6 +71,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = None if multiprocess_dir is not None else self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        if multiprocess_dir is None:
+            # The process's CPU, memory, open files, Python version and garbage collections (`process_*`,
+            # `python_*`). Not in multi-process mode: prometheus_client cannot add those up across workers.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labels, namespace=NAMESPACE, registry=registry)
@@ -161,6 +170,13 @@ class Metrics:
         )
         self.samples_failed = counter(
             "sample_failures_total", "Failed samplings of the gauges above, by source (postgres, redis).", ("source",)
+        )
+        # the process
+        self.loop_lag = histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled twice a second): work blocking the loop delays every stream.",
+            (),
+            _FAST,
         )
         # storage
         self.redis_duration = histogram(

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from backend.config import Settings
 from backend.errors import ConfigurationError
+from backend.observability.instruments import LAG_PROBE_SECONDS, watch_loop_lag
 from backend.observability.metrics import Metrics
 from tests.api.test_chat_stream import ALICE, new_session, send, wait_idle
 from tests.conftest import LiveServer, auth, free_port, make_token
@@ -181,6 +183,7 @@ async def test_background_gauges_sample_the_shared_backlog(chat: tuple[httpx.Asy
     assert value(samples, "copilot_operations_pending") == 0
     assert value(samples, "copilot_completion_consumer_lag") == 0
     assert value(samples, "copilot_completion_dead_letters") == 0
+    assert value(samples, "process_resident_memory_bytes") > 0  # the process's own, in a single process
 
 
 def test_multiprocess_mode_needs_the_variable_in_the_environment(tmp_path: Path) -> None:
@@ -194,6 +197,7 @@ _WORKER = """
 import os
 import sys
 from pathlib import Path
+from backend.observability.instruments import LAG_PROBE_SECONDS, watch_loop_lag
 from backend.observability.metrics import Metrics
 metrics = Metrics(multiprocess_dir=Path(sys.argv[1]))
 if sys.argv[2] == "count":
@@ -244,3 +248,15 @@ async def test_an_open_websocket_is_counted_while_it_lasts(chat: tuple[httpx.Asy
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the closed WebSocket is still counted")
+
+
+async def test_a_blocked_event_loop_shows_as_lag() -> None:
+    metrics = Metrics()
+    watcher = asyncio.create_task(watch_loop_lag(metrics))
+    await asyncio.sleep(0)  # the watcher starts its first probe
+    time.sleep(LAG_PROBE_SECONDS + 0.3)  # noqa: ASYNC251 (on purpose: a synchronous call holds the loop)
+    await asyncio.sleep(0.05)
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    lag = metrics.registry.get_sample_value("copilot_event_loop_lag_seconds_sum")
+    assert lag is not None and lag >= 0.25

@@ -103,7 +103,7 @@ def _db_upgrade(_: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    applied = asyncio.run(upgrade_dsn(settings.database_url))
+    applied = asyncio.run(upgrade_dsn(settings.database_url, statement_cache_size=settings.db_statement_cache_size))
     print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
     return 0
 

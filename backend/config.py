@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=20, ge=1)
     """Upper bound of the asyncpg pool."""
 
+    db_statement_cache_size: int = Field(default=100, ge=0)
+    """Prepared statements asyncpg keeps per connection. 0 behind PgBouncer in transaction (or statement) pooling
+    mode before 1.21 or without its `max_prepared_statements`: a named statement prepared on one server connection is
+    not there on the next."""
+
     migrate_on_startup: bool = True
     """Apply pending SQL migrations at startup (under an advisory lock, so N pods may start at once)."""
 

@@ -17,7 +17,8 @@ from redis.asyncio.cluster import RedisCluster
 
 MAX_CONNECTIONS = 2**31 - 1
 """Every open stream holds a connection in a blocking XREAD, so the pool must not cap connections: redis-py 8
-lowered the default cap to 100, which failed turns at 100 concurrent streams (MaxConnectionsError)."""
+lowered the default cap to 100, which failed turns at 100 concurrent streams (MaxConnectionsError). The cluster
+client's default is 100 per node."""
 
 
 SOCKET_TIMEOUT_SECONDS = 3.0
@@ -36,9 +37,13 @@ CommandObserver = Callable[[str, float, bool], None]
 def open_redis(url: str, *, cluster: bool, observe: CommandObserver | None = None) -> Redis:
     if cluster:
         # RedisCluster offers the same command API; keys are hash-tagged per session so scripts stay on one slot.
+        # Its cap is per node, 100 by default: the same limit as the single server's, on each master.
         cluster_class = RedisCluster if observe is None else _TimedRedisCluster
         client: Redis = cluster_class.from_url(  # type: ignore[assignment]
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS
+            url,
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_SECONDS,
         )
     else:
         client = (Redis if observe is None else _TimedRedis).from_url(

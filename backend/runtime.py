@@ -133,11 +133,12 @@ async def open_runtime(
         assert database_url is not None and redis_url is not None
 
         if settings.migrate_on_startup:
-            await upgrade_dsn(database_url)
+            await upgrade_dsn(database_url, statement_cache_size=settings.db_statement_cache_size)
         pool = await create_pool(
             database_url,
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
+            statement_cache_size=settings.db_statement_cache_size,
             observe=instruments.postgres_observer(),
         )
         stack.push_async_callback(pool.close)

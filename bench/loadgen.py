@@ -63,6 +63,18 @@ class StreamRecord:
     error: str | None = None
     total: float = 0.0
     """Seconds from sending the request to the end of the body."""
+    finish_at: float | None = None
+    """Seconds from sending the request to the reply's last chunk (`finish`; on the OpenAI wire the chunk with a
+    `finish_reason`)."""
+    body_end: float | None = None
+    """Seconds from sending the request to the end of the body (its last byte, before the socket is closed)."""
+
+    @property
+    def end_after_finish(self) -> float | None:
+        """How long the response stays open after the reply finished: what a client waits in `streaming`."""
+        if self.finish_at is None or self.body_end is None:
+            return None
+        return self.body_end - self.finish_at
 
 
 @dataclass(slots=True)
@@ -128,6 +140,7 @@ async def stream_once(spec: LoadSpec, head: bytes, path: str) -> StreamRecord:
                 body = await reader.read(600)
                 raise _HTTPError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
             done = await _consume(spec.wire, _body(reader, chunked, length), record, t0)
+            record.body_end = time.perf_counter() - t0
             if record.error is None and not done:
                 record.error = "stream ended without [DONE]"
     except TimeoutError:
@@ -197,7 +210,7 @@ async def _consume(wire: Wire, body: AsyncIterator[bytes], record: StreamRecord,
                 if payload == b"[DONE]":
                     done = True
                     continue
-                text = _text_of(wire, payload, record)
+                text = _text_of(wire, payload, record, now - t0)
                 if not text:
                     continue
                 record.tokens += len(text.split())
@@ -209,7 +222,8 @@ async def _consume(wire: Wire, body: AsyncIterator[bytes], record: StreamRecord,
     return done
 
 
-def _text_of(wire: Wire, payload: bytes, record: StreamRecord) -> str | None:
+def _text_of(wire: Wire, payload: bytes, record: StreamRecord, elapsed: float) -> str | None:
+    """The text a chunk carries; notes an error chunk and the moment of the reply's finish in `record`."""
     chunk = orjson.loads(payload)
     if wire == "ui":
         kind = chunk.get("type")
@@ -218,6 +232,8 @@ def _text_of(wire: Wire, payload: bytes, record: StreamRecord) -> str | None:
             return text
         if kind == "error":
             record.error = f"error chunk: {chunk.get('errorText')}"
+        elif kind == "finish":
+            record.finish_at = elapsed
         return None
     if "error" in chunk:
         record.error = f"error event: {str(chunk['error'])[:200]}"
@@ -225,6 +241,8 @@ def _text_of(wire: Wire, payload: bytes, record: StreamRecord) -> str | None:
     choices = chunk.get("choices") or ()
     if not choices:
         return None
+    if choices[0].get("finish_reason"):
+        record.finish_at = elapsed
     content: str | None = (choices[0].get("delta") or {}).get("content")
     return content
 

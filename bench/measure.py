@@ -73,6 +73,8 @@ class Measurement:
     ttft_ms: dict[str, float | None]
     gap_ms: dict[str, float | None]
     total_ms: dict[str, float | None]
+    end_after_finish_ms: dict[str, float | None]
+    """From the reply's `finish` chunk to the end of the response."""
     tokens: int
     wall_seconds: float
     tokens_per_second: float
@@ -162,6 +164,7 @@ def summarise(
         ttft_ms=_dist(ttfts),
         gap_ms=_dist(gaps),
         total_ms=_dist([r.total for r in ok]),
+        end_after_finish_ms=_dist([v for r in ok if (v := r.end_after_finish) is not None]),
         tokens=tokens,
         wall_seconds=round(wall, 3),
         tokens_per_second=round(tokens / wall, 1),

@@ -69,6 +69,8 @@ def sweep_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     if target == "floor"
                     else _sub(m["ttft_ms"]["p99"], _get(floor, "ttft_ms", "p99")),
                     "gap_p99": m["gap_ms"]["p99"],
+                    "end_after_finish_p50": _get(m, "end_after_finish_ms", "p50"),
+                    "end_after_finish_p99": _get(m, "end_after_finish_ms", "p99"),
                     "added_gap_p99": None
                     if target == "floor"
                     else _sub(m["gap_ms"]["p99"], _get(floor, "gap_ms", "p99")),
@@ -248,6 +250,8 @@ _SWEEP_COLUMNS = (
     ("added p99", "added_ttft_p99"),
     ("gap p99", "gap_p99"),
     ("added gap p99", "added_gap_p99"),
+    ("end after finish p50", "end_after_finish_p50"),
+    ("end after finish p99", "end_after_finish_p99"),
     ("tokens/s", "tokens_per_s"),
     ("CPU ms/1k tok", "cpu_ms_per_1k"),
     ("+Redis+PG", "cpu_ms_per_1k_with_stores"),

@@ -236,6 +236,7 @@ def _line(m: Measurement) -> str:
     return (
         f"{m.target:<11} N={m.concurrency:<5} streams={m.streams:<5} errors={m.errors:<4} "
         f"TTFT p50={m.ttft_ms['p50']} p99={m.ttft_ms['p99']} ms  gap p99={m.gap_ms['p99']} ms  "
+        f"end after finish p50={m.end_after_finish_ms['p50']} p99={m.end_after_finish_ms['p99']} ms  "
         f"{m.tokens_per_second:.0f} tok/s  cpu={cpu and round(cpu, 1)} ms/1k tok  peak open={m.peak_open_streams}"
         + (f"  [{m.error_samples[0]}]" if m.error_samples else "")
     )

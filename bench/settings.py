@@ -48,7 +48,8 @@ class BenchSettings:
         default_factory=lambda: os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     )
     """A database to connect to for creating (and reading the counters of) the benchmark's own database."""
-    database_name: str = "copilot_bench"
+    database_name: str = field(default_factory=lambda: os.environ.get("BENCH_DATABASE_NAME", "copilot_bench"))
+    """The benchmark's own database, dropped and created by each run: two runs at once need two names."""
     redis_url: str = field(default_factory=lambda: os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     """A Redis database the run flushes (the tests use 9, scripts/bench_registry.py 8)."""
     out_dir: Path = ROOT / "docs"

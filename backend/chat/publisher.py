@@ -16,6 +16,7 @@ twice. The end is written atomically with the last chunks (`TurnRegistry.finish`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -51,6 +52,8 @@ class TurnPublisher:
         """How many of the log's entries a follower on this pod has taken."""
         self._last: p.Chunk | None = None
         self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        """Set by `close`: ends the flusher's wait for its window, so the end is written at once."""
         self._changed = asyncio.Event()
         """Set (and replaced) whenever the log grows or the turn ends: wakes this pod's followers."""
         self._closed = False
@@ -80,6 +83,7 @@ class TurnPublisher:
         need Redis (`taken_over`); in the second the log here is the whole message and nobody else will end it."""
         self._closed = True
         self._wake.set()
+        self._closing.set()
         try:
             await asyncio.gather(self._flusher, return_exceptions=True)
             start = self._written
@@ -146,7 +150,10 @@ class TurnPublisher:
                 return
             wait = next_allowed - loop.time()
             if wait > 0:
-                await asyncio.sleep(wait)  # chunks emitted meanwhile join this write
+                # Chunks emitted meanwhile join this write; a close does not wait for the window to pass.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._closing.wait()
                 if self._closed:
                     return  # `close` writes the rest together with the end (clearing `_wake` would hang it)
             self._wake.clear()

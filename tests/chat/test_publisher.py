@@ -38,6 +38,25 @@ async def test_close_while_the_flusher_waits_out_its_window(redis: Redis) -> Non
     assert b"end" in written[-1]
 
 
+async def test_close_does_not_wait_out_the_window(redis: Redis) -> None:
+    """The end is written the moment the turn ends: a client waited in `streaming` for the rest of the publish
+    window (~250 ms by default) after every reply's `finish` chunk. A window of a minute makes the wait a hang."""
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-now", "s", "alice")
+    publisher = TurnPublisher(registry, "t-now", window_seconds=60.0)
+    publisher.emit(p.TextStart(id="text-0"))  # written at once
+    await asyncio.sleep(0.05)
+    publisher.emit(p.TextDelta(id="text-0", delta="hi"))  # the flusher now waits for its window to pass
+    await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(5):
+        assert await publisher.close("completed")
+
+    written = await entries(redis, "t-now")
+    assert [orjson.loads(e[b"c"])["type"] for e in written if b"c" in e] == ["text-start", "text-delta"]
+    assert b"end" in written[-1]
+
+
 async def test_coalesces_deltas_and_writes_the_rest_with_the_end(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-co", "s", "alice")

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level."""
 
+    log_format: Literal["json", "text"] | None = None
+    """Log lines as JSON objects or as text, each with the request, user, session and turn ids that apply (see
+    docs/operations.md). Unset: `json` in production, `text` elsewhere."""
+
+    log_content: bool = False
+    """Also log message and reply text (the `turn started` / `turn ended` lines) and tool error text. Off: only ids,
+    counts and timings."""
+
     # --- storage -------------------------------------------------------------------------------------
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "COPILOT_DATABASE_URL")
@@ -304,6 +312,39 @@ class Settings(BaseSettings):
     posthog_capture_content: bool = False
     """Also send message text and tool error text to PostHog. Off: only counts, timings and ids are sent."""
 
+    # --- operations: metrics and OpenTelemetry traces ---------------------------------------------------
+    metrics_enabled: bool = True
+    """Prometheus metrics: counted in process and served at `GET /metrics` (or on `metrics_port`)."""
+
+    metrics_token: SecretStr | None = None
+    """Bearer token `GET /metrics` requires (`Authorization: Bearer <token>`). Unset: the endpoint is open; keep it
+    off the public proxy then."""
+
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the metrics on this port of `host` instead of at `/metrics` of the API (no token there: bind it where
+    only the scraper reaches). Single-process servers only."""
+
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")
+    )
+    """Several worker processes behind one port (gunicorn): an empty directory where each writes its metrics, so any
+    worker's scrape adds all up. Must be in the process environment (prometheus_client reads it at import)."""
+
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """OTLP/HTTP collector base URL (`http://collector:4318`; traces go to `/v1/traces` under it). Set (or the traces
+    endpoint below): spans of requests, turns, model and tool calls, Redis and Postgres are exported. The SDK reads
+    the other standard `OTEL_*` variables itself (service name, resource attributes, headers, sampler, batching)."""
+
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    """Full OTLP/HTTP traces URL; wins over `otel_exporter_otlp_endpoint`."""
+
+    otel_sdk_disabled: bool = Field(default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
+    """`true`: no spans are exported whatever the endpoints say."""
+
     # --- API limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     """Requests with a larger body are refused with 413 before anything is parsed or written."""
@@ -350,6 +391,12 @@ class Settings(BaseSettings):
         "posthog_host",
         "mcp_servers",
         "mcp_config",
+        "log_format",
+        "metrics_token",
+        "metrics_port",
+        "prometheus_multiproc_dir",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
         mode="before",
     )
     @classmethod
@@ -391,6 +438,24 @@ class Settings(BaseSettings):
     def uses_demo_model(self) -> bool:
         """No model is configured: replies would come from the built-in demo model (development only)."""
         return self.llm_base_url is None and self.llm_api_key is None
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        """`log_format`, else `json` in production and `text` elsewhere."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "text"
+
+    @property
+    def otlp_traces_endpoint(self) -> str | None:
+        """Where spans go (None: tracing is off): the traces endpoint, else `/v1/traces` under the base endpoint."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     @property
     def prompt_label(self) -> str:

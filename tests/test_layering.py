@@ -20,6 +20,11 @@ RULES = [
     (("chat",), DEV, "the engine knows no dev tools"),
     (("store",), ("backend.chat",), "storage knows nothing of turns"),
     (("streams",), ("backend.chat",), "Redis plumbing knows nothing of turns"),
+    (
+        ("observability",),
+        ("backend.chat", "backend.api", "backend.store", "backend.streams"),
+        "sinks see facts, not the engine",
+    ),
     (("tools",), ("backend.chat",), "tools see a context, not the engine"),
     (BASE, ("backend.chat",), "the base layer depends on nothing above it"),
     (("chat",), ("backend.api",), "the engine knows no HTTP"),

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 
 from backend.auth import Principal
 from backend.errors import Forbidden
+from backend.observability.logs import bind
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
 
@@ -26,6 +27,7 @@ async def get_current_user(runtime: RuntimeDep, authorization: Annotated[str | N
     """The authenticated caller. Every route that needs one counts one request against the caller's per-minute
     limit here (FastAPI resolves it once per request): 429 `rate_limited` over it."""
     user = await runtime.auth.authenticate(authorization)
+    bind(user_id=user.user_id)  # on the request's log lines from here on
     await runtime.limits.check_request(user)
     return user
 
@@ -44,6 +46,7 @@ Admin = Annotated[Principal, Depends(get_admin)]
 
 async def get_owned_session(session_id: UUID, user: CurrentUser, runtime: RuntimeDep) -> ChatSession:
     """The path's session if the caller owns it; 404 for missing and foreign sessions alike."""
+    bind(session_id=session_id)
     return await runtime.sessions.get(session_id, user.user_id)
 
 

@@ -49,6 +49,7 @@ from backend.api.ws_schemas import (
 )
 from backend.auth import Principal
 from backend.errors import CopilotError, NotFound, PayloadTooLarge
+from backend.observability.logs import bind
 from backend.runtime import Runtime
 
 log = logging.getLogger("copilot.ws")
@@ -68,6 +69,7 @@ async def turn_socket(
     await websocket.accept()
     try:
         user = await runtime.auth.authenticate(authorization or (f"Bearer {token}" if token else None))
+        bind(user_id=user.user_id, session_id=session_id)  # on the socket's log lines from here on
         await runtime.limits.check_request(user)
         session = await runtime.sessions.get(_session_uuid(session_id), user.user_id)
     except CopilotError as e:

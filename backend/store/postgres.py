@@ -91,18 +91,43 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release without a server round trip: see the module docstring for why there is nothing to reset."""
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, statement_cache_size: int = 100) -> asyncpg.Pool:
-    """`statement_cache_size=0` behind a transaction-pooling PgBouncer (see `Settings.db_statement_cache_size`)."""
+QueryObserver = Callable[[str, float, bool], None]
+"""Hears each statement: its first keyword (`SELECT`, `INSERT`, `WITH`, ...), its duration, whether it failed."""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, statement_cache_size: int = 100, observe: QueryObserver | None = None
+) -> asyncpg.Pool:
+    """`statement_cache_size=0` behind a transaction-pooling PgBouncer (see `Settings.db_statement_cache_size`).
+    With `observe`, every statement of the pool's connections is reported (asyncpg's query logger, which times
+    each statement and calls back once it has ended)."""
+    init = _init_connection
+    if observe is not None:
+
+        def report(query: Any) -> None:
+            observe(_statement(query.query), query.elapsed, query.exception is not None)
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn)
+            conn.add_query_logger(report)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init,
         reset=_keep_session,
         statement_cache_size=statement_cache_size,
     )
     assert pool is not None
     return pool
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(query: str) -> str:
+    """The first keyword of a statement (the package's statements are constants: this is looked up once each)."""
+    words = query.split(None, 1)
+    return words[0].upper().rstrip(";") if words else "?"
 
 
 _SESSION_FIELDS = tuple(c.strip() for c in _SESSION_COLUMNS.split(","))

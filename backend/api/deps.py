@@ -18,11 +18,14 @@ from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.config import Settings
 from backend.errors import Forbidden
+from backend.observability.instruments import Instruments
+from backend.observability.logs import bind
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.source import McpToolSource
 from backend.tools.registry import ToolRegistry
 
 
@@ -79,6 +82,14 @@ def _authenticator(connection: HTTPConnection) -> Authenticator:
     return _runtime(connection).auth
 
 
+def _mcp(connection: HTTPConnection) -> McpToolSource:
+    return _runtime(connection).mcp
+
+
+def _instruments(connection: HTTPConnection) -> Instruments:
+    return _runtime(connection).instruments
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 Sessions = Annotated[SessionStore, Depends(_sessions)]
 """Sessions and their messages (Postgres behind the Redis cache)."""
@@ -95,6 +106,9 @@ Prompts = Annotated[PromptSource, Depends(_prompts)]
 Model = Annotated[LLMClient, Depends(_model)]
 Tools = Annotated[ToolRegistry, Depends(_tools)]
 Auth = Annotated[Authenticator, Depends(_authenticator)]
+Mcp = Annotated[McpToolSource, Depends(_mcp)]
+"""The MCP servers the tools come from, and their state."""
+InstrumentsDep = Annotated[Instruments, Depends(_instruments)]
 
 
 async def get_current_user(
@@ -103,6 +117,7 @@ async def get_current_user(
     """The authenticated caller. Every route that needs one counts one request against the caller's per-minute
     limit here (FastAPI resolves it once per request): 429 `rate_limited` over it."""
     user = await auth.authenticate(authorization)
+    bind(user_id=user.user_id)  # on the request's log lines from here on
     await limits.check_request(user)
     return user
 
@@ -121,6 +136,7 @@ Admin = Annotated[Principal, Depends(get_admin)]
 
 async def get_owned_session(session_id: UUID, user: CurrentUser, sessions: Sessions) -> ChatSession:
     """The path's session if the caller owns it; 404 for missing and foreign sessions alike."""
+    bind(session_id=session_id)
     return await sessions.get(session_id, user.user_id)
 
 

@@ -54,6 +54,7 @@ from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.config import Settings
 from backend.errors import CopilotError, NotFound, PayloadTooLarge
+from backend.observability.logs import bind
 from backend.store.sessions import SessionStore
 from backend.streams.user_limits import UserLimits
 
@@ -79,6 +80,7 @@ async def turn_socket(
     await websocket.accept()
     try:
         user = await auth.authenticate(authorization or (f"Bearer {token}" if token else None))
+        bind(user_id=user.user_id, session_id=session_id)  # on the socket's log lines from here on
         await limits.check_request(user)
         session = await sessions.get(_session_uuid(session_id), user.user_id)
     except CopilotError as e:

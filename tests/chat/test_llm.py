@@ -500,3 +500,60 @@ async def test_a_failing_usage_hook_never_breaks_a_call(mock_llm: MockLLMServer)
         assert await llm.complete([{"role": "user", "content": '[[mock:text content="fine"]]'}]) == "fine"
     finally:
         await llm.close()
+
+
+# --- the call observer (metrics) -------------------------------------------------------------------------------
+
+
+class _Heard:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def succeeded(self, model: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.events.append(("ok", model))
+
+    def failed(self, model: str, code: str | None, *, retrying: bool) -> None:
+        self.events.append(("failed", model, code, retrying))
+
+    def used(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.events.append(("used", model, prompt_tokens > 0, completion_tokens))
+
+
+async def test_the_observer_hears_each_outcome_each_failed_attempt_and_each_usage(mock_llm: MockLLMServer) -> None:
+    heard = _Heard()
+    llm = LLMClient(
+        base_url=mock_llm.base_url,
+        api_key="k",
+        model="mock-model",
+        retry=RetryPolicy(1, 0.01, 0.05),
+        idle_timeout=1.0,
+        observer=heard,
+    )
+    try:
+        await collect(
+            llm, [{"role": "user", "content": "[[mock:server_error times=1 key=obs]] [[mock:text tokens=4]]"}]
+        )
+        assert heard.events == [
+            ("failed", "mock-model", "server_error", True),
+            ("used", "mock-model", True, 4),
+            ("ok", "mock-model"),
+        ]
+        heard.events.clear()
+        with pytest.raises(ModelError):
+            await collect(llm, [{"role": "user", "content": "[[mock:server_error]]"}])
+        assert heard.events == [
+            ("failed", "mock-model", "server_error", True),
+            ("failed", "mock-model", "server_error", False),  # the retries are spent: this one is an error
+        ]
+        heard.events.clear()
+        assert await llm.complete([{"role": "user", "content": '[[mock:text content="A title"]]'}], model="titles")
+        with pytest.raises(ModelError):
+            await llm.complete([{"role": "user", "content": "[[mock:region_block]]"}], model="titles")
+        assert heard.events == [
+            ("ok", "titles"),
+            ("used", "titles", True, 2),
+            ("failed", "titles", "unsupported_country_region_territory", False),
+        ]
+    finally:
+        await llm.close()

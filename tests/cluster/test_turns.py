@@ -12,13 +12,13 @@ import uuid
 import asyncpg
 import httpx
 import orjson
-from backend.chat.protocol_check import check_body
 
 from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available
 from backend.redis_client import open_redis
 from tests.chaos.scenario import text_turn
 from tests.cluster.client import ClusterClient, Stream
 from tests.cluster.conftest import WEBHOOK_SECRET
+from tests.protocol_check import check_body
 from tests.sse import chunks, text_of
 
 REPORT = '[[mock:tool name=generate_report args={"topic": "cats"}]]'

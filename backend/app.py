@@ -11,11 +11,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.api import admin, chat, docs, health, info, operations, panel, sessions, transcript, ui_messages, ws
+from backend.api import (
+    admin,
+    chat,
+    docs,
+    health,
+    info,
+    metrics,
+    operations,
+    panel,
+    sessions,
+    transcript,
+    ui_messages,
+    ws,
+)
 from backend.api.limits import BodyLimit, HeaderLimit
+from backend.api.observe import ObserveRequests
 from backend.config import Settings, startup_warnings
 from backend.errors import CopilotError
 from backend.log_redaction import install_redaction
+from backend.observability.instruments import Instruments
+from backend.observability.metrics import serve_metrics
 from backend.runtime import Fallbacks, Runtime, open_runtime
 
 log = logging.getLogger("copilot.app")
@@ -24,6 +40,7 @@ log = logging.getLogger("copilot.app")
 def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = None) -> FastAPI:
     """The app; `fallbacks` stand in for unset storage URLs and model (see `runtime.Fallbacks`)."""
     settings = settings or Settings()
+    instruments = Instruments.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -31,14 +48,20 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
         install_redaction()
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
-        async with open_runtime(settings, fallbacks) as runtime:
+        async with open_runtime(settings, fallbacks, instruments) as runtime:
             app.state.runtime = runtime
-            yield
+            if instruments.metrics is not None and settings.metrics_port is not None:
+                with serve_metrics(instruments.metrics, settings.host, settings.metrics_port):
+                    yield
+            else:
+                yield
 
     # FastAPI's own /docs and /redoc load their assets from a CDN: `backend.api.docs` serves them offline instead.
     app = FastAPI(title="copilot-chat", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
+    # Outermost: refusals by the limits above are counted, carry a request id and are traced too.
+    app.add_middleware(ObserveRequests, metrics=instruments.metrics, tracing=instruments.tracing)
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(transcript.router)
@@ -50,6 +73,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.include_router(operations.router)
     app.include_router(panel.router)
     app.include_router(docs.router)
+    app.include_router(metrics.router)
     app.mount("/static", panel.static_assets(), name="static")
     app.mount(docs.ASSETS_URL, docs.docs_assets(), name="docs-assets")
 

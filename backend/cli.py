@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from backend.config import Settings
-from backend.log_redaction import install_redaction
+from backend.observability.logs import configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-def _configure_logging(level: str) -> None:
-    """One handler on the root logger for every line of the process (uvicorn's too), with credentials masked."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_redaction()
+def _configure_logging(settings: Settings) -> None:
+    """One handler on the root logger for every line of the process (uvicorn's too): JSON or text with the ids of
+    the request and turn each line belongs to, credentials masked (`observability/logs.py`)."""
+    configure_logging(settings.log_level, settings.resolved_log_format)
 
 
 def server_config(settings: Settings) -> uvicorn.Config:
@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load_settings(**overrides)
     if settings is None:
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     if settings.dev_auth:
         logging.getLogger("copilot").warning(
             "development auth is ON: requests without a token act as user %r", settings.dev_user_id
@@ -96,14 +96,14 @@ def _db_upgrade(_: argparse.Namespace) -> int:
     settings = _load_settings()
     if settings is None:
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     if settings.database_url is None:
         print(
             "DATABASE_URL is not set (the embedded database migrates itself at `copilot serve`)",
             file=sys.stderr,
         )
         return 2
-    applied = asyncio.run(upgrade_dsn(settings.database_url))
+    applied = asyncio.run(upgrade_dsn(settings.database_url, statement_cache_size=settings.db_statement_cache_size))
     print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
     return 0
 

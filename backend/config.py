@@ -6,11 +6,14 @@ Nothing else in the package reads `os.environ`; the app factory takes a `Setting
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from backend.mcp_config import McpServer, parse_mcp_servers
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level."""
 
+    log_format: Literal["json", "text"] | None = None
+    """Log lines as JSON objects or as text, each with the request, user, session and turn ids that apply (see
+    docs/operations.md). Unset: `json` in production, `text` elsewhere."""
+
+    log_content: bool = False
+    """Also log message and reply text (the `turn started` / `turn ended` lines) and tool error text. Off: only ids,
+    counts and timings."""
+
     # --- storage -------------------------------------------------------------------------------------
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "COPILOT_DATABASE_URL")
@@ -57,6 +68,11 @@ class Settings(BaseSettings):
 
     db_pool_max_size: int = Field(default=20, ge=1)
     """Upper bound of the asyncpg pool."""
+
+    db_statement_cache_size: int = Field(default=100, ge=0)
+    """Prepared statements asyncpg keeps per connection. 0 behind PgBouncer in transaction (or statement) pooling
+    mode before 1.21 or without its `max_prepared_statements`: a named statement prepared on one server connection is
+    not there on the next."""
 
     startup_wait_seconds: float = Field(default=60.0, ge=0)
     """At startup, how long to wait for PostgreSQL to accept connections (retried with a warning each time, e.g. while
@@ -132,7 +148,8 @@ class Settings(BaseSettings):
     """Longest a whole turn (all its steps and tools) may run."""
 
     max_tool_rounds: int = Field(default=10, ge=1)
-    """Model calls per turn; a model still calling tools after this many ends with an error."""
+    """Tool rounds per turn (model calls whose tool calls ran; a step retried after a context overflow or invalid
+    tool arguments does not count); a model still calling tools after this many ends with an error."""
 
     invalid_tool_json_retries: int = Field(default=1, ge=0, le=5)
     """Retries of a step whose tool-call arguments were not valid JSON."""
@@ -140,6 +157,29 @@ class Settings(BaseSettings):
     tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Extra tool registries, each `package.module:attribute` (a ToolRegistry or a function returning one):
     comma-separated (`acme.copilot_tools:registry`) or a JSON list (`["acme.copilot_tools:registry"]`)."""
+
+    mcp_servers: str | None = None
+    """MCP servers whose tools the model may call, as JSON in the common `mcpServers` shape (docs/mcp.md):
+    `{"mcpServers": {"search": {"url": "https://...", "bearer_token_env": "SEARCH_TOKEN"}}}`."""
+
+    mcp_config: Path | None = None
+    """A JSON file of MCP servers in the same shape; its servers join those of `COPILOT_MCP_SERVERS`."""
+
+    mcp_tool_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest one MCP tool call may take (a server's `timeout_seconds` overrides it)."""
+
+    mcp_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Longest a connection to an MCP server (start, handshake, tool list) may take."""
+
+    mcp_startup_wait_seconds: float = Field(default=5.0, ge=0)
+    """How long startup waits for the MCP servers' tool lists before serving; a server not connected by then
+    joins in the background when it answers."""
+
+    mcp_tools_ttl_seconds: float = Field(default=300.0, gt=0)
+    """The tool list of an MCP server is fetched again after this long (and whenever the server says it changed)."""
+
+    mcp_reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    """Longest wait between two attempts to reach an MCP server that is down (the wait doubles from 0.5 s)."""
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
@@ -278,6 +318,39 @@ class Settings(BaseSettings):
     posthog_capture_content: bool = False
     """Also send message text and tool error text to PostHog. Off: only counts, timings and ids are sent."""
 
+    # --- operations: metrics and OpenTelemetry traces ---------------------------------------------------
+    metrics_enabled: bool = True
+    """Prometheus metrics: counted in process and served at `GET /metrics` (or on `metrics_port`)."""
+
+    metrics_token: SecretStr | None = None
+    """Bearer token `GET /metrics` requires (`Authorization: Bearer <token>`). Unset: the endpoint is open; keep it
+    off the public proxy then."""
+
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the metrics on this port of `host` instead of at `/metrics` of the API (no token there: bind it where
+    only the scraper reaches). Single-process servers only."""
+
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")
+    )
+    """Several worker processes behind one port (gunicorn): an empty directory where each writes its metrics, so any
+    worker's scrape adds all up. Must be in the process environment (prometheus_client reads it at import)."""
+
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """OTLP/HTTP collector base URL (`http://collector:4318`; traces go to `/v1/traces` under it). Set (or the traces
+    endpoint below): spans of requests, turns, model and tool calls, Redis and Postgres are exported. The SDK reads
+    the other standard `OTEL_*` variables itself (service name, resource attributes, headers, sampler, batching)."""
+
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    """Full OTLP/HTTP traces URL; wins over `otel_exporter_otlp_endpoint`."""
+
+    otel_sdk_disabled: bool = Field(default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
+    """`true`: no spans are exported whatever the endpoints say."""
+
     # --- API limits ----------------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     """Requests with a larger body are refused with 413 before anything is parsed or written."""
@@ -322,6 +395,14 @@ class Settings(BaseSettings):
         "langfuse_prompt_label",
         "posthog_api_key",
         "posthog_host",
+        "mcp_servers",
+        "mcp_config",
+        "log_format",
+        "metrics_token",
+        "metrics_port",
+        "prometheus_multiproc_dir",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
         mode="before",
     )
     @classmethod
@@ -345,12 +426,42 @@ class Settings(BaseSettings):
             raise ValueError("need COMPACTION_TARGET_RATIO < COMPACTION_SOFT_RATIO <= COMPACTION_HARD_RATIO")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
+        self.mcp_server_specs  # noqa: B018 (a bad MCP configuration fails here, at startup)
         return self
+
+    _mcp: tuple[object, dict[str, McpServer]] | None = PrivateAttr(default=None)
+
+    @property
+    def mcp_server_specs(self) -> dict[str, McpServer]:
+        """The enabled MCP servers of `mcp_servers` and `mcp_config`, by name. Parsed once per value of the two
+        (settings copied with `model_copy(update=...)` are not validated again, so the key is checked here)."""
+        key = (self.mcp_servers, self.mcp_config)
+        if self._mcp is None or self._mcp[0] != key:
+            self._mcp = (key, _mcp_servers_of(self))
+        return dict(self._mcp[1])
 
     @property
     def uses_demo_model(self) -> bool:
         """No model is configured: replies would come from the built-in demo model (development only)."""
         return self.llm_base_url is None and self.llm_api_key is None
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        """`log_format`, else `json` in production and `text` elsewhere."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "text"
+
+    @property
+    def otlp_traces_endpoint(self) -> str | None:
+        """Where spans go (None: tracing is off): the traces endpoint, else `/v1/traces` under the base endpoint."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     @property
     def prompt_label(self) -> str:
@@ -375,6 +486,22 @@ def _split_list(text: str) -> list[str]:
             raise ValueError("a JSON list setting must hold strings only")
         return [item.strip() for item in decoded if item.strip()]
     return [item.strip() for item in stripped.split(",") if item.strip()]
+
+
+def _mcp_servers_of(settings: Settings) -> dict[str, McpServer]:
+    servers = {}
+    if settings.mcp_servers is not None:
+        servers = parse_mcp_servers(settings.mcp_servers, source="COPILOT_MCP_SERVERS", environ=os.environ)
+    if settings.mcp_config is not None:
+        try:
+            text = settings.mcp_config.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"COPILOT_MCP_CONFIG: cannot read {settings.mcp_config}: {exc.strerror}") from None
+        for name, server in parse_mcp_servers(text, source=str(settings.mcp_config), environ=os.environ).items():
+            if name in servers:
+                raise ValueError(f"MCP server {name!r} is in both COPILOT_MCP_SERVERS and {settings.mcp_config}")
+            servers[name] = server
+    return servers
 
 
 def _production_problems(settings: Settings) -> list[str]:

@@ -19,22 +19,26 @@ from redis.asyncio import Redis
 
 from backend.auth import Authenticator
 from backend.cancellation import check_cancelled
-from backend.chat.admission import billed_user
 from backend.chat.compaction import Compactor
 from backend.chat.context import ContextBudget
-from backend.chat.llm import LLMClient, RetryPolicy, Usage
+from backend.chat.llm import CallObserver, LLMClient, RetryPolicy, Usage
+from backend.chat.local_turns import LocalTurns
 from backend.chat.operations import OperationRunner
 from backend.chat.prompt import default_prompt
 from backend.chat.prompt_source import PromptSource
-from backend.chat.runner import TurnRunner
+from backend.chat.quota import billed_user
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import TurnEngine, TurnLimits
+from backend.chat.turn_admission import TurnAdmission
+from backend.chat.turn_driver import TurnDriver
+from backend.chat.turn_state import TurnLimits, TurnServices
+from backend.chat.turn_supervisor import TurnSupervisor
 from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.dependencies_wait import wait_for_postgres
 from backend.errors import ConfigurationError
+from backend.observability.instruments import SAMPLE_SECONDS, BacklogSampler, Instruments, watch_loop_lag
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.active_turns import ActiveTurnStore
@@ -46,11 +50,12 @@ from backend.store.postgres import ChatRepository, create_pool
 from backend.store.reconciler import Reconciler
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
-from backend.streams.completions import CompletionConsumer
+from backend.streams.completions import CompletionConsumer, backlog
 from backend.streams.limits import StreamLimits
 from backend.streams.operations import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.source import McpToolSource, open_mcp_tools
 from backend.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger("copilot.runtime")
@@ -69,11 +74,18 @@ class Runtime:
     auth: Authenticator
     llm: LLMClient
     tools: ToolRegistry
-    registry: TurnRegistry
-    turns: TurnRunner
+    turn_registry: TurnRegistry
+    admission: TurnAdmission
+    """Lets turns in: messages, continuations, the stop button."""
+    driver: TurnDriver
+    """Runs this pod's turns and follows any turn."""
+    supervisor: TurnSupervisor
     prompts: PromptSource
     operations: OperationRunner
     limits: UserLimits
+    mcp: McpToolSource
+    """The MCP servers whose tools are in `tools`, with their connection states."""
+    instruments: Instruments = field(default_factory=Instruments.off)
     stop_consuming: Callable[[], Awaitable[None]] = field(default=_nothing_to_stop)
     """Stops this pod's completion consumer (other pods take the completions)."""
 
@@ -81,9 +93,9 @@ class Runtime:
         """What a pod does on SIGTERM before it exits: refuse new turns at once (readiness answers 503), stop taking
         operation completions (whose continuations are turns too), give the running turns
         `shutdown_grace_seconds`, then stop them. Streams of other pods' turns keep being served meanwhile."""
-        self.turns.refuse_new_turns()
+        self.admission.refuse_new_turns()
         await self.stop_consuming()
-        await self.turns.drain(self.settings.shutdown_grace_seconds)
+        await self.driver.drain(self.settings.shutdown_grace_seconds)
 
 
 class ServiceUrls(Protocol):
@@ -117,8 +129,11 @@ class Fallbacks:
 
 
 @asynccontextmanager
-async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, fallbacks: Fallbacks | None = None, instruments: Instruments | None = None
+) -> AsyncIterator[Runtime]:
     fallbacks = fallbacks or Fallbacks()
+    instruments = instruments or Instruments.off()
     async with AsyncExitStack() as stack:
         database_url, redis_url = settings.database_url, settings.redis_url
         if database_url is None or redis_url is None:
@@ -133,10 +148,16 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
 
         await wait_for_postgres(database_url, within_seconds=settings.startup_wait_seconds)
         if settings.migrate_on_startup:
-            await upgrade_dsn(database_url)
-        pool = await create_pool(database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size)
+            await upgrade_dsn(database_url, statement_cache_size=settings.db_statement_cache_size)
+        pool = await create_pool(
+            database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            statement_cache_size=settings.db_statement_cache_size,
+            observe=instruments.postgres_observer(),
+        )
         stack.push_async_callback(pool.close)
-        redis = open_redis(redis_url, cluster=settings.redis_cluster)
+        redis = open_redis(redis_url, cluster=settings.redis_cluster, observe=instruments.redis_observer())
         stack.push_async_callback(redis.aclose)
 
         pending = PendingWrites(redis)
@@ -152,14 +173,26 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             limit_admins=settings.rate_limit_admins,
             lease_seconds=settings.turn_lease_seconds,
             max_turn_seconds=settings.turn_max_seconds,
+            on_refused=instruments.limit_refused(),
         )
         stack.push_async_callback(limits.close)
 
         def spend(usage: Usage) -> None:
             limits.spend(billed_user(), usage.prompt_tokens + usage.completion_tokens)
 
-        llm = await _open_llm(settings, stack, fallbacks, on_usage=spend)
+        llm = await _open_llm(settings, stack, fallbacks, on_usage=spend, observer=instruments.model_observer())
         tools = build_registry(settings.tools)
+        mcp = await stack.enter_async_context(
+            open_mcp_tools(
+                settings.mcp_server_specs,
+                tools,
+                tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
+                connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
+                tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
+                reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
+                startup_wait_seconds=settings.mcp_startup_wait_seconds,
+            )
+        )
         registry = TurnRegistry(
             redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
         )
@@ -191,9 +224,10 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             dead_letters=settings.completion_dead_letter_max_len,
             jobs=settings.job_stream_max_len,
         )
+        operation_store = OperationStore(pool)
         operations = OperationRunner(
             redis=redis,
-            operations=OperationStore(pool),
+            operations=operation_store,
             locks=OperationLocks(redis),
             registry=registry,
             store=sessions,
@@ -204,7 +238,7 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             limits=stream_limits,
         )
         stack.push_async_callback(operations.close)
-        engine = TurnEngine(
+        services = TurnServices(
             store=sessions,
             llm=llm,
             tools=tools,
@@ -219,7 +253,7 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             compactor=compactor,
             operations=operations,
         )
-        observability = await open_observability(settings, stack)
+        observability = await open_observability(settings, stack, instruments)
         prompts = PromptSource(
             observability.langfuse.client if observability.langfuse else None,
             name=settings.langfuse_prompt_name,
@@ -229,34 +263,50 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         )
         await prompts.start()
         stack.push_async_callback(prompts.close)
-        turns = TurnRunner(
-            engine=engine,
-            store=sessions,
+        active = SessionAdmission(
+            ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
+            ActiveTurnStore(pool),
+            lease_seconds=settings.turn_lease_seconds,
+        )
+        local = LocalTurns()
+        supervisor = TurnSupervisor(local, registry=registry, active=active, store=sessions, counter=counter)
+        await supervisor.start()
+        stack.push_async_callback(supervisor.close)
+        driver = TurnDriver(
+            local,
+            supervisor,
+            services=services,
             registry=registry,
-            admission=SessionAdmission(
-                ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
-                ActiveTurnStore(pool),
-                lease_seconds=settings.turn_lease_seconds,
-            ),
-            titles=titles,
+            active=active,
+            quota=limits,
             prompt=prompts.current,
             telemetry=observability.telemetry,
-            counter=counter,
             turn_max_seconds=settings.turn_max_seconds,
             publish_window_seconds=settings.publish_window_ms / 1000,
-            double_texting=settings.double_texting,
-            model=llm.model,
-            quota=limits,
         )
-        await turns.start()
-        stack.push_async_callback(turns.shutdown)
-        operations.set_continuation(turns.continue_operation)
+        stack.push_async_callback(driver.shutdown)
+        admission = TurnAdmission(
+            local,
+            driver,
+            supervisor,
+            store=sessions,
+            registry=registry,
+            active=active,
+            quota=limits,
+            titles=titles,
+            counter=counter,
+            turn_max_seconds=settings.turn_max_seconds,
+            double_texting=settings.double_texting,
+        )
+        stack.callback(admission.refuse_new_turns)  # at shutdown, first
+        operations.set_continuation(admission.continue_operation)
         consumer = CompletionConsumer(
             redis,
             consumer=f"pod-{uuid.uuid4().hex[:12]}",
             reclaim_idle_seconds=settings.completion_reclaim_idle_seconds,
             max_deliveries=settings.completion_max_deliveries,
             dead_letter_max_len=stream_limits.dead_letters,
+            on_dead_letter=instruments.dead_lettered(),
         )
         consuming = await stack.enter_async_context(
             _background(consumer.consume(operations.complete), "completion consumer")
@@ -266,6 +316,13 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
         await stack.enter_async_context(_background(_every(renew_every, limits.renew), "turn slot leases"))
         if settings.uses_demo_model and fallbacks.report_worker is not None:
             await stack.enter_async_context(fallbacks.report_worker(redis_url, settings))
+        if instruments.metrics is not None:
+            sampler = BacklogSampler(
+                instruments.metrics, operations=operation_store.open_count, completions=lambda: backlog(redis)
+            )
+            await sampler.sample()
+            await stack.enter_async_context(_background(_every(SAMPLE_SECONDS, sampler.sample), "metrics sampler"))
+            await stack.enter_async_context(_background(watch_loop_lag(instruments.metrics), "event loop lag"))
         reconciler = Reconciler(sessions, pending)
         await stack.enter_async_context(
             _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")
@@ -278,11 +335,15 @@ async def open_runtime(settings: Settings, fallbacks: Fallbacks | None = None) -
             auth=Authenticator(settings),
             llm=llm,
             tools=tools,
-            registry=registry,
-            turns=turns,
+            turn_registry=registry,
+            admission=admission,
+            driver=driver,
+            supervisor=supervisor,
             prompts=prompts,
             operations=operations,
             limits=limits,
+            mcp=mcp,
+            instruments=instruments,
             stop_consuming=lambda: _stop(consuming),
         )
 
@@ -323,7 +384,11 @@ async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _open_llm(
-    settings: Settings, stack: AsyncExitStack, fallbacks: Fallbacks, on_usage: Callable[[Usage], None] | None = None
+    settings: Settings,
+    stack: AsyncExitStack,
+    fallbacks: Fallbacks,
+    on_usage: Callable[[Usage], None] | None = None,
+    observer: CallObserver | None = None,
 ) -> LLMClient:
     base_url, model = settings.llm_base_url, settings.model
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
@@ -342,6 +407,7 @@ async def _open_llm(
         retry=RetryPolicy(settings.llm_max_retries, settings.llm_retry_base_seconds, settings.llm_retry_max_seconds),
         idle_timeout=settings.llm_idle_timeout_seconds,
         on_usage=on_usage,
+        observer=observer,
     )
     stack.push_async_callback(llm.close)
     return llm

@@ -25,10 +25,10 @@ from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 from backend.store.postgres import create_pool
 
-# Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, DATABASE_URL)
+# Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, OTEL_*, ...)
 # must not reach the tests' settings, the SDKs that read them on their own, or the servers tests spawn: they would send
 # test traffic to a real model or analytics project and make results depend on the shell. The tests' own switches stay.
-_LEAKING_PREFIXES = ("OPENAI_", "LANGFUSE_", "POSTHOG_", "COPILOT_")
+_LEAKING_PREFIXES = ("OPENAI_", "LANGFUSE_", "POSTHOG_", "COPILOT_", "OTEL_", "PROMETHEUS_")
 _TEST_SWITCHES = ("COPILOT_TEST_DB", "COPILOT_UPDATE_")
 
 

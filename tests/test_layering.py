@@ -10,8 +10,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "backend"
 
-BASE = ("config", "errors", "keys", "redis_client", "cancellation", "auth", "webhooks")
+BASE = ("config", "mcp_config", "errors", "keys", "redis_client", "cancellation", "auth", "webhooks")
 DEV = ("backend.devtools", "backend.embedded")
+ROUTES = (
+    "admin",
+    "chat",
+    "docs",
+    "health",
+    "info",
+    "metrics",
+    "operations",
+    "panel",
+    "sessions",
+    "transcript",
+    "ui_messages",
+    "ws",
+)
+TURN_MACHINERY = ("backend.chat.turn_admission", "backend.chat.turn_driver", "backend.chat.turn_supervisor")
 
 # (importing part, imported part, why)
 RULES = [
@@ -20,9 +35,17 @@ RULES = [
     (("chat",), DEV, "the engine knows no dev tools"),
     (("store",), ("backend.chat",), "storage knows nothing of turns"),
     (("streams",), ("backend.chat",), "Redis plumbing knows nothing of turns"),
+    (
+        ("observability",),
+        ("backend.chat", "backend.api", "backend.store", "backend.streams"),
+        "sinks see facts, not the engine",
+    ),
     (("tools",), ("backend.chat",), "tools see a context, not the engine"),
     (BASE, ("backend.chat",), "the base layer depends on nothing above it"),
     (("chat",), ("backend.api",), "the engine knows no HTTP"),
+    (tuple(f"api/{r}" for r in ROUTES), ("backend.runtime",), "routes take narrow dependencies (api/deps.py)"),
+    (("api/ws",), tuple(f"backend.api.{r}" for r in ROUTES if r != "ws"), "a transport imports no route module"),
+    (("api/chat_schemas", "api/schemas", "api/ws_schemas"), TURN_MACHINERY, "bodies are values, not the runner"),
 ]
 
 

@@ -76,6 +76,21 @@ def test_the_filter_keeps_the_record_shape_uvicorn_formats() -> None:
     assert record.getMessage() == f'127.0.0.1:1 - "GET /x?token={REDACTED} HTTP/1.1" 200'
 
 
+def test_a_placeholder_after_token_stays_in_the_template() -> None:
+    # `log.info("GET /ws?token=%s", jwt)`: masking the template's `%s` left an argument with nowhere to go, and the
+    # line was lost to a formatting error.
+    jwt = make_token("alice")
+    for template, args, expected in (
+        ("GET /ws?token=%s&after=%d", (jwt, 3), f"GET /ws?token={REDACTED}&after=3"),
+        ("sent Authorization: Bearer %s to %s", (jwt, "x"), f"sent Authorization: {REDACTED} to x"),
+        ("with bearer %(token)s", {"token": "opaque-value"}, f"with bearer {REDACTED}"),
+    ):
+        record = logging.LogRecord("copilot", logging.INFO, __file__, 1, template, (args,), None)
+        record.args = args  # LogRecord unwraps a single mapping itself; set what a logger call leaves
+        assert RedactSecrets().filter(record) is True
+        assert record.getMessage() == expected
+
+
 def test_tracebacks_are_masked_too() -> None:
     jwt = make_token("alice")
     try:

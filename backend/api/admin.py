@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from backend.api.deps import Admin, RuntimeDep
+from backend.api.deps import Admin, Prompts
 
 router = APIRouter(prefix="/api/chat/config", tags=["admin"])
 
@@ -26,9 +26,9 @@ class PromptConfig(BaseModel):
 
 
 @router.get("/prompt")
-async def prompt_config(_: Admin, runtime: RuntimeDep) -> PromptConfig:
+async def prompt_config(_: Admin, prompts: Prompts) -> PromptConfig:
     """The system prompt turns use now, and where it came from."""
-    status = runtime.prompts.status()
+    status = prompts.status()
     return PromptConfig(
         name=status.name,
         version=status.version,

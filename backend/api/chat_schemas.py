@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from backend.api.inputs import ClientId, OptionalId, Text, no_nul
 from backend.api.schemas import MessagePublic
 from backend.chat.messages import ui_text_of
-from backend.chat.runner import UserMessage
+from backend.chat.turn_state import UserMessage
 
 
 class PageContext(BaseModel):

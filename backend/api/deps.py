@@ -1,32 +1,124 @@
-"""Typed dependencies of the routes: the runtime, the caller (counted against their request rate), and a session
-the caller owns."""
+"""Typed dependencies of the routes: each piece of the runtime a route may need, the caller (counted against their
+request rate), and a session the caller owns. A route names the pieces it uses, never the whole runtime."""
 
 from __future__ import annotations
 
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header
+from fastapi.requests import HTTPConnection
+from redis.asyncio import Redis
 
-from backend.auth import Principal
+from backend.auth import Authenticator, Principal
+from backend.chat.llm import LLMClient
+from backend.chat.operations import OperationRunner
+from backend.chat.prompt_source import PromptSource
+from backend.chat.turn_admission import TurnAdmission
+from backend.chat.turn_driver import TurnDriver
+from backend.config import Settings
 from backend.errors import Forbidden
+from backend.observability.instruments import Instruments
+from backend.observability.logs import bind
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
+from backend.store.sessions import SessionStore
+from backend.streams.turns import TurnRegistry
+from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.source import McpToolSource
+from backend.tools.registry import ToolRegistry
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def _runtime(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+def _settings(connection: HTTPConnection) -> Settings:
+    return _runtime(connection).settings
 
 
-async def get_current_user(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def _sessions(connection: HTTPConnection) -> SessionStore:
+    return _runtime(connection).sessions
+
+
+def _admission(connection: HTTPConnection) -> TurnAdmission:
+    return _runtime(connection).admission
+
+
+def _driver(connection: HTTPConnection) -> TurnDriver:
+    return _runtime(connection).driver
+
+
+def _turn_registry(connection: HTTPConnection) -> TurnRegistry:
+    return _runtime(connection).turn_registry
+
+
+def _user_limits(connection: HTTPConnection) -> UserLimits:
+    return _runtime(connection).limits
+
+
+def _operations(connection: HTTPConnection) -> OperationRunner:
+    return _runtime(connection).operations
+
+
+def _redis(connection: HTTPConnection) -> Redis:
+    return _runtime(connection).redis
+
+
+def _prompts(connection: HTTPConnection) -> PromptSource:
+    return _runtime(connection).prompts
+
+
+def _model(connection: HTTPConnection) -> LLMClient:
+    return _runtime(connection).llm
+
+
+def _tools(connection: HTTPConnection) -> ToolRegistry:
+    return _runtime(connection).tools
+
+
+def _authenticator(connection: HTTPConnection) -> Authenticator:
+    return _runtime(connection).auth
+
+
+def _mcp(connection: HTTPConnection) -> McpToolSource:
+    return _runtime(connection).mcp
+
+
+def _instruments(connection: HTTPConnection) -> Instruments:
+    return _runtime(connection).instruments
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+Sessions = Annotated[SessionStore, Depends(_sessions)]
+"""Sessions and their messages (Postgres behind the Redis cache)."""
+Admission = Annotated[TurnAdmission, Depends(_admission)]
+"""Lets turns in: messages, the stop button, the session's running turn."""
+Driver = Annotated[TurnDriver, Depends(_driver)]
+"""Follows turns (and waits for this pod's)."""
+Turns = Annotated[TurnRegistry, Depends(_turn_registry)]
+"""The turns' status records and streams in Redis."""
+Limits = Annotated[UserLimits, Depends(_user_limits)]
+Operations = Annotated[OperationRunner, Depends(_operations)]
+RedisDep = Annotated[Redis, Depends(_redis)]
+Prompts = Annotated[PromptSource, Depends(_prompts)]
+Model = Annotated[LLMClient, Depends(_model)]
+Tools = Annotated[ToolRegistry, Depends(_tools)]
+Auth = Annotated[Authenticator, Depends(_authenticator)]
+Mcp = Annotated[McpToolSource, Depends(_mcp)]
+"""The MCP servers the tools come from, and their state."""
+InstrumentsDep = Annotated[Instruments, Depends(_instruments)]
+
+
+async def get_current_user(
+    auth: Auth, limits: Limits, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
     """The authenticated caller. Every route that needs one counts one request against the caller's per-minute
     limit here (FastAPI resolves it once per request): 429 `rate_limited` over it."""
-    user = await runtime.auth.authenticate(authorization)
-    await runtime.limits.check_request(user)
+    user = await auth.authenticate(authorization)
+    bind(user_id=user.user_id)  # on the request's log lines from here on
+    await limits.check_request(user)
     return user
 
 
@@ -42,9 +134,10 @@ async def get_admin(user: CurrentUser) -> Principal:
 Admin = Annotated[Principal, Depends(get_admin)]
 
 
-async def get_owned_session(session_id: UUID, user: CurrentUser, runtime: RuntimeDep) -> ChatSession:
+async def get_owned_session(session_id: UUID, user: CurrentUser, sessions: Sessions) -> ChatSession:
     """The path's session if the caller owns it; 404 for missing and foreign sessions alike."""
-    return await runtime.sessions.get(session_id, user.user_id)
+    bind(session_id=session_id)
+    return await sessions.get(session_id, user.user_id)
 
 
 OwnedSession = Annotated[ChatSession, Depends(get_owned_session)]

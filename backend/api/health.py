@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import RuntimeDep
+from backend.api.deps import Admission, Mcp, RedisDep, Sessions, SettingsDep
 from backend.config import startup_warnings
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -22,13 +22,15 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"description": "Postgres or Redis unreachable, or the pod is draining"}})
-async def ready(runtime: RuntimeDep) -> JSONResponse:
+async def ready(
+    admission: Admission, sessions: Sessions, redis: RedisDep, settings: SettingsDep, mcp: Mcp
+) -> JSONResponse:
     """Postgres and Redis answer and the pod takes new turns; 503 otherwise (at once, without I/O, once it drains).
-    `warnings` lists what a development start lacks (no JWT key, the demo model): readiness is about the stores, so
-    they do not make it fail."""
-    if runtime.turns.draining:
+    `warnings` lists what a development start lacks (no JWT key, the demo model) and `mcp` the state of each MCP
+    server: readiness is about the stores, so neither makes it fail (a down MCP server only fails its own tools)."""
+    if admission.draining:
         return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
-    checks = {"postgres": runtime.sessions.ping(), "redis": runtime.redis.ping()}
+    checks = {"postgres": sessions.ping(), "redis": redis.ping()}
     results = await asyncio.gather(
         *(asyncio.wait_for(c, _PROBE_TIMEOUT_S) for c in checks.values()), return_exceptions=True
     )
@@ -37,5 +39,10 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
         for name, r in zip(checks, results, strict=True)
     }
     ok = all(v == "ok" for v in status.values())
-    body = {"status": "ok" if ok else "unavailable", "checks": status, "warnings": startup_warnings(runtime.settings)}
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "checks": status,
+        "warnings": startup_warnings(settings),
+        "mcp": {s.name: {"state": s.state, "tools": s.tools, "error": s.error} for s in mcp.statuses()},
+    }
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from backend.api.deps import CurrentUser, RuntimeDep
-from backend.api.info_schemas import Features, Limits, ServiceInfo
+from backend.api.deps import CurrentUser, Mcp, Model, SettingsDep, Tools
+from backend.api.info_schemas import Features, Limits, McpServerInfo, ServiceInfo
 from backend.config import context_window_of
 
 router = APIRouter(prefix="/api", tags=["info"])
 
 
 @router.get("/info")
-async def get_info(request: Request, _: CurrentUser, runtime: RuntimeDep) -> ServiceInfo:
+async def get_info(
+    request: Request, _: CurrentUser, settings: SettingsDep, llm: Model, tools: Tools, mcp: Mcp
+) -> ServiceInfo:
     """What this deployment runs and allows. Says whether integrations are on, never their keys or URLs."""
-    settings, model = runtime.settings, runtime.llm.model
+    model = llm.model
     return ServiceInfo(
         service=request.app.title,
         version=request.app.version,
         model=model,
         api="chat_completions",
-        tools=runtime.tools.schemas(),
+        tools=tools.schemas(),
+        mcp_servers=[McpServerInfo.model_validate(status, from_attributes=True) for status in mcp.statuses()],
         limits=Limits(
             max_body_bytes=settings.max_body_bytes,
             max_header_bytes=settings.max_header_bytes,

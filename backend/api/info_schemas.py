@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -35,6 +36,20 @@ class Features(BaseModel):
     """Every request is the development user, without a token: never in production."""
 
 
+class McpServerInfo(BaseModel):
+    name: str
+    """The server's name in the configuration; its tools are named `<name>__<tool>`."""
+    transport: Literal["stdio", "http"]
+    state: Literal["connecting", "ready", "down"]
+    """`down`: its tools answer an error until it is reached again (retried in the background)."""
+    tools: int
+    """Its tools in `tools` (while it is down, the ones it listed last)."""
+    error: str | None
+    """Why the last connection failed; null once connected."""
+    since: datetime
+    """When the server entered `state`."""
+
+
 class ServiceInfo(BaseModel):
     service: str
     version: str
@@ -43,5 +58,7 @@ class ServiceInfo(BaseModel):
     """The model provider API the service calls."""
     tools: list[dict[str, Any]]
     """The tools the model may call, as the OpenAI `tools` list (names, descriptions, JSON schemas)."""
+    mcp_servers: list[McpServerInfo]
+    """The MCP servers the tools come from, each with its connection state (empty when none are configured)."""
     limits: Limits
     features: Features

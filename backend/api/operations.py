@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from redis.exceptions import RedisError
 
 from backend import webhooks
-from backend.api.deps import RuntimeDep
+from backend.api.deps import Operations, RedisDep, SettingsDep
 from backend.errors import BadRequest, NotFound, ServiceUnavailable
 from backend.streams.completions import Completion, publish_delivery
 
@@ -50,7 +50,9 @@ async def complete_operation(
     operation_id: str,
     request: Request,
     response: Response,
-    runtime: RuntimeDep,
+    operations: Operations,
+    redis: RedisDep,
+    settings: SettingsDep,
     x_copilot_timestamp: Annotated[str | None, Header()] = None,
     x_copilot_delivery: Annotated[str | None, Header()] = None,
     x_copilot_signature: Annotated[str | None, Header()] = None,
@@ -58,7 +60,6 @@ async def complete_operation(
     """Report that a delegated operation finished (webhook v2, see docs/api.md): `X-Copilot-Signature` is the
     HMAC-SHA256 of `<timestamp>.<delivery>.<operation_id>.<body>`. Only validates and enqueues: the conversation
     continues on whichever pod consumes the completion. Nothing of a refused request is stored."""
-    settings = runtime.settings
     if settings.webhook_secret is None:
         raise ServiceUnavailable("webhooks are not configured (COPILOT_WEBHOOK_SECRET)")
     if len(operation_id) > 64 or not webhooks.ID_PATTERN.fullmatch(operation_id):
@@ -80,10 +81,10 @@ async def complete_operation(
         errors = e.errors(include_url=False, include_context=False, include_input=False)
         raise BadRequest("invalid completion body", errors=errors) from e
     try:
-        if await runtime.operations.store.get(operation_id) is None:
+        if await operations.store.get(operation_id) is None:
             raise NotFound("operation not found")
         entry_id = await publish_delivery(
-            runtime.redis,
+            redis,
             Completion(operation_id, parsed.success, parsed.result, parsed.error),
             delivery_id=delivery_id,
             # A delivery is refused once its timestamp leaves the window, at most 2 windows after it was first seen.

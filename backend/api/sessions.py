@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from redis.exceptions import RedisError
 
-from backend.api.deps import CurrentUser, OwnedSession, RuntimeDep
+from backend.api.deps import Admission, CurrentUser, OwnedSession, Sessions
 from backend.api.inputs import PG_INT_MAX
 from backend.api.schemas import (
     ActiveTask,
@@ -28,22 +28,22 @@ router = APIRouter(prefix="/api/chat/sessions", tags=["sessions"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_session(body: SessionCreate, user: CurrentUser, runtime: RuntimeDep) -> SessionPublic:
+async def create_session(body: SessionCreate, user: CurrentUser, sessions: Sessions) -> SessionPublic:
     """Start a new chat session owned by the caller."""
-    session = await runtime.sessions.create(user.user_id, title=body.title, metadata=body.metadata)
+    session = await sessions.create(user.user_id, title=body.title, metadata=body.metadata)
     return SessionPublic.of(session)
 
 
 @router.get("")
 async def list_sessions(
     user: CurrentUser,
-    runtime: RuntimeDep,
+    store: Sessions,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> SessionPage:
     """The caller's sessions, most recently active first."""
     before = decode_cursor(cursor) if cursor else None
-    sessions = await runtime.sessions.list_for_user(user.user_id, limit=limit + 1, before=before)
+    sessions = await store.list_for_user(user.user_id, limit=limit + 1, before=before)
     page, more = sessions[:limit], len(sessions) > limit
     return SessionPage(
         sessions=[SessionPublic.of(s) for s in page], next_cursor=encode_cursor(page[-1]) if more else None
@@ -53,15 +53,16 @@ async def list_sessions(
 @router.get("/{session_id}")
 async def get_session(
     session: OwnedSession,
-    runtime: RuntimeDep,
+    sessions: Sessions,
+    admission: Admission,
     after: Annotated[int, Query(ge=0, le=PG_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> SessionDetail:
     """One session with a page of its messages (sequence greater than `after`)."""
-    messages = await runtime.sessions.messages(session.id, after=after, limit=limit + 1)
+    messages = await sessions.messages(session.id, after=after, limit=limit + 1)
     page, more = messages[:limit], len(messages) > limit
     try:
-        active, known = await runtime.turns.active_task(session.id), True
+        active, known = await admission.active_task(session.id), True
     except RedisError:
         # Running turns live in Redis only; Postgres still serves the session, so say what is not known.
         log.warning("Redis unavailable: active task of session %s unknown", session.id)
@@ -77,14 +78,14 @@ async def get_session(
 
 @router.patch("/{session_id}")
 async def update_session(
-    session: OwnedSession, body: SessionUpdate, user: CurrentUser, runtime: RuntimeDep
+    session: OwnedSession, body: SessionUpdate, user: CurrentUser, sessions: Sessions
 ) -> SessionPublic:
     """Rename a session."""
-    return SessionPublic.of(await runtime.sessions.rename(session.id, user.user_id, body.title))
+    return SessionPublic.of(await sessions.rename(session.id, user.user_id, body.title))
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_session(session: OwnedSession, user: CurrentUser, runtime: RuntimeDep) -> Response:
+async def delete_session(session: OwnedSession, user: CurrentUser, sessions: Sessions) -> Response:
     """Delete a session and its messages."""
-    await runtime.sessions.delete(session.id, user.user_id)
+    await sessions.delete(session.id, user.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from backend.api.deps import OwnedSession, RuntimeDep
+from backend.api.deps import OwnedSession, Sessions
 from backend.api.transcript_render import json_transcript, markdown_transcript
 from backend.store.models import ChatMessage
 
@@ -25,11 +25,11 @@ TRANSCRIPT_PAGE_SIZE = 500
 )
 async def get_transcript(
     session: OwnedSession,
-    runtime: RuntimeDep,
+    sessions: Sessions,
     format: Annotated[Literal["json", "markdown"], Query()] = "json",
 ) -> StreamingResponse:
     """The whole conversation of a session the caller owns, oldest message first, not paged."""
-    reader = runtime.sessions.stored_messages(session.id, page_size=TRANSCRIPT_PAGE_SIZE)
+    reader = sessions.stored_messages(session.id, page_size=TRANSCRIPT_PAGE_SIZE)
     # The first page is read before the answer starts, so a database that does not answer is a 503, not a 200 cut
     # short; only a failure later in a long transcript can cut it.
     pages = _pages(await anext(reader, None), reader)

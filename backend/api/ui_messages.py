@@ -7,9 +7,9 @@ import logging
 from fastapi import APIRouter
 from redis.exceptions import RedisError
 
-from backend.api.deps import OwnedSession, RuntimeDep
+from backend.api.deps import Admission, OwnedSession, Sessions
 from backend.api.ui_messages_render import UIMessage, ui_messages
-from backend.chat.runner import turn_id_for
+from backend.chat.turn_admission import turn_id_for
 from backend.store.models import ChatMessage
 
 log = logging.getLogger("copilot.api.ui_messages")
@@ -21,12 +21,12 @@ PAGE_SIZE = 500
 
 
 @router.get("/{session_id}/ui-messages", response_model_by_alias=True)
-async def get_ui_messages(session: OwnedSession, runtime: RuntimeDep) -> list[UIMessage]:
+async def get_ui_messages(session: OwnedSession, sessions: Sessions, admission: Admission) -> list[UIMessage]:
     """The whole conversation of a session the caller owns as `UIMessage`s, oldest first. A reply still being
     generated is left out: `useChat`'s `resume: true` replays it from its start."""
-    stored = [m async for page in runtime.sessions.stored_messages(session.id, page_size=PAGE_SIZE) for m in page]
+    stored = [m async for page in sessions.stored_messages(session.id, page_size=PAGE_SIZE) for m in page]
     try:
-        active = await runtime.turns.active_task(session.id)
+        active = await admission.active_task(session.id)
     except RedisError:
         log.warning("Redis unavailable: the running reply of session %s, if any, is served as stored", session.id)
         active = None

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from backend.chat.turn import INTERRUPTED_MARK
+from backend.chat.turn_state import INTERRUPTED_MARK
 from backend.store.models import ChatMessage
 
 

@@ -25,13 +25,15 @@ import logging
 import time
 import uuid
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.types import Message
 
-from backend.api.chat import submit_turn
+from backend.api.deps import Admission, Auth, Driver, Limits, Sessions, SettingsDep
+from backend.api.submission import submit_turn
 from backend.api.ws_schemas import (
     CancelFrame,
     ClientFrame,
@@ -48,8 +50,13 @@ from backend.api.ws_schemas import (
     client_frame,
 )
 from backend.auth import Principal
+from backend.chat.turn_admission import TurnAdmission
+from backend.chat.turn_driver import TurnDriver
+from backend.config import Settings
 from backend.errors import CopilotError, NotFound, PayloadTooLarge
-from backend.runtime import Runtime
+from backend.observability.logs import bind
+from backend.store.sessions import SessionStore
+from backend.streams.user_limits import UserLimits
 
 log = logging.getLogger("copilot.ws")
 
@@ -60,32 +67,48 @@ router = APIRouter(tags=["chat"])
 async def turn_socket(
     websocket: WebSocket,
     session_id: str,
+    auth: Auth,
+    settings: SettingsDep,
+    sessions: Sessions,
+    limits: Limits,
+    admission: Admission,
+    driver: Driver,
     token: Annotated[str | None, Query()] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     """Send messages, cancel, resume and receive the replies of one session over one socket."""
-    runtime: Runtime = websocket.app.state.runtime
     await websocket.accept()
     try:
-        user = await runtime.auth.authenticate(authorization or (f"Bearer {token}" if token else None))
-        await runtime.limits.check_request(user)
-        session = await runtime.sessions.get(_session_uuid(session_id), user.user_id)
+        user = await auth.authenticate(authorization or (f"Bearer {token}" if token else None))
+        bind(user_id=user.user_id, session_id=session_id)  # on the socket's log lines from here on
+        await limits.check_request(user)
+        session = await sessions.get(_session_uuid(session_id), user.user_id)
     except CopilotError as e:
         await websocket.close(code=4000 + e.status_code, reason=e.message.encode()[:123].decode(errors="ignore"))
         return
-    connection = _Connection(websocket, runtime, user, session.id)
+    services = _Services(settings, sessions, limits, admission, driver)
+    connection = _Connection(websocket, services, user, session.id)
     try:
         await connection.serve()
     finally:
         await connection.stop_forwarding()
 
 
+@dataclass(frozen=True, slots=True)
+class _Services:
+    settings: Settings
+    sessions: SessionStore
+    limits: UserLimits
+    admission: TurnAdmission
+    driver: TurnDriver
+
+
 class _Connection:
     """One user's socket on one session: answers client frames and runs at most one forwarder."""
 
-    def __init__(self, websocket: WebSocket, runtime: Runtime, user: Principal, session_id: uuid.UUID) -> None:
+    def __init__(self, websocket: WebSocket, services: _Services, user: Principal, session_id: uuid.UUID) -> None:
         self._ws = websocket
-        self._runtime = runtime
+        self._services = services
         self._user = user
         self._session_id = session_id
         # The reader and the forwarder both send; uvicorn's protocols do not promise concurrent sends are safe.
@@ -133,30 +156,37 @@ class _Connection:
 
     def _parse(self, message: Message) -> ClientFrame:
         raw: str | bytes = message.get("text") or message.get("bytes") or b""
-        limit = self._runtime.settings.max_body_bytes
+        limit = self._services.settings.max_body_bytes
         if len(raw) > limit:
             raise PayloadTooLarge(f"frame exceeds {limit} bytes")
         return client_frame.validate_json(raw)
 
     async def _handle(self, frame: ClientFrame) -> None:
-        runtime = self._runtime
+        services = self._services
         match frame:
             case PingFrame():
                 await self._send(Pong())
             case SendFrame():
-                await runtime.limits.check_request(self._user)
-                session = await runtime.sessions.get(self._session_id, self._user.user_id)  # fresh: title, deletion
-                submitted = await submit_turn(frame, session, self._user, runtime)
+                await services.limits.check_request(self._user)
+                session = await services.sessions.get(self._session_id, self._user.user_id)  # fresh: title, deletion
+                submitted = await submit_turn(
+                    frame,
+                    session,
+                    self._user,
+                    admission=services.admission,
+                    settings=services.settings,
+                    limits=services.limits,
+                )
                 await self._forward(submitted.turn_id)
             case ResumeFrame():
-                active = await runtime.turns.active_task(self._session_id)
+                active = await services.admission.active_task(self._session_id)
                 if active is None:
                     await self._send(Idle())
                 else:
                     await self._forward(active[0], after=frame.after or "0")
             case CancelFrame():
                 # The followed stream shows the end (`abort`, `finish`, `done`); only "nothing to stop" is said here.
-                if await runtime.turns.cancel(self._session_id) is None:
+                if await services.admission.cancel(self._session_id) is None:
                     await self._send(Idle())
 
     async def _forward(self, turn_id: str, after: str = "0") -> None:
@@ -171,9 +201,10 @@ class _Connection:
 
     async def _pump(self, turn_id: str, after: str) -> None:
         """Send the turn's entries after `after` until its end, then `done`."""
-        heartbeat = self._runtime.settings.heartbeat_seconds
+        heartbeat = self._services.settings.heartbeat_seconds
         try:
-            async for entry_id, chunk in self._runtime.turns.follow(turn_id, after=after, heartbeat_seconds=heartbeat):
+            follow = self._services.driver.follow(turn_id, after=after, heartbeat_seconds=heartbeat)
+            async for entry_id, chunk in follow:
                 await self._send(Heartbeat() if chunk is None else chunk_frame(entry_id, chunk))
             await self._send(Done(task_id=turn_id))
         except WebSocketDisconnect:

@@ -21,9 +21,10 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -41,7 +42,7 @@ class TextChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCallStarted:
+class ToolCallHeader:
     """The model began a tool call: its id and name are known, its arguments are still streaming."""
 
     id: str
@@ -82,7 +83,7 @@ class Completed:
     usage: Usage | None
 
 
-ModelEvent = TextChunk | ToolCallStarted | ToolArgumentsDelta | Completed
+ModelEvent = TextChunk | ToolCallHeader | ToolArgumentsDelta | Completed
 
 
 @dataclass(slots=True)
@@ -105,6 +106,30 @@ class RetryPolicy:
         return float(min(wait, self.max_seconds))
 
 
+class CallObserver(Protocol):
+    """Hears how every model call went (metrics): called inline, so it must be cheap and must not raise."""
+
+    def succeeded(self, model: str, seconds: float) -> None:
+        """A call ended well after `seconds` (its retries included)."""
+
+    def failed(self, model: str, code: str | None, *, retrying: bool) -> None:
+        """An attempt failed with the provider's error `code`; `retrying`: another attempt follows."""
+
+    def used(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """The provider reported the usage of an attempt."""
+
+
+class _Unobserved:
+    def succeeded(self, model: str, seconds: float) -> None:
+        pass
+
+    def failed(self, model: str, code: str | None, *, retrying: bool) -> None:
+        pass
+
+    def used(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        pass
+
+
 class LLMClient:
     def __init__(
         self,
@@ -115,15 +140,18 @@ class LLMClient:
         retry: RetryPolicy,
         idle_timeout: float,
         on_usage: Callable[[Usage], None] | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         """`on_usage` hears the provider's usage of every call that reported one (streamed turns, titles,
-        summaries, each attempt of a retried call), at the end of the call; it must not block."""
+        summaries, each attempt of a retried call), at the end of the call; it must not block. `observer` hears
+        every call's outcome, each failed attempt and each usage (metrics)."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0)
         self.model = model
         self._retry = retry
         self._idle_timeout = idle_timeout
         self._on_usage = on_usage
+        self._observer: CallObserver = observer or _Unobserved()
 
     async def close(self) -> None:
         await self._client.close()
@@ -134,15 +162,19 @@ class LLMClient:
         """One model call as events: text chunks, tool-call starts and argument fragments, then `Completed`.
         Raises `ModelError`."""
         attempt = 0
+        started = time.monotonic()
         while True:
             produced = False
             try:
                 async for event in self._stream_once(messages, tools):
                     produced = True
                     yield event
+                self._observer.succeeded(self.model, time.monotonic() - started)
                 return
             except ModelError as e:
-                if produced or not e.retryable or attempt >= self._retry.max_retries:
+                retrying = not produced and e.retryable and attempt < self._retry.max_retries
+                self._observer.failed(self.model, e.provider_code, retrying=retrying)
+                if not retrying:
                     raise
                 delay = self._retry.delay(attempt, e.retry_after)
                 log.warning("model call failed (%s); retry %d in %.2fs", e.message, attempt + 1, delay)
@@ -153,16 +185,20 @@ class LLMClient:
         self, messages: Sequence[dict[str, Any]], *, model: str | None = None, max_tokens: int = 64
     ) -> str:
         """A short non-streaming completion (titles, summaries)."""
-        body = {"model": model or self.model, "messages": list(messages), "max_tokens": max_tokens}
+        model = model or self.model
+        body = {"model": model, "messages": list(messages), "max_tokens": max_tokens}
+        started = time.monotonic()
         try:
             response = await self._post(body, stream=False)
             completion = orjson.loads(response.content)
         except _CLIENT_ERRORS as e:
-            raise _translate(e) from e
+            raise self._failed(model, _translate(e)) from e
         except orjson.JSONDecodeError as e:
-            raise ModelError("the model sent a malformed response", provider_code="malformed_response") from e
+            malformed = ModelError("the model sent a malformed response", provider_code="malformed_response")
+            raise self._failed(model, malformed) from e
+        self._observer.succeeded(model, time.monotonic() - started)
         if isinstance(completion, dict):
-            self._report(_usage(completion.get("usage")))
+            self._report(_usage(completion.get("usage")), model)
         choices = completion.get("choices") if isinstance(completion, dict) else None
         if not choices or not isinstance(choices[0], dict):
             return ""
@@ -214,11 +250,18 @@ class LLMClient:
             ) from e
         except _CLIENT_ERRORS as e:
             raise _translate(e) from e
-        self._report(reply.usage)
+        self._report(reply.usage, self.model)
         yield reply.completed()
 
-    def _report(self, usage: Usage | None) -> None:
-        if usage is None or self._on_usage is None:
+    def _failed(self, model: str, error: ModelError) -> ModelError:
+        self._observer.failed(model, error.provider_code, retrying=False)
+        return error
+
+    def _report(self, usage: Usage | None, model: str) -> None:
+        if usage is None:
+            return
+        self._observer.used(model, usage.prompt_tokens, usage.completion_tokens)
+        if self._on_usage is None:
             return
         try:
             self._on_usage(usage)
@@ -261,7 +304,7 @@ class _Reply:
                         events.append(ToolArgumentsDelta(partial.id, fragment))
                 if not partial.announced and partial.id and partial.name:
                     partial.announced = True
-                    events.append(ToolCallStarted(partial.id, partial.name))
+                    events.append(ToolCallHeader(partial.id, partial.name))
                     if partial.arguments:
                         events.append(ToolArgumentsDelta(partial.id, "".join(partial.arguments)))
             if choice.get("finish_reason"):

@@ -2,7 +2,8 @@
 
 The `ai` npm package (v6) parses every event's `data:` as a chunk against `uiMessageChunkSchema`; the
 classes here are the subset we emit, field for field (camelCase on the wire). Chunks are values: the
-SSE `id:` (the stream cursor) is passed to `encode()` separately. Ordering rules live in `protocol_check`.
+SSE `id:` (the stream cursor) is passed to `encode()` separately. The ordering rules are checked by the
+tests' oracle, `tests/protocol_check.py`.
 
 Serialisation: optional fields are left out when `None` (`exclude_if`), but required fields whose value
 may be `null` (`input`, `output`, `data`, `messageMetadata`) are always written. A global

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from backend.chat import protocol as p
 from backend.chat.open_parts import OpenParts
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import INTERRUPTED_MARK, step_key
+from backend.chat.turn_state import INTERRUPTED_MARK, step_key
 from backend.errors import NotFound
 from backend.store.models import NewMessage
 from backend.store.sessions import SessionStore

@@ -1,7 +1,8 @@
 """Builds the Langfuse connection and the telemetry sinks the settings ask for, and closes them at shutdown.
 
 Langfuse (prompts and tracing) is on when both of its keys are set, PostHog when its API key is set; whatever is
-not configured is simply absent (no connection, no sink). Closing flushes what the SDKs still buffer.
+not configured is simply absent (no connection, no sink). The turn log is always on; the metrics and OpenTelemetry
+sinks follow the app's `Instruments`. Closing flushes what the SDKs still buffer.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from backend.config import Settings
+from backend.observability.instruments import Instruments
 from backend.observability.langfuse_tracing import LangfuseConnection, LangfuseTelemetry
+from backend.observability.metrics_telemetry import MetricsTelemetry
 from backend.observability.posthog_analytics import PostHogTelemetry, connect_posthog
-from backend.observability.telemetry import FanOut, NullTelemetry, Telemetry
+from backend.observability.telemetry import FanOut, Telemetry
+from backend.observability.tracing import TracingTelemetry
+from backend.observability.turn_log import TurnLog
 
 log = logging.getLogger("copilot.observability")
 
@@ -25,8 +30,11 @@ class Observability:
     telemetry: Telemetry
 
 
-async def open_observability(settings: Settings, stack: AsyncExitStack) -> Observability:
+async def open_observability(
+    settings: Settings, stack: AsyncExitStack, instruments: Instruments | None = None
+) -> Observability:
     """Open Langfuse and the sinks; `stack` closes them, flushing first."""
+    instruments = instruments or Instruments.off()
     langfuse: LangfuseConnection | None = None
     if settings.langfuse_public_key and settings.langfuse_secret_key:
         langfuse = LangfuseConnection.open(
@@ -39,7 +47,14 @@ async def open_observability(settings: Settings, stack: AsyncExitStack) -> Obser
     elif settings.langfuse_public_key or settings.langfuse_secret_key:
         log.warning("Langfuse needs both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY; it stays off")
 
-    sinks: list[Telemetry] = []
+    # The turn log first: it binds the turn's ids, so what the other sinks log carries them.
+    sinks: list[Telemetry] = [TurnLog(content=settings.log_content)]
+    if instruments.metrics is not None:
+        sinks.append(MetricsTelemetry(instruments.metrics))
+    if instruments.tracing.enabled:
+        # The turn's span becomes current in its task: what the other sinks do nests under it.
+        sinks.insert(0, TracingTelemetry(instruments.tracing))
+        stack.push_async_callback(instruments.tracing.close)
     if langfuse is not None:
         sinks.append(LangfuseTelemetry(langfuse))
     if settings.posthog_api_key:
@@ -49,5 +64,4 @@ async def open_observability(settings: Settings, stack: AsyncExitStack) -> Obser
         )
         stack.push_async_callback(posthog.close)
         sinks.append(posthog)
-    telemetry: Telemetry = FanOut(sinks) if sinks else NullTelemetry()
-    return Observability(langfuse, telemetry)
+    return Observability(langfuse, FanOut(sinks))

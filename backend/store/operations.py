@@ -162,3 +162,13 @@ class OperationStore:
             limit,
         )
         return [r["id"] for r in rows]
+
+    async def open_count(self) -> tuple[int, float]:
+        """How many operations are unsettled, and the age in seconds of the oldest (0 when none): for the metrics.
+        Reads the partial index of open operations only."""
+        row = await self._pool.fetchrow(
+            "SELECT count(*) AS open, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest "
+            "FROM chat_operations WHERE settled_at IS NULL"
+        )
+        assert row is not None
+        return int(row["open"]), float(row["oldest"])

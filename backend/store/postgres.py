@@ -9,8 +9,9 @@ returns the updated session row, so the cache can be brought up to date without 
 A pooled connection is handed back without a reset query (asyncpg's default, `pg_advisory_unlock_all(); CLOSE ALL;
 UNLISTEN *; RESET ALL`, is a server round trip and a transaction of its own on every release): the statements here
 never change session state, since they take no session-level advisory locks, LISTEN, SET or hold cursors open.
-asyncpg still rolls back a transaction left open. Anything that does change session state (the migrations' advisory
-lock) runs on a connection of its own, never one of this pool.
+asyncpg still rolls back a transaction left open. That is also what PgBouncer's transaction pooling asks for: a
+statement's session state would stay on a server connection other clients get next (the migrations' advisory lock
+is a transaction's for the same reason; prepared statements are turned off with `statement_cache_size=0`).
 """
 
 from __future__ import annotations
@@ -90,12 +91,43 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release without a server round trip: see the module docstring for why there is nothing to reset."""
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+QueryObserver = Callable[[str, float, bool], None]
+"""Hears each statement: its first keyword (`SELECT`, `INSERT`, `WITH`, ...), its duration, whether it failed."""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, statement_cache_size: int = 100, observe: QueryObserver | None = None
+) -> asyncpg.Pool:
+    """`statement_cache_size=0` behind a transaction-pooling PgBouncer (see `Settings.db_statement_cache_size`).
+    With `observe`, every statement of the pool's connections is reported (asyncpg's query logger, which times
+    each statement and calls back once it has ended)."""
+    init = _init_connection
+    if observe is not None:
+
+        def report(query: Any) -> None:
+            observe(_statement(query.query), query.elapsed, query.exception is not None)
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn)
+            conn.add_query_logger(report)
+
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init,
+        reset=_keep_session,
+        statement_cache_size=statement_cache_size,
     )
     assert pool is not None
     return pool
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(query: str) -> str:
+    """The first keyword of a statement (the package's statements are constants: this is looked up once each)."""
+    words = query.split(None, 1)
+    return words[0].upper().rstrip(";") if words else "?"
 
 
 _SESSION_FIELDS = tuple(c.strip() for c in _SESSION_COLUMNS.split(","))

@@ -111,6 +111,35 @@ async def publish_delivery(
 Handler = Callable[[Completion], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits on the completions path (for the metrics)."""
+
+    lag: int
+    """Entries not yet delivered to the consumer group (0 when the group does not exist yet)."""
+    pending: int
+    """Entries delivered to a consumer and not acknowledged."""
+    dead_letters: int
+    """Entries in the dead-letter stream."""
+
+
+async def backlog(redis: Redis) -> Backlog:
+    """The completions stream's backlog: `XINFO GROUPS` (Redis 7 reports the group's `lag`) and the dead letters."""
+    lag = pending = 0
+    try:
+        groups = await redis.xinfo_groups(keys.COMPLETIONS)
+    except ResponseError as e:
+        if "no such key" not in str(e).lower():
+            raise
+        groups = []
+    for group in groups:
+        name = group.get("name")
+        if name in (keys.COMPLETIONS_GROUP, keys.COMPLETIONS_GROUP.encode()):
+            lag = int(group.get("lag") or 0)
+            pending = int(group.get("pending") or 0)
+    return Backlog(lag, pending, int(await redis.xlen(keys.COMPLETIONS_DEAD)))
+
+
 class CompletionConsumer:
     def __init__(
         self,
@@ -121,8 +150,11 @@ class CompletionConsumer:
         max_deliveries: int,
         dead_letter_max_len: int,
         block_seconds: float = 1.0,
+        on_dead_letter: Callable[[], None] | None = None,
     ) -> None:
+        """`on_dead_letter` hears each entry moved to the dead-letter stream (metrics); cheap, never raising."""
         self._redis = redis
+        self._on_dead_letter = on_dead_letter
         self._consumer = consumer
         self._reclaim_idle_ms = int(reclaim_idle_seconds * 1000)
         self._max_deliveries = max_deliveries
@@ -210,6 +242,8 @@ class CompletionConsumer:
         log.error("completion entry %s moved to the dead-letter stream: %s", entry_id.decode(), reason)
         dead: dict[Any, Any] = {**fields, b"reason": reason.encode(), b"entry": entry_id}
         await self._redis.xadd(keys.COMPLETIONS_DEAD, dead, maxlen=self._dead_letter_max_len, approximate=True)
+        if self._on_dead_letter is not None:
+            self._on_dead_letter()
         await self._ack(entry_id)
 
     async def _ack(self, entry_id: bytes) -> None:

@@ -90,10 +90,6 @@ class TurnInfo:
     status: TurnStatus
 
 
-class TurnExpired(LookupError):
-    """The turn existed but its stream has expired."""
-
-
 class TurnVanished(LookupError):
     """The turn's status record disappeared while it was followed (Redis was flushed, or restarted without its
     data): no `end` entry will ever come."""

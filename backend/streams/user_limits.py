@@ -76,7 +76,7 @@ _ADMITTED, _NO_TOKENS, _NO_SLOT = 0, 1, 2
 
 
 class UserLimits:
-    """The per-user limits of this pod; 0 turns a limit off. Implements the runner's `TurnAdmission` port."""
+    """The per-user limits of this pod; 0 turns a limit off. Implements the turns' `TurnQuota` port."""
 
     def __init__(
         self,
@@ -89,8 +89,11 @@ class UserLimits:
         lease_seconds: float,
         max_turn_seconds: float,
         clock: Callable[[], float] = time.time,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_refused(limit)` hears every refusal (metrics); it must be cheap and not raise."""
         self._redis = redis
+        self._on_refused = on_refused
         self._requests_per_minute = requests_per_minute
         self._concurrent_turns = concurrent_turns
         self._tokens_per_day = tokens_per_day
@@ -105,6 +108,11 @@ class UserLimits:
         """Slots this pod holds: turn id → (user id, when taken). Their leases are renewed by `renew`."""
         self._spending: set[asyncio.Task[None]] = set()
         self._warned_at = -math.inf
+
+    def _refused(self, error: RateLimited) -> RateLimited:
+        if self._on_refused is not None:
+            self._on_refused(error.limit)
+        return error
 
     def applies_to(self, user: Principal) -> bool:
         """Whether the limits are enforced for `user`: admins are exempt unless `rate_limit_admins`."""
@@ -123,10 +131,12 @@ class UserLimits:
         )
         if wait_ms:
             retry = max(1, math.ceil(int(wait_ms) / 1000))
-            raise RateLimited(
-                f"Too many requests: at most {self._requests_per_minute} a minute. Try again in {duration(retry)}.",
-                limit="requests_per_minute",
-                retry_after=retry,
+            raise self._refused(
+                RateLimited(
+                    f"Too many requests: at most {self._requests_per_minute} a minute. Try again in {duration(retry)}.",
+                    limit="requests_per_minute",
+                    retry_after=retry,
+                )
             )
 
     # --- turns (the runner's admission port) ----------------------------------------------------------------
@@ -150,18 +160,22 @@ class UserLimits:
         script = self._admit(keys=[keys.user_turns(user_id), keys.user_tokens(user_id, day)], args=args)
         outcome = await self._fail_open("admit a turn", script)
         if outcome == _NO_TOKENS:
-            raise RateLimited(
-                f"The daily budget of {self._tokens_per_day:,} model tokens is used up. New messages are accepted "
-                f"again after midnight UTC, in {duration(until_midnight)}.",
-                limit="tokens_per_day",
-                retry_after=until_midnight,
+            raise self._refused(
+                RateLimited(
+                    f"The daily budget of {self._tokens_per_day:,} model tokens is used up. New messages are accepted "
+                    f"again after midnight UTC, in {duration(until_midnight)}.",
+                    limit="tokens_per_day",
+                    retry_after=until_midnight,
+                )
             )
         if outcome == _NO_SLOT:
-            raise RateLimited(
-                f"Too many replies at once: at most {self._concurrent_turns} can be generated at the same time. "
-                "Try again when one of them has finished.",
-                limit="concurrent_turns",
-                retry_after=_BUSY_RETRY_SECONDS,
+            raise self._refused(
+                RateLimited(
+                    f"Too many replies at once: at most {self._concurrent_turns} can be generated at the same time. "
+                    "Try again when one of them has finished.",
+                    limit="concurrent_turns",
+                    retry_after=_BUSY_RETRY_SECONDS,
+                )
             )
         if outcome == _ADMITTED and self._concurrent_turns:
             self._held[turn_id] = (user_id, now)

@@ -17,7 +17,10 @@ _NAME_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 class ToolRegistry:
-    """Tools by name, in registration order, with their OpenAI schemas cached until a tool is added."""
+    """Tools by name, in registration order, with their OpenAI schemas cached until a tool is added or removed.
+
+    Tools of MCP servers come and go while the service runs (`tools/mcp/source.py`); a turn reads `schemas()` once
+    when it starts, and a call to a tool removed since then finds none (an `unknown_tool` error)."""
 
     def __init__(self, tools: Iterable[Tool[Any]] = ()) -> None:
         self._tools: dict[str, Tool[Any]] = {}
@@ -43,6 +46,12 @@ class ToolRegistry:
         self._tools[name] = tool
         self._schemas = None
         self._version = None
+
+    def remove(self, name: str) -> None:
+        """Take the tool called `name` out (nothing if there is none)."""
+        if self._tools.pop(name, None) is not None:
+            self._schemas = None
+            self._version = None
 
     def get(self, name: str) -> Tool[Any] | None:
         """The tool called `name`, or None."""

@@ -10,10 +10,10 @@ import asyncpg
 import httpx
 import pytest
 
-from backend.chat.protocol_check import check_body
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from tests.conftest import LiveServer, auth
+from tests.protocol_check import check_body
 from tests.sse import chunks, read_stream, text_of, types
 
 ALICE = auth("alice")
@@ -402,8 +402,21 @@ async def test_tool_round_cap_ends_a_runaway_loop(chat_settings: Settings, db: a
         _, body = await send(client, sid, '[[mock:tool name=calculate args={"expression": "1+1"}]]')
     assert_well_formed(body)
     error = next(c for c in chunks(body) if c["type"] == "error")
-    assert "Stopped after 1 model calls" in error["errorText"]
+    assert "Stopped after 1 tool rounds" in error["errorText"]
     assert [r["role"] for r in await stored(db, sid)] == ["user", "assistant", "tool"]
+
+
+async def test_a_retried_step_does_not_spend_a_tool_round(chat_settings: Settings, db: asyncpg.Connection) -> None:
+    """Regression: the retry of a step whose tool arguments were invalid counted as one of `max_tool_rounds`, so a
+    turn allowed two rounds ended with an error after its only tool round, before the model could answer."""
+    capped = chat_settings.model_copy(update={"max_tool_rounds": 2})
+    message = '[[mock:bad_tool_args name=calculate args={"expression": "1+1"} times=1 key=retried]]'
+    async with LiveServer(capped) as live, httpx.AsyncClient(base_url=live.url) as client:
+        sid = await new_session(client)
+        _, body = await send(client, sid, message)
+    assert_well_formed(body)
+    assert [c for c in chunks(body) if c["type"] == "error"] == []
+    assert [r["role"] for r in await stored(db, sid)] == ["user", "assistant", "tool", "assistant"]
 
 
 async def test_turn_duration_limit(chat_settings: Settings, db: asyncpg.Connection) -> None:
@@ -426,7 +439,7 @@ async def test_shutdown_mid_turn_stores_the_partial_reply_marked_interrupted(
         sid = await new_session(client)
         task = asyncio.create_task(send(client, sid, "[[mock:text tokens=200 delay_ms=10]]"))
         await asyncio.sleep(0.4)
-        await live.app.state.runtime.turns.shutdown()
+        await live.app.state.runtime.driver.shutdown()
         _, body = await task
     assert_well_formed(body)
     rows = await stored(db, sid)

@@ -240,17 +240,17 @@ async def test_an_unexpected_failure_is_an_error_frame_not_a_dropped_socket(chat
     sid = await new_session(client)
     async with socket(live, sid) as ws:
         runtime = live.app.state.runtime
-        real = runtime.turns.active_task
+        real = runtime.admission.active_task
 
         async def broken(session_id: uuid.UUID) -> Any:
             raise RuntimeError("redis went away")
 
-        runtime.turns.active_task = broken
+        runtime.admission.active_task = broken
         try:
             await send(ws, {"type": "resume"})
             error = await asyncio.wait_for(recv(ws), 5)
         finally:
-            runtime.turns.active_task = real
+            runtime.admission.active_task = real
         assert error["type"] == "error" and error["code"] == "internal_error", error
         assert "redis went away" not in orjson.dumps(error).decode()
         await send(ws, {"type": "ping"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from backend.runtime import Runtime
 from tests.conftest import LiveServer, auth, make_token
+from tests.helpers import wait_for
 from tests.sse import chunks, read_stream, text_of, types
 from tests.streams.test_durable_turns import pod_env, two_pods
 
@@ -97,14 +98,6 @@ async def live_slots(redis: Redis, user: str) -> int:
 async def stored(db: asyncpg.Connection, sid: str) -> list[str]:
     rows = await db.fetch("SELECT role FROM chat_messages WHERE session_id = $1 ORDER BY sequence", uuid.UUID(sid))
     return [r["role"] for r in rows]
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {within}s")
-        await asyncio.sleep(0.05)
 
 
 def seconds_to_utc_midnight() -> float:

@@ -15,9 +15,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from backend.chat import protocol
-from backend.chat.protocol_check import check_sequence
 from backend.config import Settings
 from tests.conftest import LiveServer, auth, make_token
+from tests.protocol_check import check_sequence
 
 ALICE = auth("alice")
 Chat = tuple[httpx.AsyncClient, LiveServer]
@@ -208,7 +208,7 @@ async def test_resume_after_reconnecting_sends_exactly_the_missing_chunks(chat: 
     frames = first + rest
     assert_well_formed(frames)
     assert types(frames)[-1] == "finish"
-    registry = live.app.state.runtime.registry
+    registry = live.app.state.runtime.turn_registry
     stored = [orjson.loads(c) for c in await registry.chunks(done["task_id"])]
     assert [f["chunk"] for f in frames] == stored  # nothing lost, nothing repeated
     assert len(text_of(frames).split()) == 60

@@ -538,7 +538,7 @@ def check_prompt(session: Session, window: ContextWindow, prompt: list[dict[str,
 
 
 def run_session(config: Config, session_turns: list[Turn], data: st.DataObject) -> Session:
-    """Each turn as `TurnEngine.run` handles it, with `Compactor.compact` simulated by `Session.compact`."""
+    """Each turn as `stream_chat_completion` handles it, with `Compactor.compact` simulated by `Session.compact`."""
     session = Session(config)
     policy = ContextPolicy(config.budget, Calibration())
     policy.calibration.ratio = config.ratio

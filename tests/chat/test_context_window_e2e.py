@@ -9,13 +9,13 @@ import asyncpg
 import httpx
 import pytest
 
-from backend.chat.protocol_check import check_body
 from backend.chat.tokens import TokenCounter
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from backend.store.models import NewMessage
 from tests.api.test_chat_stream import new_session, send
 from tests.conftest import LiveServer
+from tests.protocol_check import check_body
 from tests.sse import chunks, text_of
 
 COUNTER = TokenCounter("mock-model")

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat.lapses import LapseWatch
-from backend.chat.runner import TurnRunner
 from backend.config import Settings
+from backend.runtime import Runtime
 from tests.conftest import LiveServer
 from tests.streams.test_durable_turns import ALICE, kinds, new_session, read, stored
 
@@ -90,9 +90,9 @@ async def two_servers(chat_settings: Settings) -> AsyncIterator[tuple[LiveServer
         yield a, b
 
 
-def runner_of(server: LiveServer) -> TurnRunner:
-    runner: TurnRunner = server.app.state.runtime.turns
-    return runner
+def runtime_of(server: LiveServer) -> Runtime:
+    runtime: Runtime = server.app.state.runtime
+    return runtime
 
 
 async def test_a_lease_lapsed_while_redis_was_away_does_not_close_a_live_owners_turn(
@@ -112,13 +112,13 @@ async def test_a_lease_lapsed_while_redis_was_away_does_not_close_a_live_owners_
         assert reply.task_id is not None
         # What Redis holds when it comes back after an outage longer than the lease: the deadline has passed.
         await redis.zadd(keys.TURN_LEASES, {reply.task_id: time.time() - 1})
-        await runner_of(b)._reap_expired()  # the other pod's supervisor looks first
+        await runtime_of(b).supervisor.reap_expired()  # the other pod's supervisor looks first
         await asyncio.sleep(0.1)
         assert not await db.fetchval(
             "SELECT count(*) FROM chat_messages WHERE session_id = $1::uuid AND role = 'assistant'", sid
         ), "the live turn was closed as interrupted"
-        await runner_of(a)._registry.renew([reply.task_id])  # the owner's next supervisor tick
-        await runner_of(b)._reap_expired()
+        await runtime_of(a).turn_registry.renew([reply.task_id])  # the owner's next supervisor tick
+        await runtime_of(b).supervisor.reap_expired()
         await reply.done()
 
     assert kinds(reply.frames)[-2:] == ["finish", "[DONE]"]

@@ -19,7 +19,7 @@ from backend.chat.llm import (
     RetryPolicy,
     TextChunk,
     ToolArgumentsDelta,
-    ToolCallStarted,
+    ToolCallHeader,
     Usage,
     _sse_data,
 )
@@ -110,7 +110,7 @@ async def test_parallel_tool_calls_are_collected_by_index(llm: LLMClient) -> Non
     prompt = '[[mock:tool name=calculate args={"expression": "6*7"}]] [[mock:tool name=lookup args={"id": 7}]]'
     events = await collect(llm, [{"role": "user", "content": prompt}], TOOLS)
 
-    started = [e for e in events if isinstance(e, ToolCallStarted)]
+    started = [e for e in events if isinstance(e, ToolCallHeader)]
     assert [s.name for s in started] == ["calculate", "lookup"]
     done = events[-1]
     assert isinstance(done, Completed) and done.finish_reason == "tool_calls"
@@ -129,7 +129,7 @@ async def test_a_stream_cut_mid_arguments_has_passed_on_what_the_call_received(l
     with pytest.raises(ModelError):
         async for e in llm.stream([{"role": "user", "content": prompt}], TOOLS):
             events.append(e)
-    [started] = [e for e in events if isinstance(e, ToolCallStarted)]
+    [started] = [e for e in events if isinstance(e, ToolCallHeader)]
     fragments = [e for e in events if isinstance(e, ToolArgumentsDelta)]
     assert {f.id for f in fragments} == {started.id}
     assert "".join(f.text for f in fragments) == '{"expression":"1'  # two 8-character fragments
@@ -377,7 +377,7 @@ async def test_a_chunk_with_only_usage_and_tool_calls_split_across_chunks() -> N
         DONE,
     ]
     events, _ = await raw_stream(body)
-    assert events[0] == ToolCallStarted("call_9", "calc")
+    assert events[0] == ToolCallHeader("call_9", "calc")
     done = events[-1]
     assert isinstance(done, Completed)
     assert done.finish_reason == "tool_calls"
@@ -397,7 +397,7 @@ async def test_argument_fragments_are_passed_on_once_the_call_is_known() -> None
     ]
     events, _ = await raw_stream(body)
     assert events[:3] == [
-        ToolCallStarted("call_1", "calc"),
+        ToolCallHeader("call_1", "calc"),
         ToolArgumentsDelta("call_1", '{"a": 1'),
         ToolArgumentsDelta("call_1", "}"),
     ]
@@ -498,5 +498,62 @@ async def test_a_failing_usage_hook_never_breaks_a_call(mock_llm: MockLLMServer)
             "still here"
         )
         assert await llm.complete([{"role": "user", "content": '[[mock:text content="fine"]]'}]) == "fine"
+    finally:
+        await llm.close()
+
+
+# --- the call observer (metrics) -------------------------------------------------------------------------------
+
+
+class _Heard:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def succeeded(self, model: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.events.append(("ok", model))
+
+    def failed(self, model: str, code: str | None, *, retrying: bool) -> None:
+        self.events.append(("failed", model, code, retrying))
+
+    def used(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.events.append(("used", model, prompt_tokens > 0, completion_tokens))
+
+
+async def test_the_observer_hears_each_outcome_each_failed_attempt_and_each_usage(mock_llm: MockLLMServer) -> None:
+    heard = _Heard()
+    llm = LLMClient(
+        base_url=mock_llm.base_url,
+        api_key="k",
+        model="mock-model",
+        retry=RetryPolicy(1, 0.01, 0.05),
+        idle_timeout=1.0,
+        observer=heard,
+    )
+    try:
+        await collect(
+            llm, [{"role": "user", "content": "[[mock:server_error times=1 key=obs]] [[mock:text tokens=4]]"}]
+        )
+        assert heard.events == [
+            ("failed", "mock-model", "server_error", True),
+            ("used", "mock-model", True, 4),
+            ("ok", "mock-model"),
+        ]
+        heard.events.clear()
+        with pytest.raises(ModelError):
+            await collect(llm, [{"role": "user", "content": "[[mock:server_error]]"}])
+        assert heard.events == [
+            ("failed", "mock-model", "server_error", True),
+            ("failed", "mock-model", "server_error", False),  # the retries are spent: this one is an error
+        ]
+        heard.events.clear()
+        assert await llm.complete([{"role": "user", "content": '[[mock:text content="A title"]]'}], model="titles")
+        with pytest.raises(ModelError):
+            await llm.complete([{"role": "user", "content": "[[mock:region_block]]"}], model="titles")
+        assert heard.events == [
+            ("ok", "titles"),
+            ("used", "titles", True, 2),
+            ("failed", "titles", "unsupported_country_region_territory", False),
+        ]
     finally:
         await llm.close()

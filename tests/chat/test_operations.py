@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from backend.streams.active import ActiveTurns
 from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session, send, stored, turn_calls
 from tests.chat.long_tools import FailingJob, GatedDelegation, SlowEcho
 from tests.conftest import LiveServer, auth
+from tests.helpers import wait_for
 from tests.redis_server import private_redis
 from tests.sse import chunks, read_stream, text_of, types
 from tests.streams.test_durable_turns import Pod, pod_env, two_pods
@@ -101,16 +102,6 @@ async def continuation(follower: asyncio.Task[tuple[httpx.Response, bytes]]) -> 
     assert chunks(body)[-1]["finishReason"] == "stop"
     assert body.endswith(b"data: [DONE]\n\n") and body.count(b"data: [DONE]") == 1
     return body
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if await condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {within}s: {condition}")
-        await asyncio.sleep(0.02)
 
 
 async def operation(db: asyncpg.Connection, operation_id: str) -> dict[str, Any]:
@@ -831,7 +822,7 @@ async def test_a_continuation_ended_by_another_pod_while_this_one_waited_is_not_
     session_id = uuid.UUID(sid)
     assert await ActiveTurns(redis, lease_seconds=60).claim(session_id, "a-long-turn")
     calls_before = len(turn_calls(mock_llm))
-    waiting = asyncio.create_task(runtime.turns.continue_operation(op))
+    waiting = asyncio.create_task(runtime.admission.continue_operation(op))
     await asyncio.sleep(0.3)  # it has seen the task stream running and waits for the session
     assert not waiting.done()
 

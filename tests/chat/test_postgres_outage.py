@@ -19,6 +19,7 @@ from backend import keys
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from tests.conftest import LiveServer
+from tests.helpers import wait_for
 from tests.own_postgres import OwnPostgres
 from tests.sse import chunks
 from tests.streams.test_durable_turns import (
@@ -30,7 +31,6 @@ from tests.streams.test_durable_turns import (
     pod_env,
     read,
     start_pod,
-    wait_for,
     wait_ready,
 )
 

@@ -1,4 +1,4 @@
-"""`backend/chat/protocol.py` (chunk models, SSE encoding) and `backend/chat/protocol_check.py` (ordering)."""
+"""`backend/chat/protocol.py` (chunk models, SSE encoding) and the tests' ordering oracle, `tests/protocol_check.py`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from backend.chat.protocol import (
     heartbeat,
     to_json,
 )
-from backend.chat.protocol_check import check_body, check_sequence, parse_body
+from tests.protocol_check import check_body, check_sequence, parse_body
 
 EVERY_CHUNK: list[Chunk] = [
     Start(message_id="msg-1", message_metadata={"model": "gpt", "cost": None}),

@@ -27,8 +27,9 @@ from backend.devtools.mock_llm import MockLLMServer
 from backend.store.models import ActiveTurnClaim, NewMessage
 from backend.store.sessions import SessionStore
 from tests.api.test_chat_stream import ALICE, new_session, send, stored, turn_calls
-from tests.chat.test_operations import REPORT, SECRET, post_webhook, start_operation, wait_for
+from tests.chat.test_operations import REPORT, SECRET, post_webhook, start_operation
 from tests.conftest import LiveServer
+from tests.helpers import wait_for
 from tests.redis_server import PrivateRedis, private_redis_server
 from tests.streams.test_durable_turns import Reader, kinds, pod_env, read, two_pods
 

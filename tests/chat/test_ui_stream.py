@@ -5,8 +5,8 @@ from __future__ import annotations
 from backend.chat import events as ev
 from backend.chat import protocol as p
 from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
-from backend.chat.protocol_check import check_sequence
 from backend.chat.ui_stream import UIStreamTranslator
+from tests.protocol_check import check_sequence
 
 
 def translate(*events: ev.TurnEvent, finish_reason: str = "error") -> list[p.Chunk]:

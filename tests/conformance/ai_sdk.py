@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from backend.chat.protocol_check import check_body
+from tests.protocol_check import check_body
 
 HERE = Path(__file__).resolve().parent
 

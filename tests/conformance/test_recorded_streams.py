@@ -28,8 +28,8 @@ from backend.chat.protocol import (
     encode,
     heartbeat,
 )
-from backend.chat.protocol_check import check_body
 from tests.conformance.ai_sdk import assemble, violations
+from tests.protocol_check import check_body
 
 
 def sse(*items: Chunk | bytes) -> bytes:

@@ -29,8 +29,9 @@ from backend.devtools.report_worker import (
     write_report,
 )
 from tests.api.test_chat_stream import new_session
-from tests.chat.test_operations import REPORT, SECRET, settled, start_operation, tool_message, wait_for
+from tests.chat.test_operations import REPORT, SECRET, settled, start_operation, tool_message
 from tests.conftest import REDIS_URL, LiveServer
+from tests.helpers import wait_for
 from tests.redis_server import private_redis
 
 

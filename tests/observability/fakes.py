@@ -1,8 +1,9 @@
-"""Loopback stand-ins for Langfuse and PostHog that the real SDKs talk to over HTTP.
+"""Loopback stand-ins for Langfuse, PostHog and an OpenTelemetry collector that the real SDKs talk to over HTTP.
 
 `FakeLangfuse` serves prompt management (`GET /api/public/v2/prompts/{name}` with label/version resolution, the
 server's error shapes) and accepts OTLP trace exports (`POST /api/public/otel/v1/traces`, gzip + protobuf),
-decoding the spans. `FakePostHog` accepts `POST /batch/`. Both check credentials the way the real services do,
+decoding the spans. `FakePostHog` accepts `POST /batch/`. `FakeCollector` is a collector's OTLP/HTTP traces
+receiver (`POST /v1/traces`). The first two check credentials the way the real services do,
 record every request, and can be switched to failing (`down = True`: 503) to play an outage.
 """
 
@@ -20,11 +21,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 PROMPTS_PREFIX = "/api/public/v2/prompts/"
 TRACES_PATH = "/api/public/otel/v1/traces"
+COLLECTOR_TRACES_PATH = "/v1/traces"
 
 Reply = tuple[int, dict[str, str], bytes]
 
@@ -177,25 +182,45 @@ class FakeLangfuse(_LoopbackServer):
 
     def spans(self) -> list[Span]:
         """Every span exported so far, decoded."""
-        out = []
-        for rec in self.recorded(lambda r: r.method == "POST" and r.path == TRACES_PATH and r.status == 200):
-            request = ExportTraceServiceRequest.FromString(rec.body)
-            for resource_spans in request.resource_spans:
-                for scope_spans in resource_spans.scope_spans:
-                    for s in scope_spans.spans:
-                        out.append(
-                            Span(
-                                name=s.name,
-                                trace_id=s.trace_id.hex(),
-                                span_id=s.span_id.hex(),
-                                parent_span_id=s.parent_span_id.hex() or None,
-                                start_ns=s.start_time_unix_nano,
-                                end_ns=s.end_time_unix_nano,
-                                scope=scope_spans.scope.name,
-                                attributes={a.key: _value(a.value) for a in s.attributes},
-                            )
+        return _decoded(self.recorded(lambda r: r.method == "POST" and r.path == TRACES_PATH and r.status == 200))
+
+
+class FakeCollector(_LoopbackServer):
+    """An OpenTelemetry collector's OTLP/HTTP traces receiver (`POST /v1/traces`, protobuf, gzip or not)."""
+
+    def route(self, rec: Recorded) -> Reply:
+        if rec.method == "POST" and rec.path == COLLECTOR_TRACES_PATH:
+            ExportTraceServiceRequest.FromString(rec.body)  # a body that does not decode fails the export
+            return 200, {"content-type": "application/x-protobuf"}, ExportTraceServiceResponse().SerializeToString()
+        return _json(404, {"message": "not found"})
+
+    def spans(self) -> list[Span]:
+        return _decoded(self.recorded(lambda r: r.path == COLLECTOR_TRACES_PATH and r.status == 200))
+
+
+def _decoded(exports: list[Recorded]) -> list[Span]:
+    out = []
+    for rec in exports:
+        request = ExportTraceServiceRequest.FromString(rec.body)
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for s in scope_spans.spans:
+                    out.append(
+                        Span(
+                            name=s.name,
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_span_id=s.parent_span_id.hex() or None,
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
+                            scope=scope_spans.scope.name,
+                            attributes={a.key: _value(a.value) for a in s.attributes},
+                            resource=resource,
+                            error=s.status.code == s.status.STATUS_CODE_ERROR,
                         )
-        return out
+                    )
+    return out
 
 
 @dataclass
@@ -208,6 +233,8 @@ class Span:
     end_ns: int
     scope: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
+    error: bool = False
 
     @property
     def type(self) -> Any:

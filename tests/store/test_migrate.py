@@ -33,9 +33,9 @@ async def test_migrates_from_empty_then_repeat_is_a_no_op(empty_database: str) -
 
 async def test_pods_starting_together_apply_each_migration_once(empty_database: str) -> None:
     results = await asyncio.gather(*(upgrade_dsn(empty_database) for _ in range(6)))
-    counts = sorted(len(r) for r in results)
-    assert counts[-1] == len(load_migrations())
-    assert counts[:-1] == [0] * 5
+    # Each migration takes the lock in its own transaction, so the files may be shared out between the pods.
+    applied = sorted(m.version for r in results for m in r)
+    assert applied == [m.version for m in load_migrations()]
 
 
 async def test_a_migration_edited_after_it_ran_is_reported(empty_database: str) -> None:

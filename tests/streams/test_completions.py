@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -40,6 +39,7 @@ from backend.streams.completions import (
 from backend.streams.limits import StreamLimits
 from backend.streams.operations import OperationLocks, arguments_digest, lock_key_for
 from backend.streams.turns import TurnRegistry
+from tests.helpers import wait_for
 from tests.redis_server import private_redis_server, system_redis_server
 
 RECLAIM_IDLE = 0.2
@@ -83,16 +83,6 @@ async def background() -> AsyncIterator[Background]:
         task.cancel()
     async with asyncio.timeout(5):  # a consumer that ignores its cancellation would hang a pod's shutdown
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if await condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {within}s: {condition}")
-        await asyncio.sleep(0.02)
 
 
 async def pending_count(redis: Redis) -> int:

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +24,14 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat import protocol
-from backend.chat.protocol_check import check_body
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from backend.streams.active import ActiveTurns
 from backend.streams.turns import TurnRegistry, is_owners_entry, position_of
 from tests.conformance.ai_sdk import assemble
 from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, LiveServer, auth, free_port
+from tests.helpers import wait_for
+from tests.protocol_check import check_body
 from tests.sse import Frame, chunks, parse, text_of, types
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,16 +238,6 @@ async def stored(db: asyncpg.Connection, sid: str) -> list[tuple[str, str]]:
         "SELECT role, content FROM chat_messages WHERE session_id = $1 ORDER BY sequence", uuid.UUID(sid)
     )
     return [(r["role"], r["content"]) for r in rows]
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if await condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {within}s: {condition}")
-        await asyncio.sleep(0.05)
 
 
 async def replay(pod: Pod, task_id: str, **kwargs: Any) -> list[Frame]:

@@ -15,10 +15,9 @@ from redis.asyncio import Redis
 from backend import keys
 from backend.chat import protocol as p
 from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
-from backend.chat.protocol_check import check_sequence
 from backend.chat.recovery import LOST_OWNER_TEXT, LOST_TAIL_TEXT, closing_chunks, explain_lost_tail, reap
 from backend.chat.tokens import TokenCounter
-from backend.chat.turn import step_key
+from backend.chat.turn_state import step_key
 from backend.store.cache import SessionCache
 from backend.store.models import NewMessage
 from backend.store.postgres import ChatRepository, create_pool
@@ -26,6 +25,7 @@ from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.turns import TurnRegistry, TurnVanished, entry_id, is_owners_entry, position_of
 from tests.conftest import REDIS_URL
+from tests.protocol_check import check_sequence
 
 
 @pytest.fixture

@@ -195,3 +195,16 @@ def test_build_registry_rejects_a_clash_between_registries() -> None:
 def test_build_registry_reports_a_bad_spec() -> None:
     with pytest.raises(ValueError, match="not found"):
         build_registry(["tests.tools.no_such_module:registry"])
+
+
+def test_remove_takes_a_tool_out_and_refreshes_the_schemas() -> None:
+    registry = ToolRegistry([Echo("echo"), Echo("other")])
+    version = registry.version
+    assert len(registry.schemas()) == 2
+    registry.remove("echo")
+    registry.remove("missing")  # nothing to remove: no error
+    assert "echo" not in registry and registry.get("echo") is None
+    assert [s["function"]["name"] for s in registry.schemas()] == ["other"]
+    assert registry.version != version
+    registry.register(Echo("echo"))  # the name is free again
+    assert [s["function"]["name"] for s in registry.schemas()] == ["other", "echo"]

@@ -1,11 +1,11 @@
-"""The runner's port to per-user limits, and who pays for the model calls made in the current task.
+"""The turns' port to per-user limits, and who pays for the model calls made in the current task.
 
-`TurnAdmission` is what `TurnRunner` asks before a turn starts and tells when it has ended. The implementation
-(`streams/user_limits.py`) is plugged in by `runtime.py`, so the runner knows neither the limits nor their keys.
+`TurnQuota` is what `TurnAdmission` asks before a turn starts and `TurnDriver` tells when it has ended. The
+implementation (`streams/user_limits.py`) is plugged in by `runtime.py`, so neither knows the limits nor their keys.
 
 `billed_to` names the user that model calls are spent for. It is a context variable, so it follows a turn into the
-tasks the turn starts (background compactions) without any signature learning about billing: the runner sets it
-for a turn's task and around scheduling a session title, and the model client's usage hook reads it.
+tasks the turn starts (background compactions) without any signature learning about billing: the driver sets it
+for a turn's task and the admission around scheduling a session title, and the model client's usage hook reads it.
 """
 
 from __future__ import annotations
@@ -16,23 +16,13 @@ from contextlib import contextmanager
 from typing import Protocol
 
 
-class TurnAdmission(Protocol):
+class TurnQuota(Protocol):
     async def admit(self, user_id: str, turn_id: str, *, enforce: bool) -> None:
         """Take a slot for the turn. With `enforce`, raise `RateLimited` instead when one of the user's limits is
         reached; without it the turn is never refused (it still counts against the user's next turns)."""
 
     async def release(self, user_id: str, turn_id: str) -> None:
         """Give the turn's slot back once it has ended. Must never raise: it runs on every exit path of a turn."""
-
-
-class Unlimited:
-    """No limits (the default of a runner built without a port)."""
-
-    async def admit(self, user_id: str, turn_id: str, *, enforce: bool) -> None:
-        return None
-
-    async def release(self, user_id: str, turn_id: str) -> None:
-        return None
 
 
 _billed_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("copilot_billed_user", default=None)

@@ -1,0 +1,279 @@
+"""Letting turns in: a user message (idempotent per client message id), a continuation after a long-running
+operation, and the stop button, whichever pod runs the session's turn.
+
+`submit` claims the session's active turn (the Redis pointer first, then Postgres in the message's own transaction:
+see `session_admission.py`), stores the user message and hands the turn to the driver; the request that asked only
+follows it. A message that finds the session busy gets the double-texting policy (`reject`, `interrupt`,
+`enqueue`). Waiting for a session to be free is one helper, `_until_free`, which closes the running turn itself
+when its owner is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.exceptions import RedisError
+
+from backend.chat.local_turns import LocalTurns
+from backend.chat.quota import TurnQuota, billed_to
+from backend.chat.session_admission import SessionAdmission
+from backend.chat.title import TitleWriter
+from backend.chat.tokens import TokenCounter
+from backend.chat.turn_driver import TurnDriver
+from backend.chat.turn_state import TurnRequest, UserMessage
+from backend.chat.turn_supervisor import TurnSupervisor
+from backend.errors import Conflict
+from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
+from backend.store.operations import Operation
+from backend.store.sessions import SessionStore
+from backend.streams.turns import TurnRegistry, TurnStatus
+
+_TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
+_STOP_WAIT_SECONDS = 3.0
+
+DoubleTexting = Literal["reject", "interrupt", "enqueue"]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    turn_id: str
+    user_sequence: int | None
+    """Sequence of the stored user message (None when the request repeated one whose turn is known)."""
+    repeated: bool
+
+
+class TurnAdmission:
+    def __init__(
+        self,
+        local: LocalTurns,
+        driver: TurnDriver,
+        supervisor: TurnSupervisor,
+        *,
+        store: SessionStore,
+        registry: TurnRegistry,
+        active: SessionAdmission,
+        quota: TurnQuota,
+        titles: TitleWriter,
+        counter: TokenCounter,
+        turn_max_seconds: float,
+        double_texting: DoubleTexting = "reject",
+    ) -> None:
+        self._local = local
+        self._driver = driver
+        self._supervisor = supervisor
+        self._store = store
+        self._registry = registry
+        self._active = active
+        self._quota = quota
+        self._titles = titles
+        self._counter = counter
+        self._turn_max_seconds = turn_max_seconds
+        self._double_texting = double_texting
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        """This pod is shutting down: no new turn may start here (the running ones may still end on their own)."""
+        return self._draining
+
+    def refuse_new_turns(self) -> None:
+        """From now on `draining` is true (the routes refuse new turns)."""
+        self._draining = True
+
+    async def submit(
+        self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool, limited: bool = True
+    ) -> Submitted:
+        """Start a turn for `message`, or find the one a resend of it started. `limited`: the user's limits may
+        refuse it (`RateLimited`, nothing stored); a resend never takes a second slot."""
+        turn_id = turn_id_for(session.id, message.client_message_id)
+        earlier = await self._registry.info(turn_id)
+        if earlier is not None and earlier.status != "failed":
+            return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
+        # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
+        # its stream opened afresh; the message is not stored again, and if the failed turn stored part of a reply,
+        # the check below refuses it (409) like any message already answered.
+        active = self._active
+        while True:
+            while not await active.claim_fast(session.id, turn_id):
+                current = await active.current(session.id)
+                if current == turn_id:
+                    return Submitted(turn_id, None, repeated=True)
+                if current is None:
+                    continue  # released between our claim and our read: try again
+                await self._make_way(session.id, current)
+            try:
+                # After a resend was recognised (it takes no second slot), before anything is stored.
+                await self._quota.admit(user_id, turn_id, enforce=limited)
+            except BaseException:
+                await active.drop_fast(session.id, turn_id)
+                raise
+            try:
+                stored = await self._store.append(
+                    session.id,
+                    [
+                        NewMessage(
+                            "user",
+                            message.text,
+                            client_message_id=message.client_message_id,
+                            token_count=self._counter.count_message({"role": "user", "content": message.text}),
+                        )
+                    ],
+                    claim=active.claim(turn_id),
+                )
+            except ActiveTurnHeld as held:
+                # Redis had forgotten the running turn (flushed, or restarted without its data); Postgres had not.
+                await active.drop_fast(session.id, turn_id)
+                if held.turn_id == turn_id:
+                    return Submitted(turn_id, None, repeated=True)  # its slot is that running turn's
+                await self._quota.release(user_id, turn_id)
+                if await self._ended(held.turn_id):
+                    # It ended while Postgres was down, so it could not free the session: do it for it.
+                    await active.release_anchor(session.id, held.turn_id)
+                    continue
+                await self._make_way(session.id, held.turn_id)
+                continue
+            except BaseException:
+                await self._quota.release(user_id, turn_id)
+                await active.drop_fast(session.id, turn_id)
+                raise
+            break
+        try:
+            user = stored.messages[0]
+            # A message stored before whose turn is unknown (expired, or its pod died before starting it) is
+            # answered now only if nothing answered it yet.
+            latest = stored.session or await self._store.get(session.id, user_id)
+            if stored.duplicates and user.sequence != latest.message_count:
+                raise Conflict("this message was already answered", message_id=str(user.id))
+            await self._registry.create(turn_id, str(session.id), user_id)
+        except BaseException:
+            await self._quota.release(user_id, turn_id)
+            await active.release(session.id, turn_id)
+            raise
+        request = TurnRequest(
+            turn_id=turn_id,
+            session_id=session.id,
+            user_id=user_id,
+            is_authenticated=is_authenticated,
+            page_context=message.page_context,
+            session=session,
+        )
+        self._driver.start(request, message.text)
+        if session.title is None and user.sequence == 1:
+            with billed_to(user_id):  # the title task inherits who pays for its model call
+                self._titles.schedule(session.id, user_id, message.text)
+        return Submitted(turn_id, user.sequence, repeated=False)
+
+    async def cancel(self, session_id: uuid.UUID) -> str | None:
+        """Stop the session's running turn from any pod; returns its task id once it has ended (None if idle)."""
+        turn_id = await self._active.current(session_id)
+        if turn_id is None:
+            return None
+        if not self._local.stop(turn_id):
+            await self._registry.request_cancel(turn_id)  # its owner polls for this
+        # The owner frees the session last (after storing the partial reply and writing the end): once it has, a new
+        # message is accepted at once.
+        await self._until_free(session_id, turn_id, within=_STOP_WAIT_SECONDS)
+        return turn_id
+
+    async def continue_operation(self, op: Operation) -> None:
+        """Go on with the conversation after a long-running operation finished: a turn without a new user message,
+        on the operation's task stream, once the session is free. Idempotent (the turn id is the task id)."""
+        info = await self._registry.info(op.task_id)
+        if self._driver.runs(op.task_id) or (info is not None and info.status != "running"):
+            return
+        deadline = asyncio.get_running_loop().time() + self._longest_wait()
+        while (current := await self._claim_for(op)) is not None:
+            if current == op.task_id:
+                return  # another pod is running it
+            if not await self._until_free(op.session_id, current, within=deadline - asyncio.get_running_loop().time()):
+                raise TimeoutError(f"session {op.session_id} stayed busy; the continuation is retried later")
+        # Read again: another pod (one that took this completion over while we waited) may have run and ended the
+        # continuation in the meantime; it ends the stream before it frees the session.
+        try:
+            info = await self._registry.info(op.task_id)
+            if info is not None and info.status != "running":
+                await self._active.release(op.session_id, op.task_id)
+                return
+            if info is None:  # the task stream expired while the operation ran (or Redis lost it)
+                await self._registry.create(op.task_id, str(op.session_id), op.user_id)
+            else:
+                await self._registry.adopt(op.task_id)
+        except BaseException:
+            await self._active.release(op.session_id, op.task_id)
+            raise
+        note = (
+            f'<operation_finished tool="{op.tool_name}" operation_id="{op.operation_id}">The long-running operation '
+            "has finished; its result is now in the tool message above. Tell the user what came of it."
+            "</operation_finished>"
+        )
+        request = TurnRequest(
+            turn_id=op.task_id, session_id=op.session_id, user_id=op.user_id, is_authenticated=True, note=note
+        )
+        # Never refused: the operation's result is stored already and must be told; the turn still holds a slot.
+        await self._quota.admit(op.user_id, op.task_id, enforce=False)
+        self._driver.start(request, "")
+
+    async def active_task(self, session_id: uuid.UUID) -> tuple[str, TurnStatus] | None:
+        """The session's running turn (task id and status), if any."""
+        turn_id = await self._active.current_fast(session_id)
+        if turn_id is None:
+            return None
+        info = await self._registry.info(turn_id)
+        return (turn_id, info.status) if info is not None else None
+
+    async def _make_way(self, session_id: uuid.UUID, current: str) -> None:
+        """Apply the double-texting policy to the session's running turn `current`."""
+        if self._double_texting == "reject":
+            raise Conflict("a reply is still being generated in this session", active_task_id=current)
+        if self._double_texting == "interrupt":
+            await self.cancel(session_id)
+            return
+        # enqueue: wait for the running turn to end (its lease bounds the wait if its pod dies)
+        if not await self._until_free(session_id, current, within=self._longest_wait()):
+            raise Conflict("the previous reply did not finish in time", active_task_id=current)
+
+    async def _until_free(self, session_id: uuid.UUID, turn_id: str, *, within: float) -> bool:
+        """Wait until `turn_id` no longer holds the session, closing it meanwhile if its owner is gone; False if it
+        still holds it after `within` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while await self._active.current(session_id) == turn_id:
+            if loop.time() > deadline:
+                return False
+            await self._supervisor.reap_if_owner_gone(turn_id, session_id)
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _claim_for(self, op: Operation) -> str | None:
+        """Claim the session for the operation's continuation: None when claimed, else the turn holding it."""
+        while not await self._active.claim_fast(op.session_id, op.task_id):
+            current = await self._active.current(op.session_id)
+            if current is not None:
+                return current
+            # released between our claim and our read: try again
+        holder = await self._active.claim_anchor(op.session_id, op.task_id)
+        if holder is not None:
+            await self._active.drop_fast(op.session_id, op.task_id)  # Redis had forgotten `holder`
+        return holder
+
+    def _longest_wait(self) -> float:
+        """How long the running turn may take to end: its duration cap, or its lease twice over if its pod died."""
+        return self._turn_max_seconds + self._registry.lease_seconds * 2
+
+    async def _ended(self, turn_id: str) -> bool:
+        """Whether the turn is known to have ended (its stream's status says so); False when unknown."""
+        try:
+            info = await self._registry.info(turn_id)
+        except RedisError:
+            return False
+        return info is not None and info.status != "running"
+
+
+def turn_id_for(session_id: uuid.UUID, client_message_id: str | None) -> str:
+    """Same session and client message id, same turn: a resend finds the turn instead of starting another."""
+    if client_message_id is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_TURN_NAMESPACE, f"{session_id}:{client_message_id}"))

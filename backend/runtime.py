@@ -20,21 +20,21 @@ from redis.asyncio import Redis
 from backend.auth import Authenticator
 from backend.cancellation import check_cancelled
 from backend.chat.compaction import Compactor
-from backend.chat.context import ContextBudget
+from backend.chat.context_budget import ContextBudget
+from backend.chat.context_window import Calibration, ContextPolicy
+from backend.chat.langfuse_prompts import PromptSource
 from backend.chat.llm import CallObserver, LLMClient, RetryPolicy, Usage
 from backend.chat.local_turns import LocalTurns
-from backend.chat.operations import OperationRunner
-from backend.chat.prompt import default_prompt
-from backend.chat.prompt_source import PromptSource
+from backend.chat.operation_runner import OperationRunner
 from backend.chat.quota import billed_user
 from backend.chat.session_admission import SessionAdmission
+from backend.chat.system_prompt import default_prompt
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import TurnLimits, TurnServices
 from backend.chat.turn_supervisor import TurnSupervisor
-from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.errors import ConfigurationError
 from backend.observability.instruments import SAMPLE_SECONDS, BacklogSampler, Instruments, watch_loop_lag
@@ -53,7 +53,7 @@ from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer, backlog
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import OperationLocks
+from backend.streams.operation_locks import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
 from backend.tools.mcp.source import McpToolSource, open_mcp_tools

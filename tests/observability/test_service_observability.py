@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from backend.chat.prompt import default_prompt
+from backend.chat.system_prompt import default_prompt
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from tests.api.test_chat_stream import ALICE, new_session, send, turn_calls, wait_idle

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import jwt
 import orjson
 import pytest
-import uvicorn
+from fastapi import FastAPI
 from pydantic import AliasChoices, SecretStr
 from redis.asyncio import Redis
 
@@ -24,6 +23,7 @@ from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 from backend.store.postgres import create_pool
+from tests.helpers import InProcessServer
 
 # Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, OTEL_*, ...)
 # must not reach the tests' settings, the SDKs that read them on their own, or the servers tests spawn: they would send
@@ -148,36 +148,14 @@ def auth(user_id: str, **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class LiveServer:
-    """The app served by uvicorn on a free loopback port, in the test's event loop."""
+class LiveServer(InProcessServer):
+    """The app built from `settings` (with the dev tools as fallbacks), served by uvicorn on a free loopback port,
+    in the test's event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, dev_fallbacks())
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(create_app(settings, dev_fallbacks()))
 
-    async def __aenter__(self) -> LiveServer:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._task:
-            await self._task
+    app: FastAPI
 
 
 @pytest.fixture

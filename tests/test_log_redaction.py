@@ -12,13 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -27,7 +25,8 @@ from backend.config import Settings
 from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.log_redaction import REDACTED, RedactSecrets, install_redaction, redact
-from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, free_port, make_token
+from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, make_token
+from tests.helpers import InProcessServer, free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,23 +166,10 @@ def serve_process(migrated_database: str, mock_llm: MockLLMServer, tmp_path: Pat
                 process.wait()
 
 
-async def _wait_ready(port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"server did not start:\n{await asyncio.to_thread(log_path.read_text)}")
-
-
 @pytest.mark.slow
 async def test_copilot_serve_logs_no_token(serve_process: tuple[int, Path]) -> None:
     port, log_path = serve_process
-    await _wait_ready(port, log_path)
+    await wait_until_ready(f"http://127.0.0.1:{port}", log_path)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         token = make_token("alice")
         r = await client.post("/api/chat/sessions", json={}, headers={"Authorization": f"Bearer {token}"})
@@ -222,20 +208,9 @@ def pristine_uvicorn_loggers() -> Iterator[None]:
 @pytest.fixture
 async def uvicorn_in_process(settings: Settings, pristine_uvicorn_loggers: None) -> AsyncIterator[int]:
     """The app under uvicorn's own default logging config at INFO, as `uvicorn --factory` would run it."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, dev_fallbacks()), host="127.0.0.1", port=port, log_level="info", access_log=True
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "server did not start"
-        await asyncio.sleep(0.01)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        await task
+    app = create_app(settings, dev_fallbacks())
+    async with InProcessServer(app, log_level="info", access_log=True, lifespan="auto") as server:
+        yield server.port
 
 
 async def test_the_app_masks_tokens_in_uvicorn_logs_whoever_configured_logging(uvicorn_in_process: int) -> None:

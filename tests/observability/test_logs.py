@@ -26,7 +26,8 @@ import pytest
 from backend.devtools.mock_llm import MockLLMServer
 from backend.log_redaction import REDACTED, RedactSecrets
 from backend.observability.logs import JsonFormatter, LogContext, TextFormatter, bind, request_scope
-from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, free_port, make_token
+from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, make_token
+from tests.helpers import free_port, wait_until_ready
 from tests.sse import read_stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,19 +155,6 @@ def production_serve(migrated_database: str, mock_llm: MockLLMServer, tmp_path: 
             process.wait()
 
 
-async def _ready(port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"server did not start:\n{await asyncio.to_thread(log_path.read_text)}")
-
-
 async def _lines(log_path: Path, until: str, seconds: float = 10) -> list[dict[str, Any]]:
     """Every line of the log parsed as JSON, once a line holds `until`."""
     deadline = time.monotonic() + seconds
@@ -183,7 +171,7 @@ async def test_copilot_serve_in_production_logs_json_lines_that_follow_a_request
     production_serve: tuple[int, Path],
 ) -> None:
     port, log_path = production_serve
-    await _ready(port, log_path)
+    await wait_until_ready(f"http://127.0.0.1:{port}", log_path)
     headers = {"Authorization": f"Bearer {make_token('alice')}"}
     secret_words = "purple elephant umbrella"
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

@@ -15,7 +15,8 @@ from backend.chat.system_prompt import default_prompt
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from tests.api.test_chat_stream import ALICE, new_session, send, turn_calls, wait_idle
-from tests.conftest import LiveServer, auth, free_port
+from tests.conftest import LiveServer, auth
+from tests.helpers import free_port
 from tests.observability.fakes import FakeLangfuse, FakePostHog
 from tests.sse import text_of
 

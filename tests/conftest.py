@@ -139,6 +139,21 @@ def settings(db: asyncpg.Connection, redis: Redis) -> Settings:
     )
 
 
+def serve_env(llm: MockLLMServer, **extra: str) -> dict[str, str]:
+    """The environment of a `copilot serve` process on the test database and Redis, answered by the mock model."""
+    return {
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": REDIS_URL,
+        "COPILOT_JWT_SECRET": JWT_SECRET,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "test",
+        "COPILOT_MODEL": "mock-model",
+        "COPILOT_LOG_LEVEL": "INFO",
+        "COPILOT_DB_POOL_MIN_SIZE": "1",
+        **extra,
+    }
+
+
 def make_token(user_id: str, *, secret: str = JWT_SECRET, ttl: int = 3600, **claims: Any) -> str:
     now = int(time.time())
     return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl, **claims}, secret, algorithm="HS256")

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 import uvicorn
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15, every: float = 0.02) -> None:
@@ -88,3 +95,34 @@ async def wait_until_ready(
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError(f"the server did not start:\n{await asyncio.to_thread(log_path.read_text)}")
+
+
+@contextmanager
+def copilot_serve(env: Mapping[str, str], log_path: Path) -> Iterator[int]:
+    """`copilot serve` in a process of its own on a free port, with `env` (plus `PATH`, `HOME` and the checkout on
+    `PYTHONPATH`), run from `log_path`'s folder so no stray `.env` is read, its output in `log_path`; interrupted as
+    by Ctrl-C at the end (killed if it is not gone after 30 s). Yields the port; see `wait_until_ready`."""
+    port = free_port()
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", str(log_path.parent)),
+        "PYTHONPATH": str(ROOT),
+        **env,
+    }
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
+            cwd=log_path.parent,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

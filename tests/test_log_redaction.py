@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,11 +22,8 @@ from backend.config import Settings
 from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.log_redaction import REDACTED, RedactSecrets, install_redaction, redact
-from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, make_token
-from tests.helpers import InProcessServer, free_port, wait_until_ready
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.conftest import make_token, serve_env
+from tests.helpers import InProcessServer, copilot_serve, wait_until_ready
 
 # --- the rules ------------------------------------------------------------------------------------------------
 
@@ -133,37 +127,9 @@ def _assert_no_token(log: str, tokens: list[str]) -> None:
 @pytest.fixture
 def serve_process(migrated_database: str, mock_llm: MockLLMServer, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """`copilot serve` on a free port (INFO logs, production auth, the mock model); its output goes to a file."""
-    port, log_path = free_port(), tmp_path / "serve.log"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
-        "COPILOT_JWT_SECRET": JWT_SECRET,
-        "OPENAI_BASE_URL": mock_llm.base_url,
-        "OPENAI_API_KEY": "test",
-        "COPILOT_MODEL": "mock-model",
-        "COPILOT_LOG_LEVEL": "INFO",
-        "COPILOT_DB_POOL_MIN_SIZE": "1",
-    }
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
-            cwd=tmp_path,  # no stray .env is read
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield port, log_path
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    log_path = tmp_path / "serve.log"
+    with copilot_serve(serve_env(mock_llm), log_path) as port:
+        yield port, log_path
 
 
 @pytest.mark.slow

@@ -247,6 +247,7 @@ async def open_runtime(
             policy=ContextPolicy(budget, Calibration()),
             compactor=compactor,
             operations=operations,
+            prices=settings.model_prices,
         )
         observability = await open_observability(settings, stack, instruments)
         prompts = PromptSource(

@@ -47,6 +47,9 @@ async def test_reasoning_streams_as_reasoning_parts_and_is_stored(
     assert text_of(body) == "It is 42"
     [row] = await assistant_rows(db, sid)
     assert (row["content"], row["reasoning"], row["model"]) == ("It is 42", "Six times seven is 42", "mock-model")
+    detail = (await client.get(f"/api/chat/sessions/{sid}", headers=ALICE)).json()
+    assert detail["messages"][-1]["reasoning"] == "Six times seven is 42"
+    assert detail["messages"][-1]["usage"]["completion_tokens"] > 0
 
 
 async def test_reasoning_is_not_sent_back_to_the_model(

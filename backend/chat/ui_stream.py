@@ -50,7 +50,8 @@ class UIStreamTranslator:
             case ev.TextDelta(text=text):
                 if not text:
                     return []
-                out: list[p.Chunk] = self._end_reasoning()
+                # The per-token path: a reasoning part to end is rare, so it costs one check.
+                out: list[p.Chunk] = [] if self._reasoning_id is None else self._end_reasoning()
                 if self._text_id is None:
                     self._text_id = f"text-{next(self._text_ids)}"
                     out.append(p.TextStart(id=self._text_id))

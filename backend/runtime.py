@@ -339,6 +339,7 @@ def _turn_services(
         policy=ContextPolicy(budget, Calibration()),
         compactor=helpers.compactor,
         operations=operations,
+        prices=settings.model_prices,
     )
 
 

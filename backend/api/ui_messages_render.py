@@ -4,8 +4,8 @@ A reply is what the stream assembles into one assistant `UIMessage`: every assis
 a user message, each stored step (one model call) opening with a `step-start` part, then its text, then one
 `tool-<name>` part per call in its final state (`output-available`, `output-error`, or `input-available` when no
 result was stored). A reply's id is the stream's `messageId` (`msg-<task id>`) when its user message came with a
-client message id, so a client sees the same id live and from history. The engine stores no reasoning, so there are
-no reasoning parts.
+client message id, so a client sees the same id live and from history. A step's stored reasoning comes first, as a
+`reasoning` part, as it streamed before the step's text.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ class _Part(BaseModel):
 
 class TextPart(_Part):
     type: Literal["text"] = "text"
+    text: str
+    state: Literal["done"] = "done"
+
+
+class ReasoningPart(_Part):
+    type: Literal["reasoning"] = "reasoning"
     text: str
     state: Literal["done"] = "done"
 
@@ -61,7 +67,7 @@ class ToolFailed(_Part):
     error_text: str
 
 
-UIPart = TextPart | StepStartPart | ToolCalled | ToolAnswered | ToolFailed
+UIPart = TextPart | ReasoningPart | StepStartPart | ToolCalled | ToolAnswered | ToolFailed
 
 
 class UIMessage(_Part):
@@ -104,6 +110,8 @@ def ui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage],
 
 def _step(message: ChatMessage) -> list[UIPart]:
     parts: list[UIPart] = [StepStartPart()]
+    if message.reasoning:
+        parts.append(ReasoningPart(text=message.reasoning))
     text = (message.content or message.refusal or "").removesuffix(INTERRUPTED_MARK).rstrip()
     if text:
         parts.append(TextPart(text=text))

@@ -14,11 +14,13 @@ from typing import Any, Literal
 from uuid import UUID
 
 from backend.chat.compaction import Compactor
+from backend.chat.context_window import ContextPolicy, ContextWindow
 from backend.chat.llm import Completed, LLMClient, ToolCall
-from backend.chat.operations import OperationRunner, Started
-from backend.chat.prompt import SystemPrompt
+from backend.chat.operation_runner import OperationRunner, Started
+from backend.chat.system_prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter
-from backend.chat.window import ContextPolicy, ContextWindow
+from backend.chat.usage import TurnUsage
+from backend.config import ModelPrice
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
 from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore
@@ -80,6 +82,8 @@ class TurnServices:
     """Summarises the history when the prompt outgrows the budget; None: the history is only trimmed."""
     operations: OperationRunner | None = None
     """Runs long-running tools in the background; None: they run inline like any tool."""
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """USD per million tokens per model (`COPILOT_MODEL_PRICES`): the turn's cost in its `finish` metadata."""
 
 
 class TurnFailure(Exception):
@@ -111,6 +115,8 @@ class Step:
     """The prompt of the model call."""
     estimated_tokens: int = 0
     text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    """What the model streamed as reasoning: stored with the assistant message, never sent back to the model."""
     completed: Completed | None = None
     outcomes: dict[str, ToolOutcome] = field(default_factory=dict)
     """Results of the step's tool calls that finished (call id → outcome)."""
@@ -122,6 +128,10 @@ class Step:
     @property
     def content(self) -> str:
         return "".join(self.text)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return "".join(self.reasoning) if self.reasoning else None
 
     @property
     def calls(self) -> Sequence[ToolCall]:
@@ -152,6 +162,8 @@ class TurnState:
     json_retries: int = 0
     squeeze: float = 1.0
     """Share of the budget the prompt may use: halved once when the provider says the prompt is too long."""
+    usage: TurnUsage = field(default_factory=TurnUsage)
+    """What the turn's model calls used so far (the `finish` chunk's metadata)."""
 
     @classmethod
     async def open(

@@ -20,6 +20,8 @@ TURNS = [
     '[[mock:tool name=calculate args={"expression": "1/0"}]]',
     # plain text, with Markdown and a quote character
     '[[mock:text content="**Done**: it \\"works\\"."]]',
+    # reasoning, then the answer
+    '[[mock:reasoning content="Six sevens make 42"]] [[mock:text content="It is 42"]]',
 ]
 
 
@@ -51,6 +53,7 @@ async def test_history_is_valid_and_equals_what_the_stream_assembled(
         assert stored == streamed
     kinds = [[p["type"] for p in m["parts"]] for m in history[1::2]]
     assert kinds[0] == ["step-start", "tool-calculate", "tool-get_current_time", "step-start", "text"]
+    assert kinds[3] == ["step-start", "reasoning", "text"]
     failed = history[3]["parts"][1]
     assert failed["state"] == "output-error" and failed["errorText"]
 

@@ -15,7 +15,8 @@ import pytest
 
 from backend.dependencies_wait import wait_for_postgres
 from backend.errors import ConfigurationError
-from tests.conftest import DATABASE_URL, free_port
+from tests.conftest import DATABASE_URL
+from tests.helpers import free_port
 
 
 @contextlib.asynccontextmanager

@@ -33,6 +33,8 @@ class TextPart(_Part):
 
 class ReasoningPart(_Part):
     type: Literal["reasoning"] = "reasoning"
+    id: str
+    """`reasoning-<n>`, the n-th reasoning part of the reply (from 0), as the stream numbered it."""
     text: str
     state: Literal["done"] = "done"
 
@@ -96,7 +98,7 @@ def ui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage],
             if reply is None:
                 reply = UIMessage(id=named or f"msg-{message.id}", role="assistant", parts=[])
                 out.append(reply)
-            for part in _step(message):
+            for part in _step(message, sum(isinstance(p, ReasoningPart) for p in reply.parts)):
                 if isinstance(part, ToolCalled):
                     calls[part.tool_call_id] = (reply.parts, len(reply.parts))
                 reply.parts.append(part)
@@ -108,10 +110,10 @@ def ui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage],
     return out
 
 
-def _step(message: ChatMessage) -> list[UIPart]:
+def _step(message: ChatMessage, reasoning_parts_before: int) -> list[UIPart]:
     parts: list[UIPart] = [StepStartPart()]
     if message.reasoning:
-        parts.append(ReasoningPart(text=message.reasoning))
+        parts.append(ReasoningPart(id=f"reasoning-{reasoning_parts_before}", text=message.reasoning))
     text = (message.content or message.refusal or "").removesuffix(INTERRUPTED_MARK).rstrip()
     if text:
         parts.append(TextPart(text=text))

@@ -82,7 +82,7 @@ _REPORT = re.compile(
     re.I,
 )
 _MARKDOWN = re.compile(r"\bmarkdown\b|\bformatting\b", re.I)
-_GREETING = re.compile(r"^\s*(?:hi|hello|hey|help)\b|\bwhat can you do\b", re.I)
+_GREETING = re.compile(r"^\s*(?:hi|hello|hey|help)[\s!.?]*$|\bwhat can you do\b", re.I)
 _OPERATION_STARTED = ("operation_started", "operation_pending", "operation_in_progress")
 _OPERATION_NOTE = re.compile(r'^<operation_finished tool="(?P<tool>[^"]+)"')
 

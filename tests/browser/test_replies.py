@@ -190,7 +190,7 @@ async def test_long_running_operation_completes_after_a_reload(
 
     await expect(page.locator(".tool")).to_have_attribute("data-state", "done")
     # The continuation (the model telling what came of it) streams in, then joins the stored reply.
-    await expect(page.locator(".message.assistant .text").last).to_contain_text("operation_finished")
+    await expect(page.locator(".message.assistant .text").last).to_contain_text("Your report is ready")
     await wait_turn_end(page)
     await expect(page.locator(".message.assistant")).to_have_count(1)
     await page.locator(".tool summary").click()

@@ -106,3 +106,10 @@ def test_what_counts_as_arithmetic() -> None:
     assert arithmetic_in("I have 3 cats") is None
     assert arithmetic_in("version 1.2.3") is None
     assert title_for("") == "New chat"
+
+
+@pytest.mark.parametrize(("message", "greeted"), [("hi", True), ("Hello!", True), ("Hi from the host app", False)])
+async def test_only_a_bare_greeting_gets_the_greeting(sdk: openai.AsyncOpenAI, message: str, greeted: bool) -> None:
+    text = text_of(await ask(sdk, user(message), TOOLS))
+    assert text.startswith("Hi! I'm the copilot-chat demo model") is greeted
+    assert (f'You said: "{message}"' in text) is not greeted

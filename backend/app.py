@@ -11,7 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.api import admin, chat, docs, health, info, metrics, operations, panel, sessions, transcript, ws
+from backend.api import (
+    admin,
+    chat,
+    docs,
+    health,
+    info,
+    mcp_servers,
+    metrics,
+    operations,
+    panel,
+    sessions,
+    transcript,
+    ws,
+)
 from backend.api.limits import BodyLimit, HeaderLimit
 from backend.api.observe import ObserveRequests
 from backend.config import Settings, startup_warnings
@@ -51,6 +64,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.add_middleware(ObserveRequests, metrics=instruments.metrics, tracing=instruments.tracing)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(mcp_servers.router)
     app.include_router(transcript.router)
     app.include_router(info.router)
     app.include_router(chat.router)

@@ -42,6 +42,7 @@ from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.active_turns import ActiveTurnStore
 from backend.store.cache import SessionCache
+from backend.store.mcp_servers import SessionMcpServerStore
 from backend.store.migrate import upgrade_dsn
 from backend.store.operations import OperationStore
 from backend.store.pending import PendingWrites
@@ -54,7 +55,10 @@ from backend.streams.limits import StreamLimits
 from backend.streams.operations import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.sealed_headers import HeaderSealer
+from backend.tools.mcp.session_servers import SessionMcpServers
 from backend.tools.mcp.source import McpToolSource, open_mcp_tools
+from backend.tools.mcp.url_policy import UrlPolicy
 from backend.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger("copilot.runtime")
@@ -84,6 +88,8 @@ class Runtime:
     limits: UserLimits
     mcp: McpToolSource
     """The MCP servers whose tools are in `tools`, with their connection states."""
+    session_mcp: SessionMcpServers
+    """The MCP servers sessions' owners added, and this pod's connections to them."""
     instruments: Instruments = field(default_factory=Instruments.off)
     stop_consuming: Callable[[], Awaitable[None]] = field(default=_nothing_to_stop)
     """Stops this pod's completion consumer (other pods take the completions)."""
@@ -188,6 +194,19 @@ async def open_runtime(
                 startup_wait_seconds=settings.mcp_startup_wait_seconds,
             )
         )
+        session_mcp = SessionMcpServers(
+            SessionMcpServerStore(pool),
+            HeaderSealer(settings.mcp_headers_key.get_secret_value()) if settings.mcp_headers_key else None,
+            UrlPolicy(settings.mcp_allowed_hosts, settings.mcp_allowed_networks),
+            tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
+            connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
+            tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
+            reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
+            idle_seconds=settings.mcp_session_idle_seconds,
+            max_servers=settings.mcp_session_servers_max,
+        )
+        session_mcp.start()
+        stack.push_async_callback(session_mcp.close)
         registry = TurnRegistry(
             redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
         )
@@ -247,6 +266,7 @@ async def open_runtime(
             policy=ContextPolicy(budget, Calibration()),
             compactor=compactor,
             operations=operations,
+            session_tools=session_mcp if session_mcp.enabled else None,
         )
         observability = await open_observability(settings, stack, instruments)
         prompts = PromptSource(
@@ -336,6 +356,7 @@ async def open_runtime(
             operations=operations,
             limits=limits,
             mcp=mcp,
+            session_mcp=session_mcp,
             instruments=instruments,
             stop_consuming=lambda: _stop(consuming),
         )

@@ -12,7 +12,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend"
 
 BASE = ("config", "mcp_config", "errors", "keys", "redis_client", "cancellation", "auth", "webhooks")
 DEV = ("backend.devtools", "backend.embedded")
-ROUTES = ("admin", "chat", "docs", "health", "info", "metrics", "operations", "panel", "sessions", "transcript", "ws")
+ROUTES = (
+    "admin",
+    "chat",
+    "docs",
+    "health",
+    "info",
+    "mcp_servers",
+    "metrics",
+    "operations",
+    "panel",
+    "sessions",
+    "transcript",
+    "ws",
+)
 TURN_MACHINERY = ("backend.chat.turn_admission", "backend.chat.turn_driver", "backend.chat.turn_supervisor")
 
 # (importing part, imported part, why)

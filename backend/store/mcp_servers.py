@@ -34,6 +34,11 @@ class SessionMcpServerStore:
         cannot both pass the cap."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM chat_sessions WHERE id = $1 FOR UPDATE", session_id)
+            taken = await conn.fetchval(
+                "SELECT 1 FROM chat_session_mcp_servers WHERE session_id = $1 AND name = $2", session_id, name
+            )
+            if taken:
+                return "taken"
             count = await conn.fetchval(
                 "SELECT count(*) FROM chat_session_mcp_servers WHERE session_id = $1", session_id
             )

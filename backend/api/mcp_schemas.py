@@ -15,6 +15,9 @@ ServerName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,32}$")]
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,4096}")
+_RESERVED = {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "cookie"}
+"""Headers the client sets itself, or that would send the request elsewhere than its URL (`Host`, through a shared
+proxy) or carry a browser's session (`Cookie`); and the MCP transport's own (`mcp-*`)."""
 
 
 class McpServerCreate(BaseModel):
@@ -32,6 +35,8 @@ class McpServerCreate(BaseModel):
         for name, value in headers.items():
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
+            if name.lower() in _RESERVED or name.lower().startswith(("mcp-", "proxy-")):
+                raise ValueError(f"header {name!r} cannot be set: the service sets it or it is not allowed")
             if not _HEADER_VALUE.fullmatch(value):
                 raise ValueError(f"header {name!r}: the value has a control character or passes 4096 characters")
         return headers

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from mcp import types as mcp_types
 
 from backend.mcp_config import HttpServer
@@ -130,7 +131,13 @@ class SessionMcpServers:
         """The tools of `session_id`'s own servers, connecting to those this pod has no connection to yet."""
         if not self.enabled:
             return ()
-        servers = await self._store.list(session_id)
+        try:
+            servers = await self._store.list(session_id)
+        except (asyncpg.PostgresError, OSError) as exc:
+            # The turn goes on with the servers this pod already holds for the session (if any): no new one is
+            # opened, none is dropped, until the list can be read again.
+            log.warning("MCP servers of session %s not read (%s): the open connections are used", session_id, exc)
+            return [t for key, o in self._open.items() if key[0] == session_id for t in o.tools]
         keys = {_key(s): s for s in servers}
         gone = [key for key in self._open if key[0] == session_id and key not in keys]
         await asyncio.gather(*(self._open.pop(key).connection.close() for key in gone))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
@@ -16,7 +17,10 @@ from pydantic import SecretStr
 
 from backend.config import Settings
 from backend.runtime import Runtime
+from backend.store.mcp_servers import SessionMcpServer
 from backend.tools.mcp.sealed_headers import HeaderSealer
+from backend.tools.mcp.session_servers import SessionMcpServers
+from backend.tools.mcp.url_policy import UrlPolicy
 from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session
 from tests.conftest import LiveServer, auth
 from tests.sse import read_stream
@@ -174,6 +178,8 @@ async def test_bad_input_gets_a_clear_error(chat_settings: Settings, http_mcp: H
             {"name": "x", "url": http_mcp.url, "headers": {"Bad Header": "v"}},
             {"name": "x", "url": http_mcp.url, "headers": {"X-Token": "a\r\nInjected: 1"}},
             {"name": "x", "url": http_mcp.url, "extra": 1},
+            {"name": "x", "url": http_mcp.url, "headers": {"Host": "internal.example.com"}},
+            {"name": "x", "url": http_mcp.url, "headers": {"Mcp-Session-Id": "someone-elses"}},
         ):
             response = await client.post(url, json=body, headers=ALICE)
             assert response.status_code == 422, (body, response.text)
@@ -201,3 +207,42 @@ async def test_an_idle_connection_is_closed_and_opened_again_by_the_next_turn(
         assert servers.open_count(UUID(sid)) == 0
         assert outputs(await send(client, sid, ADD))[0]["output"] == {"result": 42}
         assert servers.open_count(UUID(sid)) == 1
+
+
+class _FlakyStore:
+    """The servers' store while Postgres stops answering after the first read."""
+
+    def __init__(self, server: SessionMcpServer) -> None:
+        self.server = server
+        self.reads = 0
+
+    async def list(self, session_id: UUID) -> list[SessionMcpServer]:
+        self.reads += 1
+        if self.reads > 1:
+            raise ConnectionRefusedError("Postgres is down")
+        return [self.server]
+
+
+async def test_a_turn_keeps_the_open_servers_when_the_list_cannot_be_read(http_mcp: HttpMcpServer) -> None:
+    sid = uuid4()
+    sealed = HeaderSealer(KEY).seal({"Authorization": f"Bearer {TOKEN}"})
+    store = _FlakyStore(SessionMcpServer(sid, "mine", http_mcp.url, sealed, datetime.now(UTC)))
+    servers = SessionMcpServers(
+        store,  # type: ignore[arg-type]
+        HeaderSealer(KEY),
+        UrlPolicy(["127.0.0.1"], ["127.0.0.0/8"]),
+        tool_timeout_seconds=5,
+        connect_timeout_seconds=5,
+        tools_ttl_seconds=300,
+        reconnect_max_seconds=1,
+        idle_seconds=300,
+        max_servers=5,
+    )
+    try:
+        first = [t.name for t in await servers.tools_for(sid, "alice")]
+        assert "mine__add" in first
+        assert [t.name for t in await servers.tools_for(sid, "alice")] == first
+        assert [t.name for t in await servers.tools_for(uuid4(), "bob")] == []  # nobody else gets them
+        assert store.reads == 3
+    finally:
+        await servers.close()

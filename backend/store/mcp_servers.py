@@ -1,5 +1,6 @@
 """The MCP servers of sessions in Postgres (`chat_session_mcp_servers`): added, listed and removed by the session's
-owner through the API; the headers are stored as given (sealed bytes, see `tools/mcp/sealed_headers.py`)."""
+owner through the API; the headers are stored as given (sealed bytes, see `tools/mcp/sealed_headers.py`). An outage
+is `StorageUnavailable` (503), as in `postgres.py`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+
+from backend.store.postgres import _outage_is_unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,7 @@ class SessionMcpServerStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @_outage_is_unavailable
     async def add(self, session_id: UUID, name: str, url: str, headers: bytes, *, max_servers: int) -> str:
         """Store a server: `added`, or `taken` (the session has one of that name) or `full` (it has `max_servers`),
         nothing being written then. The count and the insert hold the session's row lock, so two concurrent adds
@@ -54,12 +58,14 @@ class SessionMcpServerStore:
             )
             return "added" if inserted else "taken"
 
+    @_outage_is_unavailable
     async def list(self, session_id: UUID) -> list[SessionMcpServer]:
         rows = await self._pool.fetch(
             "SELECT * FROM chat_session_mcp_servers WHERE session_id = $1 ORDER BY created_at, name", session_id
         )
         return [_server(r) for r in rows]
 
+    @_outage_is_unavailable
     async def remove(self, session_id: UUID, name: str) -> bool:
         """Delete the server; False when the session has none of that name."""
         result = await self._pool.execute(

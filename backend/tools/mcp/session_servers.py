@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from mcp import types as mcp_types
 
+from backend.errors import StorageUnavailable
 from backend.mcp_config import HttpServer
 from backend.store.mcp_servers import SessionMcpServer, SessionMcpServerStore
 from backend.tools.base import Tool
@@ -133,7 +133,7 @@ class SessionMcpServers:
             return ()
         try:
             servers = await self._store.list(session_id)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except StorageUnavailable as exc:
             # The turn goes on with the servers this pod already holds for the session (if any): no new one is
             # opened, none is dropped, until the list can be read again.
             log.warning("MCP servers of session %s not read (%s): the open connections are used", session_id, exc)

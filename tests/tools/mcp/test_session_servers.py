@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from backend.config import Settings
+from backend.errors import StorageUnavailable
 from backend.runtime import Runtime
 from backend.store.mcp_servers import SessionMcpServer
 from backend.tools.mcp.sealed_headers import HeaderSealer
@@ -190,44 +191,40 @@ async def test_bad_input_gets_a_clear_error(chat_settings: Settings, http_mcp: H
         assert full.status_code == 409 and "at most 1" in full.json()["error"]["message"]
 
 
-async def test_an_idle_connection_is_closed_and_opened_again_by_the_next_turn(
+async def test_the_sweeper_closes_an_idle_connection_and_the_next_turn_opens_it_again(
     chat_settings: Settings, http_mcp: HttpMcpServer
 ) -> None:
-    settings = allowing(chat_settings, mcp_session_idle_seconds=1.0)
+    settings = allowing(chat_settings, mcp_session_idle_seconds=0.5)
     async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
         sid = await new_session(client)
         assert (await add(client, sid, http_mcp.url)).status_code == 201
         assert outputs(await send(client, sid, ADD))[0]["output"] == {"result": 42}
         servers = runtime(live).session_mcp
-        assert servers.open_count(UUID(sid)) == 1
-        for _ in range(100):
+        for _ in range(200):
             if servers.open_count(UUID(sid)) == 0:
                 break
             await asyncio.sleep(0.05)
         assert servers.open_count(UUID(sid)) == 0
         assert outputs(await send(client, sid, ADD))[0]["output"] == {"result": 42}
-        assert servers.open_count(UUID(sid)) == 1
 
 
-class _FlakyStore:
-    """The servers' store while Postgres stops answering after the first read."""
+class _OneServerStore:
+    """A store holding one server (of one session); with `fail_after`, Postgres stops answering after so many reads."""
 
-    def __init__(self, server: SessionMcpServer) -> None:
+    def __init__(self, server: SessionMcpServer, fail_after: int | None = None) -> None:
         self.server = server
+        self.fail_after = fail_after
         self.reads = 0
 
     async def list(self, session_id: UUID) -> list[SessionMcpServer]:
         self.reads += 1
-        if self.reads > 1:
-            raise ConnectionRefusedError("Postgres is down")
-        return [self.server]
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise StorageUnavailable("Postgres is down")  # what the real store raises for an outage
+        return [self.server] if session_id == self.server.session_id else []
 
 
-async def test_a_turn_keeps_the_open_servers_when_the_list_cannot_be_read(http_mcp: HttpMcpServer) -> None:
-    sid = uuid4()
-    sealed = HeaderSealer(KEY).seal({"Authorization": f"Bearer {TOKEN}"})
-    store = _FlakyStore(SessionMcpServer(sid, "mine", http_mcp.url, sealed, datetime.now(UTC)))
-    servers = SessionMcpServers(
+def unit_servers(store: _OneServerStore, *, idle_seconds: float = 300) -> SessionMcpServers:
+    return SessionMcpServers(
         store,  # type: ignore[arg-type]
         HeaderSealer(KEY),
         UrlPolicy(["127.0.0.1"], ["127.0.0.0/8"]),
@@ -235,9 +232,37 @@ async def test_a_turn_keeps_the_open_servers_when_the_list_cannot_be_read(http_m
         connect_timeout_seconds=5,
         tools_ttl_seconds=300,
         reconnect_max_seconds=1,
-        idle_seconds=300,
+        idle_seconds=idle_seconds,
         max_servers=5,
     )
+
+
+def stored(url: str) -> SessionMcpServer:
+    sealed = HeaderSealer(KEY).seal({"Authorization": f"Bearer {TOKEN}"})
+    return SessionMcpServer(uuid4(), "mine", url, sealed, datetime.now(UTC))
+
+
+async def test_a_connection_is_closed_once_idle_only(http_mcp: HttpMcpServer) -> None:
+    store = _OneServerStore(stored(http_mcp.url))
+    sid = store.server.session_id
+    servers = unit_servers(store, idle_seconds=1.0)
+    try:
+        assert [t.name for t in await servers.tools_for(sid, "alice")][:1] == ["mine__add"]
+        await servers.close_idle()
+        assert servers.open_count(sid) == 1  # just used
+        await asyncio.sleep(1.1)
+        await servers.close_idle()
+        assert servers.open_count(sid) == 0
+        assert "mine__add" in [t.name for t in await servers.tools_for(sid, "alice")]
+        assert servers.open_count(sid) == 1
+    finally:
+        await servers.close()
+
+
+async def test_a_turn_keeps_the_open_servers_when_the_list_cannot_be_read(http_mcp: HttpMcpServer) -> None:
+    store = _OneServerStore(stored(http_mcp.url), fail_after=1)
+    sid = store.server.session_id
+    servers = unit_servers(store)
     try:
         first = [t.name for t in await servers.tools_for(sid, "alice")]
         assert "mine__add" in first

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+_RESOLVE_SECONDS = 5.0
+"""A resolver that does not answer cannot hold a request (adding a server, or each request of a connection)."""
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -82,9 +85,12 @@ async def _resolve(host: str, port: int | None) -> list[Address]:
         return [_unmapped(literal)]
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(_RESOLVE_SECONDS):
+            infos = await loop.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise UrlRefused(f"the host {host!r} does not resolve") from None
+    except TimeoutError:
+        raise UrlRefused(f"the host {host!r} did not resolve within {_RESOLVE_SECONDS:.0f} s") from None
     return [_unmapped(ipaddress.ip_address(info[4][0])) for info in infos]
 
 

@@ -74,3 +74,8 @@ async def test_a_name_resolving_to_loopback_is_refused() -> None:
 
 def test_a_public_address_passes() -> None:
     POLICY.check_addresses("h", [ipaddress.ip_address("93.184.215.14"), ipaddress.ip_address("2606:4700::1")])
+
+
+async def test_a_host_that_does_not_resolve_is_refused() -> None:
+    with pytest.raises(UrlRefused, match="does not resolve"):
+        await UrlPolicy(["nothing.invalid"]).check("https://nothing.invalid/mcp")  # RFC 6761: never resolves

@@ -20,24 +20,26 @@ from redis.asyncio import Redis
 from backend.auth import Authenticator
 from backend.cancellation import check_cancelled
 from backend.chat.compaction import Compactor
-from backend.chat.context import ContextBudget
+from backend.chat.context_budget import ContextBudget
+from backend.chat.context_window import Calibration, ContextPolicy
+from backend.chat.langfuse_prompts import PromptSource
 from backend.chat.llm import CallObserver, LLMClient, RetryPolicy, Usage
 from backend.chat.local_turns import LocalTurns
-from backend.chat.operations import OperationRunner
-from backend.chat.prompt import default_prompt
-from backend.chat.prompt_source import PromptSource
+from backend.chat.operation_runner import OperationRunner
 from backend.chat.quota import billed_user
 from backend.chat.session_admission import SessionAdmission
+from backend.chat.system_prompt import default_prompt
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import TurnLimits, TurnServices
 from backend.chat.turn_supervisor import TurnSupervisor
-from backend.chat.window import Calibration, ContextPolicy
 from backend.config import Settings, context_window_of
 from backend.errors import ConfigurationError
 from backend.observability.instruments import SAMPLE_SECONDS, BacklogSampler, Instruments, watch_loop_lag
+from backend.observability.langfuse_tracing import LangfuseConnection
+from backend.observability.telemetry import Telemetry
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.active_turns import ActiveTurnStore
@@ -52,7 +54,7 @@ from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer, backlog
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import OperationLocks
+from backend.streams.operation_locks import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
 from backend.tools.mcp.sealed_headers import HeaderSealer
@@ -134,232 +136,342 @@ class Fallbacks:
 async def open_runtime(
     settings: Settings, fallbacks: Fallbacks | None = None, instruments: Instruments | None = None
 ) -> AsyncIterator[Runtime]:
+    """Open everything a pod runs on, in dependency order; closing the stack takes it down in the reverse order
+    (the turns' admission first, the pool and Redis last)."""
     fallbacks = fallbacks or Fallbacks()
     instruments = instruments or Instruments.off()
     async with AsyncExitStack() as stack:
-        database_url, redis_url = settings.database_url, settings.redis_url
-        if database_url is None or redis_url is None:
-            if fallbacks.services is None:
-                raise ConfigurationError("set DATABASE_URL and REDIS_URL (only `copilot serve` embeds servers)")
-            urls = await stack.enter_async_context(
-                fallbacks.services(settings.data_dir, postgres=database_url is None, redis=redis_url is None)
-            )
-            database_url = database_url or urls.database_url
-            redis_url = redis_url or urls.redis_url
-        assert database_url is not None and redis_url is not None
-
-        if settings.migrate_on_startup:
-            await upgrade_dsn(database_url, statement_cache_size=settings.db_statement_cache_size)
-        pool = await create_pool(
-            database_url,
-            min_size=settings.db_pool_min_size,
-            max_size=settings.db_pool_max_size,
-            statement_cache_size=settings.db_statement_cache_size,
-            observe=instruments.postgres_observer(),
-        )
-        stack.push_async_callback(pool.close)
-        redis = open_redis(redis_url, cluster=settings.redis_cluster, observe=instruments.redis_observer())
-        stack.push_async_callback(redis.aclose)
-
-        pending = PendingWrites(redis)
-        sessions = SessionStore(
-            ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds), pending
-        )
-        stack.push_async_callback(sessions.close)
-        limits = UserLimits(
-            redis,
-            requests_per_minute=settings.rate_limit_requests_per_minute,
-            concurrent_turns=settings.rate_limit_concurrent_turns,
-            tokens_per_day=settings.rate_limit_tokens_per_day,
-            limit_admins=settings.rate_limit_admins,
-            lease_seconds=settings.turn_lease_seconds,
-            max_turn_seconds=settings.turn_max_seconds,
-            on_refused=instruments.limit_refused(),
-        )
-        stack.push_async_callback(limits.close)
-
-        def spend(usage: Usage) -> None:
-            limits.spend(billed_user(), usage.prompt_tokens + usage.completion_tokens)
-
-        llm = await _open_llm(settings, stack, fallbacks, on_usage=spend, observer=instruments.model_observer())
-        tools = build_registry(settings.tools)
-        mcp = await stack.enter_async_context(
-            open_mcp_tools(
-                settings.mcp_server_specs,
-                tools,
-                tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
-                connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
-                tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
-                reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
-                startup_wait_seconds=settings.mcp_startup_wait_seconds,
-            )
-        )
-        session_mcp = SessionMcpServers(
-            SessionMcpServerStore(pool),
-            HeaderSealer(settings.mcp_headers_key.get_secret_value()) if settings.mcp_headers_key else None,
-            UrlPolicy(settings.mcp_allowed_hosts, settings.mcp_allowed_networks),
-            tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
-            connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
-            tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
-            reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
-            idle_seconds=settings.mcp_session_idle_seconds,
-            max_servers=settings.mcp_session_servers_max,
-        )
-        session_mcp.start()
-        stack.push_async_callback(session_mcp.close)
+        stores = await _open_stores(settings, stack, fallbacks, instruments)
+        llm = await _open_model(settings, stack, fallbacks, stores.limits, instruments.model_observer())
+        tools, mcp = await _open_tools(settings, stack)
+        session_mcp = _open_session_mcp(settings, stack, stores.pool)
         registry = TurnRegistry(
-            redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
+            stores.redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
         )
-        titles = TitleWriter(llm, sessions, model=settings.title_model)
-        stack.push_async_callback(titles.close)
-        counter = TokenCounter(llm.model)
-        compactor = Compactor(
-            llm=llm,
-            store=sessions,
-            redis=redis,
-            counter=counter,
-            model=settings.summary_model,
-            max_input_tokens=settings.summary_max_input_tokens,
-            max_summary_tokens=settings.summary_max_tokens,
-            timeout_seconds=settings.summary_timeout_seconds,
-        )
-        stack.push_async_callback(compactor.close)
-        budget = ContextBudget(
-            window=context_window_of(settings, llm.model),
-            reserved_output=settings.reserved_output_tokens,
-            margin=settings.context_safety_margin,
-            soft=settings.compaction_soft_ratio,
-            hard=settings.compaction_hard_ratio,
-            target=settings.compaction_target_ratio,
-            max_live_messages=settings.context_max_live_messages,
-        )
-        stream_limits = StreamLimits(
-            completions=settings.completion_stream_max_len,
-            dead_letters=settings.completion_dead_letter_max_len,
-            jobs=settings.job_stream_max_len,
-        )
-        operation_store = OperationStore(pool)
-        operations = OperationRunner(
-            redis=redis,
-            operations=operation_store,
-            locks=OperationLocks(redis),
-            registry=registry,
-            store=sessions,
-            counter=counter,
-            lock_seconds=settings.operation_lock_seconds,
-            delegated_timeout_seconds=settings.delegated_operation_timeout_seconds,
-            stale_claim_seconds=settings.completion_reclaim_idle_seconds,
-            limits=stream_limits,
-        )
-        stack.push_async_callback(operations.close)
-        services = TurnServices(
-            store=sessions,
-            llm=llm,
-            tools=tools,
-            counter=counter,
-            limits=TurnLimits(
-                settings.max_tool_rounds,
-                settings.invalid_tool_json_retries,
-                settings.max_tool_output_tokens,
-                store_retry_seconds=settings.store_retry_seconds,
-            ),
-            policy=ContextPolicy(budget, Calibration()),
-            compactor=compactor,
-            operations=operations,
-            session_tools=session_mcp if session_mcp.enabled else None,
-        )
+        helpers = _open_model_helpers(settings, stack, stores, llm)
+        operations = _open_operations(settings, stack, stores, registry, helpers.counter)
+        services = _turn_services(settings, stores, llm, tools, session_mcp, helpers, operations.runner)
         observability = await open_observability(settings, stack, instruments)
-        prompts = PromptSource(
-            observability.langfuse.client if observability.langfuse else None,
-            name=settings.langfuse_prompt_name,
-            label=settings.prompt_label,
-            ttl_seconds=settings.prompt_cache_ttl_seconds,
-            fallback=default_prompt(),
+        prompts = await _open_prompts(settings, stack, observability.langfuse)
+        turns = await _open_turns(
+            settings, stack, stores, registry, services, helpers, prompts, observability.telemetry
         )
-        await prompts.start()
-        stack.push_async_callback(prompts.close)
-        active = SessionAdmission(
-            ActiveTurns(redis, lease_seconds=settings.turn_max_seconds + 60),
-            ActiveTurnStore(pool),
-            lease_seconds=settings.turn_lease_seconds,
-        )
-        local = LocalTurns()
-        supervisor = TurnSupervisor(local, registry=registry, active=active, store=sessions, counter=counter)
-        await supervisor.start()
-        stack.push_async_callback(supervisor.close)
-        driver = TurnDriver(
-            local,
-            supervisor,
-            services=services,
-            registry=registry,
-            active=active,
-            quota=limits,
-            prompt=prompts.current,
-            telemetry=observability.telemetry,
-            turn_max_seconds=settings.turn_max_seconds,
-            publish_window_seconds=settings.publish_window_ms / 1000,
-        )
-        stack.push_async_callback(driver.shutdown)
-        admission = TurnAdmission(
-            local,
-            driver,
-            supervisor,
-            store=sessions,
-            registry=registry,
-            active=active,
-            quota=limits,
-            titles=titles,
-            counter=counter,
-            turn_max_seconds=settings.turn_max_seconds,
-            double_texting=settings.double_texting,
-        )
-        stack.callback(admission.refuse_new_turns)  # at shutdown, first
-        operations.set_continuation(admission.continue_operation)
-        consumer = CompletionConsumer(
-            redis,
-            consumer=f"pod-{uuid.uuid4().hex[:12]}",
-            reclaim_idle_seconds=settings.completion_reclaim_idle_seconds,
-            max_deliveries=settings.completion_max_deliveries,
-            dead_letter_max_len=stream_limits.dead_letters,
-            on_dead_letter=instruments.dead_lettered(),
-        )
-        consuming = await stack.enter_async_context(
-            _background(consumer.consume(operations.complete), "completion consumer")
-        )
-        await stack.enter_async_context(_background(_every(5.0, operations.fail_overdue), "overdue operations"))
-        renew_every = settings.turn_lease_seconds / 3
-        await stack.enter_async_context(_background(_every(renew_every, limits.renew), "turn slot leases"))
-        if instruments.metrics is not None:
-            sampler = BacklogSampler(
-                instruments.metrics, operations=operation_store.open_count, completions=lambda: backlog(redis)
-            )
-            await sampler.sample()
-            await stack.enter_async_context(_background(_every(SAMPLE_SECONDS, sampler.sample), "metrics sampler"))
-            await stack.enter_async_context(_background(watch_loop_lag(instruments.metrics), "event loop lag"))
-        reconciler = Reconciler(sessions, pending)
-        await stack.enter_async_context(
-            _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")
-        )
+        operations.runner.set_continuation(turns.admission.continue_operation)
+        stop_consuming = await _run_background_work(settings, stack, stores, operations, instruments)
         yield Runtime(
             settings=settings,
-            pool=pool,
-            redis=redis,
-            sessions=sessions,
+            pool=stores.pool,
+            redis=stores.redis,
+            sessions=stores.sessions,
             auth=Authenticator(settings),
             llm=llm,
             tools=tools,
             turn_registry=registry,
-            admission=admission,
-            driver=driver,
-            supervisor=supervisor,
+            admission=turns.admission,
+            driver=turns.driver,
+            supervisor=turns.supervisor,
             prompts=prompts,
-            operations=operations,
-            limits=limits,
+            operations=operations.runner,
+            limits=stores.limits,
             mcp=mcp,
             session_mcp=session_mcp,
             instruments=instruments,
-            stop_consuming=lambda: _stop(consuming),
+            stop_consuming=stop_consuming,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Stores:
+    """Postgres and Redis, and the stores and per-user limits kept in them."""
+
+    pool: asyncpg.Pool
+    redis: Redis
+    pending: PendingWrites
+    sessions: SessionStore
+    limits: UserLimits
+
+
+async def _open_stores(
+    settings: Settings, stack: AsyncExitStack, fallbacks: Fallbacks, instruments: Instruments
+) -> _Stores:
+    database_url, redis_url = settings.database_url, settings.redis_url
+    if database_url is None or redis_url is None:
+        if fallbacks.services is None:
+            raise ConfigurationError("set DATABASE_URL and REDIS_URL (only `copilot serve` embeds servers)")
+        urls = await stack.enter_async_context(
+            fallbacks.services(settings.data_dir, postgres=database_url is None, redis=redis_url is None)
+        )
+        database_url = database_url or urls.database_url
+        redis_url = redis_url or urls.redis_url
+    assert database_url is not None and redis_url is not None
+
+    if settings.migrate_on_startup:
+        await upgrade_dsn(database_url, statement_cache_size=settings.db_statement_cache_size)
+    pool = await create_pool(
+        database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        statement_cache_size=settings.db_statement_cache_size,
+        observe=instruments.postgres_observer(),
+    )
+    stack.push_async_callback(pool.close)
+    redis = open_redis(redis_url, cluster=settings.redis_cluster, observe=instruments.redis_observer())
+    stack.push_async_callback(redis.aclose)
+
+    pending = PendingWrites(redis)
+    sessions = SessionStore(
+        ChatRepository(pool), SessionCache(redis, ttl_seconds=settings.session_cache_ttl_seconds), pending
+    )
+    stack.push_async_callback(sessions.close)
+    limits = UserLimits(
+        redis,
+        requests_per_minute=settings.rate_limit_requests_per_minute,
+        concurrent_turns=settings.rate_limit_concurrent_turns,
+        tokens_per_day=settings.rate_limit_tokens_per_day,
+        limit_admins=settings.rate_limit_admins,
+        lease_seconds=settings.turn_lease_seconds,
+        max_turn_seconds=settings.turn_max_seconds,
+        on_refused=instruments.limit_refused(),
+    )
+    stack.push_async_callback(limits.close)
+    return _Stores(pool=pool, redis=redis, pending=pending, sessions=sessions, limits=limits)
+
+
+async def _open_tools(settings: Settings, stack: AsyncExitStack) -> tuple[ToolRegistry, McpToolSource]:
+    """The configured tools, and the MCP servers that add theirs to the same registry."""
+    tools = build_registry(settings.tools)
+    mcp = await stack.enter_async_context(
+        open_mcp_tools(
+            settings.mcp_server_specs,
+            tools,
+            tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
+            connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
+            tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
+            reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
+            startup_wait_seconds=settings.mcp_startup_wait_seconds,
+        )
+    )
+    return tools, mcp
+
+
+def _open_session_mcp(settings: Settings, stack: AsyncExitStack, pool: asyncpg.Pool) -> SessionMcpServers:
+    """The MCP servers sessions' owners add, and this pod's connections to them (closed when idle)."""
+    session_mcp = SessionMcpServers(
+        SessionMcpServerStore(pool),
+        HeaderSealer(settings.mcp_headers_key.get_secret_value()) if settings.mcp_headers_key else None,
+        UrlPolicy(settings.mcp_allowed_hosts, settings.mcp_allowed_networks),
+        tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
+        connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
+        tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
+        reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
+        idle_seconds=settings.mcp_session_idle_seconds,
+        max_servers=settings.mcp_session_servers_max,
+    )
+    session_mcp.start()
+    stack.push_async_callback(session_mcp.close)
+    return session_mcp
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelHelpers:
+    """What works beside the turns' own model calls: token counting, titles, summaries."""
+
+    counter: TokenCounter
+    titles: TitleWriter
+    compactor: Compactor
+
+
+def _open_model_helpers(settings: Settings, stack: AsyncExitStack, stores: _Stores, llm: LLMClient) -> _ModelHelpers:
+    titles = TitleWriter(llm, stores.sessions, model=settings.title_model)
+    stack.push_async_callback(titles.close)
+    counter = TokenCounter(llm.model)
+    compactor = Compactor(
+        llm=llm,
+        store=stores.sessions,
+        redis=stores.redis,
+        counter=counter,
+        model=settings.summary_model,
+        max_input_tokens=settings.summary_max_input_tokens,
+        max_summary_tokens=settings.summary_max_tokens,
+        timeout_seconds=settings.summary_timeout_seconds,
+    )
+    stack.push_async_callback(compactor.close)
+    return _ModelHelpers(counter=counter, titles=titles, compactor=compactor)
+
+
+@dataclass(frozen=True, slots=True)
+class _Operations:
+    """Long-running operations: the runner, their Postgres records and the bounds of their streams."""
+
+    runner: OperationRunner
+    store: OperationStore
+    stream_limits: StreamLimits
+
+
+def _open_operations(
+    settings: Settings, stack: AsyncExitStack, stores: _Stores, registry: TurnRegistry, counter: TokenCounter
+) -> _Operations:
+    stream_limits = StreamLimits(
+        completions=settings.completion_stream_max_len,
+        dead_letters=settings.completion_dead_letter_max_len,
+        jobs=settings.job_stream_max_len,
+    )
+    store = OperationStore(stores.pool)
+    runner = OperationRunner(
+        redis=stores.redis,
+        operations=store,
+        locks=OperationLocks(stores.redis),
+        registry=registry,
+        store=stores.sessions,
+        counter=counter,
+        lock_seconds=settings.operation_lock_seconds,
+        delegated_timeout_seconds=settings.delegated_operation_timeout_seconds,
+        stale_claim_seconds=settings.completion_reclaim_idle_seconds,
+        limits=stream_limits,
+    )
+    stack.push_async_callback(runner.close)
+    return _Operations(runner=runner, store=store, stream_limits=stream_limits)
+
+
+def _turn_services(
+    settings: Settings,
+    stores: _Stores,
+    llm: LLMClient,
+    tools: ToolRegistry,
+    session_mcp: SessionMcpServers,
+    helpers: _ModelHelpers,
+    operations: OperationRunner,
+) -> TurnServices:
+    """What every turn works with, wired once."""
+    budget = ContextBudget(
+        window=context_window_of(settings, llm.model),
+        reserved_output=settings.reserved_output_tokens,
+        margin=settings.context_safety_margin,
+        soft=settings.compaction_soft_ratio,
+        hard=settings.compaction_hard_ratio,
+        target=settings.compaction_target_ratio,
+        max_live_messages=settings.context_max_live_messages,
+    )
+    return TurnServices(
+        store=stores.sessions,
+        llm=llm,
+        tools=tools,
+        counter=helpers.counter,
+        limits=TurnLimits(
+            settings.max_tool_rounds,
+            settings.invalid_tool_json_retries,
+            settings.max_tool_output_tokens,
+            store_retry_seconds=settings.store_retry_seconds,
+        ),
+        policy=ContextPolicy(budget, Calibration()),
+        compactor=helpers.compactor,
+        operations=operations,
+        session_tools=session_mcp if session_mcp.enabled else None,
+    )
+
+
+async def _open_prompts(settings: Settings, stack: AsyncExitStack, langfuse: LangfuseConnection | None) -> PromptSource:
+    """The system prompt: from Langfuse when it is configured, the built-in one otherwise."""
+    prompts = PromptSource(
+        langfuse.client if langfuse else None,
+        name=settings.langfuse_prompt_name,
+        label=settings.prompt_label,
+        ttl_seconds=settings.prompt_cache_ttl_seconds,
+        fallback=default_prompt(),
+    )
+    await prompts.start()
+    stack.push_async_callback(prompts.close)
+    return prompts
+
+
+@dataclass(frozen=True, slots=True)
+class _Turns:
+    admission: TurnAdmission
+    driver: TurnDriver
+    supervisor: TurnSupervisor
+
+
+async def _open_turns(
+    settings: Settings,
+    stack: AsyncExitStack,
+    stores: _Stores,
+    registry: TurnRegistry,
+    services: TurnServices,
+    helpers: _ModelHelpers,
+    prompts: PromptSource,
+    telemetry: Telemetry,
+) -> _Turns:
+    """The turn machinery: who lets turns in, who runs them, who watches over their leases."""
+    active = SessionAdmission(
+        ActiveTurns(stores.redis, lease_seconds=settings.turn_max_seconds + 60),
+        ActiveTurnStore(stores.pool),
+        lease_seconds=settings.turn_lease_seconds,
+    )
+    local = LocalTurns()
+    supervisor = TurnSupervisor(local, registry=registry, active=active, store=stores.sessions, counter=helpers.counter)
+    await supervisor.start()
+    stack.push_async_callback(supervisor.close)
+    driver = TurnDriver(
+        local,
+        supervisor,
+        services=services,
+        registry=registry,
+        active=active,
+        quota=stores.limits,
+        prompt=prompts.current,
+        telemetry=telemetry,
+        turn_max_seconds=settings.turn_max_seconds,
+        publish_window_seconds=settings.publish_window_ms / 1000,
+    )
+    stack.push_async_callback(driver.shutdown)
+    admission = TurnAdmission(
+        local,
+        driver,
+        supervisor,
+        store=stores.sessions,
+        registry=registry,
+        active=active,
+        quota=stores.limits,
+        titles=helpers.titles,
+        counter=helpers.counter,
+        turn_max_seconds=settings.turn_max_seconds,
+        double_texting=settings.double_texting,
+    )
+    stack.callback(admission.refuse_new_turns)  # at shutdown, first
+    return _Turns(admission=admission, driver=driver, supervisor=supervisor)
+
+
+async def _run_background_work(
+    settings: Settings, stack: AsyncExitStack, stores: _Stores, operations: _Operations, instruments: Instruments
+) -> Callable[[], Awaitable[None]]:
+    """Start the pod's loops (completion consumer, overdue operations, slot leases, metrics, pending writes), each
+    stopped with the stack; returns what stops the completion consumer alone, for the drain."""
+    consumer = CompletionConsumer(
+        stores.redis,
+        consumer=f"pod-{uuid.uuid4().hex[:12]}",
+        reclaim_idle_seconds=settings.completion_reclaim_idle_seconds,
+        max_deliveries=settings.completion_max_deliveries,
+        dead_letter_max_len=operations.stream_limits.dead_letters,
+        on_dead_letter=instruments.dead_lettered(),
+    )
+    consuming = await stack.enter_async_context(
+        _background(consumer.consume(operations.runner.complete), "completion consumer")
+    )
+    await stack.enter_async_context(_background(_every(5.0, operations.runner.fail_overdue), "overdue operations"))
+    renew_every = settings.turn_lease_seconds / 3
+    await stack.enter_async_context(_background(_every(renew_every, stores.limits.renew), "turn slot leases"))
+    if instruments.metrics is not None:
+        sampler = BacklogSampler(
+            instruments.metrics, operations=operations.store.open_count, completions=lambda: backlog(stores.redis)
+        )
+        await sampler.sample()
+        await stack.enter_async_context(_background(_every(SAMPLE_SECONDS, sampler.sample), "metrics sampler"))
+        await stack.enter_async_context(_background(watch_loop_lag(instruments.metrics), "event loop lag"))
+    reconciler = Reconciler(stores.sessions, stores.pending)
+    await stack.enter_async_context(
+        _background(_every(settings.reconcile_interval_seconds, reconciler.run_once), "pending writes")
+    )
+    return lambda: _stop(consuming)
 
 
 @asynccontextmanager
@@ -397,13 +509,18 @@ async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
             log.exception("periodic %s failed", getattr(action, "__name__", "task"))
 
 
-async def _open_llm(
+async def _open_model(
     settings: Settings,
     stack: AsyncExitStack,
     fallbacks: Fallbacks,
-    on_usage: Callable[[Usage], None] | None = None,
+    limits: UserLimits,
     observer: CallObserver | None = None,
 ) -> LLMClient:
+    """The model client; every call's tokens are spent from the daily budget of the user it is billed to."""
+
+    def spend(usage: Usage) -> None:
+        limits.spend(billed_user(), usage.prompt_tokens + usage.completion_tokens)
+
     base_url, model = settings.llm_base_url, settings.model
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     if settings.uses_demo_model:
@@ -420,7 +537,7 @@ async def _open_llm(
         model=model,
         retry=RetryPolicy(settings.llm_max_retries, settings.llm_retry_base_seconds, settings.llm_retry_max_seconds),
         idle_timeout=settings.llm_idle_timeout_seconds,
-        on_usage=on_usage,
+        on_usage=spend,
         observer=observer,
     )
     stack.push_async_callback(llm.close)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from typing import Any
@@ -14,7 +13,7 @@ import httpx
 import jwt
 import orjson
 import pytest
-import uvicorn
+from fastapi import FastAPI
 from pydantic import AliasChoices, SecretStr
 from redis.asyncio import Redis
 
@@ -24,6 +23,7 @@ from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 from backend.store.postgres import create_pool
+from tests.helpers import InProcessServer
 
 # Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, OTEL_*, ...)
 # must not reach the tests' settings, the SDKs that read them on their own, or the servers tests spawn: they would send
@@ -139,6 +139,21 @@ def settings(db: asyncpg.Connection, redis: Redis) -> Settings:
     )
 
 
+def serve_env(llm: MockLLMServer, **extra: str) -> dict[str, str]:
+    """The environment of a `copilot serve` process on the test database and Redis, answered by the mock model."""
+    return {
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": REDIS_URL,
+        "COPILOT_JWT_SECRET": JWT_SECRET,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "test",
+        "COPILOT_MODEL": "mock-model",
+        "COPILOT_LOG_LEVEL": "INFO",
+        "COPILOT_DB_POOL_MIN_SIZE": "1",
+        **extra,
+    }
+
+
 def make_token(user_id: str, *, secret: str = JWT_SECRET, ttl: int = 3600, **claims: Any) -> str:
     now = int(time.time())
     return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl, **claims}, secret, algorithm="HS256")
@@ -148,36 +163,14 @@ def auth(user_id: str, **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user_id, **claims)}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class LiveServer:
-    """The app served by uvicorn on a free loopback port, in the test's event loop."""
+class LiveServer(InProcessServer):
+    """The app built from `settings` (with the dev tools as fallbacks), served by uvicorn on a free loopback port,
+    in the test's event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, dev_fallbacks())
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(create_app(settings, dev_fallbacks()))
 
-    async def __aenter__(self) -> LiveServer:
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._task:
-            await self._task
+    app: FastAPI
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from backend.store.migrate import upgrade_dsn
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 _SERVER_USER = "postgres"
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backend.embedded import _REDIS_SERVER
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 class PrivateRedis:

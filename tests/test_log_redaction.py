@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -27,10 +22,8 @@ from backend.config import Settings
 from backend.devtools.fallbacks import dev_fallbacks
 from backend.devtools.mock_llm import MockLLMServer
 from backend.log_redaction import REDACTED, RedactSecrets, install_redaction, redact
-from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, free_port, make_token
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.conftest import make_token, serve_env
+from tests.helpers import InProcessServer, copilot_serve, wait_until_ready
 
 # --- the rules ------------------------------------------------------------------------------------------------
 
@@ -134,56 +127,15 @@ def _assert_no_token(log: str, tokens: list[str]) -> None:
 @pytest.fixture
 def serve_process(migrated_database: str, mock_llm: MockLLMServer, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """`copilot serve` on a free port (INFO logs, production auth, the mock model); its output goes to a file."""
-    port, log_path = free_port(), tmp_path / "serve.log"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
-        "COPILOT_JWT_SECRET": JWT_SECRET,
-        "OPENAI_BASE_URL": mock_llm.base_url,
-        "OPENAI_API_KEY": "test",
-        "COPILOT_MODEL": "mock-model",
-        "COPILOT_LOG_LEVEL": "INFO",
-        "COPILOT_DB_POOL_MIN_SIZE": "1",
-    }
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
-            cwd=tmp_path,  # no stray .env is read
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield port, log_path
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-async def _wait_ready(port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"server did not start:\n{await asyncio.to_thread(log_path.read_text)}")
+    log_path = tmp_path / "serve.log"
+    with copilot_serve(serve_env(mock_llm), log_path) as port:
+        yield port, log_path
 
 
 @pytest.mark.slow
 async def test_copilot_serve_logs_no_token(serve_process: tuple[int, Path]) -> None:
     port, log_path = serve_process
-    await _wait_ready(port, log_path)
+    await wait_until_ready(f"http://127.0.0.1:{port}", log_path)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         token = make_token("alice")
         r = await client.post("/api/chat/sessions", json={}, headers={"Authorization": f"Bearer {token}"})
@@ -222,20 +174,9 @@ def pristine_uvicorn_loggers() -> Iterator[None]:
 @pytest.fixture
 async def uvicorn_in_process(settings: Settings, pristine_uvicorn_loggers: None) -> AsyncIterator[int]:
     """The app under uvicorn's own default logging config at INFO, as `uvicorn --factory` would run it."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, dev_fallbacks()), host="127.0.0.1", port=port, log_level="info", access_log=True
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "server did not start"
-        await asyncio.sleep(0.01)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        await task
+    app = create_app(settings, dev_fallbacks())
+    async with InProcessServer(app, log_level="info", access_log=True, lifespan="auto") as server:
+        yield server.port
 
 
 async def test_the_app_masks_tokens_in_uvicorn_logs_whoever_configured_logging(uvicorn_in_process: int) -> None:

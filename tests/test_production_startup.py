@@ -19,7 +19,8 @@ from pydantic import SecretStr, ValidationError
 from backend.app import create_app
 from backend.config import Settings, startup_warnings
 from backend.errors import ConfigurationError
-from tests.conftest import JWT_SECRET, LiveServer, free_port
+from tests.conftest import JWT_SECRET, LiveServer
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from backend.devtools.mock_llm import MockLLMServer
-from tests.conftest import REDIS_URL, free_port
+from tests.conftest import REDIS_URL
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ from fastapi.requests import HTTPConnection
 from redis.asyncio import Redis
 
 from backend.auth import Authenticator, Principal
+from backend.chat.langfuse_prompts import PromptSource
 from backend.chat.llm import LLMClient
-from backend.chat.operations import OperationRunner
-from backend.chat.prompt_source import PromptSource
+from backend.chat.operation_runner import OperationRunner
 from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.config import Settings

@@ -17,7 +17,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from backend import keys
-from backend.chat.context import choose_cut
+from backend.chat.context_budget import choose_cut
 from backend.chat.llm import LLMClient
 from backend.chat.tokens import TokenCounter, truncate_middle
 from backend.store.models import ChatMessage, ChatSession

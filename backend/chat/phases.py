@@ -23,7 +23,7 @@ import orjson
 
 from backend.chat import events as ev
 from backend.chat import llm
-from backend.chat.operations import Started
+from backend.chat.operation_runner import Started
 from backend.chat.tokens import truncate_middle
 from backend.chat.turn_state import INTERRUPTED_MARK, RetryStep, Step, TurnFailure, TurnState, step_key
 from backend.errors import ModelError

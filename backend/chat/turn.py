@@ -26,7 +26,7 @@ from backend.chat.phases import (
     settle_step,
     stream_model_call,
 )
-from backend.chat.prompt import SystemPrompt
+from backend.chat.system_prompt import SystemPrompt
 from backend.chat.turn_state import RetryStep, Step, TurnFailure, TurnRequest, TurnServices, TurnState
 from backend.observability.telemetry import TurnTelemetry
 

@@ -18,11 +18,11 @@ from backend.chat import events as ev
 from backend.chat import protocol as p
 from backend.chat.local_turns import CANCEL, SHUTDOWN, LocalTurns, stop
 from backend.chat.open_parts import OpenParts
-from backend.chat.prompt import SystemPrompt, turn_variables
 from backend.chat.publisher import TurnPublisher
 from backend.chat.quota import TurnQuota, billed_context
 from backend.chat.recovery import explain_lost_tail
 from backend.chat.session_admission import SessionAdmission
+from backend.chat.system_prompt import SystemPrompt, turn_variables
 from backend.chat.turn import stream_chat_completion
 from backend.chat.turn_state import TurnRequest, TurnServices
 from backend.chat.turn_supervisor import TurnSupervisor

@@ -14,11 +14,11 @@ from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from backend.chat.compaction import Compactor
+from backend.chat.context_window import ContextPolicy, ContextWindow
 from backend.chat.llm import Completed, LLMClient, ToolCall
-from backend.chat.operations import OperationRunner, Started
-from backend.chat.prompt import SystemPrompt
+from backend.chat.operation_runner import OperationRunner, Started
+from backend.chat.system_prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter
-from backend.chat.window import ContextPolicy, ContextWindow
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
 from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore

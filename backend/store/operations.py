@@ -6,7 +6,7 @@ completion (a retried webhook, a redelivered stream entry) changes nothing, and 
 midway can be taken over once its claim is stale. The lock ("one operation per session, tool and arguments") is a
 lease on the row (`lock_until`) under a partial unique index: renewed while the work runs, cleared when the
 operation settles, and free for the next caller once it lapsed (its holder died). Redis keeps a copy of the lock as
-the fast path (`streams/operations.py`); what is here survives a Redis flush.
+the fast path (`streams/operation_locks.py`); what is here survives a Redis flush.
 
 Times are computed and compared on the database's clock.
 """

@@ -25,7 +25,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from backend.config import Settings
-from tests.conftest import JWT_SECRET, LiveServer, auth, free_port
+from tests.conftest import JWT_SECRET, LiveServer, auth
+from tests.helpers import free_port
 
 HEADER_LIMIT = 16 * 1024
 """The default of COPILOT_MAX_HEADER_BYTES (the `copilot serve` tests also set it explicitly)."""

@@ -3,7 +3,8 @@ import httpx
 from redis.asyncio import Redis
 
 from backend.config import Settings
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer
+from tests.helpers import free_port
 
 
 async def test_live_and_ready(client: httpx.AsyncClient) -> None:

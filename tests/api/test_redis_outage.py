@@ -18,7 +18,8 @@ from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backend.config import Settings
-from tests.conftest import LiveServer, auth, free_port
+from tests.conftest import LiveServer, auth
+from tests.helpers import free_port
 
 ALICE = auth("alice")
 

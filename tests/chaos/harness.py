@@ -28,7 +28,8 @@ import httpx
 import jwt
 import redis
 
-from tests.chaos.servers import OwnPostgres, OwnRedis, free_port, log_tail
+from tests.chaos.servers import OwnPostgres, OwnRedis, log_tail
+from tests.helpers import free_port
 
 POD_ENV: Mapping[str, str] = MappingProxyType(
     {

@@ -13,12 +13,12 @@ import pytest
 from redis.asyncio import Redis
 
 from backend.chat.compaction import Compactor
-from backend.chat.context import ContextBudget
+from backend.chat.context_budget import ContextBudget
+from backend.chat.context_window import Calibration, ContextPolicy
 from backend.chat.llm import LLMClient, RetryPolicy
-from backend.chat.prompt import SystemPrompt
+from backend.chat.system_prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn_state import TurnLimits, TurnRequest, TurnServices, TurnState
-from backend.chat.window import Calibration, ContextPolicy
 from backend.devtools.mock_llm import MockLLMServer
 from backend.observability.telemetry import Generation
 from backend.store.cache import SessionCache

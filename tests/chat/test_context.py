@@ -1,4 +1,4 @@
-"""Fitting a conversation into the model's window: `chat/context.py`, `ContextWindow.prompt` and the summariser's
+"""Fitting a conversation into the model's window: `chat/context_budget.py`, `ContextWindow.prompt` and the summariser's
 input. Examples first, then property tests that live through whole random sessions with tool calls. No database:
 a small in-memory store keeps the rows and the summary state the way Postgres does."""
 
@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.chat.compaction import SUMMARY_INSTRUCTION, Compactor
-from backend.chat.context import ContextBudget, choose_cut, trim_to_fit, turn_starts
+from backend.chat.context_budget import ContextBudget, choose_cut, trim_to_fit, turn_starts
+from backend.chat.context_window import Calibration, ContextPolicy, ContextWindow, _shorten
 from backend.chat.messages import INTERRUPTED_RESULT, stored_to_openai
 from backend.chat.tokens import REPLY_PRIMING_TOKENS, TokenCounter
-from backend.chat.window import Calibration, ContextPolicy, ContextWindow, _shorten
 from backend.store.models import ChatMessage
 
 COUNTER = TokenCounter("gpt-4o")

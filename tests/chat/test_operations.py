@@ -1,4 +1,4 @@
-"""Long-running tools end to end (`backend/chat/operations.py`, the webhook, the completions consumer): real HTTP,
+"""Long-running tools end to end (`backend/chat/operation_runner.py`, the webhook, the completions consumer): real HTTP,
 Postgres, Redis and the mock model; one in-process server, or two server processes where it matters.
 
 DESIGN.md invariants 6 (locks are leases) and 7 (webhooks are authenticated and idempotent).
@@ -844,10 +844,10 @@ async def test_the_lock_renewer_stops_even_when_a_redis_call_swallows_its_cancel
 ) -> None:
     """Regression (seen on CI): on Python 3.11 a cancellation that lands as a redis-py command completes can be
     dropped; the renewer then kept renewing the lock of an operation whose pod had closed it, forever."""
-    from backend.chat.operations import OperationRunner
+    from backend.chat.operation_runner import OperationRunner
     from backend.store.operations import Operation, OperationStore
     from backend.store.postgres import create_pool
-    from backend.streams.operations import OperationLocks
+    from backend.streams.operation_locks import OperationLocks
 
     renewals = 0
     renewing = asyncio.Event()

@@ -36,7 +36,7 @@ from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import Completion, publish_delivery
-from backend.streams.operations import OperationLocks
+from backend.streams.operation_locks import OperationLocks
 from backend.streams.turns import TurnRegistry, entry_id
 from backend.streams.user_limits import UserLimits
 from tests.cluster.topology import Topology

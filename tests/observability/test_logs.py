@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +22,9 @@ import pytest
 from backend.devtools.mock_llm import MockLLMServer
 from backend.log_redaction import REDACTED, RedactSecrets
 from backend.observability.logs import JsonFormatter, LogContext, TextFormatter, bind, request_scope
-from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, free_port, make_token
+from tests.conftest import make_token, serve_env
+from tests.helpers import copilot_serve, wait_until_ready
 from tests.sse import read_stream
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Lines(logging.Handler):
@@ -112,59 +107,13 @@ def test_credentials_are_masked_in_both_formats(logger: logging.Logger, formatte
 # --- copilot serve ------------------------------------------------------------------------------------------------
 
 
-def _serve(port: int, log_path: Path, mock: MockLLMServer, **env: str) -> subprocess.Popen[bytes]:
-    environment = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", str(log_path.parent)),
-        "PYTHONPATH": str(ROOT),
-        "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": REDIS_URL,
-        "COPILOT_JWT_SECRET": JWT_SECRET,
-        "OPENAI_BASE_URL": mock.base_url,
-        "OPENAI_API_KEY": "test",
-        "COPILOT_MODEL": "mock-model",
-        "COPILOT_LOG_LEVEL": "INFO",
-        "COPILOT_DB_POOL_MIN_SIZE": "1",
-        "COPILOT_LLM_RETRY_BASE_SECONDS": "0.01",
-        **env,
-    }
-    with log_path.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
-            cwd=log_path.parent,  # no stray .env is read
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @pytest.fixture
 def production_serve(migrated_database: str, mock_llm: MockLLMServer, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """`copilot serve` in production mode (JSON logs by default), its output in a file."""
-    port, log_path = free_port(), tmp_path / "serve.log"
-    process = _serve(port, log_path, mock_llm, COPILOT_ENVIRONMENT="production")
-    try:
+    log_path = tmp_path / "serve.log"
+    env = serve_env(mock_llm, COPILOT_ENVIRONMENT="production", COPILOT_LLM_RETRY_BASE_SECONDS="0.01")
+    with copilot_serve(env, log_path) as port:
         yield port, log_path
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def _ready(port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"server did not start:\n{await asyncio.to_thread(log_path.read_text)}")
 
 
 async def _lines(log_path: Path, until: str, seconds: float = 10) -> list[dict[str, Any]]:
@@ -183,7 +132,7 @@ async def test_copilot_serve_in_production_logs_json_lines_that_follow_a_request
     production_serve: tuple[int, Path],
 ) -> None:
     port, log_path = production_serve
-    await _ready(port, log_path)
+    await wait_until_ready(f"http://127.0.0.1:{port}", log_path)
     headers = {"Authorization": f"Bearer {make_token('alice')}"}
     secret_words = "purple elephant umbrella"
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

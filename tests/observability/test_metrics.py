@@ -23,7 +23,8 @@ from backend.errors import ConfigurationError
 from backend.observability.instruments import LAG_PROBE_SECONDS, watch_loop_lag
 from backend.observability.metrics import Metrics
 from tests.api.test_chat_stream import ALICE, new_session, send, wait_idle
-from tests.conftest import LiveServer, auth, free_port, make_token
+from tests.conftest import LiveServer, auth, make_token
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,11 +11,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from backend.chat.prompt import default_prompt
+from backend.chat.system_prompt import default_prompt
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
 from tests.api.test_chat_stream import ALICE, new_session, send, turn_calls, wait_idle
-from tests.conftest import LiveServer, auth, free_port
+from tests.conftest import LiveServer, auth
+from tests.helpers import free_port
 from tests.observability.fakes import FakeLangfuse, FakePostHog
 from tests.sse import text_of
 

@@ -128,7 +128,7 @@ async def test_concurrent_writers_and_readers_converge(store: SessionStore) -> N
 
 
 async def test_redis_down_falls_back_to_postgres(repo: ChatRepository) -> None:
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     store = SessionStore(repo, SessionCache(dead, ttl_seconds=60))

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from backend import keys
-from backend.chat.operations import OperationRunner
+from backend.chat.operation_runner import OperationRunner
 from backend.chat.tokens import TokenCounter
 from backend.config import Settings
 from backend.embedded import embedded_services
@@ -37,7 +37,7 @@ from backend.streams.completions import (
     publish_delivery,
 )
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import OperationLocks, arguments_digest, lock_key_for
+from backend.streams.operation_locks import OperationLocks, arguments_digest, lock_key_for
 from backend.streams.turns import TurnRegistry
 from tests.helpers import wait_for
 from tests.redis_server import private_redis_server, system_redis_server

@@ -29,8 +29,8 @@ from backend.devtools.mock_llm import MockLLMServer
 from backend.streams.active import ActiveTurns
 from backend.streams.turns import TurnRegistry, is_owners_entry, position_of
 from tests.conformance.ai_sdk import assemble
-from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, LiveServer, auth, free_port
-from tests.helpers import wait_for
+from tests.conftest import DATABASE_URL, JWT_SECRET, REDIS_URL, LiveServer, auth
+from tests.helpers import free_port, wait_for, wait_until_ready
 from tests.protocol_check import check_body
 from tests.sse import Frame, chunks, parse, text_of, types
 
@@ -102,16 +102,7 @@ async def start_pod(name: str, env: dict[str, str], log: IO[bytes], log_path: Pa
 
 
 async def wait_ready(pod: Pod) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            if pod.process.returncode is not None:
-                raise RuntimeError(f"pod {pod.name} exited with {pod.process.returncode}:\n{pod.log_path.read_text()}")
-            try:
-                if (await pod.client.get("/health/ready")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
+    await wait_until_ready(pod.url, pod.log_path, exited=lambda: pod.process.returncode)
 
 
 @asynccontextmanager

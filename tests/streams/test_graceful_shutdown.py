@@ -18,7 +18,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backend.devtools.mock_llm import MockLLMServer
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.sse import chunks
 from tests.streams.test_durable_turns import (
     ALICE,

@@ -14,7 +14,7 @@ from backend import keys
 from backend.auth import Principal
 from backend.errors import RateLimited
 from backend.streams.user_limits import UserLimits, duration, utc_day
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 ALICE, BOB = Principal("alice"), Principal("bob")
 ADMIN = Principal("root", is_admin=True)

@@ -13,10 +13,11 @@ import os
 import sys
 from typing import Any
 
-import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.helpers import InProcessServer, free_port
 
 
 def build_server() -> MCPServer:
@@ -86,33 +87,24 @@ class HttpMcpServer:
     same port simulate an outage."""
 
     def __init__(self, token: str) -> None:
-        from tests.conftest import free_port  # not at the top: the stdio server process would import the fixtures
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self._token = token
         self.mcp = build_server()
         """The running server: a test may change its tools (without announcing it, unlike `grow`)."""
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._server: InProcessServer | None = None
 
     async def start(self) -> None:
         self.mcp = build_server()
         app: Any = _RequireBearer(self.mcp.streamable_http_app(), self._token)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        # Open SSE streams would hold a graceful exit.
+        self._server = InProcessServer(app, self.port, force_exit=True)
+        await self._server.start()
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True  # open SSE streams would hold a graceful exit
-            await self._task
-        self._server = self._task = None
+        if self._server is not None:
+            await self._server.stop()
+        self._server = None
 
     async def __aenter__(self) -> HttpMcpServer:
         await self.start()

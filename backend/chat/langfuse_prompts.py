@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from langfuse.model import ChatPromptClient, TextPromptClient
 
-from backend.chat.prompt import SystemPrompt
+from backend.chat.system_prompt import SystemPrompt
 
 log = logging.getLogger("copilot.prompts")
 

@@ -1,4 +1,4 @@
-"""The fast path of the operation lock on a real Redis (`backend/streams/operations.py`)."""
+"""The fast path of the operation lock on a real Redis (`backend/streams/operation_locks.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from backend.streams.operations import OperationLocks, arguments_digest, lock_key_for
+from backend.streams.operation_locks import OperationLocks, arguments_digest, lock_key_for
 
 SESSION = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 LOCK_KEY = lock_key_for(SESSION, "slow", {"x": 1})

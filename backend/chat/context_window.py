@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from backend.chat.compaction import Compactor
-from backend.chat.context import ContextBudget, Pressure, trim_to_fit
+from backend.chat.context_budget import ContextBudget, Pressure, trim_to_fit
 from backend.chat.messages import row_to_openai, stored_to_openai, to_openai_messages
 from backend.chat.tokens import TokenCounter, truncate_middle
 from backend.errors import ModelError

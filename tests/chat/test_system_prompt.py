@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from langfuse.model import TemplateParser
 
-from backend.chat.prompt import SystemPrompt, default_prompt, turn_variables
+from backend.chat.system_prompt import SystemPrompt, default_prompt, turn_variables
 
 VARIABLES = {"name": "{{nested}}", "empty": None, "nested": "x", "n": 3}
 

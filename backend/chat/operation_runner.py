@@ -35,7 +35,7 @@ from backend.store.operations import Operation, OperationStore
 from backend.store.sessions import SessionStore
 from backend.streams.completions import Completion, publish
 from backend.streams.limits import StreamLimits
-from backend.streams.operations import OperationLocks, arguments_digest
+from backend.streams.operation_locks import OperationLocks, arguments_digest
 from backend.streams.turns import TurnRegistry
 from backend.tools.base import Tool, ToolContext, ToolOutcome, run_tool
 from backend.tools.delegation import Delegation

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from langfuse import Langfuse
 
-from backend.chat.prompt import default_prompt, turn_variables
-from backend.chat.prompt_source import PromptSource
+from backend.chat.langfuse_prompts import PromptSource
+from backend.chat.system_prompt import default_prompt, turn_variables
 from tests.observability.fakes import FakeLangfuse
 
 NAME = "copilot/system"

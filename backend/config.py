@@ -10,10 +10,32 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.mcp_config import McpServer, check_session_server_settings, parse_mcp_servers
+
+
+class ModelPrice(BaseModel):
+    """What a model costs, in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    """Prompt tokens not served from the provider's cache."""
+    output: float = Field(ge=0)
+    """Completion tokens (reasoning tokens included: providers count them there)."""
+    cached_input: float | None = Field(default=None, ge=0)
+    """Prompt tokens served from the cache; unset: priced as `input`."""
 
 
 class Settings(BaseSettings):
@@ -203,6 +225,11 @@ class Settings(BaseSettings):
 
     model_context_windows: dict[str, int] = Field(default_factory=dict)
     """Per-model context windows as JSON, e.g. `{"gpt-4o": 128000, "claude-sonnet-4": 200000}`."""
+
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Prices per model as JSON, USD per million tokens, e.g.
+    `{"gpt-4o-mini": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}`: a turn's `finish` chunk and the
+    session usage report a cost for the models listed here (none for the others)."""
 
     reserved_output_tokens: int = Field(default=4096, ge=0)
     """Tokens of the window kept free for the reply."""

@@ -366,6 +366,7 @@ def _turn_services(
         policy=ContextPolicy(budget, Calibration()),
         compactor=helpers.compactor,
         operations=operations,
+        prices=settings.model_prices,
         session_tools=session_mcp if session_mcp.enabled else None,
     )
 

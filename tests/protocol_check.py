@@ -1,7 +1,7 @@
 """Ordering rules of the UI message stream, checked the way the `ai` client (v6) applies them, and stricter.
 
 `check_sequence` reports what makes `useChat` fail (a `text-delta` without its `text-start`, a tool output
-for an unknown call, a text part left open across `finish-step`) and what the client silently tolerates
+for an unknown call, a text or reasoning part left open across `finish-step`) and what the client silently tolerates
 but our service must never send (no `start`, two `finish`es, chunks after `finish`, unbalanced steps, a tool
 call left running: still streaming its input, or with its input and no output, when the message ends).
 `check_body` also checks the SSE framing of a whole response body. Tests run both on every stream.
@@ -18,6 +18,9 @@ from backend.chat.protocol import (
     Chunk,
     Finish,
     FinishStep,
+    ReasoningDelta,
+    ReasoningEnd,
+    ReasoningStart,
     Start,
     StartStep,
     TextDelta,
@@ -37,6 +40,7 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
     """Violations in a complete message's chunks, in order of appearance; empty when the stream is valid."""
     problems: list[str] = []
     open_texts: set[str] = set()
+    open_reasoning: set[str] = set()
     streaming_tools: set[str] = set()  # after tool-input-start, before tool-input-available
     known_tools: set[str] = set()
     finished_tools: set[str] = set()
@@ -65,6 +69,9 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
                 if open_texts:
                     problems.append(f"{at}: text part(s) {sorted(open_texts)} still open (the client drops them)")
                     open_texts.clear()
+                if open_reasoning:
+                    problems.append(f"{at}: reasoning part(s) {sorted(open_reasoning)} still open")
+                    open_reasoning.clear()
                 in_step = False
             case TextStart(id=text_id):
                 if text_id in open_texts:
@@ -75,6 +82,15 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
                     problems.append(f"{at}: text part {text_id!r} is not open (no active 'text-start')")
                 if isinstance(chunk, TextEnd):
                     open_texts.discard(text_id)
+            case ReasoningStart(id=part_id):
+                if part_id in open_reasoning:
+                    problems.append(f"{at}: reasoning part {part_id!r} started twice")
+                open_reasoning.add(part_id)
+            case ReasoningDelta(id=part_id) | ReasoningEnd(id=part_id):
+                if part_id not in open_reasoning:
+                    problems.append(f"{at}: reasoning part {part_id!r} is not open (no active 'reasoning-start')")
+                if isinstance(chunk, ReasoningEnd):
+                    open_reasoning.discard(part_id)
             case ToolInputStart(tool_call_id=call_id):
                 if call_id in known_tools:
                     problems.append(f"{at}: tool call {call_id!r} started twice")
@@ -109,6 +125,9 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
                 if open_texts:
                     problems.append(f"{at}: text part(s) {sorted(open_texts)} never ended")
                     open_texts.clear()
+                if open_reasoning:
+                    problems.append(f"{at}: reasoning part(s) {sorted(open_reasoning)} never ended")
+                    open_reasoning.clear()
 
     if starts == 0:
         problems.append("no 'start' chunk")
@@ -118,6 +137,8 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
         problems.append("step still open at the end")
     if open_texts:
         problems.append(f"text part(s) {sorted(open_texts)} never ended")
+    if open_reasoning:
+        problems.append(f"reasoning part(s) {sorted(open_reasoning)} never ended")
     if streaming_tools:
         problems.append(f"tool call(s) {sorted(streaming_tools)} stuck in input-streaming")
     running = known_tools - streaming_tools - finished_tools

@@ -7,15 +7,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from backend.api.chat_schemas import CancelResult, SendMessage, TurnResult, Usage
+from backend.api.chat_schemas import CancelResult, ModelUsagePublic, SendMessage, TurnResult, Usage
 from backend.api.deps import Admission, CurrentUser, Driver, Limits, OwnedSession, Sessions, SettingsDep, Turns
 from backend.api.inputs import StreamCursor
 from backend.api.schemas import MessagePublic
 from backend.api.submission import submit_turn
 from backend.chat import protocol
 from backend.chat.turn_driver import TurnDriver
+from backend.chat.usage import cost_usd
 from backend.config import Settings
 from backend.errors import Gone, NotFound
+from backend.store.models import ModelUsage
 
 router = APIRouter(tags=["chat"])
 
@@ -129,10 +131,32 @@ async def send_and_wait(
 
 
 @router.get("/api/chat/sessions/{session_id}/usage")
-async def usage(session: OwnedSession) -> Usage:
-    """Tokens the session's turns used, as reported by the model provider."""
+async def usage(session: OwnedSession, sessions: Sessions, settings: SettingsDep) -> Usage:
+    """Tokens the session's turns used, as reported by the model provider, with their cost and a split by model."""
+    by_model = [_model_usage(m, settings) for m in await sessions.usage_by_model(session.id)]
+    costs = [m.cost_usd for m in by_model if m.cost_usd is not None]
     return Usage(
         prompt_tokens=session.prompt_tokens,
         completion_tokens=session.completion_tokens,
         total_tokens=session.prompt_tokens + session.completion_tokens,
+        cached_tokens=sum(m.cached_tokens for m in by_model),
+        reasoning_tokens=sum(m.reasoning_tokens for m in by_model),
+        cost_usd=round(sum(costs), 10) if costs else None,
+        by_model=by_model,
+    )
+
+
+def _model_usage(m: ModelUsage, settings: Settings) -> ModelUsagePublic:
+    price = settings.model_prices.get(m.model) if m.model is not None else None
+    cost = cost_usd(
+        price, prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens, cached_tokens=m.cached_tokens
+    )
+    return ModelUsagePublic(
+        model=m.model,
+        messages=m.messages,
+        prompt_tokens=m.prompt_tokens,
+        completion_tokens=m.completion_tokens,
+        cached_tokens=m.cached_tokens,
+        reasoning_tokens=m.reasoning_tokens,
+        cost_usd=cost,
     )

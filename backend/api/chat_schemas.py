@@ -97,10 +97,33 @@ class TurnResult(BaseModel):
     """What the turn stored: assistant messages and tool results, in order."""
 
 
-class Usage(BaseModel):
+class ModelUsagePublic(BaseModel):
+    model: str | None
+    """The model; null for assistant messages stored without one."""
+    messages: int
+    """Assistant messages with usage written by this model."""
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int
+    """Prompt tokens served from the provider's cache (part of `prompt_tokens`)."""
+    reasoning_tokens: int
+    """Completion tokens spent on reasoning (part of `completion_tokens`)."""
+    cost_usd: float | None
+    """At the model's price in `COPILOT_MODEL_PRICES`; null when it has none."""
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    """Session total: every stored step the provider reported usage for."""
+    completion_tokens: int
     total_tokens: int
+    cached_tokens: int
+    """Summed over the assistant messages that carry usage (see `by_model`)."""
+    reasoning_tokens: int
+    cost_usd: float | None
+    """Sum of the priced models' costs; null when no model in `by_model` has a price."""
+    by_model: list[ModelUsagePublic]
+    """The usage stored with the session's assistant messages, per model."""
 
 
 class CancelResult(BaseModel):

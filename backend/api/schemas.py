@@ -65,6 +65,13 @@ class MessagePublic(BaseModel):
     client_message_id: str | None
     token_count: int
     created_at: datetime
+    reasoning: str | None = None
+    """Reasoning the model streamed with an assistant message (never sent back to the model)."""
+    model: str | None = None
+    """The model that wrote an assistant message."""
+    usage: dict[str, int] | None = None
+    """The provider's usage of the step an assistant message ends: `prompt_tokens`, `completion_tokens`,
+    `cached_tokens`, `reasoning_tokens`."""
 
     @classmethod
     def of(cls, m: ChatMessage) -> MessagePublic:
@@ -80,6 +87,9 @@ class MessagePublic(BaseModel):
             client_message_id=m.client_message_id,
             token_count=m.token_count,
             created_at=m.created_at,
+            reasoning=m.reasoning,
+            model=m.model,
+            usage=m.usage,
         )
 
 

@@ -24,6 +24,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Reasoning the model streamed before or beside its answer: shown to the user, stored with the message, not
+    sent back to the model."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallStarted:
     call_id: str
     name: str
@@ -94,12 +102,15 @@ class TurnAborted:
 @dataclass(frozen=True, slots=True)
 class TurnEnded:
     finish_reason: str
+    metadata: dict[str, Any] | None = None
+    """What the client learns about the finished message (usage, model, cost); None: nothing."""
 
 
 TurnEvent = (
     TurnStarted
     | StepStarted
     | TextDelta
+    | ReasoningDelta
     | ToolCallStarted
     | ToolInputDelta
     | ToolCallReady

@@ -42,6 +42,13 @@ class TextChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningChunk:
+    """Reasoning the provider streams beside the answer (`reasoning_content` or `reasoning` deltas)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallHeader:
     """The model began a tool call: its id and name are known, its arguments are still streaming."""
 
@@ -72,6 +79,12 @@ class ToolCall:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens the provider served from its cache (`prompt_tokens_details.cached_tokens`); part of
+    `prompt_tokens`."""
+    reasoning_tokens: int = 0
+    """Completion tokens spent on reasoning (`completion_tokens_details.reasoning_tokens`); part of
+    `completion_tokens`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +96,7 @@ class Completed:
     usage: Usage | None
 
 
-ModelEvent = TextChunk | ToolCallHeader | ToolArgumentsDelta | Completed
+ModelEvent = TextChunk | ReasoningChunk | ToolCallHeader | ToolArgumentsDelta | Completed
 
 
 @dataclass(slots=True)
@@ -270,7 +283,8 @@ class LLMClient:
 
 
 class _Reply:
-    """What the chunks of one streamed reply said so far: tool calls by index, finish reason, usage."""
+    """What the chunks of one streamed reply said so far: tool calls by index, finish reason, usage. Reasoning
+    deltas are passed on as they come."""
 
     __slots__ = ("calls", "finish_reason", "usage")
 
@@ -280,13 +294,18 @@ class _Reply:
         self.usage: Usage | None = None
 
     def read(self, chunk: dict[str, Any]) -> list[ModelEvent]:
-        """Take in one `chat.completion.chunk`; the events it gives (text, tool calls whose id and name are known)."""
+        """Take in one `chat.completion.chunk`; the events it gives (reasoning, text, tool calls whose id and name
+        are known)."""
         events: list[ModelEvent] = []
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        usage = _usage(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or _EMPTY
+            # DeepSeek and vLLM name it `reasoning_content`, OpenRouter `reasoning`; a delta carries one of them.
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if reasoning and isinstance(reasoning, str):
+                events.append(ReasoningChunk(reasoning))
             text = delta.get("content")
             if text:
                 events.append(TextChunk(text))
@@ -323,10 +342,22 @@ _EMPTY: dict[str, Any] = {}
 
 
 def _usage(value: Any) -> Usage | None:
-    """The `usage` object of a non-streamed response, if it has one."""
+    """A response's or chunk's `usage` object, if it has one (its details objects are optional)."""
     if not isinstance(value, dict):
         return None
-    return Usage(value.get("prompt_tokens") or 0, value.get("completion_tokens") or 0)
+    prompt = value.get("prompt_tokens_details")
+    completion = value.get("completion_tokens_details")
+    return Usage(
+        _count(value.get("prompt_tokens")),
+        _count(value.get("completion_tokens")),
+        _count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
+        _count(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
+    )
+
+
+def _count(value: Any) -> int:
+    """A token count as the provider sent it; anything but a non-negative integer counts as 0."""
+    return value if type(value) is int and value > 0 else 0
 
 
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError, ssl.SSLError, anyio.EndOfStream)

@@ -75,6 +75,10 @@ async def stream_model_call(turn: TurnState, step: Step) -> AsyncIterator[ev.Tur
                 first_token = first_token or time.time()
                 step.text.append(event.text)
                 yield ev.TextDelta(event.text)
+            elif isinstance(event, llm.ReasoningChunk):
+                first_token = first_token or time.time()
+                step.reasoning.append(event.text)
+                yield ev.ReasoningDelta(event.text)
             elif isinstance(event, llm.ToolArgumentsDelta):
                 yield ev.ToolInputDelta(event.id, event.text)
             elif isinstance(event, llm.ToolCallHeader):
@@ -92,11 +96,12 @@ async def stream_model_call(turn: TurnState, step: Step) -> AsyncIterator[ev.Tur
                     yield status
             raise RetryStep from e
         step.stage = "saving"
-        await save(turn, step, _assistant(step.content, []))
+        await save(turn, step, _assistant(turn, step, []))
         raise TurnFailure(e.message, e.provider_code or "model_error") from e
     assert step.completed is not None
     turn.telemetry.generation(_generation(model.model, started, first_token, step, None))
     if step.completed.usage is not None:
+        turn.usage.add(step.completed.usage)
         turn.services.policy.calibration.observe(step.estimated_tokens, step.completed.usage.prompt_tokens)
 
 
@@ -144,7 +149,7 @@ async def save_step(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
     assert step.completed is not None
     step.stage = "saving"
     calls = step.calls
-    messages = [_assistant(step.content, calls), *_tool_messages(turn, calls, step.outcomes, step.launched)]
+    messages = [_assistant(turn, step, calls), *_tool_messages(turn, calls, step.outcomes, step.launched)]
     stored = await save(turn, step, *messages, usage=step.completed.usage)
     for operation in step.launched.values():
         if operation.launch is not None:
@@ -185,11 +190,11 @@ async def save_interrupted(turn: TurnState, step: Step) -> None:
     calls that finished and their results while its tools ran. Nothing before the model call, nothing for a
     refused attempt, and nothing while the step is being saved (`append_or_keep` keeps it on a cancellation)."""
     if step.stage == "model":
-        work = save(turn, step, _assistant(_interrupted(step.content), []), patient=False)
+        work = save(turn, step, _assistant(turn, step, [], interrupted=True), patient=False)
     elif step.stage == "tools":
         assert step.completed is not None
         done = [c for c in step.calls if c.id in step.outcomes]
-        partial = [_assistant(_interrupted(step.content), done), *_tool_messages(turn, done, step.outcomes)]
+        partial = [_assistant(turn, step, done, interrupted=True), *_tool_messages(turn, done, step.outcomes)]
         work = save(turn, step, *partial, usage=step.completed.usage, patient=False)
     else:
         return
@@ -291,6 +296,9 @@ def _new_message(turn: TurnState, message: dict[str, Any], write_key: str) -> Ne
         tool_calls=message.get("tool_calls"),
         tool_call_id=message.get("tool_call_id"),
         token_count=turn.services.counter.count_message(message),
+        reasoning=message.get("reasoning"),
+        model=message.get("model"),
+        usage=message.get("usage"),
         write_key=write_key,
     )
 
@@ -311,8 +319,15 @@ def _generation(model: str, started: float, first_token: float | None, step: Ste
     )
 
 
-def _assistant(content: str, calls: Sequence[llm.ToolCall]) -> dict[str, Any] | None:
-    if not content and not calls:
+def _assistant(
+    turn: TurnState, step: Step, calls: Sequence[llm.ToolCall], *, interrupted: bool = False
+) -> dict[str, Any] | None:
+    """The step's assistant message to store, with its reasoning, model and usage; None when the model said
+    nothing at all. Only `role`, `content` and `tool_calls` are counted as tokens and reach the model again."""
+    content, reasoning = step.content, step.reasoning_text
+    if interrupted:
+        content = _interrupted(content)
+    if not content and not calls and not reasoning:
         return None
     message: dict[str, Any] = {"role": "assistant", "content": content or None}
     if calls:
@@ -320,7 +335,20 @@ def _assistant(content: str, calls: Sequence[llm.ToolCall]) -> dict[str, Any] | 
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json or "{}"}}
             for c in calls
         ]
-    return message
+    extras = {"reasoning": reasoning, "model": turn.services.llm.model, "usage": _usage_of(step)}
+    return {**message, **{k: v for k, v in extras.items() if v is not None}}
+
+
+def _usage_of(step: Step) -> dict[str, int] | None:
+    usage = step.completed.usage if step.completed is not None else None
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
 
 
 def _as_text(output: Any) -> str:

@@ -84,6 +84,28 @@ class TextEnd(BaseChunk):
     """Id of the open text part to close."""
 
 
+class ReasoningStart(BaseChunk):
+    """Opens a reasoning part (`type: reasoning`); the panel shows it collapsed."""
+
+    type: Literal["reasoning-start"] = "reasoning-start"
+    id: str
+    """Reasoning part id; later `reasoning-delta`/`reasoning-end` refer to it."""
+
+
+class ReasoningDelta(BaseChunk):
+    type: Literal["reasoning-delta"] = "reasoning-delta"
+    id: str
+    """Id of an open reasoning part (after its `reasoning-start`)."""
+    delta: str
+    """Reasoning text appended to the part."""
+
+
+class ReasoningEnd(BaseChunk):
+    type: Literal["reasoning-end"] = "reasoning-end"
+    id: str
+    """Id of the open reasoning part to close."""
+
+
 class ToolInputStart(BaseChunk):
     type: Literal["tool-input-start"] = "tool-input-start"
     tool_call_id: str
@@ -198,6 +220,9 @@ Chunk = Annotated[
     | Annotated[TextStart, Tag("text-start")]
     | Annotated[TextDelta, Tag("text-delta")]
     | Annotated[TextEnd, Tag("text-end")]
+    | Annotated[ReasoningStart, Tag("reasoning-start")]
+    | Annotated[ReasoningDelta, Tag("reasoning-delta")]
+    | Annotated[ReasoningEnd, Tag("reasoning-end")]
     | Annotated[ToolInputStart, Tag("tool-input-start")]
     | Annotated[ToolInputDelta, Tag("tool-input-delta")]
     | Annotated[ToolInputAvailable, Tag("tool-input-available")]

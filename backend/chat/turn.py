@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from backend.chat import events as ev
 from backend.chat.phases import (
@@ -28,6 +29,7 @@ from backend.chat.phases import (
 )
 from backend.chat.system_prompt import SystemPrompt
 from backend.chat.turn_state import RetryStep, Step, TurnFailure, TurnRequest, TurnServices, TurnState
+from backend.chat.usage import finish_metadata
 from backend.observability.telemetry import TurnTelemetry
 
 PHASES = (prepare_prompt, stream_model_call, settle_step, run_tools, save_step)
@@ -61,13 +63,17 @@ async def stream_chat_completion(
                 break
             count_tool_round(turn, step)
         assert step.completed is not None
-        yield ev.TurnEnded(step.completed.finish_reason)
+        yield ev.TurnEnded(step.completed.finish_reason, _finish_metadata(turn))
         if not step.kept:
             compact_later(turn)
     except TurnFailure as failure:
         yield ev.TurnFailed(failure.text, failure.code)
-        yield ev.TurnEnded("error")
+        yield ev.TurnEnded("error", _finish_metadata(turn))
     except (asyncio.CancelledError, GeneratorExit):
         if step is not None:
             await save_interrupted(turn, step)
         raise
+
+
+def _finish_metadata(turn: TurnState) -> dict[str, Any] | None:
+    return finish_metadata(turn.services.llm.model, turn.usage, turn.services.prices)

@@ -19,6 +19,8 @@ from backend.chat.llm import Completed, LLMClient, ToolCall
 from backend.chat.operation_runner import OperationRunner, Started
 from backend.chat.system_prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter
+from backend.chat.usage import TurnUsage
+from backend.config import ModelPrice
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
 from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore
@@ -88,6 +90,8 @@ class TurnServices:
     """Runs long-running tools in the background; None: they run inline like any tool."""
     session_tools: SessionToolSource | None = None
     """The tools of each session's own MCP servers; None: every turn sees `tools` only."""
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """USD per million tokens per model (`COPILOT_MODEL_PRICES`): the turn's cost in its `finish` metadata."""
 
     async def tools_for(self, request: TurnRequest) -> TurnTools:
         """The tools `request`'s turn sees, for its whole length (the schemas and the calls)."""
@@ -125,6 +129,8 @@ class Step:
     """The prompt of the model call."""
     estimated_tokens: int = 0
     text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    """What the model streamed as reasoning: stored with the assistant message, never sent back to the model."""
     completed: Completed | None = None
     outcomes: dict[str, ToolOutcome] = field(default_factory=dict)
     """Results of the step's tool calls that finished (call id → outcome)."""
@@ -136,6 +142,10 @@ class Step:
     @property
     def content(self) -> str:
         return "".join(self.text)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return "".join(self.reasoning) if self.reasoning else None
 
     @property
     def calls(self) -> Sequence[ToolCall]:
@@ -167,6 +177,8 @@ class TurnState:
     json_retries: int = 0
     squeeze: float = 1.0
     """Share of the budget the prompt may use: halved once when the provider says the prompt is too long."""
+    usage: TurnUsage = field(default_factory=TurnUsage)
+    """What the turn's model calls used so far (the `finish` chunk's metadata)."""
 
     @classmethod
     async def open(

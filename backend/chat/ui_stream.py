@@ -11,6 +11,7 @@ tool had not answered gets `tool-output-error`; a call with unusable arguments g
 from __future__ import annotations
 
 from itertools import count
+from typing import Any
 
 from backend.chat import events as ev
 from backend.chat import protocol as p
@@ -33,6 +34,8 @@ class UIStreamTranslator:
     def __init__(self) -> None:
         self._text_id: str | None = None
         self._text_ids = count()
+        self._reasoning_id: str | None = None
+        self._reasoning_ids = count()
         self._step_open = False
         self._inputs: dict[str, tuple[str, list[str]]] = {}
         """Calls whose arguments are streaming: tool name and the raw argument text so far."""
@@ -47,15 +50,25 @@ class UIStreamTranslator:
             case ev.TextDelta(text=text):
                 if not text:
                     return []
-                out: list[p.Chunk] = []
+                # The per-token path: a reasoning part to end is rare, so it costs one check.
+                out: list[p.Chunk] = [] if self._reasoning_id is None else self._end_reasoning()
                 if self._text_id is None:
                     self._text_id = f"text-{next(self._text_ids)}"
                     out.append(p.TextStart(id=self._text_id))
                 out.append(p.TextDelta(id=self._text_id, delta=text))
                 return out
+            case ev.ReasoningDelta(text=text):
+                if not text:
+                    return []
+                out = self._end_text()
+                if self._reasoning_id is None:
+                    self._reasoning_id = f"reasoning-{next(self._reasoning_ids)}"
+                    out.append(p.ReasoningStart(id=self._reasoning_id))
+                out.append(p.ReasoningDelta(id=self._reasoning_id, delta=text))
+                return out
             case ev.ToolCallStarted(call_id=call_id, name=name):
                 self._inputs[call_id] = (name, [])
-                return [*self._end_text(), p.ToolInputStart(tool_call_id=call_id, tool_name=name)]
+                return [*self._end_parts(), p.ToolInputStart(tool_call_id=call_id, tool_name=name)]
             case ev.ToolInputDelta(call_id=call_id, text=text):
                 if call_id not in self._inputs or not text:
                     return []
@@ -64,12 +77,12 @@ class UIStreamTranslator:
             case ev.ToolCallReady(call_id=call_id, name=name, arguments=arguments):
                 self._inputs.pop(call_id, None)
                 self._running[call_id] = name
-                return [*self._end_text(), p.ToolInputAvailable(tool_call_id=call_id, tool_name=name, input=arguments)]
+                return [*self._end_parts(), p.ToolInputAvailable(tool_call_id=call_id, tool_name=name, input=arguments)]
             case ev.ToolInputFailed(call_id=call_id, name=name, raw_arguments=raw, error_text=error_text):
                 self._inputs.pop(call_id, None)
                 self._running.pop(call_id, None)
                 failed = p.ToolInputError(tool_call_id=call_id, tool_name=name, input=raw, error_text=error_text)
-                return [*self._end_text(), failed]
+                return [*self._end_parts(), failed]
             case ev.ToolFinished(call_id=call_id, ok=ok, output=output, error_text=error_text):
                 if call_id not in self._running and call_id not in self._inputs:
                     return []  # a call the client never saw, or one already closed
@@ -92,24 +105,35 @@ class UIStreamTranslator:
                 return [*self._end_step(), p.Error(error_text=error_text)]
             case ev.TurnAborted(reason=reason):
                 return [*self._end_step(), p.Abort(reason=reason)]
-            case ev.TurnEnded(finish_reason=reason):
-                return self.close(reason)
+            case ev.TurnEnded(finish_reason=reason, metadata=metadata):
+                return self.close(reason, metadata)
         return []
 
-    def close(self, finish_reason: str = "other") -> list[p.Chunk]:
+    def close(self, finish_reason: str = "other", metadata: dict[str, Any] | None = None) -> list[p.Chunk]:
         """End open parts and the message. Idempotent: only the first call emits `finish`."""
         if self.finished:
             return []
         out = self._end_step()
         self.finished = True
-        out.append(p.Finish(finish_reason=_FINISH_REASONS.get(finish_reason, "other")))
+        reason = _FINISH_REASONS.get(finish_reason, "other")
+        out.append(p.Finish(finish_reason=reason, message_metadata=metadata))
         return out
+
+    def _end_parts(self) -> list[p.Chunk]:
+        """End the open text or reasoning part (at most one is open)."""
+        return [*self._end_text(), *self._end_reasoning()]
 
     def _end_text(self) -> list[p.Chunk]:
         if self._text_id is None:
             return []
         text_id, self._text_id = self._text_id, None
         return [p.TextEnd(id=text_id)]
+
+    def _end_reasoning(self) -> list[p.Chunk]:
+        if self._reasoning_id is None:
+            return []
+        reasoning_id, self._reasoning_id = self._reasoning_id, None
+        return [p.ReasoningEnd(id=reasoning_id)]
 
     def _close_tools(self) -> list[p.Chunk]:
         """Close the calls still open: cut-off arguments as `tool-input-error`, unanswered ones as an output error."""
@@ -122,7 +146,7 @@ class UIStreamTranslator:
         return out
 
     def _end_step(self) -> list[p.Chunk]:
-        out = [*self._end_text(), *self._close_tools()]
+        out = [*self._end_parts(), *self._close_tools()]
         if self._step_open:
             self._step_open = False
             out.append(p.FinishStep())

@@ -100,6 +100,25 @@ def _context_length(turn: Turn, marker: Marker) -> Response:
     return error_response(400, message, "invalid_request_error", "context_length_exceeded", param="messages")
 
 
+def _reasoning(turn: Turn, marker: Marker) -> None:
+    """Reasoning streamed before the reply: the given ``content``, or ``tokens`` filler words (default 10), in the
+    delta field ``field`` (``reasoning_content``, the default, or ``reasoning``). It does not choose the reply."""
+    field = marker.params.get("field", "reasoning_content")
+    if field not in ("reasoning_content", "reasoning"):
+        raise MarkerError(f"{marker.text}: field must be reasoning_content or reasoning")
+    turn.plan.reasoning_field = field
+    if "content" in marker.params:
+        turn.plan.reasoning += encode_text(str(marker.params["content"]))
+    else:
+        count = marker.count("tokens", 10)
+        turn.plan.reasoning += [b'"Hmm"', *filler(count - 1)][:count]
+
+
+def _usage(turn: Turn, marker: Marker) -> None:
+    """Report ``cached`` prompt tokens (default 0) as served from the provider's cache, in the usage."""
+    turn.plan.cached_tokens = marker.count("cached", 0)
+
+
 def _cut(turn: Turn, marker: Marker) -> None:
     """Drop the connection after ``after`` chunks (default 3): no finish chunk, no ``[DONE]``."""
     turn.plan.cut_after = marker.count("after", 3)
@@ -121,4 +140,6 @@ SCENARIOS: Mapping[str, Scenario] = {
     "context_length": _context_length,
     "cut": _cut,
     "stall": _stall,
+    "reasoning": _reasoning,
+    "usage": _usage,
 }

@@ -50,6 +50,12 @@ class Plan:
     stall_seconds: float = 0.0
     answered: bool = False
     """Whether a ``text`` or ``tool`` marker chose the reply (which may then be empty)."""
+    reasoning: list[bytes] = field(default_factory=list)
+    """Reasoning tokens streamed before the reply, each already encoded as a JSON string literal."""
+    reasoning_field: str = "reasoning_content"
+    """The delta field that carries them: ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning`` (OpenRouter)."""
+    cached_tokens: int = 0
+    """Prompt tokens reported as served from the provider's cache."""
 
     @property
     def finish_reason(self) -> str:
@@ -93,7 +99,7 @@ class Envelope:
         self._head, self._tail = head, tail
         self._text_head, self._text_tail = head + b'{"content":', b"}" + tail
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         body = {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -130,14 +136,27 @@ def _tool_call_deltas(calls: list[ToolCall]) -> Iterator[dict[str, Any]]:
                 yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
 
 
-def token_usage(prompt_tokens: int, plan: Plan) -> dict[str, int]:
-    completion = len(plan.content) + sum(len(_fragments(call.arguments)) for call in plan.tool_calls)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+def token_usage(prompt_tokens: int, plan: Plan) -> dict[str, Any]:
+    """OpenAI's ``usage`` object; the details objects only when the plan has cached or reasoning tokens."""
+    reasoning = len(plan.reasoning)
+    completion = reasoning + len(plan.content) + sum(len(_fragments(call.arguments)) for call in plan.tool_calls)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+    if plan.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(plan.cached_tokens, prompt_tokens)}
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
-def sse_chunks(plan: Plan, env: Envelope, usage: dict[str, int] | None) -> Iterator[bytes]:
-    """The whole stream: role, text tokens, tool-call deltas, finish, optional usage, ``[DONE]``."""
+def sse_chunks(plan: Plan, env: Envelope, usage: dict[str, Any] | None) -> Iterator[bytes]:
+    """The whole stream: role, reasoning tokens, text tokens, tool-call deltas, finish, optional usage, ``[DONE]``."""
     yield env.delta({"role": "assistant", "content": None if plan.tool_calls and not plan.content else ""})
+    for token in plan.reasoning:
+        yield env.delta({plan.reasoning_field: orjson.loads(token)})
     for token in plan.content:
         yield env.text(token)
     for delta in _tool_call_deltas(plan.tool_calls):
@@ -148,7 +167,7 @@ def sse_chunks(plan: Plan, env: Envelope, usage: dict[str, int] | None) -> Itera
     yield _DONE
 
 
-def completion_body(plan: Plan, env: Envelope, usage: dict[str, int]) -> bytes:
+def completion_body(plan: Plan, env: Envelope, usage: dict[str, Any]) -> bytes:
     """The non-streaming ``chat.completion`` body."""
     content = "".join(orjson.loads(b"[" + b",".join(plan.content) + b"]")) if plan.content else None
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}

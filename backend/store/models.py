@@ -43,6 +43,13 @@ class NewMessage:
     client_message_id: str | None = None
     """Set by the client for user messages: a resend with the same id returns the stored message."""
     token_count: int = 0
+    reasoning: str | None = None
+    """Reasoning the model streamed with an assistant message; kept for the user, never sent back to the model."""
+    model: str | None = None
+    """The model that wrote an assistant message."""
+    usage: dict[str, int] | None = None
+    """The provider's usage of the step an assistant message ends (`prompt_tokens`, `completion_tokens`,
+    `cached_tokens`, `reasoning_tokens`)."""
     write_key: str | None = None
     """Set by the turn for the messages of its steps (`<turn id>:<step>:<index>`): an append finds a key already
     stored when an earlier attempt of the same write committed (its reply was lost, or the write was kept in Redis
@@ -77,6 +84,10 @@ class ChatMessage:
     client_message_id: str | None
     token_count: int
     created_at: datetime
+    reasoning: str | None = None
+    model: str | None = None
+    usage: dict[str, int] | None = None
+    """See `NewMessage`."""
 
     def row(self) -> MessageRow:
         return MessageRow(
@@ -89,6 +100,19 @@ class ChatMessage:
             refusal=self.refusal,
             token_count=self.token_count,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """The usage stored with one session's assistant messages written by one model, summed."""
+
+    model: str | None
+    """None for messages whose model was not recorded."""
+    messages: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,15 @@ import asyncpg
 import orjson
 
 from backend.errors import StorageUnavailable
-from backend.store.models import ActiveTurnClaim, ActiveTurnHeld, AppendResult, ChatMessage, ChatSession, NewMessage
+from backend.store.models import (
+    ActiveTurnClaim,
+    ActiveTurnHeld,
+    AppendResult,
+    ChatMessage,
+    ChatSession,
+    ModelUsage,
+    NewMessage,
+)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -62,21 +70,34 @@ _SESSION_COLUMNS = (
 )
 _MESSAGE_COLUMNS = (
     "id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, "
-    "token_count, created_at"
+    "token_count, created_at, reasoning, model, usage"
 )
 
 # One statement inserts a whole step's messages: parallel arrays, one element per message.
 _INSERT_MESSAGES = f"""
 INSERT INTO chat_messages (
     id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count,
-    write_key
+    write_key, reasoning, model, usage
 )
 SELECT u.id, $1, u.seq, u.role, u.content, u.tool_calls::jsonb, u.tool_call_id, u.name, u.refusal,
-       u.client_message_id, u.token_count, u.write_key
+       u.client_message_id, u.token_count, u.write_key, u.reasoning, u.model, u.usage::jsonb
 FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-            $10::text[], $11::int[], $12::text[])
-    AS u(id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count, write_key)
+            $10::text[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[])
+    AS u(
+        id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count, write_key,
+        reasoning, model, usage
+    )
 RETURNING {_MESSAGE_COLUMNS}
+"""
+
+_USAGE_BY_MODEL = """
+SELECT model, count(*)::int AS messages,
+       coalesce(sum((usage->>'prompt_tokens')::bigint), 0)::bigint AS prompt_tokens,
+       coalesce(sum((usage->>'completion_tokens')::bigint), 0)::bigint AS completion_tokens,
+       coalesce(sum((usage->>'cached_tokens')::bigint), 0)::bigint AS cached_tokens,
+       coalesce(sum((usage->>'reasoning_tokens')::bigint), 0)::bigint AS reasoning_tokens
+FROM chat_messages WHERE session_id = $1 AND usage IS NOT NULL
+GROUP BY model ORDER BY model NULLS LAST
 """
 
 
@@ -284,6 +305,9 @@ class ChatRepository:
                     [m.client_message_id for m in fresh],
                     [m.token_count for m in fresh],
                     [m.write_key for m in fresh],
+                    [m.reasoning for m in fresh],
+                    [m.model for m in fresh],
+                    [None if m.usage is None else orjson.dumps(m.usage).decode() for m in fresh],
                 )
                 inserted = {r["sequence"]: _message(r) for r in rows}
             wrote = bool(fresh or prompt_tokens or completion_tokens)
@@ -369,6 +393,12 @@ class ChatRepository:
                     token_count - old["token_count"],
                 )
         return _message(row) if row else None
+
+    @_outage_is_unavailable
+    async def usage_by_model(self, session_id: UUID) -> list[ModelUsage]:
+        """The usage stored with the session's messages, summed per model (by model name)."""
+        rows = await self._pool.fetch(_USAGE_BY_MODEL, session_id)
+        return [ModelUsage(**dict(r)) for r in rows]
 
     @_outage_is_unavailable
     async def get_messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:

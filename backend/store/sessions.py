@@ -20,7 +20,15 @@ from redis.exceptions import RedisError
 
 from backend.errors import NotFound, StorageUnavailable
 from backend.store.cache import SessionCache
-from backend.store.models import ActiveTurnClaim, AppendResult, ChatMessage, ChatSession, MessageRow, NewMessage
+from backend.store.models import (
+    ActiveTurnClaim,
+    AppendResult,
+    ChatMessage,
+    ChatSession,
+    MessageRow,
+    ModelUsage,
+    NewMessage,
+)
 from backend.store.pending import PendingAppend, PendingWrites
 from backend.store.postgres import ChatRepository
 
@@ -246,6 +254,11 @@ class SessionStore:
         if message is not None:
             await self._after_write(session_id, messages=True)
         return message
+
+    async def usage_by_model(self, session_id: UUID) -> list[ModelUsage]:
+        """The usage stored with the session's assistant messages, summed per model (the caller has checked
+        ownership). Read from Postgres: a report, not a hot path."""
+        return await self._repo.usage_by_model(session_id)
 
     async def messages(self, session_id: UUID, *, after: int = 0, limit: int | None = None) -> list[ChatMessage]:
         """Messages with sequence > `after`, oldest first (the caller has checked ownership)."""

@@ -72,6 +72,28 @@ async def test_tool_call_is_a_card_with_its_state_input_and_output(
     await expect(page.locator(".message.assistant")).to_have_count(1)
 
 
+async def test_reasoning_is_shown_collapsed_and_kept_after_a_reload(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    await send(page, 'Why? [[mock:reasoning content="Because <b>six</b> sevens"]] [[mock:text content="It is 42"]]')
+    await wait_turn_end(page)
+
+    box = page.locator(".message.assistant .reasoning")
+    await expect(box).to_have_count(1)
+    await expect(box.locator("summary")).to_have_text("Thought")
+    await expect(box.locator("pre")).not_to_be_visible()  # collapsed until asked
+    await box.locator("summary").click()
+    await expect(box.locator("pre")).to_have_text("Because <b>six</b> sevens")  # text, never markup
+    await expect(page.locator(".message.assistant .text")).to_have_text("It is 42")
+    await page.reload()
+    await expect(page.locator(".message.assistant .reasoning pre")).to_have_text(
+        "Because <b>six</b> sevens", use_inner_text=False
+    )
+    await expect(page.locator(".message.assistant .text")).to_have_text("It is 42")
+
+
 async def test_reload_mid_reply_resumes_it_without_duplicating_text(
     page: Page, live: LiveServer, api: httpx.AsyncClient
 ) -> None:

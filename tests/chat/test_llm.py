@@ -16,6 +16,7 @@ from backend.chat.llm import (
     Completed,
     LLMClient,
     ModelEvent,
+    ReasoningChunk,
     RetryPolicy,
     TextChunk,
     ToolArgumentsDelta,
@@ -408,6 +409,48 @@ async def test_usage_fields_may_be_null() -> None:
     usage = event({"id": "x", "choices": [], "usage": {"prompt_tokens": None, "completion_tokens": 3}})
     events, _ = await raw_stream([event(delta({"content": "a"})), FINISH, usage, DONE])
     assert events[-1].usage == Usage(0, 3)
+
+
+async def test_reasoning_deltas_of_either_name_become_reasoning_chunks() -> None:
+    """DeepSeek and vLLM stream `reasoning_content`, OpenRouter `reasoning`; empty and null ones are skipped."""
+    body = [
+        event(delta({"role": "assistant", "content": "", "reasoning_content": None})),
+        event(delta({"reasoning_content": "Let me "})),
+        event(delta({"reasoning": "think."})),
+        event(delta({"reasoning": ""})),
+        event(delta({"content": "42"})),
+        FINISH,
+        DONE,
+    ]
+    events, _ = await raw_stream(body)
+    assert events[:3] == [ReasoningChunk("Let me "), ReasoningChunk("think."), TextChunk("42")]
+
+
+async def test_usage_details_give_cached_and_reasoning_tokens() -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 30,
+        "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 12},
+    }
+    events, _ = await raw_stream([event(delta({"content": "a"})), FINISH, event({"choices": [], "usage": usage}), DONE])
+    assert events[-1].usage == Usage(100, 30, cached_tokens=64, reasoning_tokens=12)
+
+
+async def test_malformed_usage_details_count_as_zero() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "prompt_tokens_details": None}
+    usage["completion_tokens_details"] = {"reasoning_tokens": "many"}
+    events, _ = await raw_stream([event(delta({"content": "a"})), FINISH, event({"choices": [], "usage": usage}), DONE])
+    assert events[-1].usage == Usage(5, 2)
+
+
+async def test_the_mock_streams_reasoning_and_reports_it_in_the_usage(llm: LLMClient) -> None:
+    message = '[[mock:reasoning content="Hmm, six sevens"]] [[mock:usage cached=3]] [[mock:text content="42"]]'
+    events = await collect(llm, [{"role": "user", "content": message}])
+    assert "".join(e.text for e in events if isinstance(e, ReasoningChunk)) == "Hmm, six sevens"
+    assert text(events) == "42"
+    usage = events[-1].usage
+    assert usage.reasoning_tokens == 3 and usage.completion_tokens == 4 and usage.cached_tokens == 3
 
 
 async def test_sse_framing_crlf_comments_multiline_data_and_split_reads() -> None:

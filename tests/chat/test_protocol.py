@@ -20,6 +20,9 @@ from backend.chat.protocol import (
     Finish,
     FinishStep,
     MessageMetadata,
+    ReasoningDelta,
+    ReasoningEnd,
+    ReasoningStart,
     Start,
     StartStep,
     TextDelta,
@@ -44,6 +47,9 @@ EVERY_CHUNK: list[Chunk] = [
     TextStart(id="t1"),
     TextDelta(id="t1", delta='Hé\n"quoted" </script> \u2028 \x00'),
     TextEnd(id="t1"),
+    ReasoningStart(id="r1"),
+    ReasoningDelta(id="r1", delta="thinking"),
+    ReasoningEnd(id="r1"),
     ToolInputStart(tool_call_id="c1", tool_name="search"),
     ToolInputDelta(tool_call_id="c1", input_text_delta='{"q": "x"}'),
     ToolInputAvailable(tool_call_id="c1", tool_name="search", input={"q": "x"}),
@@ -128,7 +134,7 @@ def test_finish_reason_unknown_is_refused() -> None:
     [
         '{"type":"text-delta","id":"t"}',  # missing field
         '{"type":"text-start","id":"t","extra":1}',  # unknown field
-        '{"type":"reasoning-start","id":"r"}',  # a type we do not emit
+        '{"type":"source-url","sourceId":"s","url":"u"}',  # a type we do not emit
         '{"type":"data-","data":1}',  # data part without a name
         '{"id":"t"}',  # no type
         "[1]",

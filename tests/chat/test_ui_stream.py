@@ -94,3 +94,56 @@ def test_invalid_arguments_become_an_input_error_with_the_raw_text() -> None:
         )
     ]
     assert check_sequence(chunks) == []
+
+
+def test_reasoning_is_one_part_ended_before_text_and_tool_calls() -> None:
+    chunks = translate(
+        ev.TurnStarted("m"),
+        ev.StepStarted(),
+        ev.ReasoningDelta("Let me "),
+        ev.ReasoningDelta("think."),
+        ev.TextDelta("Calling."),
+        ev.ReasoningDelta("More."),
+        ev.ToolCallStarted("c1", "calculate"),
+        ev.ToolCallReady("c1", "calculate", {}),
+        ev.ToolFinished("c1", True, 1),
+        ev.StepFinished(),
+        finish_reason="stop",
+    )
+    assert chunks[2:12] == [
+        p.ReasoningStart(id="reasoning-0"),
+        p.ReasoningDelta(id="reasoning-0", delta="Let me "),
+        p.ReasoningDelta(id="reasoning-0", delta="think."),
+        p.ReasoningEnd(id="reasoning-0"),
+        p.TextStart(id="text-0"),
+        p.TextDelta(id="text-0", delta="Calling."),
+        p.TextEnd(id="text-0"),
+        p.ReasoningStart(id="reasoning-1"),
+        p.ReasoningDelta(id="reasoning-1", delta="More."),
+        p.ReasoningEnd(id="reasoning-1"),
+    ]
+    assert check_sequence(chunks) == []
+
+
+def test_open_reasoning_ends_before_finish_step() -> None:
+    chunks = translate(ev.TurnStarted("m"), ev.StepStarted(), ev.ReasoningDelta("hm"), ev.StepFinished())
+    assert [c.type for c in chunks] == [
+        "start",
+        "start-step",
+        "reasoning-start",
+        "reasoning-delta",
+        "reasoning-end",
+        "finish-step",
+        "finish",
+    ]
+
+
+def test_the_end_of_a_turn_carries_its_metadata_on_finish() -> None:
+    translator = UIStreamTranslator()
+    metadata = {"model": "m", "usage": {"promptTokens": 3}}
+    [finish] = translator.translate(ev.TurnEnded("stop", metadata))
+    assert finish == p.Finish(finish_reason="stop", message_metadata=metadata)
+    assert (
+        p.to_json(finish)
+        == b'{"type":"finish","finishReason":"stop","messageMetadata":{"model":"m","usage":{"promptTokens":3}}}'
+    )

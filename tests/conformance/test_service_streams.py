@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from tests.api.test_chat_stream import new_session, send
-from tests.conformance.ai_sdk import assemble, violations
+from tests.conformance.ai_sdk import AI_CLIENTS, assemble, violations
 from tests.conftest import LiveServer
 
 
@@ -63,3 +63,18 @@ async def test_provider_error_before_any_text(chat: tuple[httpx.AsyncClient, Liv
     _, result = await reply(chat, "[[mock:region_block]]")
     assert result["chat"]["status"] == "error"
     assert "region" in str(result["chat"]["error"])
+
+
+async def test_reasoning_and_usage_metadata(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    """The real clients keep streamed reasoning as a `reasoning` part and the finish metadata as message metadata."""
+    body, _ = await reply(chat, '[[mock:reasoning content="Six sevens"]] [[mock:text content="It is 42"]]')
+    for client in AI_CLIENTS:
+        result = assemble(body, client)
+        assert result["violations"] == [], client
+        message = result["chat"]["message"]
+        parts = [p for p in message["parts"] if p["type"] != "step-start"]
+        assert [(p["type"], p["text"]) for p in parts] == [("reasoning", "Six sevens"), ("text", "It is 42")], client
+        assert parts[0]["state"] == "done", client
+        usage = message["metadata"]["usage"]
+        assert message["metadata"]["model"] == "mock-model" and usage["completionTokens"] > 0, client
+        assert message["metadata"]["taskId"], client  # merged with the start chunk's metadata

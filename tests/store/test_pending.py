@@ -176,3 +176,6 @@ async def test_a_retry_that_succeeds_within_the_window_keeps_nothing(pods: tuple
 def test_a_pending_append_round_trips() -> None:
     append = PendingAppend(tuple(tool_step("t", 3)), prompt_tokens=5, completion_tokens=1)
     assert PendingAppend.decode(append.encode()) == append
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "cached_tokens": 0, "reasoning_tokens": 1}
+    kept = NewMessage("assistant", "a", reasoning="r", model="m", usage=usage, write_key="t:0:0")
+    assert PendingAppend.decode(PendingAppend((kept,)).encode()).messages == (kept,)

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from backend.store.models import NewMessage
+from backend.store.models import ModelUsage, NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 
 
@@ -96,6 +96,30 @@ async def test_usage_is_added_to_session_totals(repo: ChatRepository) -> None:
     stored = await repo.get_session(session.id)
     assert stored is not None
     assert (stored.prompt_tokens, stored.completion_tokens) == (15, 5)
+
+
+async def test_reasoning_model_and_usage_round_trip_and_sum_per_model(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    usage = {"prompt_tokens": 10, "completion_tokens": 4, "cached_tokens": 6, "reasoning_tokens": 2}
+    await repo.append_messages(
+        session.id,
+        [
+            NewMessage("user", "q"),
+            NewMessage("assistant", "a", reasoning="because", model="m1", usage=usage),
+            NewMessage("assistant", "b", model="m2", usage={**usage, "prompt_tokens": 20}),
+            NewMessage("assistant", "c", model="m1", usage={**usage, "completion_tokens": 1}),
+            NewMessage("assistant", "no usage", model="m1"),
+        ],
+    )
+    stored = await repo.get_messages(session.id)
+    assert (stored[1].reasoning, stored[1].model, stored[1].usage) == ("because", "m1", usage)
+    assert stored[0].reasoning is None and stored[0].usage is None
+    by_model = await repo.usage_by_model(session.id)
+    assert by_model == [
+        ModelUsage("m1", 2, prompt_tokens=20, completion_tokens=5, cached_tokens=12, reasoning_tokens=4),
+        ModelUsage("m2", 1, prompt_tokens=20, completion_tokens=4, cached_tokens=6, reasoning_tokens=2),
+    ]
+    assert await repo.usage_by_model((await repo.create_session("bob")).id) == []
 
 
 async def test_append_to_missing_session_raises(repo: ChatRepository) -> None:

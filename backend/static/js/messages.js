@@ -1,8 +1,9 @@
 // The panel's message model, built either from stream chunks (a reply as it arrives) or from stored messages.
 //
 // A view message is {key, role: "user" | "assistant", parts, error, stopped, notice}; parts are
-// {type: "text", text, streaming} and {type: "tool", toolCallId, toolName, input, output, errorText, state}
-// with state "running" | "pending" | "done" | "error" ("pending": a long-running operation not finished yet).
+// {type: "text", text, streaming}, {type: "reasoning", text, streaming} (shown collapsed) and
+// {type: "tool", toolCallId, toolName, input, output, errorText, state} with state "running" | "pending" | "done" |
+// "error" ("pending": a long-running operation not finished yet).
 
 const INTERRUPTED = "[interrupted]";
 const OPERATION_TYPES = new Set(["operation_started", "operation_in_progress", "operation_pending"]);
@@ -26,7 +27,7 @@ export function emptyReply(key) {
 export function applyChunk(message, chunk) {
   const parts = message.parts;
   const tool = (id) => parts.find((p) => p.type === "tool" && p.toolCallId === id);
-  const text = (id) => parts.find((p) => p.type === "text" && p.id === id && p.streaming);
+  const text = (id, type = "text") => parts.find((p) => p.type === type && p.id === id && p.streaming);
   switch (chunk.type) {
     case "start":
       Object.assign(message, emptyReply(message.key), { messageId: chunk.messageId || null });
@@ -41,6 +42,19 @@ export function applyChunk(message, chunk) {
     }
     case "text-end": {
       const part = text(chunk.id);
+      if (part) part.streaming = false;
+      break;
+    }
+    case "reasoning-start":
+      parts.push({ type: "reasoning", id: chunk.id, text: "", streaming: true });
+      break;
+    case "reasoning-delta": {
+      const part = text(chunk.id, "reasoning");
+      if (part) part.text += chunk.delta;
+      break;
+    }
+    case "reasoning-end": {
+      const part = text(chunk.id, "reasoning");
       if (part) part.streaming = false;
       break;
     }
@@ -79,7 +93,7 @@ export function applyChunk(message, chunk) {
     case "finish":
       message.finished = true;
       message.notice = null;
-      for (const part of parts) if (part.type === "text") part.streaming = false;
+      for (const part of parts) if (part.type === "text" || part.type === "reasoning") part.streaming = false;
       break;
     default:
       if (chunk.type.startsWith("data-") && chunk.transient) message.notice = noticeOf(chunk);
@@ -124,6 +138,7 @@ function addAssistant(reply, m) {
     content = content.slice(0, -INTERRUPTED.length).trimEnd();
     reply.stopped = true;
   }
+  if (m.reasoning) reply.parts.push({ type: "reasoning", id: `r${m.sequence}`, text: m.reasoning, streaming: false });
   if (content) reply.parts.push({ type: "text", id: `s${m.sequence}`, text: content, streaming: false });
   for (const call of m.tool_calls || []) {
     const fn = call.function || {};

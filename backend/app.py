@@ -23,6 +23,7 @@ from backend.api import (
     panel,
     sessions,
     transcript,
+    ui_messages,
     ws,
 )
 from backend.api.limits import BodyLimit, HeaderLimit
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.include_router(sessions.router)
     app.include_router(mcp_servers.router)
     app.include_router(transcript.router)
+    app.include_router(ui_messages.router)
     app.include_router(info.router)
     app.include_router(chat.router)
     app.include_router(admin.router)

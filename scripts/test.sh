@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/venv.sh
-ensure_installed '.[test]'
+ensure_installed '.[test,embedded]'
 
 if command -v npm >/dev/null 2>&1; then
   (cd tests/conformance && npm ci --silent --no-audit --no-fund)

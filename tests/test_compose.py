@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from backend.config import Settings
+from backend.config import Settings, settings_table
 from tests.conftest import JWT_SECRET
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
@@ -114,3 +114,42 @@ def test_a_complete_environment_runs_in_production(auth: dict[str, str], monkeyp
     assert (settings.environment, settings.dev_auth, settings.uses_demo_model) == ("production", False, False)
     assert settings.database_url == "postgresql://copilot:pg-secret@postgres:5432/copilot"
     assert settings.webhook_secret is None and settings.llm_base_url is None  # empty means unset
+
+
+def setting_names() -> set[str]:
+    """Every environment variable the settings read, from the README's configuration table (`settings_table`)."""
+    names: set[str] = set()
+    for row in settings_table().splitlines()[2:]:
+        if row.startswith("|"):
+            names |= set(re.findall(r"`([A-Z][A-Z0-9_]*)`", row.split("|")[1]))
+    return names
+
+
+def test_the_app_gets_only_variables_the_settings_read_each_under_its_own_name() -> None:
+    environment = compose()["services"]["app"]["environment"]
+    known = setting_names()
+    assert {"DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "COPILOT_JWT_SECRET"} <= known  # the table parses
+    assert sorted(set(environment) - known) == []
+    for name, value in environment.items():
+        whole = _VARIABLE.fullmatch(str(value))
+        if whole is not None:  # passed through from the shell: the same name on both sides, no typo in between
+            assert whole["name"] == name, f"{name} is fed from ${{{whole['name']}}}"
+    dockerfile_env = re.findall(r"\b(COPILOT_[A-Z_]+)=", (COMPOSE.parent / "Dockerfile").read_text())
+    assert dockerfile_env and sorted(set(dockerfile_env) - known) == []
+
+
+def test_every_service_restarts_unless_stopped() -> None:
+    assert {name: service.get("restart") for name, service in compose()["services"].items()} == {
+        "postgres": "unless-stopped",
+        "redis": "unless-stopped",
+        "app": "unless-stopped",
+    }
+
+
+def test_the_image_installs_dependencies_in_a_layer_before_the_code() -> None:
+    lines = [line.strip() for line in (COMPOSE.parent / "Dockerfile").read_text().splitlines()]
+    index = {line: i for i, line in reversed(list(enumerate(lines)))}
+    copy_pyproject, copy_code = index["COPY pyproject.toml ./"], index["COPY backend ./backend"]
+    install_deps = next(i for i, line in enumerate(lines) if "pip install --no-cache-dir -r" in line)
+    install_app = next(i for i, line in enumerate(lines) if "pip install --no-cache-dir --no-deps ." in line)
+    assert copy_pyproject < install_deps < copy_code < install_app

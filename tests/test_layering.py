@@ -24,6 +24,7 @@ ROUTES = (
     "panel",
     "sessions",
     "transcript",
+    "ui_messages",
     "ws",
 )
 TURN_MACHINERY = ("backend.chat.turn_admission", "backend.chat.turn_driver", "backend.chat.turn_supervisor")

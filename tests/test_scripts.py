@@ -50,3 +50,15 @@ def test_test_extra_is_installed_when_asked_and_serves_a_plain_start(tmp_path: P
     assert "-m pip install --quiet -e .[test]" in _ensure(project, ".[test]")  # the extra was never installed
     assert _ensure(project, ".[test]") == []
     assert _ensure(project, ".") == []
+
+
+def test_extras_accumulate_and_a_start_asking_fewer_installs_nothing(tmp_path: Path) -> None:
+    """serve.sh asks for `.[embedded]`, test.sh for `.[test,embedded]`: after either, the other's start is free when it
+    asks for no extra that was not installed."""
+    project = _project(tmp_path)
+    assert "-m pip install --quiet -e .[embedded,test]" in _ensure(project, ".[test,embedded]")
+    assert _ensure(project, ".[embedded]") == []
+    assert _ensure(project, ".") == []
+    assert "-m pip install --quiet -e .[bench,embedded,test]" in _ensure(project, ".[bench]")
+    (project / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "2"\n')
+    assert "-m pip install --quiet -e .[embedded]" in _ensure(project, ".[embedded]")  # new metadata: asked extras

@@ -88,7 +88,7 @@ class TurnAdmission:
     ) -> Submitted:
         """Start a turn for `message`, or find the one a resend of it started. `limited`: the user's limits may
         refuse it (`RateLimited`, nothing stored); a resend never takes a second slot."""
-        turn_id = _turn_id(session.id, message.client_message_id)
+        turn_id = turn_id_for(session.id, message.client_message_id)
         earlier = await self._registry.info(turn_id)
         if earlier is not None and earlier.status != "failed":
             return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
@@ -272,7 +272,7 @@ class TurnAdmission:
         return info is not None and info.status != "running"
 
 
-def _turn_id(session_id: uuid.UUID, client_message_id: str | None) -> str:
+def turn_id_for(session_id: uuid.UUID, client_message_id: str | None) -> str:
     """Same session and client message id, same turn: a resend finds the turn instead of starting another."""
     if client_message_id is None:
         return str(uuid.uuid4())

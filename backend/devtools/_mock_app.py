@@ -1,12 +1,15 @@
 """``MockLLM``, the mock model's ASGI app: its routes, its state, and how one chat completion is answered.
 
 A request's markers pick scenarios (``_mock_scenarios``) that fill in a plan, the unmarked cases
-get the demo or tool-results reply here, and ``_mock_wire`` encodes and sends the plan.
+get the demo's reply (``_mock_demo``) or the tool-results reply here, and ``_mock_wire`` encodes and
+sends the plan.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -18,12 +21,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from backend.devtools import _mock_demo
 from backend.devtools._mock_markers import Marker, MarkerError, parse_markers
 from backend.devtools._mock_scenarios import SCENARIOS, Turn
 from backend.devtools._mock_wire import (
     ChunkStream,
     Envelope,
     Plan,
+    ToolCall,
     completion_body,
     encode_text,
     error_response,
@@ -165,12 +170,19 @@ class MockLLM:
             return error_response(400, str(e), "invalid_request_error", "invalid_mock_marker")
 
         plan = turn.plan
-        if messages[-1].get("role") == "tool":
-            plan.content, plan.tool_calls = encode_text(_tool_results_answer(messages)), []
-        elif not plan.answered:
-            plan.content = encode_text(_demo_answer(user_text, markers))
-            if self.default_tokens is not None:
-                plan.content = (plan.content + filler(self.default_tokens))[: self.default_tokens]
+        if self.default_tokens is not None:  # benchmark mode: every unmarked reply is the same number of tokens
+            if messages[-1].get("role") == "tool":
+                plan.content, plan.tool_calls = encode_text(_tool_results_answer(messages)), []
+            elif not plan.answered:
+                demo = encode_text(_demo_answer(user_text, markers))
+                plan.content = (demo + filler(self.default_tokens))[: self.default_tokens]
+        elif markers:
+            if messages[-1].get("role") == "tool":
+                plan.content, plan.tool_calls = encode_text(_tool_results_answer(messages)), []
+            elif not plan.answered:
+                plan.content = encode_text(_demo_answer(user_text, markers))
+        else:
+            self._plan_demo(plan, messages, body, user_text)
 
         env = Envelope(f"chatcmpl-mock-{seq}", model)
         headers = {"x-request-id": f"req_mock_{seq}"}
@@ -181,6 +193,29 @@ class MockLLM:
             headers["cache-control"] = "no-cache"
             return ChunkStream(chunks, plan, headers, "text/event-stream")
         return json_reply(completion_body(plan, env, token_usage(prompt_tokens, plan)), plan, headers)
+
+    def _plan_demo(self, plan: Plan, messages: list[dict[str, Any]], body: dict[str, Any], user_text: str) -> None:
+        """An unmarked request, answered as the demo model (``_mock_demo``): a title, a tool's result told, a tool
+        call for a request it understands, or text."""
+        offered = [
+            tool.get("function", {}).get("name")
+            for tool in body.get("tools") or []
+            if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
+        ]
+        system = _message_text(messages[0].get("content")) if messages[0].get("role") == "system" else ""
+        called_back = messages[-1].get("role") == "tool" or user_text.startswith("<operation_finished ")
+        if not offered and re.search(r"\btitle\b", system, re.I):
+            plan.content = encode_text(_mock_demo.title_for(user_text))
+        elif called_back:
+            plan.content = encode_text(_mock_demo.answer_from_results(messages, _message_text))
+        else:
+            reply = _mock_demo.reply_to(user_text, (name for name in offered if isinstance(name, str)))
+            if reply.tool_name is not None:
+                arguments = orjson.dumps(reply.tool_args).decode()
+                # Random: the counter behind `call_mock_<seq>` starts again with the process; a session outlives it.
+                plan.tool_calls.append(ToolCall(f"call_demo_{uuid.uuid4().hex[:20]}", reply.tool_name, arguments))
+            else:
+                plan.content = encode_text(reply.text)
 
     def _run_scenarios(self, turn: Turn, markers: list[Marker]) -> Response | None:
         """Apply each marker in order; the first error response wins."""

@@ -12,7 +12,7 @@ from playwright.async_api import Browser, Page, Route, expect
 from redis.asyncio import Redis
 
 from backend.config import Settings
-from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available
+from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available, webhook
 from tests.browser.conftest import WEBHOOK_SECRET, PageErrors
 from tests.browser.panel import new_session, open_panel, reply_words, send, stored_messages, wait_turn_end
 from tests.conftest import LiveServer
@@ -185,7 +185,8 @@ async def test_long_running_operation_completes_after_a_reload(
 
     async with httpx.AsyncClient(timeout=30) as http:  # the external report service does its job
         await ensure_group(redis)
-        assert await process_available(redis, http, WorkerConfig(live.url, WEBHOOK_SECRET, work_seconds=0)) == 1
+        config = WorkerConfig(live.url, WEBHOOK_SECRET, work_seconds=0)
+        assert await process_available(redis, webhook(http, config), config) == 1
 
     await expect(page.locator(".tool")).to_have_attribute("data-state", "done")
     # The continuation (the model telling what came of it) streams in, then joins the stored reply.

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from backend import keys, webhooks
 from backend.config import Settings
 from backend.devtools.mock_llm import MockLLMServer
-from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available, write_report
+from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available, webhook, write_report
 from backend.runtime import Runtime
 from backend.streams.active import ActiveTurns
 from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session, send, stored, turn_calls
@@ -166,7 +166,7 @@ async def run_worker(redis: Redis, api_url: str) -> int:
     async with httpx.AsyncClient(timeout=30) as http:
         config = WorkerConfig(api_url, SECRET, work_seconds=0, block_seconds=0.5)
         await ensure_group(redis)
-        return await process_available(redis, http, config)
+        return await process_available(redis, webhook(http, config), config)
 
 
 # --- the delegated path -------------------------------------------------------------------------------------

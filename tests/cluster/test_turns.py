@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import orjson
 
-from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available
+from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available, webhook
 from backend.redis_client import open_redis
 from tests.chaos.scenario import text_turn
 from tests.cluster.client import ClusterClient, Stream
@@ -174,7 +174,7 @@ async def test_a_webhook_completion_is_consumed_by_some_pod_and_continues_the_co
             accepted = 0
             while accepted == 0:
                 assert time.monotonic() < deadline, "the job never reached the worker"
-                accepted = await process_available(worker_redis, http, config)  # type: ignore[arg-type]
+                accepted = await process_available(worker_redis, webhook(http, config), config)  # type: ignore[arg-type]
     finally:
         await worker_redis.aclose()
     async with asyncio.timeout(20):

@@ -78,6 +78,26 @@ def assemble(body: bytes, client: str = "ai") -> dict[str, Any]:
     return result
 
 
+def ui_messages_error(messages: list[dict[str, Any]], client: str = "ai") -> str | None:
+    """What the `ai` client's own `safeValidateUIMessages` finds wrong with `messages` (`validate_messages.mjs`),
+    or None when they are valid `UIMessage`s."""
+    node = _node()
+    _ensure_node_modules()
+    if client not in AI_CLIENTS:
+        raise ValueError(f"unknown ai client {client!r}; one of {AI_CLIENTS}")
+    proc = subprocess.run(
+        [node, str(HERE / "validate_messages.mjs"), client],
+        input=json.dumps(messages).encode(),
+        capture_output=True,
+        cwd=HERE,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"validate_messages.mjs failed ({proc.returncode}):\n{proc.stderr.decode()}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return None if result["success"] else f"{result['error']['name']}: {result['error']['message']}"
+
+
 def violations(body: bytes, client: str = "ai") -> list[str]:
     """Everything wrong with a complete response body: our `check_body` plus the `ai` client's errors."""
     found = [f"{client} client: {v['name']}: {v['message']}" for v in assemble(body, client)["violations"]]

@@ -25,6 +25,7 @@ from backend.devtools.report_worker import (
     ensure_group,
     process_available,
     run,
+    webhook,
     write_report,
 )
 from tests.api.test_chat_stream import new_session
@@ -127,9 +128,11 @@ async def test_a_failed_webhook_is_sent_again_with_the_same_delivery_id(
         config = WorkerConfig("http://api", SECRET, work_seconds=0, block_seconds=0.2)
         async with httpx.AsyncClient(transport=httpx.MockTransport(lossy)) as http:
             await ensure_group(redis)
-            assert await process_available(redis, http, config) == 0  # answer lost: still pending
+            assert await process_available(redis, webhook(http, config), config) == 0  # answer lost: still pending
             assert (await redis.xpending(keys.jobs("report"), GROUP))["pending"] == 1
-            assert await process_available(redis, http, config) == 0  # sent again: a duplicate, acknowledged
+            assert (
+                await process_available(redis, webhook(http, config), config) == 0
+            )  # sent again: a duplicate, acknowledged
             assert (await redis.xpending(keys.jobs("report"), GROUP))["pending"] == 0
         assert [status for _, status in seen] == [202, 200]
         assert seen[0][0] == seen[1][0]

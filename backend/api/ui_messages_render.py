@@ -1,0 +1,146 @@
+"""Stored messages as AI SDK `UIMessage`s, the shape `useChat({ messages })` starts from.
+
+A reply is what the stream assembles into one assistant `UIMessage`: every assistant message and tool result after
+a user message, each stored step (one model call) opening with a `step-start` part, then its text, then one
+`tool-<name>` part per call in its final state (`output-available`, `output-error`, or `input-available` when no
+result was stored). A reply's id is the stream's `messageId` (`msg-<task id>`) when its user message came with a
+client message id, so a client sees the same id live and from history. A step's stored reasoning comes first, as a
+`reasoning` part, as it streamed before the step's text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from backend.chat.turn_state import INTERRUPTED_MARK
+from backend.store.models import ChatMessage
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class TextPart(_Part):
+    type: Literal["text"] = "text"
+    text: str
+    state: Literal["done"] = "done"
+
+
+class ReasoningPart(_Part):
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    """`reasoning-<n>`, the n-th reasoning part of the reply (from 0), as the stream numbered it."""
+    text: str
+    state: Literal["done"] = "done"
+
+
+class StepStartPart(_Part):
+    type: Literal["step-start"] = "step-start"
+
+
+class ToolCalled(_Part):
+    """A call with no stored result (its turn was cut off before the tool answered). `type` is `tool-<name>`."""
+
+    type: str = Field(pattern=r"^tool-")
+    tool_call_id: str
+    state: Literal["input-available"] = "input-available"
+    input: Any
+
+
+class ToolAnswered(_Part):
+    type: str = Field(pattern=r"^tool-")
+    tool_call_id: str
+    state: Literal["output-available"] = "output-available"
+    input: Any
+    output: Any
+    """The stored result (for a long-running tool still at work: its `operation_pending` note)."""
+
+
+class ToolFailed(_Part):
+    type: str = Field(pattern=r"^tool-")
+    tool_call_id: str
+    state: Literal["output-error"] = "output-error"
+    input: Any
+    error_text: str
+
+
+UIPart = TextPart | ReasoningPart | StepStartPart | ToolCalled | ToolAnswered | ToolFailed
+
+
+class UIMessage(_Part):
+    """An AI SDK `UIMessage` (no metadata)."""
+
+    id: str
+    role: Literal["user", "assistant"]
+    parts: list[UIPart]
+
+
+def ui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage], str | None]) -> list[UIMessage]:
+    """`stored` (oldest first) as `UIMessage`s. `reply_id(user message)` names the reply to that message (None: the
+    reply is named after its first stored row)."""
+    out: list[UIMessage] = []
+    reply: UIMessage | None = None
+    named: str | None = None
+    calls: dict[str, tuple[list[UIPart], int]] = {}
+    """Where each call's part sits, so its result can replace it."""
+    for message in stored:
+        if message.role == "user":
+            text = TextPart(text=message.content or "")
+            out.append(UIMessage(id=message.client_message_id or str(message.id), role="user", parts=[text]))
+            reply, named = None, reply_id(message)
+            continue
+        if message.role == "assistant":
+            if reply is None:
+                reply = UIMessage(id=named or f"msg-{message.id}", role="assistant", parts=[])
+                out.append(reply)
+            for part in _step(message, sum(isinstance(p, ReasoningPart) for p in reply.parts)):
+                if isinstance(part, ToolCalled):
+                    calls[part.tool_call_id] = (reply.parts, len(reply.parts))
+                reply.parts.append(part)
+        elif message.role == "tool" and (place := calls.pop(message.tool_call_id or "", None)) is not None:
+            parts, index = place
+            called = parts[index]
+            assert isinstance(called, ToolCalled)
+            parts[index] = _settled(called, message.content)
+    return out
+
+
+def _step(message: ChatMessage, reasoning_parts_before: int) -> list[UIPart]:
+    parts: list[UIPart] = [StepStartPart()]
+    if message.reasoning:
+        parts.append(ReasoningPart(id=f"reasoning-{reasoning_parts_before}", text=message.reasoning))
+    text = (message.content or message.refusal or "").removesuffix(INTERRUPTED_MARK).rstrip()
+    if text:
+        parts.append(TextPart(text=text))
+    for call in message.tool_calls or []:
+        function = call.get("function") or {}
+        parts.append(
+            ToolCalled(
+                type=f"tool-{function.get('name', 'unknown')}",
+                tool_call_id=str(call.get("id", "")),
+                input=_parsed(function.get("arguments") or "{}"),
+            )
+        )
+    return parts
+
+
+def _settled(called: ToolCalled, content: str | None) -> ToolAnswered | ToolFailed:
+    """The call with its stored result: the output, or the error as the stream's `tool-output-error` gave it."""
+    output = _parsed(content or "")
+    error = output.get("error") if isinstance(output, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "the tool failed")
+        return ToolFailed(type=called.type, tool_call_id=called.tool_call_id, input=called.input, error_text=message)
+    return ToolAnswered(type=called.type, tool_call_id=called.tool_call_id, input=called.input, output=output)
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

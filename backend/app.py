@@ -17,6 +17,7 @@ from backend.api import (
     docs,
     health,
     info,
+    mcp_servers,
     metrics,
     operations,
     panel,
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.add_middleware(ObserveRequests, metrics=instruments.metrics, tracing=instruments.tracing)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(mcp_servers.router)
     app.include_router(transcript.router)
     app.include_router(ui_messages.router)
     app.include_router(info.router)

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backend.mcp_config import McpServer, parse_mcp_servers
+from backend.mcp_config import McpServer, check_session_server_settings, parse_mcp_servers
 
 
 class ModelPrice(BaseModel):
@@ -202,6 +202,24 @@ class Settings(BaseSettings):
 
     mcp_reconnect_max_seconds: float = Field(default=30.0, gt=0)
     """Longest wait between two attempts to reach an MCP server that is down (the wait doubles from 0.5 s)."""
+
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts a session's own MCP servers may be on (`POST /api/chat/sessions/{id}/mcp-servers`), comma-separated:
+    `mcp.example.com` exactly, `*.example.com` for its subdomains. Empty: users cannot add servers."""
+
+    mcp_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Networks (CIDR, `10.20.0.0/16`) a session's MCP server may resolve to although they are loopback, private,
+    link-local or otherwise not public; every other such address is refused (SSRF)."""
+
+    mcp_headers_key: SecretStr | None = None
+    """The Fernet key (`Fernet.generate_key()`, 44 characters) the headers of sessions' MCP servers are encrypted
+    with in Postgres; needed when `COPILOT_MCP_ALLOWED_HOSTS` is set."""
+
+    mcp_session_servers_max: int = Field(default=5, ge=1, le=50)
+    """Most MCP servers one session may have."""
+
+    mcp_session_idle_seconds: float = Field(default=300.0, gt=0)
+    """A connection to a session's MCP server is closed after this long without a turn of the session on the pod."""
 
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     """An SSE comment is sent after this long without any other frame, so proxies keep the stream open."""
@@ -424,6 +442,7 @@ class Settings(BaseSettings):
         "posthog_host",
         "mcp_servers",
         "mcp_config",
+        "mcp_headers_key",
         "log_format",
         "metrics_token",
         "metrics_port",
@@ -437,7 +456,7 @@ class Settings(BaseSettings):
         # `docker compose` passes `${VAR:-}` as an empty string; that means "not configured", not "".
         return None if value == "" else value
 
-    @field_validator("admin_user_ids", "tools", mode="before")
+    @field_validator("admin_user_ids", "tools", "mcp_allowed_hosts", "mcp_allowed_networks", mode="before")
     @classmethod
     def _list_from_text(cls, value: object) -> object:
         return _split_list(value) if isinstance(value, str) else value
@@ -454,6 +473,8 @@ class Settings(BaseSettings):
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
         self.mcp_server_specs  # noqa: B018 (a bad MCP configuration fails here, at startup)
+        if self.mcp_allowed_hosts:
+            check_session_server_settings(self.mcp_allowed_hosts, self.mcp_allowed_networks, self.mcp_headers_key)
         return self
 
     _mcp: tuple[object, dict[str, McpServer]] | None = PrivateAttr(default=None)

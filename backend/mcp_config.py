@@ -9,11 +9,13 @@ only reader of the environment) hands in. Every problem is a `ValueError` that n
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from cryptography.fernet import Fernet
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
 
 _MAX_SERVER_NAME = 32
@@ -131,3 +133,22 @@ def _parse_server(name: str, entry: Any, source: str, environ: Mapping[str, str]
             raise ValueError(f"{where}: the environment variable {server.bearer_token_env} is unset or empty")
         server = server.model_copy(update={"bearer_token": SecretStr(token)})
     return server
+
+
+def check_session_server_settings(hosts: list[str], networks: list[str], headers_key: SecretStr | None) -> None:
+    """The settings of sessions' own MCP servers, checked at startup (`ValueError` naming the variable)."""
+    for host in hosts:
+        pattern = host.removeprefix("*.")
+        if not pattern or "*" in pattern or "/" in pattern or ":" in pattern:
+            raise ValueError(f"COPILOT_MCP_ALLOWED_HOSTS: {host!r} is not a host name or `*.domain`")
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"COPILOT_MCP_ALLOWED_NETWORKS: {network!r} is not a network like 10.0.0.0/8") from None
+    if headers_key is None:
+        raise ValueError("COPILOT_MCP_ALLOWED_HOSTS needs COPILOT_MCP_HEADERS_KEY (a Fernet key) to store headers")
+    try:
+        Fernet(headers_key.get_secret_value().encode())
+    except ValueError:
+        raise ValueError("COPILOT_MCP_HEADERS_KEY is not a Fernet key (32 url-safe base64-encoded bytes)") from None

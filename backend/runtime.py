@@ -45,6 +45,7 @@ from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.active_turns import ActiveTurnStore
 from backend.store.cache import SessionCache
+from backend.store.mcp_servers import SessionMcpServerStore
 from backend.store.migrate import upgrade_dsn
 from backend.store.operations import OperationStore
 from backend.store.pending import PendingWrites
@@ -57,7 +58,10 @@ from backend.streams.limits import StreamLimits
 from backend.streams.operation_locks import OperationLocks
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.sealed_headers import HeaderSealer
+from backend.tools.mcp.session_servers import SessionMcpServers
 from backend.tools.mcp.source import McpToolSource, open_mcp_tools
+from backend.tools.mcp.url_policy import UrlPolicy
 from backend.tools.registry import ToolRegistry, build_registry
 
 log = logging.getLogger("copilot.runtime")
@@ -87,6 +91,8 @@ class Runtime:
     limits: UserLimits
     mcp: McpToolSource
     """The MCP servers whose tools are in `tools`, with their connection states."""
+    session_mcp: SessionMcpServers
+    """The MCP servers sessions' owners added, and this pod's connections to them."""
     instruments: Instruments = field(default_factory=Instruments.off)
     stop_consuming: Callable[[], Awaitable[None]] = field(default=_nothing_to_stop)
     """Stops this pod's completion consumer (other pods take the completions)."""
@@ -142,12 +148,13 @@ async def open_runtime(
         stores = await _open_stores(settings, stack, fallbacks, instruments)
         llm = await _open_model(settings, stack, fallbacks, stores.limits, instruments.model_observer())
         tools, mcp = await _open_tools(settings, stack)
+        session_mcp = _open_session_mcp(settings, stack, stores.pool)
         registry = TurnRegistry(
             stores.redis, ttl_seconds=settings.turn_stream_ttl_seconds, lease_seconds=settings.turn_lease_seconds
         )
         helpers = _open_model_helpers(settings, stack, stores, llm)
         operations = _open_operations(settings, stack, stores, registry, helpers.counter)
-        services = _turn_services(settings, stores, llm, tools, helpers, operations.runner)
+        services = _turn_services(settings, stores, llm, tools, session_mcp, helpers, operations.runner)
         observability = await open_observability(settings, stack, instruments)
         prompts = await _open_prompts(settings, stack, observability.langfuse)
         turns = await _open_turns(
@@ -173,6 +180,7 @@ async def open_runtime(
             operations=operations.runner,
             limits=stores.limits,
             mcp=mcp,
+            session_mcp=session_mcp,
             instruments=instruments,
             stop_consuming=stop_consuming,
         )
@@ -254,6 +262,24 @@ async def _open_tools(settings: Settings, stack: AsyncExitStack) -> tuple[ToolRe
     return tools, mcp
 
 
+def _open_session_mcp(settings: Settings, stack: AsyncExitStack, pool: asyncpg.Pool) -> SessionMcpServers:
+    """The MCP servers sessions' owners add, and this pod's connections to them (closed when idle)."""
+    session_mcp = SessionMcpServers(
+        SessionMcpServerStore(pool),
+        HeaderSealer(settings.mcp_headers_key.get_secret_value()) if settings.mcp_headers_key else None,
+        UrlPolicy(settings.mcp_allowed_hosts, settings.mcp_allowed_networks),
+        tool_timeout_seconds=settings.mcp_tool_timeout_seconds,
+        connect_timeout_seconds=settings.mcp_connect_timeout_seconds,
+        tools_ttl_seconds=settings.mcp_tools_ttl_seconds,
+        reconnect_max_seconds=settings.mcp_reconnect_max_seconds,
+        idle_seconds=settings.mcp_session_idle_seconds,
+        max_servers=settings.mcp_session_servers_max,
+    )
+    session_mcp.start()
+    stack.push_async_callback(session_mcp.close)
+    return session_mcp
+
+
 @dataclass(frozen=True, slots=True)
 class _ModelHelpers:
     """What works beside the turns' own model calls: token counting, titles, summaries."""
@@ -320,6 +346,7 @@ def _turn_services(
     stores: _Stores,
     llm: LLMClient,
     tools: ToolRegistry,
+    session_mcp: SessionMcpServers,
     helpers: _ModelHelpers,
     operations: OperationRunner,
 ) -> TurnServices:
@@ -348,6 +375,7 @@ def _turn_services(
         compactor=helpers.compactor,
         operations=operations,
         prices=settings.model_prices,
+        session_tools=session_mcp if session_mcp.enabled else None,
     )
 
 

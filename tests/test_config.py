@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from backend.config import Settings
 
@@ -87,3 +88,26 @@ def test_a_broken_json_list_setting_is_a_clear_error(monkeypatch: pytest.MonkeyP
 
 def test_list_settings_from_the_constructor_still_take_lists() -> None:
     assert settings(admin_user_ids=["alice"], tools="a.b:c,d.e:f").tools == ["a.b:c", "d.e:f"]
+
+
+def test_users_mcp_servers_settings_are_checked_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("COPILOT_MCP_ALLOWED_HOSTS", "mcp.example.com,*.tools.example.com")
+    monkeypatch.setenv("COPILOT_MCP_ALLOWED_NETWORKS", "10.20.0.0/16")
+    with pytest.raises(ValueError, match="needs COPILOT_MCP_HEADERS_KEY"):
+        settings()
+    monkeypatch.setenv("COPILOT_MCP_HEADERS_KEY", "not-a-key")
+    with pytest.raises(ValueError, match="COPILOT_MCP_HEADERS_KEY is not a Fernet key"):
+        settings()
+    monkeypatch.setenv("COPILOT_MCP_HEADERS_KEY", key)
+    s = settings()
+    assert s.mcp_allowed_hosts == ["mcp.example.com", "*.tools.example.com"]
+    assert s.mcp_allowed_networks == ["10.20.0.0/16"]
+    assert key not in repr(s)
+    monkeypatch.setenv("COPILOT_MCP_ALLOWED_NETWORKS", "10.20.0.0/33")
+    with pytest.raises(ValueError, match="COPILOT_MCP_ALLOWED_NETWORKS"):
+        settings()
+    monkeypatch.setenv("COPILOT_MCP_ALLOWED_NETWORKS", "")
+    monkeypatch.setenv("COPILOT_MCP_ALLOWED_HOSTS", "https://mcp.example.com/")
+    with pytest.raises(ValueError, match="COPILOT_MCP_ALLOWED_HOSTS"):
+        settings()

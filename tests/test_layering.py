@@ -18,6 +18,7 @@ ROUTES = (
     "docs",
     "health",
     "info",
+    "mcp_servers",
     "metrics",
     "operations",
     "panel",

@@ -25,6 +25,7 @@ from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
+from backend.tools.mcp.session_servers import SessionMcpServers
 from backend.tools.mcp.source import McpToolSource
 from backend.tools.registry import ToolRegistry
 
@@ -86,6 +87,10 @@ def _mcp(connection: HTTPConnection) -> McpToolSource:
     return _runtime(connection).mcp
 
 
+def _session_mcp(connection: HTTPConnection) -> SessionMcpServers:
+    return _runtime(connection).session_mcp
+
+
 def _instruments(connection: HTTPConnection) -> Instruments:
     return _runtime(connection).instruments
 
@@ -107,6 +112,7 @@ Model = Annotated[LLMClient, Depends(_model)]
 Tools = Annotated[ToolRegistry, Depends(_tools)]
 Auth = Annotated[Authenticator, Depends(_authenticator)]
 Mcp = Annotated[McpToolSource, Depends(_mcp)]
+SessionMcp = Annotated[SessionMcpServers, Depends(_session_mcp)]
 """The MCP servers the tools come from, and their state."""
 InstrumentsDep = Annotated[Instruments, Depends(_instruments)]
 

@@ -70,7 +70,7 @@ async def stream_model_call(turn: TurnState, step: Step) -> AsyncIterator[ev.Tur
     step.stage = "model"
     started, first_token = time.time(), None
     try:
-        async for event in model.stream(step.messages, turn.tool_schemas):
+        async for event in model.stream(step.messages, turn.tools.schemas()):
             if isinstance(event, llm.TextChunk):
                 first_token = first_token or time.time()
                 step.text.append(event.text)
@@ -241,7 +241,7 @@ async def _run_concurrently(
     request, services = turn.request, turn.services
 
     async def call_one(c: llm.ToolCall) -> ToolOutcome:
-        tool = services.tools.get(c.name)
+        tool = turn.tools.get(c.name)
         ctx = ToolContext(
             user_id=request.user_id,
             session_id=request.session_id,

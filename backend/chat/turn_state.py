@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from backend.chat.compaction import Compactor
@@ -24,8 +24,8 @@ from backend.config import ModelPrice
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
 from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore
-from backend.tools.base import ToolOutcome
-from backend.tools.registry import ToolRegistry
+from backend.tools.base import Tool, ToolOutcome
+from backend.tools.registry import ToolRegistry, TurnTools
 
 INTERRUPTED_MARK = "[interrupted]"
 
@@ -68,6 +68,12 @@ class TurnLimits:
     """How long a step is retried while Postgres does not answer before it is kept in Redis for later."""
 
 
+class SessionToolSource(Protocol):
+    """Tools a session brings of its own (the MCP servers its owner added), on top of the process's registry."""
+
+    async def tools_for(self, session_id: UUID, user_id: str) -> Sequence[Tool[Any]]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TurnServices:
     """What every turn of the process uses, wired once by the runtime."""
@@ -82,8 +88,16 @@ class TurnServices:
     """Summarises the history when the prompt outgrows the budget; None: the history is only trimmed."""
     operations: OperationRunner | None = None
     """Runs long-running tools in the background; None: they run inline like any tool."""
+    session_tools: SessionToolSource | None = None
+    """The tools of each session's own MCP servers; None: every turn sees `tools` only."""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """USD per million tokens per model (`COPILOT_MODEL_PRICES`): the turn's cost in its `finish` metadata."""
+
+    async def tools_for(self, request: TurnRequest) -> TurnTools:
+        """The tools `request`'s turn sees, for its whole length (the schemas and the calls)."""
+        if self.session_tools is None:
+            return TurnTools(self.tools)
+        return TurnTools(self.tools, await self.session_tools.tools_for(request.session_id, request.user_id))
 
 
 class TurnFailure(Exception):
@@ -154,7 +168,8 @@ class TurnState:
     window: ContextWindow
     page_context: list[dict[str, Any]]
     """Per-turn context messages (the page the user is on), after the history; never stored."""
-    tool_schemas: Sequence[dict[str, Any]]
+    tools: TurnTools
+    """The tools of this turn: their schemas go to the model, its calls run them."""
     fixed_tokens: int
     """System prompt, tool schemas and page context: counted once per turn, not per call."""
     steps: int = 0
@@ -174,7 +189,8 @@ class TurnState:
         assert session is not None
         window = await ContextWindow.load(services.store, session)
         page_context = page_context_messages(request.page_context)
-        tool_schemas = services.tools.schemas()
+        tools = await services.tools_for(request)
+        tool_schemas = tools.schemas()
         count = services.counter
         fixed = count.count_cached(prompt.text) + count.count_tools(tool_schemas) + count.count_messages(page_context)
         return cls(
@@ -184,7 +200,7 @@ class TurnState:
             telemetry=telemetry or NullTelemetry().turn_started(_NO_FACTS),
             window=window,
             page_context=page_context,
-            tool_schemas=tool_schemas,
+            tools=tools,
             fixed_tokens=fixed,
         )
 

@@ -84,6 +84,26 @@ class ToolRegistry:
         return self._version
 
 
+class TurnTools:
+    """The tools one turn sees, resolved once when it starts: the process's registry, then the tools of the
+    session's own MCP servers (`tools/mcp/session_servers.py`). The same view gives the schemas sent to the model
+    and the tools its calls run, so a call finds exactly the tools the model was shown. A session tool whose name
+    the registry holds is left out: the operator's tools win."""
+
+    def __init__(self, shared: ToolRegistry, own: Iterable[Tool[Any]] = ()) -> None:
+        self._shared = shared
+        self._own = {t.name: t for t in own if t.name not in shared}
+        self._schemas = shared.schemas() + [t.schema() for t in self._own.values()]
+
+    def get(self, name: str) -> Tool[Any] | None:
+        """The tool called `name`, or None."""
+        return self._shared.get(name) or self._own.get(name)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The OpenAI `tools=[...]` list of the turn."""
+        return self._schemas
+
+
 def load_registry(spec: str) -> ToolRegistry:
     """Import `package.module:attribute`, a `ToolRegistry` or a callable returning one.
 

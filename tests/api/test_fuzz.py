@@ -21,6 +21,7 @@ import httpx
 import pytest
 import requests
 import schemathesis
+from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from pydantic import SecretStr
@@ -108,7 +109,14 @@ def _curl(case: schemathesis.Case, base_url: str) -> str:
 
 
 async def test_a_thousand_generated_requests_get_no_server_error_and_no_hang(chat_settings: Settings) -> None:
-    fuzzed = chat_settings.model_copy(update={"webhook_secret": SecretStr("fuzz-webhook-secret-long-enough-32")})
+    fuzzed = chat_settings.model_copy(
+        update={
+            "webhook_secret": SecretStr("fuzz-webhook-secret-long-enough-32"),
+            # Sessions' MCP servers on, so their endpoints get past the 403 (no URL the fuzzer makes is on the host).
+            "mcp_allowed_hosts": ["mcp.example.com"],
+            "mcp_headers_key": SecretStr(Fernet.generate_key().decode()),
+        }
+    )
     async with LiveServer(fuzzed) as live, httpx.AsyncClient(base_url=live.url, timeout=10) as client:
         spec = (await client.get("/openapi.json")).json()
         token = make_token(f"fuzzer-{uuid.uuid4().hex[:8]}", roles=["admin"])

@@ -6,7 +6,8 @@ import pytest
 from pydantic import BaseModel
 
 from backend.tools.base import Tool, ToolContext
-from backend.tools.registry import ToolRegistry, build_registry, default_registry, load_registry
+from backend.tools.builtin.calculator import Calculate
+from backend.tools.registry import ToolRegistry, TurnTools, build_registry, default_registry, load_registry
 from tests.tools.sample_registry import Echo
 
 BUILTIN_NAMES = ["get_current_time", "calculate", "search_help_docs", "generate_report"]
@@ -208,3 +209,20 @@ def test_remove_takes_a_tool_out_and_refreshes_the_schemas() -> None:
     assert registry.version != version
     registry.register(Echo("echo"))  # the name is free again
     assert [s["function"]["name"] for s in registry.schemas()] == ["other", "echo"]
+
+
+def test_a_turns_tools_are_the_registrys_then_the_sessions_own_and_the_registry_wins_a_name() -> None:
+    class Mine(Calculate):
+        name = "mine__calc"
+
+    class Shadow(Calculate):
+        description = "a session tool trying to take a built-in's name"
+
+    shared = default_registry()
+    own_tool, shadow = Mine(), Shadow()
+    tools = TurnTools(shared, [own_tool, shadow])
+    assert [s["function"]["name"] for s in tools.schemas()] == [t.name for t in shared] + ["mine__calc"]
+    assert tools.get("mine__calc") is own_tool
+    assert tools.get("calculate") is shared.get("calculate")
+    assert tools.get("nope") is None
+    assert "mine__calc" not in shared  # the registry of the process is left as it was

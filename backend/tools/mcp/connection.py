@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,8 +78,12 @@ class McpConnection:
         connect_timeout_seconds: float,
         tools_ttl_seconds: float,
         reconnect_max_seconds: float,
+        request_guard: Callable[[httpx2.Request], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
+        self._request_guard = request_guard
+        """Runs before every HTTP request (redirects included) and may refuse it by raising: the URL policy of
+        sessions' own servers."""
         self.spec = spec
         self._on_tools = on_tools
         self._connect_timeout = connect_timeout_seconds
@@ -240,6 +244,8 @@ class McpConnection:
         else:
             http = create_mcp_http_client(headers=spec.request_headers())
             http.event_hooks["response"].append(self._note_response)
+            if self._request_guard is not None:
+                http.event_hooks["request"].append(self._request_guard)
             server = streamable_http_client(str(spec.url), http_client=http)
         return Client(server, message_handler=self._on_message)
 

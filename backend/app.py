@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import (
     admin,
+    agui,
     chat,
     docs,
     health,
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.include_router(ui_messages.router)
     app.include_router(info.router)
     app.include_router(chat.router)
+    app.include_router(agui.router)
     app.include_router(admin.router)
     app.include_router(ws.router)
     app.include_router(operations.router)

@@ -66,6 +66,11 @@ def turn_cancel(turn_id: str) -> str:
     return f"{PREFIX}:turn:{{{turn_id}}}:cancel"
 
 
+def agui_run(run_id: str) -> str:
+    """Hash: the turn, thread and user of an AG-UI run (a client-chosen `runId`), so its events can be replayed."""
+    return f"{PREFIX}:agui-run:{{{run_id}}}"
+
+
 TURN_LEASES = f"{PREFIX}:turn-leases"
 """Sorted set: running turns scored by the deadline of their owner's lease."""
 

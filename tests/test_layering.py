@@ -14,6 +14,7 @@ BASE = ("config", "mcp_config", "errors", "keys", "redis_client", "cancellation"
 DEV = ("backend.devtools", "backend.embedded")
 ROUTES = (
     "admin",
+    "agui",
     "chat",
     "docs",
     "health",

@@ -23,6 +23,7 @@ from backend.observability.logs import bind
 from backend.runtime import Runtime
 from backend.store.models import ChatSession
 from backend.store.sessions import SessionStore
+from backend.streams.agui_runs import AguiRuns
 from backend.streams.turns import TurnRegistry
 from backend.streams.user_limits import UserLimits
 from backend.tools.mcp.session_servers import SessionMcpServers
@@ -67,6 +68,10 @@ def _redis(connection: HTTPConnection) -> Redis:
     return _runtime(connection).redis
 
 
+def _agui_runs(connection: HTTPConnection) -> AguiRuns:
+    return AguiRuns(_redis(connection))
+
+
 def _prompts(connection: HTTPConnection) -> PromptSource:
     return _runtime(connection).prompts
 
@@ -107,6 +112,8 @@ Turns = Annotated[TurnRegistry, Depends(_turn_registry)]
 Limits = Annotated[UserLimits, Depends(_user_limits)]
 Operations = Annotated[OperationRunner, Depends(_operations)]
 RedisDep = Annotated[Redis, Depends(_redis)]
+AguiRunsDep = Annotated[AguiRuns, Depends(_agui_runs)]
+"""Which turn each AG-UI run id is."""
 Prompts = Annotated[PromptSource, Depends(_prompts)]
 Model = Annotated[LLMClient, Depends(_model)]
 Tools = Annotated[ToolRegistry, Depends(_tools)]

@@ -186,6 +186,26 @@ class ChatRepository:
         return _session(row)
 
     @_outage_is_unavailable
+    async def create_session_with_id(
+        self, session_id: UUID, user_id: str, *, metadata: dict[str, Any] | None = None
+    ) -> tuple[ChatSession, bool]:
+        """The session `session_id`, created for `user_id` if no session has that id, and whether this call created
+        it. Otherwise the existing one, whoever owns it (the caller checks): two requests may race to create it."""
+        row = await self._pool.fetchrow(
+            f"INSERT INTO chat_sessions (id, user_id, metadata) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING "
+            f"RETURNING {_SESSION_COLUMNS}",
+            session_id,
+            user_id,
+            metadata or {},
+        )
+        if row is not None:
+            return _session(row), True
+        # A separate statement: it sees the row another transaction committed meanwhile.
+        row = await self._pool.fetchrow(f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = $1", session_id)
+        assert row is not None
+        return _session(row), False
+
+    @_outage_is_unavailable
     async def get_session(self, session_id: UUID) -> ChatSession | None:
         row = await self._pool.fetchrow(f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = $1", session_id)
         return _session(row) if row else None

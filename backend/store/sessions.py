@@ -67,6 +67,23 @@ class SessionStore:
             raise NotFound("session not found")
         return session
 
+    async def get_or_create(self, session_id: UUID, user_id: str) -> tuple[ChatSession, bool]:
+        """The session `session_id` of `user_id`, created (untitled) when no session has that id, and whether this
+        call created it; `NotFound` when it is another user's (a client that names its own session ids, like an
+        AG-UI thread, must not learn of another user's)."""
+        session = await self._cached_session(session_id)
+        created = False
+        if session is None:
+            session, created = await self._repo.create_session_with_id(session_id, user_id)
+            if created:
+                try:
+                    await self._cache.created(session)
+                except RedisError:
+                    log.warning("could not cache new session %s", session.id)
+        if session.user_id != user_id:
+            raise NotFound("session not found")
+        return session, created
+
     async def get_any(self, session_id: UUID) -> ChatSession | None:
         """The session whoever owns it (for internal recovery work, never for answering a request)."""
         return await self._cached_session(session_id)

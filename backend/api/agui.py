@@ -1,0 +1,195 @@
+"""AG-UI: run the agent (`POST /api/agui`, what `HttpAgent` and the CopilotKit runtime call), replay a run, cancel it.
+
+The same turns as the AI SDK routes (`chat.py`): a run is a turn, admitted, stored and followed the same way, and
+its events are the turn stream's chunks translated to AG-UI (`backend/chat/agui_stream.py`). A thread is a
+session of the caller: its id when `threadId` is one (so the other routes reach the same conversation), else an id
+derived from the caller and the `threadId`; it is created on its first run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from ag_ui.core import BaseEvent, Message, MessagesSnapshotEvent
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from backend.api.agui_history import agui_messages, conflicts
+from backend.api.agui_schemas import RunAgentInput
+from backend.api.chat_schemas import CancelResult
+from backend.api.deps import Admission, AguiRunsDep, CurrentUser, Driver, Limits, Sessions, SettingsDep, Turns
+from backend.api.inputs import ClientId, StreamCursor
+from backend.chat.agui_sse import AGUI_HEADERS, agui_sse
+from backend.chat.agui_stream import AguiTranslator
+from backend.chat.turn_admission import turn_id_for
+from backend.chat.turn_state import UserMessage
+from backend.errors import BadRequest, Conflict, Gone, NotFound, ShuttingDown
+from backend.store.models import ChatMessage
+from backend.store.sessions import SessionStore
+from backend.streams.agui_runs import AguiRun
+from backend.streams.turns import position_of
+
+router = APIRouter(tags=["ag-ui"])
+
+_THREAD_NAMESPACE = uuid.UUID("2b1d7c36-5f0e-4a8e-9c61-8a7f4e0d3b52")
+_SSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}, "description": "AG-UI events"}}
+_PAGE_SIZE = 500
+
+
+def thread_session_id(thread_id: str, user_id: str) -> uuid.UUID:
+    """The session of an AG-UI thread: `threadId` itself when it is a UUID, else one derived from the caller and it
+    (two users' threads named alike stay apart)."""
+    try:
+        return uuid.UUID(thread_id)
+    except ValueError:
+        return uuid.uuid5(_THREAD_NAMESPACE, f"{user_id}\n{thread_id}")
+
+
+@router.post("/api/agui", response_class=StreamingResponse, responses=_SSE)
+async def run_agent(
+    body: RunAgentInput,
+    user: CurrentUser,
+    sessions: Sessions,
+    admission: Admission,
+    driver: Driver,
+    limits: Limits,
+    runs: AguiRunsDep,
+    settings: SettingsDep,
+) -> StreamingResponse:
+    """Run the agent on a thread (AG-UI `RunAgentInput`) and stream the run as AG-UI events. The last message is
+    the user's new one; a history that says otherwise than storage gets a `MESSAGES_SNAPSHOT` of what is stored
+    first. The run keeps going if the client disconnects: replay it with `GET /api/agui/runs/{runId}/events`."""
+    if admission.draining:
+        raise ShuttingDown("this server is shutting down; send the message again")
+    new = body.messages[-1] if body.messages else None
+    if new is None or new.role != "user":
+        raise BadRequest(
+            "the last message must be the user's new message (frontend tool results are not supported yet)"
+        )
+    text = new.text()
+    if not text.strip():
+        raise BadRequest("the message is empty")
+    if len(text) > settings.max_message_chars:
+        raise BadRequest(f"the message is longer than {settings.max_message_chars} characters")
+    session, _ = await sessions.get_or_create(thread_session_id(body.thread_id, user.user_id), user.user_id)
+    turn_id = turn_id_for(session.id, new.id)
+    history = [m.model_dump(by_alias=True) for m in body.messages[:-1]]
+    stored = await _stored(sessions, session.id)
+    contradicts = conflicts(history, _snapshot(session.id, _before_turn(stored, turn_id)))
+    if not await runs.bind(AguiRun(body.run_id, turn_id, body.thread_id, user.user_id)):
+        raise Conflict("this runId is taken; name each run with a new id")
+    anonymous = settings.dev_auth and user.user_id == settings.dev_user_id
+    message = UserMessage(text=text, client_message_id=new.id, page_context=body.page_context())
+    submitted = await admission.submit(
+        session, user.user_id, message, is_authenticated=not anonymous, limited=limits.applies_to(user)
+    )
+    prelude: list[BaseEvent] = []
+    if contradicts:
+        through = _through_turn(await _stored(sessions, session.id), submitted.turn_id)
+        prelude.append(MessagesSnapshotEvent(messages=_snapshot(session.id, through)))
+    entries = driver.follow(submitted.turn_id, after="0", heartbeat_seconds=settings.heartbeat_seconds)
+    translator = AguiTranslator(thread_id=body.thread_id, run_id=body.run_id)
+    return _response(agui_sse(entries, translator, prelude=prelude), submitted.turn_id)
+
+
+@router.get("/api/agui/runs/{run_id}/events", response_class=StreamingResponse, responses=_SSE)
+async def replay_run(
+    run_id: ClientId,
+    user: CurrentUser,
+    runs: AguiRunsDep,
+    turns: Turns,
+    sessions: Sessions,
+    driver: Driver,
+    settings: SettingsDep,
+    after: Annotated[StreamCursor | None, Query()] = None,
+    snapshot: Annotated[bool, Query()] = False,
+    last_event_id: Annotated[StreamCursor | None, Header()] = None,
+) -> StreamingResponse:
+    """A run's events after a cursor (`Last-Event-ID` or `?after=`; from its start by default), then live until it
+    ends, from any pod. `snapshot=true` starts with a `MESSAGES_SNAPSHOT` of the thread as stored before the run
+    (then the run is replayed from its start: no cursor). 404 for an unknown run or another user's, 410 when its
+    stream has expired."""
+    run = await _owned_run(runs, run_id, user.user_id)
+    info = await turns.info(run.turn_id)
+    if info is None:
+        if await turns.owner_of_expired(run.turn_id) == user.user_id:
+            raise Gone("this run's stream has expired; load the thread's messages instead")
+        raise NotFound("run not found")
+    cursor = last_event_id or after
+    if snapshot and cursor:
+        raise BadRequest("a snapshot comes with the whole run: leave out the cursor")
+    if cursor is not None and position_of(run.turn_id, cursor) is None:
+        cursor = None  # a cursor of another run: replay this one from its start
+    prelude: list[BaseEvent] = []
+    if snapshot:
+        session_id = uuid.UUID(info.session_id)
+        through = _through_turn(await _stored(sessions, session_id), run.turn_id)
+        prelude.append(MessagesSnapshotEvent(messages=_snapshot(session_id, through)))
+    entries = driver.follow(run.turn_id, after="0", heartbeat_seconds=settings.heartbeat_seconds)
+    translator = AguiTranslator(thread_id=run.thread_id, run_id=run.run_id)
+    return _response(agui_sse(entries, translator, after=cursor, prelude=prelude), run.turn_id)
+
+
+@router.post("/api/agui/runs/{run_id}/cancel")
+async def cancel_run(
+    run_id: ClientId, user: CurrentUser, runs: AguiRunsDep, turns: Turns, admission: Admission
+) -> CancelResult:
+    """Stop a run, whichever pod runs it (closing the connection does not: the run is durable). Its partial reply
+    is stored, marked interrupted, and its stream ends with `RUN_FINISHED` whose outcome is `cancelled`."""
+    run = await _owned_run(runs, run_id, user.user_id)
+    info = await turns.info(run.turn_id)
+    if info is None or info.status != "running":
+        return CancelResult(task_id=run.turn_id, status=info.status if info else "unknown")
+    active = await admission.active_task(uuid.UUID(info.session_id))
+    if active is None or active[0] != run.turn_id:
+        return CancelResult(task_id=run.turn_id, status="unknown")
+    await admission.cancel(uuid.UUID(info.session_id))
+    info = await turns.info(run.turn_id)
+    return CancelResult(task_id=run.turn_id, status=info.status if info else "unknown")
+
+
+def _response(body: Any, turn_id: str) -> StreamingResponse:
+    headers = {**AGUI_HEADERS, "x-copilot-task-id": turn_id}
+    return StreamingResponse(body, headers=headers, media_type="text/event-stream")
+
+
+async def _owned_run(runs: AguiRunsDep, run_id: str, user_id: str) -> AguiRun:
+    run = await runs.get(run_id)
+    if run is None or run.user_id != user_id:
+        raise NotFound("run not found")
+    return run
+
+
+async def _stored(sessions: SessionStore, session_id: uuid.UUID) -> list[ChatMessage]:
+    return [m async for page in sessions.stored_messages(session_id, page_size=_PAGE_SIZE) for m in page]
+
+
+def _snapshot(session_id: uuid.UUID, stored: list[ChatMessage]) -> list[Message]:
+    def reply_id(user: ChatMessage) -> str | None:
+        # The stream's `messageId` (`msg-<turn id>`), so stored steps keep the ids they streamed with.
+        return f"msg-{turn_id_for(session_id, user.client_message_id)}" if user.client_message_id else None
+
+    return agui_messages(stored, reply_id)
+
+
+def _turn_index(stored: list[ChatMessage], turn_id: str) -> int | None:
+    """Where the user message that started `turn_id` is in `stored`."""
+    for i in range(len(stored) - 1, -1, -1):
+        m = stored[i]
+        if m.role == "user" and m.client_message_id and turn_id_for(m.session_id, m.client_message_id) == turn_id:
+            return i
+    return None
+
+
+def _before_turn(stored: list[ChatMessage], turn_id: str) -> list[ChatMessage]:
+    """The history a run's client had before it added its message: all of it, or what came before that message
+    when it is stored already (a resent run)."""
+    index = _turn_index(stored, turn_id)
+    return stored if index is None else stored[:index]
+
+
+def _through_turn(stored: list[ChatMessage], turn_id: str) -> list[ChatMessage]:
+    """The history up to the run's own user message: what the run's events then add to."""
+    index = _turn_index(stored, turn_id)
+    return stored if index is None else stored[: index + 1]

@@ -86,8 +86,11 @@ async def run_agent(
     )
     prelude: list[BaseEvent] = []
     if contradicts:
-        through = _through_turn(await _stored(sessions, session.id), submitted.turn_id)
-        prelude.append(MessagesSnapshotEvent(messages=_snapshot(session.id, through)))
+        # Two snapshots: a client keeps the messages a snapshot names where they were and appends the others, so the
+        # stored history goes first without the new message (which drops the client's copy), then with it (at the end).
+        stored = await _stored(sessions, session.id)
+        for part in (_before_turn(stored, submitted.turn_id), _through_turn(stored, submitted.turn_id)):
+            prelude.append(MessagesSnapshotEvent(messages=_snapshot(session.id, part)))
     entries = driver.follow(submitted.turn_id, after="0", heartbeat_seconds=settings.heartbeat_seconds)
     translator = AguiTranslator(thread_id=body.thread_id, run_id=body.run_id)
     return _response(agui_sse(entries, translator, prelude=prelude), submitted.turn_id)

@@ -1,4 +1,5 @@
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -200,3 +201,13 @@ async def test_a_released_connection_is_not_reset_with_a_query(migrated_database
         assert sent == ["SELECT 1", "BEGIN;", "SELECT 2", "COMMIT;"]
     finally:
         await pool.close()
+
+
+async def test_create_session_with_id_is_created_once(repo: ChatRepository) -> None:
+    """Two first runs of a new AG-UI thread race: one creates the session, the other gets the same row."""
+    session_id = uuid.uuid4()
+    results = await asyncio.gather(*(repo.create_session_with_id(session_id, "alice") for _ in range(5)))
+    assert sum(created for _, created in results) == 1
+    assert {s.id for s, _ in results} == {session_id}
+    other, created = await repo.create_session_with_id(session_id, "bob")
+    assert not created and other.user_id == "alice"  # the caller refuses it (SessionStore.get_or_create)

@@ -1,0 +1,134 @@
+"""The AG-UI translator on chunk sequences the live tests rarely produce: cut-off and refused tool calls, a stopped
+turn, transient data parts, a stream that ends early, resuming after a cursor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from backend.chat import protocol as p
+from backend.chat.agui_sse import agui_sse
+from backend.chat.agui_stream import AguiTranslator
+from backend.chat.events import (
+    StepStarted,
+    TextDelta,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolInputDelta,
+    ToolInputFailed,
+    TurnAborted,
+    TurnEnded,
+    TurnEvent,
+    TurnStarted,
+)
+from backend.chat.ui_stream import UIStreamTranslator
+from tests.sse import parse
+
+
+def chunks_of(*events: TurnEvent) -> list[dict[str, Any]]:
+    """The stored chunks of a turn that went through `events` (what the AI SDK translator publishes)."""
+    ui = UIStreamTranslator()
+    out = [c for e in events for c in ui.translate(e)] + ui.close("stop")
+    return [orjson.loads(p.to_json(c)) for c in out]
+
+
+def translated(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    agui = AguiTranslator(thread_id="t", run_id="r")
+    return [e.model_dump(by_alias=True, mode="json") for c in chunks for e in agui.translate(c)]
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def test_every_call_gets_a_result_even_when_it_never_ran() -> None:
+    events = translated(
+        chunks_of(
+            TurnStarted("msg-1"),
+            StepStarted(),
+            ToolCallStarted("bad", "calculate"),
+            ToolInputDelta("bad", '{"expr'),
+            ToolInputFailed("bad", "calculate", '{"expr', "arguments are not JSON"),
+            ToolCallStarted("cut", "calculate"),
+            ToolInputDelta("cut", '{"a": '),
+            ToolCallReady("ran", "get_current_time", {}),
+            TurnEnded("stop"),
+        )
+    )
+    results = {e["toolCallId"]: e for e in events if e["type"] == "TOOL_CALL_RESULT"}
+    assert set(results) == {"bad", "cut", "ran"}
+    assert "arguments are not JSON" in results["bad"]["content"]
+    ends = [e["toolCallId"] for e in events if e["type"] == "TOOL_CALL_END"]
+    assert sorted(ends) == ["bad", "cut", "ran"]
+    args = "".join(e["delta"] for e in events if e["type"] == "TOOL_CALL_ARGS" and e["toolCallId"] == "ran")
+    assert args == "{}"  # a call whose input came whole gets it as one fragment
+    starts = [e for e in events if e["type"] == "TOOL_CALL_START"]
+    assert {e["parentMessageId"] for e in starts} == {"msg-1-0"}
+    assert kinds(events)[-2:] == ["STEP_FINISHED", "RUN_FINISHED"]
+
+
+def test_a_stopped_turn_finishes_cancelled() -> None:
+    events = translated(chunks_of(TurnStarted("msg-1"), StepStarted(), TextDelta("Hal"), TurnAborted("stop")))
+    assert kinds(events) == [
+        "STEP_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "STEP_FINISHED",
+        "RUN_FINISHED",
+    ]
+    assert events[-1]["outcome"] == {"type": "cancelled"}
+
+
+def test_transient_data_is_a_custom_event_and_error_ends_the_run() -> None:
+    chunks = [
+        {"type": "start", "messageId": "m"},
+        {"type": "data-compacting", "data": {"messages": 3}, "transient": True},
+        {"type": "error", "errorText": "boom"},
+        {"type": "finish", "finishReason": "error"},
+    ]
+    events = translated(chunks)
+    assert events == [
+        {"type": "CUSTOM", "name": "compacting", "value": {"messages": 3}},
+        {"type": "RUN_ERROR", "message": "boom"},
+    ]
+
+
+async def _entries(chunks: list[dict[str, Any]], ids: list[str]) -> AsyncIterator[tuple[str, bytes | None]]:
+    for cursor, chunk in zip(ids, chunks, strict=True):
+        await asyncio.sleep(0)
+        yield cursor, orjson.dumps(chunk)
+
+
+async def _body(chunks: list[dict[str, Any]], after: str | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+    ids = [f"5-{i}" for i in range(1, len(chunks) + 1)]
+    frames = agui_sse(_entries(chunks, ids), AguiTranslator(thread_id="t", run_id="r"), after=after)
+    body = b"".join([f async for f in frames])
+    return [(f.id, orjson.loads(f.data)) for f in parse(body)]
+
+
+async def test_resuming_after_a_cursor_reopens_what_was_open() -> None:
+    chunks = chunks_of(TurnStarted("msg-1"), StepStarted(), TextDelta("one "), TextDelta("two"), TurnEnded("stop"))
+    whole = await _body(chunks)
+    # The id of an entry sits on the last of its events; the first delta's entry is the third chunk.
+    assert [c for c, _ in whole if c] == [f"5-{i}" for i in range(2, len(chunks) + 1)]
+    rest = await _body(chunks, after="5-4")
+    assert [e["type"] for _, e in rest] == [
+        "RUN_STARTED",
+        "STEP_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "STEP_FINISHED",
+        "RUN_FINISHED",
+    ]
+    assert rest[2][1]["messageId"] == "msg-1-0" and rest[3][1]["delta"] == "two"
+
+
+async def test_a_stream_that_ends_early_ends_with_run_error() -> None:
+    chunks = chunks_of(TurnStarted("msg-1"), StepStarted(), TextDelta("partial"))[:4]
+    events = [e for _, e in await _body(chunks)]
+    assert events[-1]["type"] == "RUN_ERROR" and events[-1]["code"] == "stream_lost"

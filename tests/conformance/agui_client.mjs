@@ -1,0 +1,69 @@
+// Drive the service with the real AG-UI client (`@ag-ui/client`'s HttpAgent), as a CopilotKit runtime does.
+//
+// stdin: {url, token, threadId, runId, messages, newMessage, context?, replay?: {url}, cancel?: {url}}
+//   - `messages`: the agent's history before the run; `newMessage`: the user message the run adds.
+//   - `replay`: instead of running, follow a run's events with a GET (a fresh agent, as after a reload).
+//   - `cancel`: POST this URL (the service's cancel) once the first text arrives.
+// stdout: {events, messages, error, outcome, newMessages}
+//   - `events`: every event type the agent applied (after the client's own event verification);
+//   - `error`: what `runAgent` threw ({name, message}), null when the run passed verification and ended.
+import { HttpAgent } from "@ag-ui/client";
+
+const input = JSON.parse(await new Promise((resolve) => {
+  let data = "";
+  process.stdin.on("data", (c) => (data += c));
+  process.stdin.on("end", () => resolve(data));
+}));
+
+class ReplayAgent extends HttpAgent {
+  // The replay route is a GET: same SSE body, same client pipeline (transform, verify, apply).
+  requestInit() {
+    return { method: "GET", headers: { ...this.headers, Accept: "text/event-stream" }, signal: this.abortController.signal };
+  }
+}
+
+const headers = { Authorization: `Bearer ${input.token}` };
+const Agent = input.replay ? ReplayAgent : HttpAgent;
+const agent = new Agent({
+  url: input.replay ? input.replay.url : input.url,
+  headers,
+  threadId: input.threadId,
+  initialMessages: input.messages ?? [],
+});
+if (input.newMessage) agent.addMessage(input.newMessage);
+
+const events = [];
+let outcome = null;
+let runError = null;
+let cancelled = false;
+const subscriber = {
+  onEvent: ({ event }) => {
+    events.push(event.type);
+  },
+  onTextMessageContentEvent: async () => {
+    if (input.cancel && !cancelled) {
+      cancelled = true;
+      await fetch(input.cancel.url, { method: "POST", headers });
+    }
+  },
+  onRunFinishedEvent: (params) => {
+    outcome = params.outcome;
+  },
+  onRunErrorEvent: ({ event }) => {
+    runError = { message: event.message, code: event.code ?? null };
+  },
+};
+
+let error = null;
+let newMessages = [];
+const originalError = console.error;
+console.error = () => {}; // the agent logs the failure it also throws
+try {
+  const result = await agent.runAgent({ runId: input.runId, context: input.context ?? [] }, subscriber);
+  newMessages = result.newMessages;
+} catch (e) {
+  error = { name: e?.name ?? "Error", message: String(e?.message ?? e) };
+} finally {
+  console.error = originalError;
+}
+process.stdout.write(JSON.stringify({ events, messages: agent.messages, newMessages, error, outcome, runError }));

@@ -92,7 +92,9 @@ async def run_agent(
         for part in (_before_turn(stored, submitted.turn_id), _through_turn(stored, submitted.turn_id)):
             prelude.append(MessagesSnapshotEvent(messages=_snapshot(session.id, part)))
     entries = driver.follow(submitted.turn_id, after="0", heartbeat_seconds=settings.heartbeat_seconds)
-    translator = AguiTranslator(thread_id=body.thread_id, run_id=body.run_id)
+    translator = AguiTranslator(
+        thread_id=body.thread_id, run_id=body.run_id, outcomes=body.protocol_version is not None
+    )
     return _response(agui_sse(entries, translator, prelude=prelude), submitted.turn_id)
 
 

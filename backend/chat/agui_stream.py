@@ -81,9 +81,13 @@ class _Call:
 
 
 class AguiTranslator:
-    def __init__(self, *, thread_id: str, run_id: str) -> None:
+    def __init__(self, *, thread_id: str, run_id: str, outcomes: bool = True) -> None:
+        """`outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
+        The 0.0.x clients (what `@copilotkit/runtime` 1.75 runs) refuse an outcome other than `success` and
+        `interrupt`: for them a cancelled run finishes without one and with `result: {"cancelled": true}`."""
         self.thread_id = thread_id
         self.run_id = run_id
+        self._outcomes = outcomes
         self._reply_id = f"run-{run_id}"
         """The `start` chunk's message id names the reply; this stands in until it is read."""
         self._steps = 0
@@ -206,14 +210,19 @@ class AguiTranslator:
     def _finish(self, metadata: Any) -> list[BaseEvent]:
         out = self._end_step()
         self.finished = True
-        outcome = RunFinishedCancelledOutcome() if self._cancelled else RunFinishedSuccessOutcome()
+        outcome: RunFinishedSuccessOutcome | RunFinishedCancelledOutcome | None = RunFinishedSuccessOutcome()
+        result = None
+        if self._cancelled:
+            outcome, result = (RunFinishedCancelledOutcome(), None) if self._outcomes else (None, {"cancelled": True})
         usage = _usage(metadata)
-        out.append(
-            RunFinishedEvent(
-                thread_id=self.thread_id, run_id=self.run_id, outcome=outcome, usage=[usage] if usage else None
-            )
+        finished = RunFinishedEvent(
+            thread_id=self.thread_id,
+            run_id=self.run_id,
+            outcome=outcome,
+            result=result,
+            usage=[usage] if usage else None,
         )
-        return out
+        return [*out, finished]
 
     def _step_message(self) -> str:
         if self._message is None:

@@ -162,7 +162,7 @@ async def test_replay_with_cursor_and_snapshot(chat: tuple[httpx.AsyncClient, Li
 async def test_cancel_a_run(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
     client, _ = chat
     thread = str(uuid.uuid4())
-    body = run_input(thread, user("[[mock:text tokens=200 delay_ms=20]]"), run_id="slow")
+    body = run_input(thread, user("[[mock:text tokens=200 delay_ms=20]]"), run_id="slow", protocolVersion="1.0.0")
     task = asyncio.create_task(run(client, body))
     for _ in range(100):
         await asyncio.sleep(0.05)

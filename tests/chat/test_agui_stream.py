@@ -81,6 +81,11 @@ def test_a_stopped_turn_finishes_cancelled() -> None:
         "RUN_FINISHED",
     ]
     assert events[-1]["outcome"] == {"type": "cancelled"}
+    # A 0.0.x client (what CopilotKit's runtime runs) knows only `success` and `interrupt`.
+    agui = AguiTranslator(thread_id="t", run_id="r", outcomes=False)
+    chunks = chunks_of(TurnStarted("msg-1"), StepStarted(), TurnAborted("stop"))
+    finished = [e for c in chunks for e in agui.translate(c)][-1].model_dump(by_alias=True, mode="json")
+    assert "outcome" not in finished and finished["result"] == {"cancelled": True}
 
 
 def test_transient_data_is_a_custom_event_and_error_ends_the_run() -> None:

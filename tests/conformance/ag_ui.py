@@ -12,6 +12,10 @@ from typing import Any
 
 from tests.conformance.ai_sdk import HERE, _ensure_node_modules, _node
 
+AGUI_CLIENTS = ("@ag-ui/client", "agui-client-0")
+"""`@ag-ui/client` 1.0, and 0.0.59 (an npm alias): the version the current `@copilotkit/runtime` (1.75) depends on,
+so the `HttpAgent` a CopilotKit runtime actually runs."""
+
 
 async def drive(**request: Any) -> dict[str, Any]:
     """What `agui_client.mjs` reports for `request` (see its header): the events the client applied, its messages,

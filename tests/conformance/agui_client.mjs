@@ -1,19 +1,20 @@
 // Drive the service with the real AG-UI client (`@ag-ui/client`'s HttpAgent), as a CopilotKit runtime does.
 //
-// stdin: {url, token, threadId, runId, messages, newMessage, context?, replay?: {url}, cancel?: {url}}
+// stdin: {client?, url, token, threadId, runId, messages, newMessage, context?, replay?: {url}, cancel?: {url}}
+//   - `client`: the package to import (default `@ag-ui/client`, 1.0; `agui-client-0`: 0.0.59, the version the
+//     current `@copilotkit/runtime` depends on, so what a CopilotKit runtime runs);
 //   - `messages`: the agent's history before the run; `newMessage`: the user message the run adds.
 //   - `replay`: instead of running, follow a run's events with a GET (a fresh agent, as after a reload).
 //   - `cancel`: POST this URL (the service's cancel) once the first text arrives.
-// stdout: {events, messages, error, outcome, newMessages}
+// stdout: {events, messages, error, outcome, result, runError, newMessages}
 //   - `events`: every event type the agent applied (after the client's own event verification);
 //   - `error`: what `runAgent` threw ({name, message}), null when the run passed verification and ended.
-import { HttpAgent } from "@ag-ui/client";
-
 const input = JSON.parse(await new Promise((resolve) => {
   let data = "";
   process.stdin.on("data", (c) => (data += c));
   process.stdin.on("end", () => resolve(data));
 }));
+const { HttpAgent } = await import(input.client ?? "@ag-ui/client");
 
 class ReplayAgent extends HttpAgent {
   // The replay route is a GET: same SSE body, same client pipeline (transform, verify, apply).
@@ -34,6 +35,7 @@ if (input.newMessage) agent.addMessage(input.newMessage);
 
 const events = [];
 let outcome = null;
+let result = null;
 let runError = null;
 let cancelled = false;
 const subscriber = {
@@ -46,8 +48,9 @@ const subscriber = {
       await fetch(input.cancel.url, { method: "POST", headers });
     }
   },
-  onRunFinishedEvent: (params) => {
-    outcome = params.outcome;
+  onRunFinishedEvent: ({ event }) => {
+    outcome = event.outcome?.type ?? "absent";
+    result = event.result ?? null;
   },
   onRunErrorEvent: ({ event }) => {
     runError = { message: event.message, code: event.code ?? null };
@@ -66,4 +69,4 @@ try {
 } finally {
   console.error = originalError;
 }
-process.stdout.write(JSON.stringify({ events, messages: agent.messages, newMessages, error, outcome, runError }));
+process.stdout.write(JSON.stringify({ events, messages: agent.messages, newMessages, error, outcome, result, runError }));

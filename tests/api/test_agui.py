@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import orjson
 
+from backend.config import Settings
 from tests.conftest import LiveServer, auth
 from tests.sse import parse, read_stream
 
@@ -191,3 +192,30 @@ async def test_refused_inputs(chat: tuple[httpx.AsyncClient, LiveServer]) -> Non
     assert r.status_code == 404
     r = await client.post("/api/agui", json=run_input(str(uuid.uuid4()), user("hi"), run_id="alices"), headers=BOB)
     assert r.status_code == 409
+
+
+async def test_another_pod_follows_and_cancels_a_running_run(chat_settings: Settings) -> None:
+    """Pod B replays a run pod A is running (from the turn's Redis Stream, live to its end) and stops it."""
+    async with (
+        LiveServer(chat_settings) as a,
+        LiveServer(chat_settings) as b,
+        httpx.AsyncClient(base_url=a.url, timeout=30) as client_a,
+        httpx.AsyncClient(base_url=b.url, timeout=30) as client_b,
+    ):
+        thread = str(uuid.uuid4())
+        body = run_input(thread, user("[[mock:text tokens=400 delay_ms=10]]"), run_id="on-a", protocolVersion="1.0.0")
+        on_a = asyncio.create_task(run(client_a, body))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            r = await client_b.get(f"/api/chat/sessions/{thread}", headers=ALICE)
+            if r.status_code == 200 and r.json()["active_task"]:
+                break
+        on_b = asyncio.create_task(read_stream(client_b, "GET", "/api/agui/runs/on-a/events", headers=ALICE))
+        await asyncio.sleep(0.3)
+        assert not on_b.done()  # following live
+        r = await client_b.post("/api/agui/runs/on-a/cancel", headers=ALICE)
+        assert r.json()["status"] == "cancelled"
+        (_, streamed_a), (_, streamed_b) = await on_a, await on_b
+        for streamed in (streamed_a, streamed_b):
+            assert events(streamed)[-1]["outcome"] == {"type": "cancelled"}
+        assert text_of(streamed_b) == text_of(streamed_a) and 0 < len(text_of(streamed_a).split()) < 400

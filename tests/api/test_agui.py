@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import orjson
 
 from backend.config import Settings
+from backend.devtools.mock_llm import MockLLMServer
 from tests.conftest import LiveServer, auth
 from tests.sse import parse, read_stream
 
@@ -219,3 +221,21 @@ async def test_another_pod_follows_and_cancels_a_running_run(chat_settings: Sett
         for streamed in (streamed_a, streamed_b):
             assert events(streamed)[-1]["outcome"] == {"type": "cancelled"}
         assert text_of(streamed_b) == text_of(streamed_a) and 0 < len(text_of(streamed_a).split()) < 400
+
+
+async def test_context_reaches_the_model_and_tools_are_accepted(
+    chat: tuple[httpx.AsyncClient, LiveServer], mock_llm: MockLLMServer
+) -> None:
+    """`context` is shown to the model for the run, as a page's content is; frontend `tools`, `state` and
+    `forwardedProps` are accepted (not used yet)."""
+    client, _ = chat
+    context = [{"description": "The open document", "value": "Quarterly report, draft 3"}]
+    tools = [{"name": "confirm", "description": "Ask the user", "parameters": {"type": "object"}}]
+    body = run_input(str(uuid.uuid4()), user('[[mock:text content="ok"]]'), context=context, tools=tools)
+    body["forwardedProps"] = {"anything": [1, 2]}
+    response, streamed = await run(client, body)
+    assert response.status_code == 200 and text_of(streamed) == "ok"
+    prompt = json.dumps([r for r in mock_llm.requests if r.get("stream")][-1]["messages"])
+    assert "Quarterly report, draft 3" in prompt and "The open document" in prompt
+    offered = [t["function"]["name"] for t in [r for r in mock_llm.requests if r.get("stream")][-1].get("tools", [])]
+    assert "confirm" not in offered

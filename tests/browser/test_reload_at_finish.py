@@ -10,10 +10,13 @@ import uuid
 import httpx
 import pytest
 from playwright.async_api import Page, expect
+from redis.asyncio import Redis
 
 from backend.chat.publisher import TurnPublisher
 from backend.chat.turn_admission import turn_id_for
+from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available, webhook
 from backend.streams.turns import TurnStatus
+from tests.browser.conftest import WEBHOOK_SECRET
 from tests.browser.panel import new_session, open_panel, reply_words, send, stored_messages, wait_turn_end
 from tests.conftest import LiveServer
 
@@ -27,12 +30,16 @@ class HeldEnds:
     """Holds every turn between its `finish` and the end of its stream: `TurnPublisher.close` (which writes the end)
     waits, once everything emitted before it (the `finish` included) is in Redis, until `release()`."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, armed: bool = True) -> None:
+        self.armed = armed
+        """Only turns that end while armed are held."""
         self.holding = asyncio.Event()
         self._released = asyncio.Event()
         original = TurnPublisher.close
 
         async def held_close(publisher: TurnPublisher, status: TurnStatus) -> bool:
+            if not self.armed:
+                return await original(publisher, status)
             # The flusher writes within its window (2 ms here); it has no event to wait for.
             while publisher._written < len(publisher._ids):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
@@ -86,3 +93,36 @@ async def test_the_panel_derives_a_reply_s_turn_id_as_the_server_does(
         "([s, c]) => import('/static/js/turn_id.js').then(m => m.turnIdFor(s, c))", [str(session_id), client_message_id]
     )
     assert derived == turn_id_for(session_id, client_message_id)
+
+
+async def test_reload_between_a_continuation_s_finish_and_its_end_shows_each_message_once(
+    page: Page, live: LiveServer, api: httpx.AsyncClient, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldEnds(monkeypatch, armed=False)
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    await send(page, 'Write it up [[mock:tool name=generate_report args={"topic": "cats", "sections": 2}]]')
+    await expect(page.locator(".tool")).to_have_attribute("data-state", "pending")
+    await wait_turn_end(page)
+    before = await reply_words(page)
+
+    held.armed = True
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:  # the external report service does its job
+            await ensure_group(redis)
+            config = WorkerConfig(live.url, WEBHOOK_SECRET, work_seconds=0)
+            assert await process_available(redis, webhook(http, config), config) == 1
+        await asyncio.wait_for(held.holding.wait(), 15)
+        await page.reload()
+        await page.wait_for_function(FINISH_SEEN)
+        await page.evaluate(TWO_FRAMES)
+        # The stored reply, then the continuation as it streams (one view until it ends and joins the reply).
+        shown = " ".join(w for words in await reply_words(page) for w in words)
+        assert shown.startswith(" ".join(before[0]))
+        assert shown.count("Your report is ready") == 1, shown
+        await expect(page.locator(".tool")).to_have_count(1)
+    finally:
+        held.release()
+    await wait_turn_end(page)
+    await page.evaluate(TWO_FRAMES)
+    assert " ".join(w for words in await reply_words(page) for w in words) == shown

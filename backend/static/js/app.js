@@ -419,21 +419,30 @@ class Panel {
    * one too, between its `finish` and the end of its stream), and its stream (replayed from `start`) carries them
    * too. For the session's running reply and for a message this panel sent (a resend, Retry, replays a turn that may
    * have ended and been stored already), that is everything stored after the reply's user message (user messages
-   * stay). For other followed turns (continuations of long-running operations), the stored messages from the first
-   * one that holds a tool call of the turn on.
+   * stay). A continuation of a long-running operation has no user message of its own: its stored steps are the
+   * messages from the first one that holds a tool call of the turn, or (after the last user message) the text of one
+   * of its finished steps, on.
    */
   visibleStored(live) {
     const calls = new Set();
+    const texts = new Set();
     let stored = this.stored;
     const after = (sequence) => (stored = stored.filter((m) => m.role === "user" || m.sequence <= sequence));
     for (const follow of live) {
-      for (const part of follow.message.parts) if (part.type === "tool") calls.add(part.toolCallId);
+      for (const part of follow.message.parts) {
+        if (part.type === "tool") calls.add(part.toolCallId);
+        if (part.type === "text" && !part.streaming && part.text.trim()) texts.add(part.text.trim());
+      }
       const sent = follow.clientMessageId && stored.find((m) => m.client_message_id === follow.clientMessageId);
       if (sent) after(sent.sequence);
       if (this.runningReply?.taskId === follow.taskId) after(this.runningReply.userSequence);
     }
-    if (!calls.size) return stored;
-    const first = stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
+    if (!calls.size && !texts.size) return stored;
+    const lastUser = stored.findLast((m) => m.role === "user")?.sequence ?? 0;
+    const replayed = (m) =>
+      toolCallIds(m).some((id) => calls.has(id)) ||
+      (m.role === "assistant" && m.sequence > lastUser && texts.has((m.content || "").trim()));
+    const first = stored.find(replayed);
     return first ? stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : stored;
   }
 }

@@ -23,6 +23,7 @@ from backend.api import (
     operations,
     panel,
     sessions,
+    tool_calls,
     transcript,
     ui_messages,
     ws,
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
     app.include_router(info.router)
     app.include_router(chat.router)
     app.include_router(agui.router)
+    app.include_router(tool_calls.router)
     app.include_router(admin.router)
     app.include_router(ws.router)
     app.include_router(operations.router)

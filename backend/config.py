@@ -180,6 +180,18 @@ class Settings(BaseSettings):
     """Extra tool registries, each `package.module:attribute` (a ToolRegistry or a function returning one):
     comma-separated (`acme.copilot_tools:registry`) or a JSON list (`["acme.copilot_tools:registry"]`)."""
 
+    tools_requiring_approval: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Tools (built-in, plug-in or MCP `<server>__<tool>`) whose every call waits for the user's approval before it
+    runs, comma-separated or a JSON list; a plug-in can also say so itself (`requires_approval = True`)."""
+
+    human_input_timeout_seconds: float = Field(default=86400.0, gt=0)
+    """How long a tool call waits for a person (a frontend tool's output, an answer to `ask_user`, an approval);
+    unanswered after this, it closes with an error the model sees in the next turn."""
+
+    ai_sdk_version: Literal[5, 6, 7] = 6
+    """The major version of the `ai` package the panel's `useChat` runs. 5 has no approval chunk: approval
+    requests go out as a `data-tool-approval-request` part instead (answer them with the REST endpoint)."""
+
     mcp_servers: str | None = None
     """MCP servers whose tools the model may call, as JSON in the common `mcpServers` shape (docs/mcp.md):
     `{"mcpServers": {"search": {"url": "https://...", "bearer_token_env": "SEARCH_TOKEN"}}}`."""
@@ -456,7 +468,14 @@ class Settings(BaseSettings):
         # `docker compose` passes `${VAR:-}` as an empty string; that means "not configured", not "".
         return None if value == "" else value
 
-    @field_validator("admin_user_ids", "tools", "mcp_allowed_hosts", "mcp_allowed_networks", mode="before")
+    @field_validator(
+        "admin_user_ids",
+        "tools",
+        "tools_requiring_approval",
+        "mcp_allowed_hosts",
+        "mcp_allowed_networks",
+        mode="before",
+    )
     @classmethod
     def _list_from_text(cls, value: object) -> object:
         return _split_list(value) if isinstance(value, str) else value

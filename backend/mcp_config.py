@@ -13,10 +13,10 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from cryptography.fernet import Fernet
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, ValidationError
 
 _MAX_SERVER_NAME = 32
 _SERVER_NAME = re.compile(rf"[a-zA-Z0-9_-]{{1,{_MAX_SERVER_NAME}}}")
@@ -30,16 +30,14 @@ class _Server(BaseModel):
     """Longest one tool call may take; unset: `COPILOT_MCP_TOOL_TIMEOUT_SECONDS`."""
     disabled: bool = False
     """Keep the entry but do not connect (as in Cline's and Roo's configs)."""
-    requires_approval: bool = False
-    """Reserved for the human-in-the-loop approval of tool calls, which is not built yet: `true` is refused, so
-    nobody believes these tools are gated when they are not."""
+    requires_approval: bool | list[Annotated[str, Field(min_length=1, max_length=128)]] = False
+    """Calls of this server's tools wait for the user's approval before they run: `true` for every tool, or a
+    list of the server's own tool names (as the server names them)."""
 
-    @field_validator("requires_approval")
-    @classmethod
-    def _no_approval_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("approval of MCP tools needs human-in-the-loop approvals, which this version lacks")
-        return value
+    def needs_approval(self, remote_name: str) -> bool:
+        """Whether a call of the server's tool `remote_name` waits for the user's approval."""
+        approval = self.requires_approval
+        return approval if isinstance(approval, bool) else remote_name in approval
 
 
 class StdioServer(_Server):

@@ -22,6 +22,7 @@ from backend.cancellation import check_cancelled
 from backend.chat.compaction import Compactor
 from backend.chat.context_budget import ContextBudget
 from backend.chat.context_window import Calibration, ContextPolicy
+from backend.chat.human_input import HumanInput
 from backend.chat.langfuse_prompts import PromptSource
 from backend.chat.llm import CallObserver, LLMClient, RetryPolicy, Usage
 from backend.chat.local_turns import LocalTurns
@@ -44,6 +45,7 @@ from backend.observability.telemetry import Telemetry
 from backend.observability.wiring import open_observability
 from backend.redis_client import open_redis
 from backend.store.active_turns import ActiveTurnStore
+from backend.store.awaiting import AwaitingCalls
 from backend.store.cache import SessionCache
 from backend.store.mcp_servers import SessionMcpServerStore
 from backend.store.migrate import upgrade_dsn
@@ -93,6 +95,8 @@ class Runtime:
     """The MCP servers whose tools are in `tools`, with their connection states."""
     session_mcp: SessionMcpServers
     """The MCP servers sessions' owners added, and this pod's connections to them."""
+    human_input: HumanInput
+    """Answers to the calls that wait for a person (frontend tools, `ask_user`, approvals)."""
     instruments: Instruments = field(default_factory=Instruments.off)
     stop_consuming: Callable[[], Awaitable[None]] = field(default=_nothing_to_stop)
     """Stops this pod's completion consumer (other pods take the completions)."""
@@ -161,7 +165,8 @@ async def open_runtime(
             settings, stack, stores, registry, services, helpers, prompts, observability.telemetry
         )
         operations.runner.set_continuation(turns.admission.continue_operation)
-        stop_consuming = await _run_background_work(settings, stack, stores, operations, instruments)
+        human_input = HumanInput(stores.awaiting, turns.admission, services)
+        stop_consuming = await _run_background_work(settings, stack, stores, operations, human_input, instruments)
         if settings.uses_demo_model and fallbacks.report_worker is not None:
             await stack.enter_async_context(fallbacks.report_worker(stores.redis_url, settings))
         yield Runtime(
@@ -181,6 +186,7 @@ async def open_runtime(
             limits=stores.limits,
             mcp=mcp,
             session_mcp=session_mcp,
+            human_input=human_input,
             instruments=instruments,
             stop_consuming=stop_consuming,
         )
@@ -195,6 +201,7 @@ class _Stores:
     redis_url: str
     pending: PendingWrites
     sessions: SessionStore
+    awaiting: AwaitingCalls
     limits: UserLimits
 
 
@@ -242,7 +249,16 @@ async def _open_stores(
         on_refused=instruments.limit_refused(),
     )
     stack.push_async_callback(limits.close)
-    return _Stores(pool=pool, redis=redis, redis_url=redis_url, pending=pending, sessions=sessions, limits=limits)
+    awaiting = AwaitingCalls(pool, sessions, timeout_seconds=settings.human_input_timeout_seconds)
+    return _Stores(
+        pool=pool,
+        redis=redis,
+        redis_url=redis_url,
+        pending=pending,
+        sessions=sessions,
+        awaiting=awaiting,
+        limits=limits,
+    )
 
 
 async def _open_tools(settings: Settings, stack: AsyncExitStack) -> tuple[ToolRegistry, McpToolSource]:
@@ -376,6 +392,8 @@ def _turn_services(
         operations=operations,
         prices=settings.model_prices,
         session_tools=session_mcp if session_mcp.enabled else None,
+        awaiting=stores.awaiting,
+        needing_approval=frozenset(settings.tools_requiring_approval),
     )
 
 
@@ -431,6 +449,7 @@ async def _open_turns(
         telemetry=telemetry,
         turn_max_seconds=settings.turn_max_seconds,
         publish_window_seconds=settings.publish_window_ms / 1000,
+        approval_chunks=settings.ai_sdk_version >= 6,
     )
     stack.push_async_callback(driver.shutdown)
     admission = TurnAdmission(
@@ -451,10 +470,16 @@ async def _open_turns(
 
 
 async def _run_background_work(
-    settings: Settings, stack: AsyncExitStack, stores: _Stores, operations: _Operations, instruments: Instruments
+    settings: Settings,
+    stack: AsyncExitStack,
+    stores: _Stores,
+    operations: _Operations,
+    human_input: HumanInput,
+    instruments: Instruments,
 ) -> Callable[[], Awaitable[None]]:
-    """Start the pod's loops (completion consumer, overdue operations, slot leases, metrics, pending writes), each
-    stopped with the stack; returns what stops the completion consumer alone, for the drain."""
+    """Start the pod's loops (completion consumer, overdue operations, slot leases, metrics, pending writes, calls
+    that waited too long for a person), each stopped with the stack; returns what stops the completion consumer
+    alone, for the drain."""
     consumer = CompletionConsumer(
         stores.redis,
         consumer=f"pod-{uuid.uuid4().hex[:12]}",
@@ -467,6 +492,12 @@ async def _run_background_work(
         _background(consumer.consume(operations.runner.complete), "completion consumer")
     )
     await stack.enter_async_context(_background(_every(5.0, operations.runner.fail_overdue), "overdue operations"))
+
+    async def expire_waiting_calls() -> None:
+        await human_input.expire_overdue()
+
+    every = min(60.0, settings.human_input_timeout_seconds / 4)
+    await stack.enter_async_context(_background(_every(every, expire_waiting_calls), "calls waiting for a person"))
     renew_every = settings.turn_lease_seconds / 3
     await stack.enter_async_context(_background(_every(renew_every, stores.limits.renew), "turn slot leases"))
     if instruments.metrics is not None:

@@ -3,8 +3,11 @@
 `check_sequence` reports what makes `useChat` fail (a `text-delta` without its `text-start`, a tool output
 for an unknown call, a text or reasoning part left open across `finish-step`) and what the client silently tolerates
 but our service must never send (no `start`, two `finish`es, chunks after `finish`, unbalanced steps, a tool
-call left running: still streaming its input, or with its input and no output, when the message ends).
-`check_body` also checks the SSE framing of a whole response body. Tests run both on every stream.
+call left running: still streaming its input, or with its input and no output, when the message ends, unless the
+message ends with `finishReason: tool-calls`, the calls waiting for the client: a frontend tool, a question, an
+approval). `check_body` also checks the SSE framing of a whole response body. Tests run both on every stream. A
+continuation of a message (after answers) may give outputs to the calls of the message's earlier stream
+(`earlier_calls`).
 """
 
 from __future__ import annotations
@@ -26,24 +29,28 @@ from backend.chat.protocol import (
     TextDelta,
     TextEnd,
     TextStart,
+    ToolApprovalRequest,
     ToolInputAvailable,
     ToolInputDelta,
     ToolInputError,
     ToolInputStart,
     ToolOutputAvailable,
+    ToolOutputDenied,
     ToolOutputError,
     decode,
 )
 
 
-def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
-    """Violations in a complete message's chunks, in order of appearance; empty when the stream is valid."""
+def check_sequence(chunks: Iterable[Chunk], earlier_calls: Iterable[str] = ()) -> list[str]:
+    """Violations in a complete message's chunks, in order of appearance; empty when the stream is valid.
+    `earlier_calls`: ids of the calls an earlier stream of the same message showed (this one continues it)."""
     problems: list[str] = []
     open_texts: set[str] = set()
     open_reasoning: set[str] = set()
     streaming_tools: set[str] = set()  # after tool-input-start, before tool-input-available
-    known_tools: set[str] = set()
+    known_tools: set[str] = set(earlier_calls)
     finished_tools: set[str] = set()
+    finish_reason: str | None = None
     in_step = False
     starts = finishes = 0
 
@@ -108,14 +115,24 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
                 streaming_tools.discard(call_id)
                 known_tools.add(call_id)
                 finished_tools.add(call_id)
-            case ToolOutputAvailable(tool_call_id=call_id) | ToolOutputError(tool_call_id=call_id):
+            case ToolApprovalRequest(tool_call_id=call_id):
+                if call_id not in known_tools or call_id in streaming_tools:
+                    problems.append(f"{at}: approval asked for {call_id!r} before its input is available")
+                elif call_id in finished_tools:
+                    problems.append(f"{at}: approval asked for {call_id!r}, which has an output")
+            case (
+                ToolOutputAvailable(tool_call_id=call_id)
+                | ToolOutputError(tool_call_id=call_id)
+                | ToolOutputDenied(tool_call_id=call_id)
+            ):
                 if call_id not in known_tools:
                     problems.append(f"{at}: unknown tool call {call_id!r} (no 'tool-input-*' before it)")
                 elif call_id in finished_tools:
                     problems.append(f"{at}: tool call {call_id!r} already has an output")
                 streaming_tools.discard(call_id)
                 finished_tools.add(call_id)
-            case Finish():
+            case Finish(finish_reason=reason):
+                finish_reason = reason
                 finishes += 1
                 if finishes == 2:
                     problems.append(f"{at}: more than one 'finish'")
@@ -141,8 +158,8 @@ def check_sequence(chunks: Iterable[Chunk]) -> list[str]:
         problems.append(f"reasoning part(s) {sorted(open_reasoning)} never ended")
     if streaming_tools:
         problems.append(f"tool call(s) {sorted(streaming_tools)} stuck in input-streaming")
-    running = known_tools - streaming_tools - finished_tools
-    if running:
+    running = known_tools - streaming_tools - finished_tools - set(earlier_calls)
+    if running and finish_reason != "tool-calls":
         problems.append(f"tool call(s) {sorted(running)} left running (input-available, no output)")
     return problems
 
@@ -179,7 +196,7 @@ def parse_body(body: bytes) -> tuple[list[Chunk], list[str]]:
     return chunks, problems
 
 
-def check_body(body: bytes) -> list[str]:
+def check_body(body: bytes, earlier_calls: Iterable[str] = ()) -> list[str]:
     """Framing and ordering violations of a complete SSE response body; empty when it is valid."""
     chunks, problems = parse_body(body)
-    return problems + check_sequence(chunks)
+    return problems + check_sequence(chunks, earlier_calls)

@@ -57,7 +57,7 @@ def test_the_bearer_token_comes_from_the_named_environment_variable() -> None:
         ({"s": {"url": "not a url"}}, "MCP server 's': url"),
         ({"s": {"command": ""}}, "command"),
         ({"s": {"command": "x", "timeout_seconds": 0}}, "timeout_seconds"),
-        ({"s": {"command": "x", "requires_approval": True}}, "human-in-the-loop"),
+        ({"s": {"command": "x", "requires_approval": {"add": True}}}, "requires_approval"),
         ({"my.tools": {"command": "x"}}, "MCP server name 'my.tools'"),
         ({"x" * 33: {"command": "x"}}, "1 to 32 letters"),
         ({"s": "npx server"}, "expected an object"),
@@ -92,3 +92,12 @@ def test_settings_refuse_bad_json_and_a_missing_file_at_startup(tmp_path: Path) 
 
 def test_no_servers_by_default() -> None:
     assert Settings(_env_file=None).mcp_server_specs == {}  # type: ignore[call-arg]
+
+
+def test_approval_is_for_every_tool_of_a_server_or_the_ones_named() -> None:
+    servers = parse(
+        {"all": {"command": "x", "requires_approval": True}, "some": {"command": "x", "requires_approval": ["rm"]}}
+    )
+    assert servers["all"].needs_approval("anything")
+    assert servers["some"].needs_approval("rm") and not servers["some"].needs_approval("ls")
+    assert not parse({"none": {"command": "x"}})["none"].needs_approval("rm")

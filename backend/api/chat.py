@@ -8,7 +8,17 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from backend.api.chat_schemas import CancelResult, ModelUsagePublic, SendMessage, TurnResult, Usage
-from backend.api.deps import Admission, CurrentUser, Driver, Limits, OwnedSession, Sessions, SettingsDep, Turns
+from backend.api.deps import (
+    Admission,
+    CurrentUser,
+    Driver,
+    HumanInputDep,
+    Limits,
+    OwnedSession,
+    Sessions,
+    SettingsDep,
+    Turns,
+)
 from backend.api.inputs import StreamCursor
 from backend.api.schemas import MessagePublic
 from backend.api.submission import submit_turn
@@ -38,12 +48,17 @@ async def stream_reply(
     session: OwnedSession,
     user: CurrentUser,
     admission: Admission,
+    human_input: HumanInputDep,
     driver: Driver,
     limits: Limits,
     settings: SettingsDep,
 ) -> StreamingResponse:
-    """Send a message and stream the reply. The reply keeps going if the client disconnects."""
-    submitted = await submit_turn(body, session, user, admission=admission, settings=settings, limits=limits)
+    """Send a message and stream the reply. The reply keeps going if the client disconnects. useChat's assistant
+    message sent back with tool outputs or approvals answers the calls that wait; the stream is the message's
+    continuation."""
+    submitted = await submit_turn(
+        body, session, user, admission=admission, human_input=human_input, settings=settings, limits=limits
+    )
     return _stream(driver, settings, submitted.turn_id)
 
 
@@ -111,6 +126,7 @@ async def send_and_wait(
     session: OwnedSession,
     user: CurrentUser,
     admission: Admission,
+    human_input: HumanInputDep,
     driver: Driver,
     turns: Turns,
     sessions: Sessions,
@@ -118,7 +134,9 @@ async def send_and_wait(
     settings: SettingsDep,
 ) -> TurnResult:
     """Send a message and return what the turn stored once it ends (for server-to-server callers)."""
-    submitted = await submit_turn(body, session, user, admission=admission, settings=settings, limits=limits)
+    submitted = await submit_turn(
+        body, session, user, admission=admission, human_input=human_input, settings=settings, limits=limits
+    )
     await driver.wait(submitted.turn_id)
     info = await turns.info(submitted.turn_id)
     after = submitted.user_sequence or 0

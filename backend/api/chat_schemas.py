@@ -6,14 +6,16 @@ small models, bounded in count and parts, before anything reads them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from backend.api.inputs import ClientId, OptionalId, Text, no_nul
-from backend.api.schemas import MessagePublic
+from backend.api.inputs import ClientId, OptionalId, Text, ToolOutputValue, check_tool_output, no_nul
+from backend.api.schemas import AwaitingPublic, MessagePublic
+from backend.chat.human_input import Answer, Approval, ToolOutput
 from backend.chat.messages import ui_text_of
 from backend.chat.turn_state import UserMessage
+from backend.tools import frontend
 
 
 class PageContext(BaseModel):
@@ -48,8 +50,48 @@ class UIMessage(BaseModel):
     content: Text | None = None
 
 
+class FrontendToolDeclaration(BaseModel):
+    """A tool the host app runs in the browser, as the AI SDK declares tools: `{name, description, inputSchema}`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(max_length=64)
+    description: Text = Field(default="", max_length=frontend.MAX_DESCRIPTION_CHARS)
+    input_schema: Annotated[dict[str, Any], AfterValidator(check_tool_output)] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}, alias="inputSchema"
+    )
+    """A JSON Schema of an object (at most 16 KB); the model's arguments follow it."""
+
+    def declaration(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
+
+
+class _ApprovalPart(BaseModel):
+    id: str = Field(default="", max_length=200)
+    approved: bool
+    reason: Text | None = Field(default=None, max_length=2000)
+
+
+class _AnsweringPart(BaseModel):
+    """The fields of a tool part that answer a call that waited: useChat's `addToolOutput` (`output-available`,
+    `output-error`) and `addToolApprovalResponse` (`approval-responded`)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    tool_call_id: str = Field(alias="toolCallId", min_length=1, max_length=200)
+    state: str
+    output: ToolOutputValue = None
+    error_text: Text | None = Field(default=None, alias="errorText", max_length=10_000)
+    approval: _ApprovalPart | None = None
+
+
+_ANSWERING_STATES = frozenset({"output-available", "output-error", "approval-responded"})
+
+
 class SendMessage(BaseModel):
-    """Either `{message, client_message_id?, context?}` or useChat's `{id, messages, trigger}`."""
+    """Either `{message, client_message_id?, context?, tools?}` or useChat's `{id, messages, trigger, tools?}`.
+    useChat's last message is the user's message, or (after `addToolOutput` / `addToolApprovalResponse`) the
+    assistant message whose tool parts answer calls that wait."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -63,6 +105,9 @@ class SendMessage(BaseModel):
     messages: list[UIMessage] | None = Field(default=None, max_length=MAX_UI_MESSAGES)
     """useChat: the UIMessages of the chat; only the last user message is used, history comes from storage."""
     trigger: Literal["submit-message", "regenerate-message"] | None = None
+    tools: list[FrontendToolDeclaration] | None = Field(default=None, max_length=frontend.MAX_TOOLS)
+    """Frontend tools the model may call for this turn (and the session's continuations); absent: the session's
+    last declaration stands."""
 
     @model_validator(mode="after")
     def _one_form(self) -> SendMessage:
@@ -71,6 +116,39 @@ class SendMessage(BaseModel):
         if self.trigger == "regenerate-message":
             raise ValueError("regenerate-message is not supported; send the message again instead")
         return self
+
+    @property
+    def answers_calls(self) -> bool:
+        """useChat sent the assistant message back: its tool parts answer calls (frontend tools, approvals)."""
+        return self.message is None and self.messages is not None and self.messages[-1:][0].role == "assistant"
+
+    def declared_tools(self) -> list[dict[str, Any]] | None:
+        return None if self.tools is None else [t.declaration() for t in self.tools]
+
+    def answers(self) -> list[Answer]:
+        """What the last (assistant) message's tool parts answer; `ValueError` for a malformed part."""
+        assert self.messages
+        answers: list[Answer] = []
+        for part in self.messages[-1].parts or ():
+            extra = part.model_extra or {}
+            if not (part.type.startswith("tool-") or part.type == "dynamic-tool"):
+                continue
+            if extra.get("state") not in _ANSWERING_STATES:
+                continue
+            try:
+                answering = _AnsweringPart.model_validate(extra)
+            except ValidationError as e:
+                raise ValueError(f"a tool part of the last message is malformed: {e.errors()[0]['msg']}") from None
+            call_id = answering.tool_call_id
+            if answering.state == "approval-responded":
+                if answering.approval is None:
+                    raise ValueError("an approval-responded tool part has no approval")
+                answers.append(Approval(call_id, answering.approval.approved, answering.approval.reason))
+            elif answering.state == "output-error":
+                answers.append(ToolOutput(call_id, None, answering.error_text or "the tool failed"))
+            else:
+                answers.append(ToolOutput(call_id, answering.output))
+        return answers
 
     def to_user_message(self, max_chars: int) -> UserMessage:
         if self.message is not None:
@@ -131,3 +209,37 @@ class CancelResult(BaseModel):
     """The turn that was stopped; null when the session had no running turn."""
     status: str
     """`cancelled` (or another final status if it ended first), or `idle`."""
+
+
+class ToolOutputBody(BaseModel):
+    """The result of a frontend tool, or the answer to `ask_user`: `output`, or `error` when it failed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: ToolOutputValue = None
+    error: Text | None = Field(default=None, max_length=10_000)
+    """Set when the tool failed in the browser: the model reads it as the call's error."""
+    tools: list[FrontendToolDeclaration] | None = Field(default=None, max_length=frontend.MAX_TOOLS)
+    """Frontend tools for the continuation (absent: the session's last declaration)."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ToolOutputBody:
+        if self.error is not None and self.output is not None:
+            raise ValueError("send either 'output' or 'error'")
+        return self
+
+
+class ApprovalBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approved: bool
+    reason: Text | None = Field(default=None, max_length=2000)
+    """Why (shown to the model when denied)."""
+
+
+class AnswerResult(BaseModel):
+    task_id: str | None
+    """The continuation of the conversation, now that nothing of the message waits: follow it with
+    `GET /api/chat/tasks/{task_id}/stream`. Null while other calls of the message still wait."""
+    awaiting: list[AwaitingPublic]
+    """The calls of the message that still wait."""

@@ -11,6 +11,7 @@ from fastapi.requests import HTTPConnection
 from redis.asyncio import Redis
 
 from backend.auth import Authenticator, Principal
+from backend.chat.human_input import HumanInput
 from backend.chat.langfuse_prompts import PromptSource
 from backend.chat.llm import LLMClient
 from backend.chat.operation_runner import OperationRunner
@@ -96,6 +97,10 @@ def _session_mcp(connection: HTTPConnection) -> SessionMcpServers:
     return _runtime(connection).session_mcp
 
 
+def _human_input(connection: HTTPConnection) -> HumanInput:
+    return _runtime(connection).human_input
+
+
 def _instruments(connection: HTTPConnection) -> Instruments:
     return _runtime(connection).instruments
 
@@ -122,6 +127,8 @@ Mcp = Annotated[McpToolSource, Depends(_mcp)]
 SessionMcp = Annotated[SessionMcpServers, Depends(_session_mcp)]
 """The MCP servers the tools come from, and their state."""
 InstrumentsDep = Annotated[Instruments, Depends(_instruments)]
+HumanInputDep = Annotated[HumanInput, Depends(_human_input)]
+"""Answers to the calls that wait for a person, and what a session awaits."""
 
 
 async def get_current_user(

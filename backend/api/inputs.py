@@ -72,18 +72,18 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _check_json(value: Any, path: str, depth: int) -> None:
-    if isinstance(value, dict | list) and depth > METADATA_MAX_DEPTH:
-        raise ValueError(f"{path} nests deeper than {METADATA_MAX_DEPTH} levels")
+def _check_json(value: Any, path: str, depth: int, *, max_depth: int = METADATA_MAX_DEPTH) -> None:
+    if isinstance(value, dict | list) and depth > max_depth:
+        raise ValueError(f"{path} nests deeper than {max_depth} levels")
     if isinstance(value, dict):
         for key, item in value.items():
             problem = _text_problem(key) if isinstance(key, str) else "is not a string"
             if problem:
                 raise ValueError(f"a key in {path} {problem}")
-            _check_json(item, f"{path}.{key[:40]}", depth + 1)
+            _check_json(item, f"{path}.{key[:40]}", depth + 1, max_depth=max_depth)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_json(item, f"{path}[{i}]", depth + 1)
+            _check_json(item, f"{path}[{i}]", depth + 1, max_depth=max_depth)
     elif isinstance(value, str):
         if problem := _text_problem(value):
             raise ValueError(f"{path} {problem}")
@@ -112,3 +112,21 @@ def _text_problem(value: str) -> str | None:
 
 Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
 """Free-form JSON of the host app, bounded in bytes, depth and number range, NUL-free in keys and values."""
+
+
+TOOL_OUTPUT_MAX_BYTES = 1024 * 1024
+TOOL_OUTPUT_MAX_DEPTH = 32
+
+
+def check_tool_output(value: Any) -> Any:
+    """`value` unchanged if it is plain JSON of at most `TOOL_OUTPUT_MAX_BYTES` (a frontend tool's output or an
+    answer, stored as the call's result); `ValueError` naming where it is not."""
+    _check_json(value, "output", 1, max_depth=TOOL_OUTPUT_MAX_DEPTH)
+    size = len(orjson.dumps(value))
+    if size > TOOL_OUTPUT_MAX_BYTES:
+        raise ValueError(f"is {size} bytes as JSON; at most {TOOL_OUTPUT_MAX_BYTES}")
+    return value
+
+
+ToolOutputValue = Annotated[Any, AfterValidator(check_tool_output)]
+"""What a browser sends back as a tool's result: any JSON, bounded, NUL-free and valid Unicode."""

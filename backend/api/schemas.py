@@ -10,7 +10,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.inputs import Metadata, Title
+from backend.chat.ui_stream import approval_id_of
 from backend.errors import BadRequest
+from backend.store.awaiting import AwaitingCall
 from backend.store.models import ChatMessage, ChatSession
 
 
@@ -104,12 +106,44 @@ class ActiveTask(BaseModel):
     status: str
 
 
+class AwaitingPublic(BaseModel):
+    """A tool call that waits for a person."""
+
+    tool_call_id: str
+    kind: str
+    """`frontend` (the browser runs the tool), `ask_user` (a question) or `approval` (a server tool to approve)."""
+    tool_name: str
+    input: dict[str, Any]
+    """The call's arguments (for `ask_user`: `question` and, optionally, `choices`)."""
+    approval_id: str | None
+    """For `approval`: the id useChat's `addToolApprovalResponse` takes."""
+    expires_at: datetime
+    """After this the call closes unanswered (`COPILOT_HUMAN_INPUT_TIMEOUT_SECONDS`)."""
+    task_id: str | None
+    """The turn that asked."""
+
+    @classmethod
+    def of(cls, call: AwaitingCall) -> AwaitingPublic:
+        return cls(
+            tool_call_id=call.tool_call_id,
+            kind=call.kind,
+            tool_name=call.tool_name,
+            input=call.input,
+            approval_id=approval_id_of(call.tool_call_id) if call.kind == "approval" else None,
+            expires_at=call.expires_at,
+            task_id=call.turn_id,
+        )
+
+
 class SessionDetail(SessionPublic):
     active_task: ActiveTask | None
     """The reply being generated now, if any: resume it with `GET /api/chat/tasks/{task_id}/stream`."""
     active_task_known: bool = True
     """False when Redis, which tracks running replies, did not answer: `active_task` is null because it is unknown,
     while the session and its messages come from Postgres as usual."""
+    awaiting: list[AwaitingPublic] = Field(default_factory=list)
+    """Tool calls that wait for a person; answer them with the `tool-calls/{id}/output` or `/approval` endpoints
+    (or useChat). Empty when nothing waits."""
     messages: list[MessagePublic]
     """Messages with sequence greater than the request's `after`, oldest first."""
     next_after: int | None

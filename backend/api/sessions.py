@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from redis.exceptions import RedisError
 
-from backend.api.deps import Admission, CurrentUser, OwnedSession, Sessions
+from backend.api.deps import Admission, CurrentUser, HumanInputDep, OwnedSession, Sessions
 from backend.api.inputs import PG_INT_MAX
 from backend.api.schemas import (
     ActiveTask,
+    AwaitingPublic,
     MessagePublic,
     SessionCreate,
     SessionDetail,
@@ -55,10 +56,12 @@ async def get_session(
     session: OwnedSession,
     sessions: Sessions,
     admission: Admission,
+    human_input: HumanInputDep,
     after: Annotated[int, Query(ge=0, le=PG_INT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> SessionDetail:
-    """One session with a page of its messages (sequence greater than `after`)."""
+    """One session with a page of its messages (sequence greater than `after`) and the tool calls that wait for
+    the user (`awaiting`)."""
     messages = await sessions.messages(session.id, after=after, limit=limit + 1)
     page, more = messages[:limit], len(messages) > limit
     try:
@@ -71,6 +74,7 @@ async def get_session(
         **SessionPublic.of(session).model_dump(),
         active_task=ActiveTask(task_id=active[0], status=active[1]) if active else None,
         active_task_known=known,
+        awaiting=[AwaitingPublic.of(c) for c in await human_input.waiting(session.id)],
         messages=[MessagePublic.of(m) for m in page],
         next_after=page[-1].sequence if more else None,
     )

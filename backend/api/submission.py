@@ -1,12 +1,17 @@
-"""Turning a request's message into a turn, for both transports (the HTTP routes and the WebSocket)."""
+"""Turning a request into a turn, for both transports (the HTTP routes and the WebSocket): a user message starts
+one; useChat's assistant message sent back with tool outputs or approvals answers the calls that wait, and the
+message's continuation is the turn to follow."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from backend.api.chat_schemas import SendMessage
 from backend.auth import Principal
+from backend.chat.human_input import Answerer, HumanInput
 from backend.chat.turn_admission import Submitted, TurnAdmission
 from backend.config import Settings
-from backend.errors import BadRequest, ShuttingDown
+from backend.errors import BadRequest, Conflict, ShuttingDown
 from backend.store.models import ChatSession
 from backend.streams.user_limits import UserLimits
 
@@ -17,18 +22,43 @@ async def submit_turn(
     user: Principal,
     *,
     admission: TurnAdmission,
+    human_input: HumanInput,
     settings: Settings,
     limits: UserLimits,
 ) -> Submitted:
     """Start a turn for `body`; `BadRequest` for an unusable message, `ShuttingDown` while this pod drains (the
-    load balancer retries on another pod)."""
+    load balancer retries on another pod). For useChat's answers: the continuation, or `Conflict` while calls of
+    the message still wait."""
     if admission.draining:
         raise ShuttingDown("this server is shutting down; send the message again")
+    declared = body.declared_tools()
+    tools = None if declared is None else human_input.check_frontend_tools(declared)
+    answerer = answerer_of(user, settings, limits)
+    if body.answers_calls:
+        try:
+            answers = body.answers()
+        except ValueError as e:
+            raise BadRequest(str(e)) from e
+        if tools is not None:
+            await human_input.declare_tools(session.id, tools)
+        answered = await human_input.answer(session, answerer, answers, tools=tools, strict=False)
+        if answered.task_id is None:
+            waiting = [c.tool_call_id for c in answered.waiting]
+            raise Conflict("other calls of this message still wait for an answer", waiting=waiting)
+        return Submitted(answered.task_id, None, repeated=True)
     try:
         message = body.to_user_message(settings.max_message_chars)
     except ValueError as e:
         raise BadRequest(str(e)) from e
-    anonymous = settings.dev_auth and user.user_id == settings.dev_user_id
+    if tools is not None:
+        await human_input.declare_tools(session.id, tools)
+        message = replace(message, frontend_tools=tools)
     return await admission.submit(
-        session, user.user_id, message, is_authenticated=not anonymous, limited=limits.applies_to(user)
+        session, user.user_id, message, is_authenticated=answerer.is_authenticated, limited=answerer.limited
     )
+
+
+def answerer_of(user: Principal, settings: Settings, limits: UserLimits) -> Answerer:
+    """The caller as the one who answers (and pays for) a turn: the development user counts as not signed in."""
+    anonymous = settings.dev_auth and user.user_id == settings.dev_user_id
+    return Answerer(user.user_id, is_authenticated=not anonymous, limited=limits.applies_to(user))

@@ -3,7 +3,9 @@
 A reply is what the stream assembles into one assistant `UIMessage`: every assistant message and tool result after
 a user message, each stored step (one model call) opening with a `step-start` part, then its text, then one
 `tool-<name>` part per call in its final state (`output-available`, `output-error`, or `input-available` when no
-result was stored). A reply's id is the stream's `messageId` (`msg-<task id>`) when its user message came with a
+result was stored). A call that waits for a person shows what it waits for: `input-available` (a frontend tool or
+`ask_user`: the client answers with `addToolOutput`) or `approval-requested` (ai 6 and 7); a denied call is
+`output-denied`. A reply's id is the stream's `messageId` (`msg-<task id>`) when its user message came with a
 client message id, so a client sees the same id live and from history. A step's stored reasoning comes first, as a
 `reasoning` part, as it streamed before the step's text.
 """
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from backend.chat.turn_state import INTERRUPTED_MARK
+from backend.chat.ui_stream import approval_id_of
 from backend.store.models import ChatMessage
 
 
@@ -61,6 +64,12 @@ class ToolAnswered(_Part):
     """The stored result (for a long-running tool still at work: its `operation_pending` note)."""
 
 
+class Approval(_Part):
+    id: str
+    approved: bool | None = Field(default=None, exclude_if=lambda v: v is None)
+    reason: str | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
 class ToolFailed(_Part):
     type: str = Field(pattern=r"^tool-")
     tool_call_id: str
@@ -69,7 +78,28 @@ class ToolFailed(_Part):
     error_text: str
 
 
-UIPart = TextPart | ReasoningPart | StepStartPart | ToolCalled | ToolAnswered | ToolFailed
+class ToolApprovalAsked(_Part):
+    """A call that waits for the user's approval (`approval-requested`), or was approved and has not run yet
+    (`approval-responded`)."""
+
+    type: str = Field(pattern=r"^tool-")
+    tool_call_id: str
+    state: Literal["approval-requested", "approval-responded"]
+    input: Any
+    approval: Approval
+
+
+class ToolDenied(_Part):
+    type: str = Field(pattern=r"^tool-")
+    tool_call_id: str
+    state: Literal["output-denied"] = "output-denied"
+    input: Any
+    approval: Approval
+
+
+UIPart = (
+    TextPart | ReasoningPart | StepStartPart | ToolCalled | ToolAnswered | ToolFailed | ToolApprovalAsked | ToolDenied
+)
 
 
 class UIMessage(_Part):
@@ -80,9 +110,12 @@ class UIMessage(_Part):
     parts: list[UIPart]
 
 
-def ui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage], str | None]) -> list[UIMessage]:
+def ui_messages(
+    stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage], str | None], *, approvals: bool = True
+) -> list[UIMessage]:
     """`stored` (oldest first) as `UIMessage`s. `reply_id(user message)` names the reply to that message (None: the
-    reply is named after its first stored row)."""
+    reply is named after its first stored row). `approvals`: the client knows approval states (ai 6 and 7); ai 5
+    gets a call waiting for approval as `input-available` and a denied one as its error."""
     out: list[UIMessage] = []
     reply: UIMessage | None = None
     named: str | None = None
@@ -106,7 +139,7 @@ def ui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage],
             parts, index = place
             called = parts[index]
             assert isinstance(called, ToolCalled)
-            parts[index] = _settled(called, message.content)
+            parts[index] = _settled(called, message, approvals)
     return out
 
 
@@ -129,13 +162,28 @@ def _step(message: ChatMessage, reasoning_parts_before: int) -> list[UIPart]:
     return parts
 
 
-def _settled(called: ToolCalled, content: str | None) -> ToolAnswered | ToolFailed:
-    """The call with its stored result: the output, or the error as the stream's `tool-output-error` gave it."""
-    output = _parsed(content or "")
+def _settled(called: ToolCalled, message: ChatMessage, approvals: bool) -> UIPart:
+    """The call with its stored result: the output, or the error as the stream's `tool-output-error` gave it; for a
+    call that waited for a person, where it stands."""
+    state, kind = message.awaiting_state, message.awaiting
+    if state in ("waiting", "approved"):
+        if kind != "approval" or not approvals:
+            return called
+        asked: Literal["approval-requested", "approval-responded"] = (
+            "approval-requested" if state == "waiting" else "approval-responded"
+        )
+        approval = Approval(id=approval_id_of(called.tool_call_id), approved=True if state == "approved" else None)
+        return ToolApprovalAsked(
+            type=called.type, tool_call_id=called.tool_call_id, state=asked, input=called.input, approval=approval
+        )
+    if state == "denied" and approvals:
+        approval = Approval(id=approval_id_of(called.tool_call_id), approved=False)
+        return ToolDenied(type=called.type, tool_call_id=called.tool_call_id, input=called.input, approval=approval)
+    output = _parsed(message.content or "")
     error = output.get("error") if isinstance(output, dict) else None
     if isinstance(error, dict):
-        message = str(error.get("message") or "the tool failed")
-        return ToolFailed(type=called.type, tool_call_id=called.tool_call_id, input=called.input, error_text=message)
+        text = str(error.get("message") or "the tool failed")
+        return ToolFailed(type=called.type, tool_call_id=called.tool_call_id, input=called.input, error_text=text)
     return ToolAnswered(type=called.type, tool_call_id=called.tool_call_id, input=called.input, output=output)
 
 

@@ -8,7 +8,11 @@ with 4401 too, and the client reconnects with a fresh token (and `resume`s the t
 
 Client frames (`ws_schemas`): `message` (a `SendMessage` body) starts a turn and streams it; `cancel` stops the
 session's running turn (`idle` if none); `ping` → `pong`; `resume {after?}` follows the running turn from a cursor
-or from its start (`idle` if none). Server frames: `chunk {id, chunk}` per AI SDK chunk, `done {task_id}` after
+or from its start (`idle` if none); `tool_output {tool_call_id, output | error}` (a frontend tool's result),
+`approval {tool_call_id, approved, reason?}` and `reply {tool_call_id, answer}` (to `ask_human`) answer calls that
+wait for a person, and follow the continuation once nothing of their message waits (`waiting {tool_call_ids}`
+until then). Server frames: `chunk {id, chunk}` per AI SDK chunk, `ask_human {tool_call_id, question, choices?}`
+beside the chunk of an `ask_user` call, `done {task_id}` after
 the turn's end, `heartbeat` while it is silent, and `error {code, message, details?, retry_after?}` for a refused
 client frame (`invalid_request` when it fails the same validation as the HTTP bodies) or one whose handling failed
 (`internal_error`); the socket stays open after an error. Opening the socket and each `message` count as one request
@@ -32,9 +36,10 @@ from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.types import Message
 
-from backend.api.deps import Admission, Auth, Driver, Limits, Sessions, SettingsDep
-from backend.api.submission import submit_turn
+from backend.api.deps import Admission, Auth, Driver, HumanInputDep, Limits, Sessions, SettingsDep
+from backend.api.submission import answerer_of, submit_turn
 from backend.api.ws_schemas import (
+    ApprovalFrame,
     CancelFrame,
     ClientFrame,
     Done,
@@ -43,17 +48,22 @@ from backend.api.ws_schemas import (
     Idle,
     PingFrame,
     Pong,
+    ReplyFrame,
     ResumeFrame,
     SendFrame,
     ServerFrame,
+    ToolOutputFrame,
+    Waiting,
+    ask_human_of,
     chunk_frame,
     client_frame,
 )
 from backend.auth import Principal
+from backend.chat.human_input import Answer, Approval, HumanInput, ToolOutput
 from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.config import Settings
-from backend.errors import CopilotError, NotFound, PayloadTooLarge
+from backend.errors import CopilotError, NotFound, PayloadTooLarge, ShuttingDown
 from backend.observability.logs import bind
 from backend.store.sessions import SessionStore
 from backend.streams.user_limits import UserLimits
@@ -73,6 +83,7 @@ async def turn_socket(
     limits: Limits,
     admission: Admission,
     driver: Driver,
+    human_input: HumanInputDep,
     token: Annotated[str | None, Query()] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
@@ -86,7 +97,7 @@ async def turn_socket(
     except CopilotError as e:
         await websocket.close(code=4000 + e.status_code, reason=e.message.encode()[:123].decode(errors="ignore"))
         return
-    services = _Services(settings, sessions, limits, admission, driver)
+    services = _Services(settings, sessions, limits, admission, driver, human_input)
     connection = _Connection(websocket, services, user, session.id)
     try:
         await connection.serve()
@@ -101,6 +112,7 @@ class _Services:
     limits: UserLimits
     admission: TurnAdmission
     driver: TurnDriver
+    human_input: HumanInput
 
 
 class _Connection:
@@ -174,10 +186,14 @@ class _Connection:
                     session,
                     self._user,
                     admission=services.admission,
+                    human_input=services.human_input,
                     settings=services.settings,
                     limits=services.limits,
                 )
                 await self._forward(submitted.turn_id)
+            case ToolOutputFrame() | ApprovalFrame() | ReplyFrame():
+                await services.limits.check_request(self._user)
+                await self._answer(frame)
             case ResumeFrame():
                 active = await services.admission.active_task(self._session_id)
                 if active is None:
@@ -188,6 +204,32 @@ class _Connection:
                 # The followed stream shows the end (`abort`, `finish`, `done`); only "nothing to stop" is said here.
                 if await services.admission.cancel(self._session_id) is None:
                     await self._send(Idle())
+
+    async def _answer(self, frame: ToolOutputFrame | ApprovalFrame | ReplyFrame) -> None:
+        """Answer a call that waits; follow the continuation once nothing of its message waits any more."""
+        services = self._services
+        session = await services.sessions.get(self._session_id, self._user.user_id)
+        human_input = services.human_input
+        if human_input.draining:
+            raise ShuttingDown("this server is shutting down; send the answer again")
+        tools = None
+        answer: Answer
+        match frame:
+            case ToolOutputFrame():
+                answer = ToolOutput(frame.tool_call_id, frame.output, frame.error)
+                if frame.tools is not None:
+                    tools = human_input.check_frontend_tools([t.declaration() for t in frame.tools])
+                    await human_input.declare_tools(session.id, tools)
+            case ReplyFrame():
+                answer = ToolOutput(frame.tool_call_id, frame.answer)
+            case ApprovalFrame():
+                answer = Approval(frame.tool_call_id, frame.approved, frame.reason)
+        answerer = answerer_of(self._user, services.settings, services.limits)
+        answered = await human_input.answer(session, answerer, [answer], tools=tools)
+        if answered.task_id is None:
+            await self._send(Waiting(tool_call_ids=[c.tool_call_id for c in answered.waiting]))
+        else:
+            await self._forward(answered.task_id)
 
     async def _forward(self, turn_id: str, after: str = "0") -> None:
         await self.stop_forwarding()
@@ -206,6 +248,8 @@ class _Connection:
             follow = self._services.driver.follow(turn_id, after=after, heartbeat_seconds=heartbeat)
             async for entry_id, chunk in follow:
                 await self._send(Heartbeat() if chunk is None else chunk_frame(entry_id, chunk))
+                if chunk is not None and (question := ask_human_of(chunk)) is not None:
+                    await self._send(question)
             await self._send(Done(task_id=turn_id))
         except WebSocketDisconnect:
             return  # the reader sees the disconnect too and cleans up

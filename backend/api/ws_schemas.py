@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from backend.api.chat_schemas import SendMessage
-from backend.api.inputs import StreamCursor
+from backend.api.chat_schemas import FrontendToolDeclaration, SendMessage
+from backend.api.inputs import StreamCursor, Text, ToolOutputValue
 from backend.errors import CopilotError, RateLimited
 
 # --- client → server ---------------------------------------------------------------------------------
@@ -46,7 +46,40 @@ class ResumeFrame(BaseModel):
     """The `id` of the last `chunk` frame received."""
 
 
-ClientFrame = Annotated[SendFrame | CancelFrame | PingFrame | ResumeFrame, Field(discriminator="type")]
+class ToolOutputFrame(BaseModel):
+    """The result of a frontend tool the client ran: `output`, or `error` when it failed."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["tool_output"]
+    tool_call_id: str = Field(min_length=1, max_length=200)
+    output: ToolOutputValue = None
+    error: Text | None = Field(default=None, max_length=10_000)
+    tools: list[FrontendToolDeclaration] | None = Field(default=None, max_length=32)
+
+
+class ApprovalFrame(BaseModel):
+    """Approve or deny a call that waits for approval (`reason`: why, shown to the model when denied)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["approval"]
+    tool_call_id: str = Field(min_length=1, max_length=200)
+    approved: bool
+    reason: Text | None = Field(default=None, max_length=2000)
+
+
+class ReplyFrame(BaseModel):
+    """The user's answer to an `ask_human` question."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["reply"]
+    tool_call_id: str = Field(min_length=1, max_length=200)
+    answer: Text = Field(max_length=10_000)
+
+
+ClientFrame = Annotated[
+    SendFrame | CancelFrame | PingFrame | ResumeFrame | ToolOutputFrame | ApprovalFrame | ReplyFrame,
+    Field(discriminator="type"),
+]
 client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 
 
@@ -83,6 +116,22 @@ class Done(ServerFrame):
     task_id: str
 
 
+class AskHuman(ServerFrame):
+    """The model asks the user (`ask_user`): answer with a `reply` frame. Sent beside the call's chunks."""
+
+    type: Literal["ask_human"] = "ask_human"
+    tool_call_id: str
+    question: str
+    choices: list[str] | None = None
+
+
+class Waiting(ServerFrame):
+    """An answer was taken; other calls of the message still wait (their ids)."""
+
+    type: Literal["waiting"] = "waiting"
+    tool_call_ids: list[str]
+
+
 class ErrorFrame(ServerFrame):
     """A refused client frame; the socket stays open. Codes are those of the HTTP API's errors."""
 
@@ -102,3 +151,19 @@ class ErrorFrame(ServerFrame):
 def chunk_frame(entry_id: str, chunk: bytes) -> str:
     """`{type: "chunk", id, chunk}` around a chunk that is already JSON."""
     return orjson.dumps({"type": "chunk", "id": entry_id, "chunk": orjson.Fragment(chunk)}).decode()
+
+
+def ask_human_of(chunk: bytes) -> AskHuman | None:
+    """The `ask_human` frame that goes with a chunk: the `tool-input-available` of an `ask_user` call."""
+    if b'"ask_user"' not in chunk or b'"tool-input-available"' not in chunk:  # the per-token path stays cheap
+        return None
+    parsed = orjson.loads(chunk)
+    if parsed.get("type") != "tool-input-available" or parsed.get("toolName") != "ask_user":
+        return None
+    args = parsed.get("input") if isinstance(parsed.get("input"), dict) else {}
+    choices = args.get("choices")
+    return AskHuman(
+        tool_call_id=str(parsed.get("toolCallId", "")),
+        question=str(args.get("question", "")),
+        choices=[str(c) for c in choices] if isinstance(choices, list) else None,
+    )

@@ -72,6 +72,36 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolAwaiting:
+    """A call the turn does not run now: it waits for a person (a frontend tool the browser runs, a question to the
+    user, or the user's approval). The turn stores it as waiting and ends; an answer continues the conversation."""
+
+    call_id: str
+    name: str
+    kind: str
+    """`frontend`, `ask_user` or `approval`."""
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAnswered:
+    """The result of a call that waited, as a continuation starts: the browser's output, the user's answer, or what
+    an approved tool returned. Its call was shown by an earlier turn of the same message."""
+
+    call_id: str
+    ok: bool
+    output: Any
+    error_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDenied:
+    """The user denied a call that needed approval: it did not run (the model is told)."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class StepFinished:
     pass
 
@@ -116,6 +146,9 @@ TurnEvent = (
     | ToolCallReady
     | ToolInputFailed
     | ToolFinished
+    | ToolAwaiting
+    | ToolAnswered
+    | ToolDenied
     | StepFinished
     | Status
     | TurnFailed

@@ -28,7 +28,7 @@ from backend.chat.tokens import truncate_middle
 from backend.chat.turn_state import INTERRUPTED_MARK, RetryStep, Step, TurnFailure, TurnState, step_key
 from backend.errors import ModelError
 from backend.observability.telemetry import Generation
-from backend.store.models import ChatMessage, NewMessage
+from backend.store.models import AwaitingKind, ChatMessage, NewMessage
 from backend.tools.base import ToolContext, ToolOutcome, run_tool
 
 log = logging.getLogger("copilot.turn")
@@ -40,6 +40,17 @@ INVALID_ARGUMENTS_TEXT = "The model produced invalid tool arguments."
 STOPPED_UNSTORED_TEXT = (
     "The reply stopped after its tool calls because the database is unavailable. What it produced is kept and "
     "saved as soon as the database is back; ask again then to continue."
+)
+
+NOT_ANSWERED = orjson.dumps(
+    {"error": {"type": "not_answered", "message": "No answer came from the user: this call did not run."}}
+).decode()
+"""The placeholder of a call waiting for a person: what the model reads if no answer ever replaces it."""
+_CANNOT_WAIT = ToolOutcome(
+    False,
+    {"error": {"type": "tool_error", "message": "This call needs the user, and this server cannot wait for one."}},
+    "This call needs the user, and this server cannot wait for one.",
+    0.0,
 )
 
 KEPT = ev.Status("storage", {"state": "kept"})
@@ -128,14 +139,26 @@ async def settle_step(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent
 
 async def run_tools(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
     """Run the step's calls concurrently and stream each result as it finishes. Long-running tools only start an
-    operation here; their work runs after the step is stored."""
+    operation here; their work runs after the step is stored. Calls that wait for a person (a frontend tool,
+    `ask_user`, a tool needing approval) do not run: they are stored waiting and the turn ends after the step."""
     calls = step.calls
     if not calls:
         return
     for c in calls:
         yield ev.ToolCallReady(c.id, c.name, c.arguments or {})
     step.stage = "tools"
-    async for call, outcome in _run_concurrently(turn, calls, step.launched):
+    for c in calls:
+        kind = turn.tools.awaiting(c.name)
+        if kind is None:
+            continue
+        if turn.services.awaiting is None:
+            step.outcomes[c.id] = _CANNOT_WAIT
+            yield ev.ToolFinished(c.id, False, _CANNOT_WAIT.output, _CANNOT_WAIT.error_text)
+            continue
+        step.awaiting[c.id] = kind
+        yield ev.ToolAwaiting(c.id, c.name, kind, c.arguments or {})
+    now = [c for c in calls if c.id not in step.awaiting and c.id not in step.outcomes]
+    async for call, outcome in _run_concurrently(turn, now, step.launched):
         step.outcomes[call.id] = outcome
         turn.telemetry.tool(
             name=call.name, call_id=call.id, ok=outcome.ok, duration_ms=outcome.duration_ms, error=outcome.error_text
@@ -149,8 +172,8 @@ async def save_step(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
     assert step.completed is not None
     step.stage = "saving"
     calls = step.calls
-    messages = [_assistant(turn, step, calls), *_tool_messages(turn, calls, step.outcomes, step.launched)]
-    stored = await save(turn, step, *messages, usage=step.completed.usage)
+    tool_messages = _tool_messages(turn, calls, step.outcomes, step.launched, step.awaiting)
+    stored = await save(turn, step, _assistant(turn, step, calls), *tool_messages, usage=step.completed.usage)
     for operation in step.launched.values():
         if operation.launch is not None:
             # Only now: its result must find the pending message stored (or kept: the result's update stores the
@@ -274,11 +297,25 @@ def _tool_messages(
     calls: Sequence[llm.ToolCall],
     outcomes: Mapping[str, ToolOutcome],
     started: Mapping[str, Started] | None = None,
+    awaiting: Mapping[str, AwaitingKind] | None = None,
 ) -> list[dict[str, Any]]:
-    """Tool results as stored messages; an oversized output is cut in the middle (head and tail kept)."""
+    """Tool results as stored messages, in call order; an oversized output is cut in the middle (head and tail
+    kept). A call that waits for a person gets its placeholder, which reads "not answered" until an answer
+    replaces it."""
     cap, counter = turn.services.limits.max_tool_output_tokens, turn.services.counter
     messages = []
     for c in calls:
+        if awaiting and c.id in awaiting:
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": c.id,
+                    "content": NOT_ANSWERED,
+                    "name": c.name,
+                    "awaiting": awaiting[c.id],
+                }
+            )
+            continue
         if c.id not in outcomes:
             continue
         operation = (started or {}).get(c.id)
@@ -295,11 +332,13 @@ def _new_message(turn: TurnState, message: dict[str, Any], write_key: str) -> Ne
         content=message.get("content"),
         tool_calls=message.get("tool_calls"),
         tool_call_id=message.get("tool_call_id"),
-        token_count=turn.services.counter.count_message(message),
+        token_count=turn.services.counter.count_message({**message, "name": None}),  # a tool's name is not sent
         reasoning=message.get("reasoning"),
         model=message.get("model"),
         usage=message.get("usage"),
         write_key=write_key,
+        name=message.get("name"),
+        awaiting=message.get("awaiting"),
     )
 
 

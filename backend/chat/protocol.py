@@ -163,6 +163,23 @@ class ToolOutputError(BaseChunk):
     """Message shown in the tool part (`state: output-error`)."""
 
 
+class ToolApprovalRequest(BaseChunk):
+    """The call waits for the user's approval (ai 6 and 7: the part's state becomes `approval-requested`); the
+    answer comes back with the next request (`addToolApprovalResponse`) or the REST endpoint."""
+
+    type: Literal["tool-approval-request"] = "tool-approval-request"
+    approval_id: str
+    tool_call_id: str
+    """Id of a tool call the client already knows (from `tool-input-*`)."""
+
+
+class ToolOutputDenied(BaseChunk):
+    """The user denied the call (ai 6 and 7: `state: output-denied`); it did not run."""
+
+    type: Literal["tool-output-denied"] = "tool-output-denied"
+    tool_call_id: str
+
+
 class Error(BaseChunk):
     """An error after streaming started; `useChat` stops reading here and shows `errorText`."""
 
@@ -229,6 +246,8 @@ Chunk = Annotated[
     | Annotated[ToolInputError, Tag("tool-input-error")]
     | Annotated[ToolOutputAvailable, Tag("tool-output-available")]
     | Annotated[ToolOutputError, Tag("tool-output-error")]
+    | Annotated[ToolApprovalRequest, Tag("tool-approval-request")]
+    | Annotated[ToolOutputDenied, Tag("tool-output-denied")]
     | Annotated[Error, Tag("error")]
     | Annotated[Finish, Tag("finish")]
     | Annotated[MessageMetadata, Tag("message-metadata")]

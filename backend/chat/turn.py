@@ -2,8 +2,10 @@
 
 `stream_chat_completion` is the turn, as an async generator of turn events, and reads like its diagram: load the
 context, then step by step prepare the prompt → stream one model call → settle the step → run its tools → save it,
-until the model answers without calling tools. Each phase is a function of `phases.py`. There is one way out on
-failure (`TurnFailure`: `error`, then the end) and one place that stores what a cancelled step produced.
+until the model answers without calling tools, or calls one that waits for a person (a frontend tool, `ask_user`, a
+tool needing approval: the turn ends there; the answers start a continuation, which first settles them). Each phase
+is a function of `phases.py`. There is one way out on failure (`TurnFailure`: `error`, then the end) and one place
+that stores what a cancelled step produced.
 
 Every step's assistant message and tool results are stored in one append when the step ends. A step that must be
 taken again (the provider found the prompt too long; the model's tool arguments were not JSON) is a new step that
@@ -27,10 +29,11 @@ from backend.chat.phases import (
     settle_step,
     stream_model_call,
 )
+from backend.chat.resumption import settle_answered
 from backend.chat.system_prompt import SystemPrompt
-from backend.chat.turn_state import RetryStep, Step, TurnFailure, TurnRequest, TurnServices, TurnState
+from backend.chat.turn_state import NO_FACTS, RetryStep, Step, TurnFailure, TurnRequest, TurnServices, TurnState
 from backend.chat.usage import finish_metadata
-from backend.observability.telemetry import TurnTelemetry
+from backend.observability.telemetry import NullTelemetry, TurnTelemetry
 
 PHASES = (prepare_prompt, stream_model_call, settle_step, run_tools, save_step)
 """The phases of a step, in order."""
@@ -45,7 +48,12 @@ async def stream_chat_completion(
     invalid tool arguments after the retries, the tool-round cap, a tool step Postgres did not take) end it with
     `TurnFailed` and `TurnEnded("error")`; `StorageUnavailable` while loading the history and anything unexpected
     propagate. A cancellation stores the current step's partial output, marked interrupted, then goes on."""
-    yield ev.TurnStarted(message_id=f"msg-{request.turn_id}", metadata={"taskId": request.turn_id})
+    telemetry = telemetry or NullTelemetry().turn_started(NO_FACTS)
+    message_id = request.resume.message_id if request.resume else f"msg-{request.turn_id}"
+    yield ev.TurnStarted(message_id=message_id, metadata={"taskId": request.turn_id})
+    if request.resume is not None:
+        async for event in settle_answered(request, services, telemetry):
+            yield event
     turn = await TurnState.open(request, prompt, services, telemetry)
     step: Step | None = None
     try:
@@ -59,7 +67,7 @@ async def stream_chat_completion(
             except RetryStep:
                 continue  # the phase ended the step
             yield ev.StepFinished()
-            if step.is_reply:
+            if step.is_last:
                 break
             count_tool_round(turn, step)
         assert step.completed is not None

@@ -23,13 +23,14 @@ from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn_driver import TurnDriver
-from backend.chat.turn_state import TurnRequest, UserMessage
+from backend.chat.turn_state import Resume, TurnRequest, UserMessage
 from backend.chat.turn_supervisor import TurnSupervisor
 from backend.errors import Conflict
 from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
 from backend.store.operations import Operation
 from backend.store.sessions import SessionStore
 from backend.streams.turns import TurnRegistry, TurnStatus
+from backend.tools.frontend import FrontendTool
 
 _TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
 _STOP_WAIT_SECONDS = 3.0
@@ -122,6 +123,7 @@ class TurnAdmission:
                         )
                     ],
                     claim=active.claim(turn_id),
+                    settle_awaiting=True,  # calls still waiting for the user close as unanswered (documented)
                 )
             except ActiveTurnHeld as held:
                 # Redis had forgotten the running turn (flushed, or restarted without its data); Postgres had not.
@@ -159,12 +161,62 @@ class TurnAdmission:
             is_authenticated=is_authenticated,
             page_context=message.page_context,
             session=session,
+            frontend_tools=message.frontend_tools or (),
         )
         self._driver.start(request, message.text)
         if session.title is None and user.sequence == 1:
             with billed_to(user_id):  # the title task inherits who pays for its model call
                 self._titles.schedule(session.id, user_id, message.text)
         return Submitted(turn_id, user.sequence, repeated=False)
+
+    async def resume(
+        self,
+        session: ChatSession,
+        user_id: str,
+        resume: Resume,
+        *,
+        frontend_tools: tuple[FrontendTool, ...],
+        is_authenticated: bool,
+        limited: bool = True,
+    ) -> Submitted:
+        """Continue the message whose calls waited for a person, now that all are answered: a turn without a user
+        message whose id is the message's, so every pod and every resend of the last answer find the same turn."""
+        turn_id = continuation_id(session.id, resume.asked_in)
+        earlier = await self._registry.info(turn_id)
+        if earlier is not None and earlier.status != "failed":
+            return Submitted(turn_id, None, repeated=True)
+        active = self._active
+        while (holder := await self._claim(session.id, turn_id)) is not None:
+            if holder == turn_id:
+                return Submitted(turn_id, None, repeated=True)
+            await self._make_way(session.id, holder)
+        try:
+            await self._quota.admit(user_id, turn_id, enforce=limited)
+        except BaseException:
+            await active.release(session.id, turn_id)
+            raise
+        try:
+            await self._registry.create(turn_id, str(session.id), user_id)
+        except BaseException:
+            await self._quota.release(user_id, turn_id)
+            await active.release(session.id, turn_id)
+            raise
+        request = TurnRequest(
+            turn_id=turn_id,
+            session_id=session.id,
+            user_id=user_id,
+            is_authenticated=is_authenticated,
+            session=session,
+            frontend_tools=frontend_tools,
+            resume=resume,
+        )
+        self._driver.start(request, "")
+        return Submitted(turn_id, None, repeated=False)
+
+    async def continuation_known(self, session_id: uuid.UUID, asked_in: int) -> bool:
+        """Whether the continuation after the answers to the message at `asked_in` ran or runs (its stream is
+        still known)."""
+        return await self._registry.info(continuation_id(session_id, asked_in)) is not None
 
     async def cancel(self, session_id: uuid.UUID) -> str | None:
         """Stop the session's running turn from any pod; returns its task id once it has ended (None if idle)."""
@@ -249,15 +301,25 @@ class TurnAdmission:
 
     async def _claim_for(self, op: Operation) -> str | None:
         """Claim the session for the operation's continuation: None when claimed, else the turn holding it."""
-        while not await self._active.claim_fast(op.session_id, op.task_id):
-            current = await self._active.current(op.session_id)
-            if current is not None:
-                return current
-            # released between our claim and our read: try again
-        holder = await self._active.claim_anchor(op.session_id, op.task_id)
-        if holder is not None:
-            await self._active.drop_fast(op.session_id, op.task_id)  # Redis had forgotten `holder`
-        return holder
+        return await self._claim(op.session_id, op.task_id)
+
+    async def _claim(self, session_id: uuid.UUID, turn_id: str) -> str | None:
+        """Claim the session for a turn without a user message (a continuation): None when claimed, else the turn
+        holding it (a turn that ended while Postgres was down is freed on the way)."""
+        while True:
+            while not await self._active.claim_fast(session_id, turn_id):
+                current = await self._active.current(session_id)
+                if current is not None:
+                    return current
+                # released between our claim and our read: try again
+            holder = await self._active.claim_anchor(session_id, turn_id)
+            if holder is None:
+                return None
+            await self._active.drop_fast(session_id, turn_id)  # Redis had forgotten `holder`
+            if holder != turn_id and await self._ended(holder):
+                await self._active.release_anchor(session_id, holder)
+                continue
+            return holder
 
     def _longest_wait(self) -> float:
         """How long the running turn may take to end: its duration cap, or its lease twice over if its pod died."""
@@ -277,3 +339,8 @@ def turn_id_for(session_id: uuid.UUID, client_message_id: str | None) -> str:
     if client_message_id is None:
         return str(uuid.uuid4())
     return str(uuid.uuid5(_TURN_NAMESPACE, f"{session_id}:{client_message_id}"))
+
+
+def continuation_id(session_id: uuid.UUID, asked_in: int) -> str:
+    """The turn id of the continuation after the answers to the calls of the message at sequence `asked_in`."""
+    return str(uuid.uuid5(_TURN_NAMESPACE, f"{session_id}:answers:{asked_in}"))

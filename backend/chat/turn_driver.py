@@ -57,6 +57,7 @@ class TurnDriver:
         telemetry: Telemetry,
         turn_max_seconds: float,
         publish_window_seconds: float,
+        approval_chunks: bool = True,
     ) -> None:
         self._local = local
         self._supervisor = supervisor
@@ -68,6 +69,8 @@ class TurnDriver:
         self._telemetry = telemetry
         self._turn_max_seconds = turn_max_seconds
         self._window = publish_window_seconds
+        self._approval_chunks = approval_chunks
+        """Approval requests as `tool-approval-request` (ai 6 and 7), else as a data part (ai 5)."""
 
     def start(self, req: TurnRequest, message_text: str) -> None:
         """Run the turn as a task of this pod (its session claimed, its stream created, its slot taken); its
@@ -176,7 +179,7 @@ class TurnDriver:
         return explain_lost_tail(read(), turn_id=turn_id, after=after, registry=self._registry)
 
     async def _drive(self, req: TurnRequest, message_text: str, publisher: TurnPublisher) -> None:
-        translator = UIStreamTranslator()
+        translator = UIStreamTranslator(approval_chunks=self._approval_chunks)
         status: TurnStatus = "completed"
         error_class: str | None = None
         prompt = self._prompt().render(

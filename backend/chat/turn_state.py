@@ -8,7 +8,7 @@ one place for each.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -22,9 +22,11 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.usage import TurnUsage
 from backend.config import ModelPrice
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
-from backend.store.models import ChatSession
+from backend.store.awaiting import AwaitingCalls
+from backend.store.models import AwaitingKind, ChatSession
 from backend.store.sessions import SessionStore
 from backend.tools.base import Tool, ToolOutcome
+from backend.tools.frontend import FrontendTool
 from backend.tools.registry import ToolRegistry, TurnTools
 
 INTERRUPTED_MARK = "[interrupted]"
@@ -38,6 +40,20 @@ class UserMessage:
     client_message_id: str | None = None
     """Idempotency key: a resend with the same id finds the same turn."""
     page_context: Mapping[str, Any] | None = None
+    frontend_tools: tuple[FrontendTool, ...] | None = None
+    """The tools the host app declared with this request (checked); None: it declared none (the session's last
+    declaration stands), () : it declared an empty list."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a turn continues when it starts from answers instead of a user message: the assistant message whose
+    calls waited for a person, all of them answered now."""
+
+    message_id: str
+    """The UI message id of the asking turn: the continuation streams into the same assistant message."""
+    asked_in: int
+    """Sequence of the stored assistant message that made the calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +71,10 @@ class TurnRequest:
     session: ChatSession | None = None
     """The session as the caller read it, if it did (saves a read): only its summary fields are used, and a
     summary is a consistent starting point however recent."""
+    frontend_tools: tuple[FrontendTool, ...] = ()
+    """Tools the browser runs, offered to the model for this turn."""
+    resume: Resume | None = None
+    """Set on a continuation after answers: the turn first settles the answered calls (runs the approved ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +112,19 @@ class TurnServices:
     """The tools of each session's own MCP servers; None: every turn sees `tools` only."""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """USD per million tokens per model (`COPILOT_MODEL_PRICES`): the turn's cost in its `finish` metadata."""
+    awaiting: AwaitingCalls | None = None
+    """Where calls that wait for a person are kept; None: such calls fail at once (nothing can answer them)."""
+    needing_approval: Collection[str] = frozenset()
+    """Names of tools whose calls wait for the user's approval (`COPILOT_TOOLS_REQUIRING_APPROVAL`)."""
 
     async def tools_for(self, request: TurnRequest) -> TurnTools:
         """The tools `request`'s turn sees, for its whole length (the schemas and the calls)."""
-        if self.session_tools is None:
-            return TurnTools(self.tools)
-        return TurnTools(self.tools, await self.session_tools.tools_for(request.session_id, request.user_id))
+        own = (
+            ()
+            if self.session_tools is None
+            else await self.session_tools.tools_for(request.session_id, request.user_id)
+        )
+        return TurnTools(self.tools, own, frontend=request.frontend_tools, needing_approval=self.needing_approval)
 
 
 class TurnFailure(Exception):
@@ -136,6 +163,8 @@ class Step:
     """Results of the step's tool calls that finished (call id → outcome)."""
     launched: dict[str, Started] = field(default_factory=dict)
     """Long-running operations the step's calls started (call id → start); their work runs once it is stored."""
+    awaiting: dict[str, AwaitingKind] = field(default_factory=dict)
+    """Calls that wait for a person (call id → what for): stored as waiting; the turn ends after the step."""
     kept: bool = False
     """Postgres did not take the step: it waits in Redis to be stored."""
 
@@ -155,6 +184,11 @@ class Step:
     def is_reply(self) -> bool:
         """The model answered without calling tools: the turn ends with this step."""
         return self.completed is not None and not self.completed.tool_calls
+
+    @property
+    def is_last(self) -> bool:
+        """The turn ends with this step: the model answered, or calls of it wait for a person."""
+        return self.is_reply or bool(self.awaiting)
 
 
 @dataclass(slots=True)
@@ -197,7 +231,7 @@ class TurnState:
             request=request,
             prompt=prompt,
             services=services,
-            telemetry=telemetry or NullTelemetry().turn_started(_NO_FACTS),
+            telemetry=telemetry or NullTelemetry().turn_started(NO_FACTS),
             window=window,
             page_context=page_context,
             tools=tools,
@@ -225,4 +259,4 @@ def page_context_messages(page: Mapping[str, Any] | None) -> list[dict[str, Any]
     return [{"role": "user", "content": f'<page_context url="{url}">\n{content}\n</page_context>'}]
 
 
-_NO_FACTS = TurnFacts("", UUID(int=0), "", "", "", "", 0)
+NO_FACTS = TurnFacts("", UUID(int=0), "", "", "", "", 0)

@@ -31,7 +31,10 @@ _FINISH_REASONS: dict[str, p.FinishReason] = {
 
 
 class UIStreamTranslator:
-    def __init__(self) -> None:
+    def __init__(self, *, approval_chunks: bool = True) -> None:
+        """`approval_chunks`: approval requests as `tool-approval-request` (ai 6 and 7); False (ai 5, which has
+        no such chunk) sends them as a `data-tool-approval-request` part instead."""
+        self._approval_chunks = approval_chunks
         self._text_id: str | None = None
         self._text_ids = count()
         self._reasoning_id: str | None = None
@@ -91,6 +94,27 @@ class UIStreamTranslator:
                 if ok:
                     return [p.ToolOutputAvailable(tool_call_id=call_id, output=output)]
                 return [p.ToolOutputError(tool_call_id=call_id, error_text=error_text or "tool failed")]
+            case ev.ToolAwaiting(call_id=call_id, name=name, kind=kind, arguments=arguments):
+                # Not closed at the step's end: it stays open in the client until its answer comes.
+                self._running.pop(call_id, None)
+                if kind != "approval":
+                    return []
+                approval_id = approval_id_of(call_id)
+                if self._approval_chunks:
+                    return [p.ToolApprovalRequest(approval_id=approval_id, tool_call_id=call_id)]
+                data: dict[str, Any] = {
+                    "approvalId": approval_id,
+                    "toolCallId": call_id,
+                    "toolName": name,
+                    "input": arguments,
+                }
+                return [p.DataPart(type="data-tool-approval-request", id=approval_id, data=data)]
+            case ev.ToolAnswered(call_id=call_id, ok=ok, output=output, error_text=error_text):
+                if ok:
+                    return [*self._end_parts(), p.ToolOutputAvailable(tool_call_id=call_id, output=output)]
+                return [*self._end_parts(), p.ToolOutputError(tool_call_id=call_id, error_text=error_text or "failed")]
+            case ev.ToolDenied(call_id=call_id):
+                return [*self._end_parts(), p.ToolOutputDenied(tool_call_id=call_id)]
             case ev.StepStarted():
                 out = self._end_step()
                 self._step_open = True
@@ -151,3 +175,9 @@ class UIStreamTranslator:
             self._step_open = False
             out.append(p.FinishStep())
         return out
+
+
+def approval_id_of(call_id: str) -> str:
+    """The approval id of a call that needs approval: derived from the call, so every pod and every replay agree
+    and nothing more is stored."""
+    return f"approval-{call_id}"

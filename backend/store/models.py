@@ -9,6 +9,13 @@ from uuid import UUID
 
 Role = Literal["system", "user", "assistant", "tool"]
 
+AwaitingKind = Literal["frontend", "ask_user", "approval"]
+"""What a tool call waits for: the browser to run a frontend tool, the user to answer `ask_user`, or the user's
+approval of a server tool."""
+
+AwaitingState = Literal["waiting", "approved", "answered", "failed", "denied", "expired", "unanswered"]
+"""Where a call that waited for a person stands; `waiting` and `approved` are open (see migration 0007)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChatSession:
@@ -54,6 +61,8 @@ class NewMessage:
     """Set by the turn for the messages of its steps (`<turn id>:<step>:<index>`): an append finds a key already
     stored when an earlier attempt of the same write committed (its reply was lost, or the write was kept in Redis
     and stored meanwhile), and writes nothing for it."""
+    awaiting: AwaitingKind | None = None
+    """Set on the placeholder tool message of a call that waits for a person (stored `waiting`)."""
 
 
 class MessageRow(TypedDict):
@@ -88,6 +97,9 @@ class ChatMessage:
     model: str | None = None
     usage: dict[str, int] | None = None
     """See `NewMessage`."""
+    awaiting: AwaitingKind | None = None
+    """On the tool message of a call that waited (or waits) for a person: what for."""
+    awaiting_state: AwaitingState | None = None
 
     def row(self) -> MessageRow:
         return MessageRow(
@@ -126,6 +138,8 @@ class AppendResult:
     repeated_keys: frozenset[str] = field(default_factory=frozenset)
     """Write keys that were already stored: an earlier attempt of this append committed, so neither the messages
     nor the usage were written again."""
+    settled_awaiting: int = 0
+    """Calls waiting for a person that this append (a new user message) closed as unanswered."""
 
 
 @dataclass(frozen=True, slots=True)

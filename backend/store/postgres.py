@@ -70,22 +70,23 @@ _SESSION_COLUMNS = (
 )
 _MESSAGE_COLUMNS = (
     "id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, "
-    "token_count, created_at, reasoning, model, usage"
+    "token_count, created_at, reasoning, model, usage, awaiting, awaiting_state"
 )
 
 # One statement inserts a whole step's messages: parallel arrays, one element per message.
 _INSERT_MESSAGES = f"""
 INSERT INTO chat_messages (
     id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count,
-    write_key, reasoning, model, usage
+    write_key, reasoning, model, usage, awaiting, awaiting_state
 )
 SELECT u.id, $1, u.seq, u.role, u.content, u.tool_calls::jsonb, u.tool_call_id, u.name, u.refusal,
-       u.client_message_id, u.token_count, u.write_key, u.reasoning, u.model, u.usage::jsonb
+       u.client_message_id, u.token_count, u.write_key, u.reasoning, u.model, u.usage::jsonb, u.awaiting,
+       CASE WHEN u.awaiting IS NULL THEN NULL ELSE 'waiting' END
 FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-            $10::text[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[])
+            $10::text[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
     AS u(
         id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count, write_key,
-        reasoning, model, usage
+        reasoning, model, usage, awaiting
     )
 RETURNING {_MESSAGE_COLUMNS}
 """
@@ -260,6 +261,7 @@ class ChatRepository:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
+        settle_awaiting: bool = False,
     ) -> AppendResult:
         """Append `messages` (and add usage to the session totals) in one transaction; the result carries the
         session row as that transaction left it.
@@ -272,6 +274,9 @@ class ChatRepository:
         With `claim`, the same transaction claims the session's active turn (no extra round trip: the row is
         read and written anyway). If another id holds it under a live lease, or `claim.turn_id` itself does,
         `ActiveTurnHeld` is raised and nothing is written.
+
+        With `settle_awaiting` (a new user message), the session's calls still waiting for a person are closed as
+        `unanswered` in the same transaction: their placeholders already tell the model so.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             session = await conn.fetchrow(
@@ -328,8 +333,17 @@ class ChatRepository:
                     [m.reasoning for m in fresh],
                     [m.model for m in fresh],
                     [None if m.usage is None else orjson.dumps(m.usage).decode() for m in fresh],
+                    [m.awaiting for m in fresh],
                 )
                 inserted = {r["sequence"]: _message(r) for r in rows}
+            settled = 0
+            if settle_awaiting and fresh:
+                status = await conn.execute(
+                    "UPDATE chat_messages SET awaiting_state = 'unanswered' "
+                    "WHERE session_id = $1 AND awaiting_state IN ('waiting', 'approved')",
+                    session_id,
+                )
+                settled = int(status.rsplit(" ", 1)[-1])
             wrote = bool(fresh or prompt_tokens or completion_tokens)
             if wrote or claim is not None:
                 # Without a claim $6 and $7 are NULL and the active turn stays as it is.
@@ -359,7 +373,7 @@ class ChatRepository:
             for m in messages
         ]
         assert session is not None
-        return AppendResult(result, frozenset(existing), _session(session), frozenset(repeated))
+        return AppendResult(result, frozenset(existing), _session(session), frozenset(repeated), settled)
 
     @_outage_is_unavailable
     async def commit_summary(

@@ -114,16 +114,22 @@ class SessionStore:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
+        settle_awaiting: bool = False,
     ) -> AppendResult:
         """Append messages (the caller has checked ownership). Idempotent per client message id and per write key.
         With `claim`, also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is
-        taken).
+        taken). With `settle_awaiting` (a user message), calls still waiting for a person close as unanswered.
 
         The session's pending writes are stored first. `StorageUnavailable` when Postgres does not answer (then
         nothing of this append is kept)."""
         await self.store_pending(session_id)
         return await self._append_now(
-            session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, claim=claim
+            session_id,
+            messages,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            claim=claim,
+            settle_awaiting=settle_awaiting,
         )
 
     async def append_or_keep(
@@ -221,15 +227,22 @@ class SessionStore:
         prompt_tokens: int,
         completion_tokens: int,
         claim: ActiveTurnClaim | None = None,
+        settle_awaiting: bool = False,
     ) -> AppendResult:
         try:
             result = await self._repo.append_messages(
-                session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, claim=claim
+                session_id,
+                messages,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                claim=claim,
+                settle_awaiting=settle_awaiting,
             )
         except LookupError as e:
             raise NotFound("session not found") from e
-        if result.repeated_keys:
-            # An earlier attempt committed without telling its cache update: the cached list may lack its rows.
+        if result.repeated_keys or result.settled_awaiting:
+            # An earlier attempt committed without telling its cache update: the cached list may lack its rows. (Or
+            # rows already cached changed state: a list is dropped, never patched.)
             await self._after_write(session_id, messages=True)
             return result
         new = [
@@ -362,6 +375,10 @@ class SessionStore:
         for task in self._repairs:
             task.cancel()
         await asyncio.gather(*self._repairs, return_exceptions=True)
+
+    async def messages_changed(self, session_id: UUID) -> None:
+        """Tell the cache that stored messages of the session changed in place (its list is dropped)."""
+        await self._after_write(session_id, messages=True)
 
     async def ping(self) -> None:
         await self._repo.ping()

@@ -64,6 +64,12 @@ class Tool(ABC, Generic[ArgsT]):
     """The tool needs an authenticated, non-anonymous user."""
     is_long_running: bool = False
     """The tool may take minutes; the turn engine runs it in the background."""
+    requires_approval: bool = False
+    """Each call waits for the user's approval before it runs (`COPILOT_TOOLS_REQUIRING_APPROVAL` can say so too);
+    a denied call does not run and the model is told."""
+    answered_by_user: bool = False
+    """The call is never run here: the user answers it, the way a frontend tool's output comes back (`ask_user`).
+    `execute` is not called."""
 
     @abstractmethod
     async def execute(self, args: ArgsT, ctx: ToolContext) -> Any:

@@ -6,11 +6,13 @@ import hashlib
 import importlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
+from backend.store.models import AwaitingKind
 from backend.tools.base import Tool
 from backend.tools.builtin import builtin_tools
+from backend.tools.frontend import FrontendTool
 
 _NAME_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 """Tool names OpenAI accepts."""
@@ -86,18 +88,44 @@ class ToolRegistry:
 
 class TurnTools:
     """The tools one turn sees, resolved once when it starts: the process's registry, then the tools of the
-    session's own MCP servers (`tools/mcp/session_servers.py`). The same view gives the schemas sent to the model
-    and the tools its calls run, so a call finds exactly the tools the model was shown. A session tool whose name
-    the registry holds is left out: the operator's tools win."""
+    session's own MCP servers (`tools/mcp/session_servers.py`), then the frontend tools the host app declared for
+    the request. The same view gives the schemas sent to the model and the tools its calls run, so a call finds
+    exactly the tools the model was shown. A session tool whose name the registry holds is left out (the operator's
+    tools win), and so is a frontend tool whose name a server tool holds."""
 
-    def __init__(self, shared: ToolRegistry, own: Iterable[Tool[Any]] = ()) -> None:
+    def __init__(
+        self,
+        shared: ToolRegistry,
+        own: Iterable[Tool[Any]] = (),
+        *,
+        frontend: Iterable[FrontendTool] = (),
+        needing_approval: Collection[str] = (),
+    ) -> None:
         self._shared = shared
         self._own = {t.name: t for t in own if t.name not in shared}
-        self._schemas = shared.schemas() + [t.schema() for t in self._own.values()]
+        self._frontend = {t.name: t for t in frontend if t.name not in shared and t.name not in self._own}
+        self._needing_approval = needing_approval
+        self._schemas = (
+            shared.schemas() + [t.schema() for t in self._own.values()] + [t.schema() for t in self._frontend.values()]
+        )
 
     def get(self, name: str) -> Tool[Any] | None:
-        """The tool called `name`, or None."""
+        """The server tool called `name`, or None."""
         return self._shared.get(name) or self._own.get(name)
+
+    def awaiting(self, name: str) -> AwaitingKind | None:
+        """What a call of `name` waits for before its result exists (None: the server runs it now): the browser
+        (a frontend tool), the user's answer (`ask_user`), or the user's approval."""
+        if name in self._frontend:
+            return "frontend"
+        tool = self.get(name)
+        if tool is None:
+            return None
+        if tool.answered_by_user:
+            return "ask_user"
+        if tool.requires_approval or name in self._needing_approval:
+            return "approval"
+        return None
 
     def schemas(self) -> list[dict[str, Any]]:
         """The OpenAI `tools=[...]` list of the turn."""

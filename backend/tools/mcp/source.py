@@ -82,7 +82,9 @@ class McpToolSource:
         installed = []
         for remote, name in zip(tools, tool_names(server, [t.name for t in tools]).values(), strict=True):
             try:
-                self._registry.register(McpTool(name, remote, connection, timeout_seconds=timeout))
+                approval = connection.spec.needs_approval(remote.name)
+                tool = McpTool(name, remote, connection, timeout_seconds=timeout, requires_approval=approval)
+                self._registry.register(tool)
             except ValueError as exc:  # a name a built-in or plug-in holds, or a schema the registry refuses
                 log.warning("MCP server %r: tool %r left out: %s", server, remote.name, exc)
                 continue

@@ -28,9 +28,18 @@ class McpToolError(Exception):
 class McpTool(Tool[McpArguments]):
     args_model = McpArguments
 
-    def __init__(self, name: str, remote: mcp_types.Tool, server: McpConnection, *, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        remote: mcp_types.Tool,
+        server: McpConnection,
+        *,
+        timeout_seconds: float,
+        requires_approval: bool = False,
+    ) -> None:
         self.name = name
         self.remote_name = remote.name
+        self.requires_approval = requires_approval
         self.description = remote.description or remote.title or f"The {remote.name!r} tool of {server.name!r}."
         self.timeout_seconds = timeout_seconds
         self._server = server

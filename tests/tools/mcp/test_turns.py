@@ -19,7 +19,7 @@ import pytest
 from backend.config import Settings
 from tests.api.test_chat_stream import ALICE, assert_well_formed, new_session, send
 from tests.conftest import LiveServer
-from tests.sse import chunks
+from tests.sse import chunks, read_stream
 from tests.tools.mcp.servers import HttpMcpServer, stdio_config
 
 pytestmark = pytest.mark.slow
@@ -327,3 +327,28 @@ async def test_a_down_server_is_retried_and_stays_down_since_its_first_failure(c
             raise AssertionError(f"no new attempts to reach the server ({attempts})")
         await wait_for(client, "broken", "down")
         assert (await server_state(client, "broken"))["since"] == first["since"]
+
+
+async def test_a_servers_tools_marked_for_approval_wait_for_the_user_and_run_once_approved(
+    chat_settings: Settings,
+) -> None:
+    settings = with_mcp(chat_settings, {"local": stdio_config(requires_approval=["add"])})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sid = await new_session(client)
+        _, body = await send(
+            client,
+            sid,
+            '[[mock:tool name=local__add args={"a": 2, "b": 3}]] [[mock:tool name=local__weird_name args={"x": 7}]]',
+        )
+        assert_well_formed(body)
+        asked = [c for c in chunks(body) if c["type"] == "tool-approval-request"]
+        [add_call] = [c["toolCallId"] for c in asked]
+        ran = [c for c in chunks(body) if c["type"] == "tool-output-available"]
+        assert [r["output"]["result"] for r in ran] == [7]  # the tool not on the list ran at once
+        r = await client.post(
+            f"/api/chat/sessions/{sid}/tool-calls/{add_call}/approval", json={"approved": True}, headers=ALICE
+        )
+        assert r.status_code == 200, r.text
+        _, continued = await read_stream(client, "GET", f"/api/chat/tasks/{r.json()['task_id']}/stream", headers=ALICE)
+        [output] = [c for c in chunks(continued) if c["type"] == "tool-output-available"]
+        assert output["toolCallId"] == add_call and output["output"]["result"] == 5

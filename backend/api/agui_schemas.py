@@ -2,7 +2,7 @@
 
 Fields AG-UI clients add later pass through (`extra="allow"`), as the protocol asks of its peers. Only what the
 service reads is typed tightly: ids, the messages' roles and text, the context. `tools` (frontend tools) and
-`resume` (answers to interrupts) are accepted and not used yet: they arrive with the human-in-the-loop feature.
+`resume` (answers to interrupts) are accepted and not used yet: human in the loop is not mapped to AG-UI yet.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ class RunAgentInput(_Body):
     state: Any = None
     """Accepted, not used: the service keeps no shared state."""
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_PARTS)
-    """Frontend tools: accepted, not offered to the model yet (human-in-the-loop, coming)."""
+    """Frontend tools: accepted, not offered to the model yet (human in the loop over AG-UI is coming)."""
     resume: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_PARTS)
-    """Answers to interrupts: accepted, not used yet (human-in-the-loop, coming)."""
+    """Answers to interrupts: accepted, not used yet (human in the loop over AG-UI is coming)."""
     forwarded_props: Any = None
     """Accepted, not used."""
 

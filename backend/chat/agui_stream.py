@@ -9,9 +9,11 @@ its parts opened and closed (`UIStreamTranslator` guarantees that), so the mappi
 - a step (`start-step` / `finish-step`) is `STEP_STARTED` / `STEP_FINISHED` named `step-<n>`;
 - the text, reasoning and tool calls of a step belong to one assistant message, `<reply id>-<k>` (the k-th step
   of the reply that produced anything), the id `agui_messages.py` gives the stored step;
-- a tool call is `TOOL_CALL_START` / `ARGS` / `END` once its input is complete, and every call gets a
-  `TOOL_CALL_RESULT` (an error result when the tool failed or never ran): a call left without a result is one the
-  client must answer (a frontend tool), which no server tool is;
+- a tool call is `TOOL_CALL_START` / `ARGS` / `END` once its input is complete, then `TOOL_CALL_RESULT` (an error
+  result when the tool failed, never ran or was denied). In AG-UI a call left without a result is one the client
+  must answer: the chunks close every call that gets no result except those that wait for a person (a question,
+  an approval: human in the loop), which `RUN_FINISHED` lists as pending; an approval request is a `CUSTOM`
+  event `tool-approval-request` until AG-UI interrupts are mapped;
 - `error` is `RUN_ERROR`; `finish` is `RUN_FINISHED` with the turn's usage, its outcome `cancelled` after `abort`;
 - a transient `data-<name>` part is a `CUSTOM` event `<name>`.
 
@@ -49,6 +51,7 @@ from ag_ui.core import (
     ToolCallStartEvent,
 )
 
+DENIED_TEXT = "The user denied this call; it did not run."
 LOST_END_TEXT = "The run's stream ended before the run did; load the thread's messages to see what was stored."
 
 
@@ -84,7 +87,8 @@ class AguiTranslator:
     def __init__(self, *, thread_id: str, run_id: str, outcomes: bool = True) -> None:
         """`outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
         The 0.0.x clients (what `@copilotkit/runtime` 1.75 runs) refuse an outcome other than `success` and
-        `interrupt`: for them a cancelled run finishes without one and with `result: {"cancelled": true}`."""
+        `interrupt`, and `pendingToolCallIds` in it: for them a cancelled run finishes without an outcome and with
+        `result: {"cancelled": true}`, and pending calls are not named."""
         self.thread_id = thread_id
         self.run_id = run_id
         self._outcomes = outcomes
@@ -102,6 +106,7 @@ class AguiTranslator:
         self._reasoning: str | None = None
         self._calls: dict[str, _Call] = {}
         """Calls the client has seen and whose result it has not."""
+        self._answered: set[str] = set()
         self._cancelled = False
         self.finished = False
 
@@ -157,6 +162,11 @@ class AguiTranslator:
             case "tool-output-error":
                 call_id = chunk["toolCallId"]
                 return self._result(call_id, error_content(chunk.get("errorText") or "the tool failed"))
+            case "tool-output-denied":
+                return self._result(chunk["toolCallId"], error_content(DENIED_TEXT))
+            case "tool-approval-request":
+                value = {"approvalId": chunk.get("approvalId"), "toolCallId": chunk.get("toolCallId")}
+                return [CustomEvent(name="tool-approval-request", value=value)]
             case "start-step":
                 out = self._end_step()
                 self._steps += 1
@@ -210,7 +220,12 @@ class AguiTranslator:
     def _finish(self, metadata: Any) -> list[BaseEvent]:
         out = self._end_step()
         self.finished = True
-        outcome: RunFinishedSuccessOutcome | RunFinishedCancelledOutcome | None = RunFinishedSuccessOutcome()
+        # Calls left without a result wait for a person; the client answers them (AG-UI's pending tool calls, which
+        # a 0.0.x client derives itself: its schema refuses the field).
+        pending = (list(self._calls) or None) if self._outcomes else None
+        outcome: RunFinishedSuccessOutcome | RunFinishedCancelledOutcome | None = RunFinishedSuccessOutcome(
+            pending_tool_call_ids=pending
+        )
         result = None
         if self._cancelled:
             outcome, result = (RunFinishedCancelledOutcome(), None) if self._outcomes else (None, {"cancelled": True})
@@ -285,11 +300,14 @@ class AguiTranslator:
         return out
 
     def _result(self, call_id: str, content: str) -> list[BaseEvent]:
+        """A call's result. A call this stream did not show is one an earlier run left waiting (for a person):
+        its result is a message of its own, placed after its call by the client."""
+        if call_id in self._answered:
+            return []
+        self._answered.add(call_id)
         call = self._calls.pop(call_id, None)
-        if call is None:
-            return []  # a call the client never saw, or one already answered
         out: list[BaseEvent] = []
-        if not call.ended:  # its arguments were cut off
+        if call is not None and not call.ended:  # its arguments were cut off
             out.append(ToolCallEndEvent(tool_call_id=call_id))
         out.append(
             ToolCallResultEvent(
@@ -299,9 +317,9 @@ class AguiTranslator:
         return out
 
     def _end_step(self) -> list[BaseEvent]:
+        # Calls still without a result stay open: the chunks close every call that will not get one (an error
+        # output, a `tool-input-error`), so what is left waits for a person (a question, an approval).
         out = self._end_parts()
-        for call_id in list(self._calls):
-            out += self._result(call_id, error_content("no result recorded"))
         if self._step is not None:
             out.append(StepFinishedEvent(step_name=self._step))
             self._step = None

@@ -15,8 +15,10 @@ from backend.chat.agui_stream import AguiTranslator
 from backend.chat.events import (
     StepStarted,
     TextDelta,
+    ToolAwaiting,
     ToolCallReady,
     ToolCallStarted,
+    ToolDenied,
     ToolInputDelta,
     ToolInputFailed,
     TurnAborted,
@@ -68,6 +70,33 @@ def test_every_call_gets_a_result_even_when_it_never_ran() -> None:
     starts = [e for e in events if e["type"] == "TOOL_CALL_START"]
     assert {e["parentMessageId"] for e in starts} == {"msg-1-0"}
     assert kinds(events)[-2:] == ["STEP_FINISHED", "RUN_FINISHED"]
+
+
+def test_calls_waiting_for_a_person_are_pending_and_a_denied_call_has_an_error_result() -> None:
+    """Human in the loop, as far as AG-UI goes for now: a question or an approval leaves its call without a result
+    (the client's pending tool calls, named by `RUN_FINISHED`); an approval request is a `CUSTOM` event."""
+    events = translated(
+        chunks_of(
+            TurnStarted("msg-1"),
+            StepStarted(),
+            ToolCallReady("q", "ask_user", {"question": "Which one?"}),
+            ToolAwaiting("q", "ask_user", "ask_user", {"question": "Which one?"}),
+            ToolCallReady("a", "deploy", {}),
+            ToolAwaiting("a", "deploy", "approval", {}),
+            TurnEnded("tool-calls"),
+        )
+    )
+    assert "TOOL_CALL_RESULT" not in kinds(events)
+    assert events[-1]["outcome"] == {"type": "success", "pendingToolCallIds": ["q", "a"]}
+    custom = next(e for e in events if e["type"] == "CUSTOM")
+    assert custom == {
+        "type": "CUSTOM",
+        "name": "tool-approval-request",
+        "value": {"approvalId": "approval-a", "toolCallId": "a"},
+    }
+    denied = translated(chunks_of(TurnStarted("msg-2"), StepStarted(), ToolDenied("a"), TurnEnded("stop")))
+    result = next(e for e in denied if e["type"] == "TOOL_CALL_RESULT")  # a call an earlier run showed
+    assert result["toolCallId"] == "a" and "denied" in result["content"]
 
 
 def test_a_stopped_turn_finishes_cancelled() -> None:

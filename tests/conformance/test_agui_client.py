@@ -163,3 +163,15 @@ async def test_a_client_with_another_history_gets_the_stored_one(
         ("user", '[[mock:text content="Next"]]'),
         ("assistant", "Next", ()),
     ]
+
+
+async def test_a_call_waiting_for_the_user_is_left_pending(
+    chat: tuple[httpx.AsyncClient, LiveServer], client: str
+) -> None:
+    """`ask_user` (human in the loop): the run ends with the call open, which the client counts as pending."""
+    _, live = chat
+    result = await run(live, client, str(uuid.uuid4()), '[[mock:tool name=ask_user args={"question": "Which one?"}]]')
+    assert result["error"] is None and result["outcome"] == "success"
+    assistant = result["messages"][-1]
+    assert assistant["role"] == "assistant" and assistant["toolCalls"][0]["function"]["name"] == "ask_user"
+    assert not any(m["role"] == "tool" for m in result["messages"])

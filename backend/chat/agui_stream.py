@@ -107,6 +107,7 @@ class AguiTranslator:
         self._calls: dict[str, _Call] = {}
         """Calls the client has seen and whose result it has not."""
         self._answered: set[str] = set()
+        """Calls whose result was sent (a result is sent once)."""
         self._cancelled = False
         self.finished = False
 

@@ -2,6 +2,8 @@
 // another tab) and long-running operations until their result arrives.
 
 import { Api, ApiError, isRateLimited } from "./api.js";
+import { HostTools } from "./host_tools.js";
+import { HumanLoop, joinContinuations } from "./human.js";
 import { applyChunk, emptyReply, fromStored, pendingTask } from "./messages.js";
 import { emptyState, errorBox, renderSessions, renderTranscript } from "./render.js";
 import { readChunks } from "./stream.js";
@@ -21,6 +23,7 @@ class Follow {
     this.ended = false;
     this.cursor = undefined;
     this.clientMessageId = null; // of the message whose turn this is, when this panel sent it
+    this.answered = []; // tool call ids answered in this panel whose continuation this is (human.js)
     this.abort = new AbortController();
   }
 }
@@ -43,6 +46,12 @@ class Panel {
     this.loads = 0;
     this.renderQueued = false;
     this.quietUntil = 0; // no polling before this time (ms): the server said the user's requests are used up
+    this.human = new HumanLoop(api, api.hostTools || new HostTools(), {
+      sessionId: () => this.sessionId,
+      render: () => this.scheduleRender(),
+      fail: (error) => this.fail(error),
+      followContinuation: (taskId, answered) => this.followContinuation(taskId, answered),
+    });
   }
 
   async start() {
@@ -136,6 +145,7 @@ class Panel {
   close() {
     for (const follow of this.follows.values()) follow.abort.abort();
     this.follows.clear();
+    this.human.clear();
     Object.assign(this, { sessionId: null, title: null, stored: [], pendingUser: null, problem: null });
     history.replaceState(null, "", location.pathname + location.search);
     this.renderSessions();
@@ -171,6 +181,7 @@ class Panel {
     }
     if (id !== this.sessionId || ticket !== this.loads) return;
     this.stored = session.messages;
+    this.human.update(session.awaiting);
     this.title = session.title;
     const listed = this.sessions.find((s) => s.id === id);
     if (listed) listed.title = session.title;
@@ -278,6 +289,13 @@ class Panel {
       this.sending = false;
       this.render();
     }
+  }
+
+  /** The continuation a person's answers started: the same assistant message goes on (joined in `render`). */
+  followContinuation(taskId, answered) {
+    this.follow(taskId, { visible: true });
+    const follow = this.follows.get(taskId);
+    if (follow) Object.assign(follow, { visible: true, answered });
   }
 
   /** The reply to a message just sent (or sent again): a resend's task may have been followed and ended before. */
@@ -399,7 +417,7 @@ class Panel {
       };
       extra.push(errorBox(message, retry ? onRetry : null, retryAt));
     }
-    renderTranscript(transcript, views, extra);
+    renderTranscript(transcript, this.human.decorate(joinContinuations(views, live)), extra);
     if (atBottom) transcript.scrollTop = transcript.scrollHeight;
     const busy = this.busy();
     this.dom.stop.hidden = !busy || this.sending;
@@ -460,7 +478,9 @@ function sleep(ms) {
 }
 
 const byId = (id) => document.getElementById(id);
-const panel = new Panel(new Api(), {
+const api = new Api();
+api.hostTools = new HostTools();
+const panel = new Panel(api, {
   panel: byId("panel"),
   sessions: byId("session-list"),
   newSession: byId("new-session"),

@@ -172,7 +172,8 @@ def host_page(panel_url: str) -> str:
     if (event.source !== frame.contentWindow || event.origin !== panelOrigin) return;
     const data = event.data;
     if (data.type === "copilot:ready") {{
-      frame.contentWindow.postMessage({{type: "copilot:register-tools", tools: [{json.dumps(HIGHLIGHT)}]}}, panelOrigin);
+      const tools = [{json.dumps(HIGHLIGHT)}];
+      frame.contentWindow.postMessage({{type: "copilot:register-tools", tools}}, panelOrigin);
     }} else if (data.type === "copilot:tool-call" && data.toolName === "highlight_element") {{
       window.toolCalls.push(data);
       const element = document.querySelector(data.input.selector);
@@ -197,14 +198,14 @@ class HostApp:
         page = host_page(panel_url).encode()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/html; charset=utf-8")
                 self.send_header("content-length", str(len(page)))
                 self.end_headers()
                 self.wfile.write(page)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -249,8 +250,12 @@ async def use_frontend_tool(page: Page, api: httpx.AsyncClient, sid: str, bodies
     panel = page.frame_locator("#copilot")
     await expect(panel.locator(".session.current")).to_have_count(1)
     # A page inside the panel's frame is not its parent: what it posts is not read.
-    await page.frame_locator("#copilot").locator("body").evaluate(
-        "() => window.postMessage({type: 'copilot:register-tools', tools: [{name: 'steal', inputSchema: {}}]}, '*')"
+    await (
+        page.frame_locator("#copilot")
+        .locator("body")
+        .evaluate(
+            "() => window.postMessage({type: 'copilot:register-tools', tools: [{name: 'steal', inputSchema: {}}]}, '*')"
+        )
     )
     await asyncio.sleep(0.2)
 

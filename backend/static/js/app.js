@@ -50,6 +50,7 @@ class Panel {
       sessionId: () => this.sessionId,
       render: () => this.scheduleRender(),
       fail: (error) => this.fail(error),
+      reload: () => this.load(),
       followContinuation: (taskId, answered) => this.followContinuation(taskId, answered),
     });
   }

@@ -6,12 +6,17 @@
 // waits any more the server continues the same assistant message in a new turn, which the panel follows and shows
 // joined to the reply that asked (one message, one card per call).
 
+import { ApiError } from "./api.js";
+
+// Answers refused because the call no longer waits (unknown here, closed by a newer message, expired).
+const GONE_STATUSES = new Set([404, 409, 410]);
+
 /** A tool call a person answers: `kind` is "approval", "ask_user" or "frontend" (as in the session's `awaiting`). */
 export class HumanLoop {
   /**
    * @param api the Api (answers go to its session routes)
    * @param hostTools the HostTools bridge: runs frontend tools in the host page
-   * @param panel {sessionId(), render(), fail(error), followContinuation(taskId)}
+   * @param panel {sessionId(), render(), fail(error), reload(), followContinuation(taskId, answeredToolCallIds)}
    */
   constructor(api, hostTools, panel) {
     this.api = api;
@@ -109,10 +114,14 @@ export class HumanLoop {
       }
     } catch (error) {
       if (sid !== this.panel.sessionId()) return;
-      this.answered.delete(toolCallId);
       this.pending.delete(toolCallId);
-      this.awaiting.set(toolCallId, call); // asked again: the buttons come back
       this.panel.fail(error);
+      if (error instanceof ApiError && GONE_STATUSES.has(error.status)) {
+        this.panel.reload(); // the session tells what became of the call
+      } else {
+        this.answered.delete(toolCallId);
+        this.awaiting.set(toolCallId, call); // not taken (offline, a limit): the buttons come back
+      }
     } finally {
       this.panel.render();
     }
@@ -137,7 +146,8 @@ export function joinContinuations(views, live) {
     const parts = before.parts.map((part) => {
       if (part.type !== "tool") return part;
       // Until the continuation's stream tells the outcome, a call answered here runs.
-      const outcome = view.earlier[part.toolCallId] || (follow.answered.includes(part.toolCallId) && { state: "running" });
+      const running = follow.answered.includes(part.toolCallId) && { state: "running" };
+      const outcome = view.earlier[part.toolCallId] || running;
       return outcome ? { ...part, output: undefined, errorText: null, ...outcome } : part;
     });
     joined[joined.length - 1] = { ...view, key: before.key, parts: [...parts, ...view.parts] };

@@ -60,7 +60,7 @@ function controlsOf(human) {
     const choices = Array.isArray(human.input.choices) ? human.input.choices : [];
     if (choices.length) {
       const row = el("div", "choices");
-      for (const choice of choices) row.append(button(String(choice), "choice", once(() => human.reply(String(choice)))));
+      for (const choice of choices.map(String)) row.append(button(choice, "choice", once(() => human.reply(choice))));
       box.append(row);
     }
     const form = el("form", "answer");

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,8 @@ from backend.config import Settings
 from tests.browser.conftest import PageErrors
 from tests.browser.panel import new_session, open_panel, send, stored_messages, wait_turn_end
 from tests.conftest import LiveServer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 pytestmark = pytest.mark.slow
 
@@ -194,8 +198,8 @@ class HostApp:
     """The host app's page, served on its own port (another origin than the panel's; a real loopback server, since
     Chromium blocks a public page, e.g. one served by a route handler, from framing a local one)."""
 
-    def __init__(self, panel_url: str) -> None:
-        page = host_page(panel_url).encode()
+    def __init__(self, html: str) -> None:
+        page = html.encode()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -240,7 +244,7 @@ async def test_host_page_runs_a_frontend_tool_over_post_message(
     sid = await new_session(api)
     page = page_errors.watch(await browser.new_page())
     page.set_default_timeout(15_000)
-    with HostApp(f"{live.url}/#s={sid}") as host:
+    with HostApp(host_page(f"{live.url}/#s={sid}")) as host:
         bodies = await open_host(page, host)
         await use_frontend_tool(page, api, sid, bodies)
     await page.close()
@@ -296,7 +300,7 @@ async def test_host_page_error_reaches_the_model_and_a_frontend_call_waiting_at_
     # Embedded in the host page, the panel hands the waiting call to the host, whose error the model then reads.
     page = page_errors.watch(await browser.new_page())
     page.set_default_timeout(15_000)
-    with HostApp(f"{live.url}/#s={sid}") as host:
+    with HostApp(host_page(f"{live.url}/#s={sid}")) as host:
         await open_host(page, host)
         panel = page.frame_locator("#copilot")
         await expect(panel.locator(".tool")).to_have_attribute("data-state", "error")
@@ -304,4 +308,46 @@ async def test_host_page_error_reaches_the_model_and_a_frontend_call_waiting_at_
         await expect(panel.locator(".message.assistant.streaming")).to_have_count(0)
         await expect(panel.locator(".message.assistant")).to_have_count(1)
         assert len(await page.evaluate("window.toolCalls")) == 1
+    await page.close()
+
+
+async def test_the_readme_example_of_a_host_tool_works(
+    browser: Browser, page_errors: PageErrors, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    """The README's `highlight_element` host page, as written, with the panel's address put in."""
+    [example] = [b for b in re.findall(r"```html\n(.*?)```", README.read_text(), re.S) if "highlight_element" in b]
+    sid = await new_session(api)
+    html = example.replace('src="https://copilot.example.com/"', f'src="{live.url}/#s={sid}"')
+    html = html.replace('"https://copilot.example.com"', f'"{live.url}"')
+    page = page_errors.watch(await browser.new_page())
+    page.set_default_timeout(15_000)
+    with HostApp(f'<!doctype html><p id="total">Total: 42</p>{html}') as host:
+        await page.goto(host.url)
+        panel = page.frame_locator("#copilot")
+        await panel.locator("#input").fill(
+            'Where is the total? [[mock:tool name=highlight_element args={"selector": "#total"}]]'
+        )
+        await panel.locator("#input").press("Enter")
+        await expect(page.locator("#total")).to_have_class("copilot-highlight")
+        await expect(panel.locator(".tool")).to_have_attribute("data-state", "done")
+        await expect(panel.locator(".message.assistant .text")).to_contain_text('{"highlighted":true}')
+    await page.close()
+
+
+async def test_tools_registered_from_another_origin_than_the_configured_host_are_ignored(
+    browser: Browser, page_errors: PageErrors, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    page = page_errors.watch(await browser.new_page())
+    page.set_default_timeout(15_000)
+    # The panel is told its host is https://app.example.com: the page that embeds it here is not.
+    with HostApp(host_page(f"{live.url}/?host_origin=https://app.example.com#s={sid}")) as host:
+        bodies = await open_host(page, host)
+        panel = page.frame_locator("#copilot")
+        await expect(panel.locator(".session.current")).to_have_count(1)
+        await asyncio.sleep(0.3)  # time for the host page's registration to arrive, were it read
+        await panel.locator("#input").fill("Hi there")
+        await panel.locator("#input").press("Enter")
+        await expect(panel.locator(".message.assistant .text")).to_contain_text("Hi")
+        assert len(bodies) == 1 and "tools" not in bodies[0]
     await page.close()

@@ -37,8 +37,9 @@ CALL_HIGHLIGHT = '[[mock:tool name=highlight_element args={"selector": "#buy"}]]
 
 @pytest.fixture
 def panel_settings(panel_settings: Settings) -> Settings:
-    """The panel's service, with `calculate` needing approval (COPILOT_TOOLS_REQUIRING_APPROVAL=calculate)."""
-    return panel_settings.model_copy(update={"tools_requiring_approval": ["calculate"]})
+    """The panel's service, with `calculate` needing approval (COPILOT_TOOLS_REQUIRING_APPROVAL=calculate), and
+    patient enough with a stalled model (see the reload during a continuation)."""
+    return panel_settings.model_copy(update={"tools_requiring_approval": ["calculate"], "llm_idle_timeout_seconds": 10})
 
 
 async def shapes(page: Page) -> tuple[int, int]:
@@ -85,6 +86,33 @@ async def test_approve_runs_the_tool_and_continues_the_same_message(
     assert json.loads(stored[2]["content"])["result"] == 42
     await page.reload()
     await expect(page.locator(".tool")).to_have_attribute("data-state", "done")
+    assert await shapes(page) == (1, 1)
+
+
+async def test_reload_during_the_continuation_shows_it_in_the_same_message(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    # Every model reply of this turn stalls for a while after its first words: the continuation too.
+    await send(page, f"Compute it [[mock:stall after=3 seconds=3]] {CALCULATE}")
+    card = page.locator(".tool")
+    await expect(card).to_have_attribute("data-state", "waiting", timeout=20_000)
+    await wait_turn_end(page)
+    await card.locator(".approve").click()
+    await expect(card).to_have_attribute("data-state", "done")
+    await expect(page.locator(".message.assistant.streaming")).to_have_count(1)
+
+    await page.reload()  # the panel finds the running continuation (its stream has the asking message's id)
+    await expect(page.locator(".message.assistant.streaming")).to_have_count(1)
+    seen: list[tuple[int, int]] = []
+    while await page.locator(".message.assistant.streaming").count():
+        seen.append(await shapes(page))
+        await asyncio.sleep(0.05)
+    await wait_turn_end(page)
+    assert seen and set(seen) == {(1, 1)}, f"a second message or card showed up: {sorted(set(seen))}"
+    await expect(card).to_have_attribute("data-state", "done")
+    await expect(page.locator(".message.assistant .text")).to_contain_text("calculate returned")
     assert await shapes(page) == (1, 1)
 
 

@@ -2,10 +2,11 @@
 
 With no model configured, `copilot serve` answers with the mock model, and a new user types plain words, not
 markers. So an unmarked message that asks for arithmetic calls `calculate`, one that asks the time calls
-`get_current_time`, "write a report on X" calls `generate_report`, "show me markdown" streams a Markdown showcase,
-and the model answers from the tool's result once it has run. A skill that needs a tool only fires when the request
-offers that tool, so title and summary calls (which offer none) never get a tool call. Anything else gets a short
-reply that says what the demo can do. A session title asked of the demo is the start of the user's first message.
+`get_current_time`, "write a report on X" calls `generate_report`, "ask me something" calls `ask_user` (the panel
+shows the question with its choices), "show me markdown" streams a Markdown showcase, and the model answers from the
+tool's result once it has run. A skill that needs a tool only fires when the request offers that tool, so title and
+summary calls (which offer none) never get a tool call. Anything else gets a short reply that says what the demo
+can do. A session title asked of the demo is the start of the user's first message.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ class DemoReply:
 
 
 SUGGESTIONS = (
-    'Try "What is 6*7?", "What time is it in Tokyo?", "Write a report on solar power" or "Show me some Markdown".'
+    'Try "What is 6*7?", "What time is it in Tokyo?", "Write a report on solar power", "Ask me something" or '
+    '"Show me some Markdown".'
 )
+
+ASK_QUESTION = "Which would you like to try next?"
+ASK_CHOICES = ("What is 6*7?", "What time is it in Tokyo?", "Write a report on solar power")
 
 MARKDOWN_SHOWCASE = """\
 ## What the panel renders
@@ -82,6 +87,7 @@ _REPORT = re.compile(
     re.I,
 )
 _MARKDOWN = re.compile(r"\bmarkdown\b|\bformatting\b", re.I)
+_ASK = re.compile(r"\bask me\b", re.I)
 _GREETING = re.compile(r"^\s*(?:hi|hello|hey|help)[\s!.?]*$|\bwhat can you do\b", re.I)
 _OPERATION_STARTED = ("operation_started", "operation_pending", "operation_in_progress")
 _OPERATION_NOTE = re.compile(r'^<operation_finished tool="(?P<tool>[^"]+)"')
@@ -105,6 +111,8 @@ def reply_to(user_text: str, offered_tools: Iterable[str]) -> DemoReply:
         return DemoReply(tool_name="get_current_time", tool_args={"timezone": _zone_named_in(user_text)})
     if "calculate" in tools and (expression := arithmetic_in(user_text)):
         return DemoReply(tool_name="calculate", tool_args={"expression": expression})
+    if "ask_user" in tools and _ASK.search(user_text):
+        return DemoReply(tool_name="ask_user", tool_args={"question": ASK_QUESTION, "choices": list(ASK_CHOICES)})
     if _MARKDOWN.search(user_text):
         return DemoReply(MARKDOWN_SHOWCASE)
     if _GREETING.search(user_text):
@@ -202,6 +210,9 @@ def _tell(name: str, args: Mapping[str, Any], output: Any) -> str:
         moment = datetime.fromisoformat(str(output["iso"]))
         zone = output.get("timezone", "UTC")
         return f"It is **{moment:%H:%M}** on {output.get('weekday', f'{moment:%A}')}, {moment:%-d %B %Y} in {zone}."
+    if name == "ask_user":
+        answer = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+        return f'You answered "{answer}". Send it as a message and I will do it.'
     if isinstance(output, dict) and output.get("type") in _OPERATION_STARTED:
         topic = args.get("topic", "your topic")
         return (

@@ -7,7 +7,7 @@ Events, all with `distinct_id` = the user id and the chat `session_id` and `turn
 - `chat_turn_completed` when a turn ends as completed or stopped by the user, `chat_turn_failed` when it failed
   or was interrupted by a shutdown (with `error_class`). Both carry `outcome` (the turn's status), `duration_ms`,
   `time_to_first_token_ms` (None if no text came), `prompt_tokens`, `completion_tokens`, `total_tokens`,
-  `tool_count` and `model_calls`.
+  `tool_count` and `model_calls` (summed by `turn_tally.py`, as in the turn log's end line).
 
 No text is sent unless `capture_content` is on: then `chat_message_sent` carries `message` and a failed
 `chat_tool_called` carries `error`. `capture()` only appends to the SDK's in-memory queue; its background thread
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from posthog import Posthog
 
 from backend.observability.telemetry import Generation, TurnFacts, TurnTelemetry
+from backend.observability.turn_tally import TurnTally
 
 log = logging.getLogger("copilot.posthog")
 
@@ -80,12 +80,7 @@ class _PostHogTurn:
         self._client = client
         self._facts = facts
         self._capture_content = capture_content
-        self._started = time.time()
-        self._first_token: float | None = None
-        self._prompt_tokens = 0
-        self._completion_tokens = 0
-        self._model_calls = 0
-        self._tools = 0
+        self._tally = TurnTally()
 
     def capture(self, event: str, properties: dict[str, Any]) -> None:
         facts = self._facts
@@ -96,31 +91,26 @@ class _PostHogTurn:
         )
 
     def generation(self, call: Generation) -> None:
-        self._model_calls += 1
-        self._prompt_tokens += call.prompt_tokens or 0
-        self._completion_tokens += call.completion_tokens or 0
-        if self._first_token is None and call.first_token_at is not None:
-            self._first_token = call.first_token_at
+        self._tally.generation(call)
 
     def tool(self, *, name: str, call_id: str, ok: bool, duration_ms: float, error: str | None) -> None:
-        self._tools += 1
+        self._tally.tool(ok=ok)
         properties: dict[str, Any] = {"tool": name, "ok": ok, "duration_ms": round(duration_ms, 1)}
         if self._capture_content and error is not None:
             properties["error"] = error
         self.capture("chat_tool_called", properties)
 
     def ended(self, *, status: str, error_class: str | None) -> None:
+        summary = self._tally.summary()
         properties: dict[str, Any] = {
             "outcome": status,
-            "duration_ms": round((time.time() - self._started) * 1000, 1),
-            "time_to_first_token_ms": (
-                round((self._first_token - self._started) * 1000, 1) if self._first_token is not None else None
-            ),
-            "prompt_tokens": self._prompt_tokens,
-            "completion_tokens": self._completion_tokens,
-            "total_tokens": self._prompt_tokens + self._completion_tokens,
-            "tool_count": self._tools,
-            "model_calls": self._model_calls,
+            "duration_ms": summary.duration_ms,
+            "time_to_first_token_ms": summary.time_to_first_token_ms,
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "total_tokens": summary.total_tokens,
+            "tool_count": summary.tool_calls,
+            "model_calls": summary.model_calls,
             "model": self._facts.model,
             "prompt_version": self._facts.prompt_version,
         }

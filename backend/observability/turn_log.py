@@ -3,17 +3,18 @@
 `turn_started` runs at the start of the turn's own task (`start_turn` in the runner), so the ids it binds
 (`turn_id`, `session_id`, `user_id`; see `logs.py`) are on every line the turn logs from then on, on whichever pod
 runs it. The end line sums the turn up for an operator: outcome, duration, time to first token, model calls,
-tokens, tool calls and failures. Message and reply text are logged only with `log_content` (`COPILOT_LOG_CONTENT`).
+tokens, tool calls and failures (counted by `turn_tally.py`, as PostHog's turn events are). Message and reply text
+are logged only with `log_content` (`COPILOT_LOG_CONTENT`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from backend.observability.logs import bind
 from backend.observability.telemetry import Generation, TurnFacts, TurnTelemetry
+from backend.observability.turn_tally import TurnTally
 
 log = logging.getLogger("copilot.turn")
 
@@ -43,46 +44,34 @@ class TurnLog:
 class _LoggedTurn:
     def __init__(self, *, content: bool) -> None:
         self._content = content
-        self._started = time.time()
-        self._first_token: float | None = None
-        self._model_calls = 0
-        self._prompt_tokens = 0
-        self._completion_tokens = 0
-        self._tools = 0
-        self._tools_failed = 0
+        self._tally = TurnTally()
         self._reply: list[str] = []
 
     def generation(self, call: Generation) -> None:
-        self._model_calls += 1
-        self._prompt_tokens += call.prompt_tokens or 0
-        self._completion_tokens += call.completion_tokens or 0
-        if self._first_token is None and call.first_token_at is not None:
-            self._first_token = call.first_token_at
+        self._tally.generation(call)
         if self._content and call.output_text:
             self._reply.append(call.output_text)
 
     def tool(self, *, name: str, call_id: str, ok: bool, duration_ms: float, error: str | None) -> None:
-        self._tools += 1
+        self._tally.tool(ok=ok)
         if ok:
             return
-        self._tools_failed += 1
         fields: dict[str, Any] = {"tool": name, "call_id": call_id, "duration_ms": round(duration_ms, 1)}
         if self._content and error is not None:
             fields["error"] = error
         log.info("tool call failed", extra={"fields": fields})
 
     def ended(self, *, status: str, error_class: str | None) -> None:
+        summary = self._tally.summary()
         fields: dict[str, Any] = {
             "outcome": status,
-            "duration_ms": round((time.time() - self._started) * 1000, 1),
-            "time_to_first_token_ms": (
-                round((self._first_token - self._started) * 1000, 1) if self._first_token is not None else None
-            ),
-            "model_calls": self._model_calls,
-            "prompt_tokens": self._prompt_tokens,
-            "completion_tokens": self._completion_tokens,
-            "tool_calls": self._tools,
-            "tool_failures": self._tools_failed,
+            "duration_ms": summary.duration_ms,
+            "time_to_first_token_ms": summary.time_to_first_token_ms,
+            "model_calls": summary.model_calls,
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens,
+            "tool_calls": summary.tool_calls,
+            "tool_failures": summary.tool_failures,
         }
         if error_class is not None:
             fields["error_class"] = error_class

@@ -212,10 +212,6 @@ class TurnRegistry:
         ids: Any = await self._redis.zrangebyscore(keys.TURN_LEASES, "-inf", time.time(), start=0, num=limit)
         return [i.decode() for i in ids]
 
-    async def lease_expired(self, turn_id: str) -> bool:
-        deadline = await self.lease_deadline(turn_id)
-        return deadline is not None and deadline < time.time()
-
     async def lease_deadline(self, turn_id: str) -> float | None:
         """When the turn's lease lapses unless renewed; None when Redis holds no lease for it (not running, never
         leased, or forgotten by a flush)."""

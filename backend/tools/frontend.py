@@ -66,11 +66,11 @@ def _checked(raw: Mapping[str, Any], *, where: str) -> FrontendTool:
         raise ValueError(f"{where}: description must be text of at most {MAX_DESCRIPTION_CHARS} characters")
     if not isinstance(schema, dict):
         raise ValueError(f"{where}: inputSchema must be a JSON Schema object")
+    if _deeper_than(schema, MAX_SCHEMA_DEPTH):
+        raise ValueError(f"{where}: inputSchema nests deeper than {MAX_SCHEMA_DEPTH} levels")
     size = len(orjson.dumps(schema))
     if size > MAX_SCHEMA_BYTES:
         raise ValueError(f"{where}: inputSchema is {size} bytes as JSON; at most {MAX_SCHEMA_BYTES}")
-    if _deeper_than(schema, MAX_SCHEMA_DEPTH):
-        raise ValueError(f"{where}: inputSchema nests deeper than {MAX_SCHEMA_DEPTH} levels")
     if schema.get("type", "object") != "object":
         raise ValueError(f"{where}: inputSchema must describe an object (type: object)")
     try:

@@ -401,3 +401,37 @@ async def test_an_unanswered_call_expires_into_an_error_the_model_reads(
 def _metadata(body: bytes) -> dict[str, Any]:
     last = chunks(body)[-1]
     return {"messageMetadata": last["messageMetadata"]} if "messageMetadata" in last else {}
+
+
+async def test_the_same_answer_on_two_pods_at_once_continues_the_message_once(
+    chat_settings: Settings, db: asyncpg.Connection, mock_llm: MockLLMServer
+) -> None:
+    async with (
+        LiveServer(chat_settings) as one,
+        LiveServer(chat_settings) as two,
+        httpx.AsyncClient(base_url=one.url, timeout=30) as first,
+        httpx.AsyncClient(base_url=two.url, timeout=30) as second,
+    ):
+        sid = await new_session(first)
+        _, body = await post_stream(first, sid, use_chat_body(sid, CALL_HIGHLIGHT, tools=[HIGHLIGHT]))
+        call_id = input_available(body, "highlight_element")["toolCallId"]
+        url = f"/api/chat/sessions/{sid}/tool-calls/{call_id}/output"
+        answers = await asyncio.gather(
+            *(c.post(url, json={"output": "done"}, headers=ALICE) for c in (first, second, first, second))
+        )
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        assert len({a.json()["task_id"] for a in answers}) == 1
+        await follow(first, answers[0].json()["task_id"])
+        rows = await wait_until_stored(db, sid, "assistant", 2)
+        await asyncio.sleep(0.3)  # a second continuation, if one had started, would have stored by now
+        assert (
+            [r["role"] for r in await stored(db, sid)]
+            == [r["role"] for r in rows]
+            == [
+                "user",
+                "assistant",
+                "tool",
+                "assistant",
+            ]
+        )
+        assert len(turn_calls(mock_llm)) == 2

@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from backend.devtools._mock_demo import arithmetic_in, title_for
+from backend.devtools._mock_demo import ASK_CHOICES, ASK_QUESTION, arithmetic_in, title_for
 from backend.devtools.mock_llm import MODEL_ID, MockLLMServer
 from backend.tools.registry import default_registry
 from tests.devtools.test_mock_llm import text_of, tool_calls_of, user
@@ -44,6 +44,7 @@ async def ask(
         ("What time is it in Tokyo?", "get_current_time", {"timezone": "Asia/Tokyo"}),
         ("what's the time", "get_current_time", {"timezone": "UTC"}),
         ("Write a report on solar power.", "generate_report", {"topic": "solar power", "sections": 3}),
+        ("Ask me something", "ask_user", {"question": ASK_QUESTION, "choices": list(ASK_CHOICES)}),
     ],
 )
 async def test_plain_words_become_tool_calls(sdk: openai.AsyncOpenAI, message: str, name: str, args: Any) -> None:
@@ -113,3 +114,18 @@ async def test_only_a_bare_greeting_gets_the_greeting(sdk: openai.AsyncOpenAI, m
     text = text_of(await ask(sdk, user(message), TOOLS))
     assert text.startswith("Hi! I'm the copilot-chat demo model") is greeted
     assert (f'You said: "{message}"' in text) is not greeted
+
+
+async def test_an_answer_to_ask_user_is_told_back(sdk: openai.AsyncOpenAI) -> None:
+    call = tool_calls_of(await ask(sdk, user("ask me something"), TOOLS))[0]
+    messages: list[ChatCompletionMessageParam] = [
+        *user("ask me something"),
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": call["id"], "type": "function", "function": {"name": "ask_user", "arguments": call["arguments"]}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["id"], "content": "What is 6*7?"},
+    ]
+    assert 'You answered "What is 6*7?"' in text_of(await ask(sdk, messages, TOOLS))

@@ -24,6 +24,7 @@ EXPECTED_PARAMETERS = {
     "calculate": ({"expression"}, {"expression"}),
     "search_help_docs": ({"query", "limit"}, {"query"}),
     "generate_report": ({"topic", "sections"}, {"topic"}),
+    "ask_user": ({"question", "choices"}, {"question"}),
 }
 
 
@@ -45,6 +46,8 @@ def test_builtin_tools_and_their_schemas() -> None:
         assert all(prop.get("description") for prop in params["properties"].values())
         assert not tool.requires_auth
         assert tool.is_long_running == (tool.name == "generate_report")
+        assert tool.answered_by_user == (tool.name == "ask_user")  # never run on the server
+        assert not tool.requires_approval
 
 
 def test_help_docs_limit_bounds_are_in_the_schema() -> None:

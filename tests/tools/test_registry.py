@@ -10,7 +10,7 @@ from backend.tools.builtin.calculator import Calculate
 from backend.tools.registry import ToolRegistry, TurnTools, build_registry, default_registry, load_registry
 from tests.tools.sample_registry import Echo
 
-BUILTIN_NAMES = ["get_current_time", "calculate", "search_help_docs", "generate_report"]
+BUILTIN_NAMES = ["get_current_time", "calculate", "search_help_docs", "generate_report", "ask_user"]
 
 
 def test_register_get_iterate() -> None:

@@ -7,6 +7,7 @@ import { HumanLoop, joinContinuations } from "./human.js";
 import { applyChunk, emptyReply, fromStored, pendingTask } from "./messages.js";
 import { emptyState, errorBox, renderSessions, renderTranscript } from "./render.js";
 import { readChunks } from "./stream.js";
+import { turnIdFor } from "./turn_id.js";
 
 const POLL_MS = 2000;
 const SESSIONS_EVERY_POLLS = 3;
@@ -46,6 +47,7 @@ class Panel {
     this.loads = 0;
     this.renderQueued = false;
     this.quietUntil = 0; // no polling before this time (ms): the server said the user's requests are used up
+    this.runningReply = null; // {taskId, userSequence}: the session's running turn, when it answers a user message
     this.human = new HumanLoop(api, api.hostTools || new HostTools(), {
       sessionId: () => this.sessionId,
       render: () => this.scheduleRender(),
@@ -148,6 +150,7 @@ class Panel {
     this.follows.clear();
     this.human.clear();
     Object.assign(this, { sessionId: null, title: null, stored: [], pendingUser: null, problem: null });
+    this.runningReply = null;
     history.replaceState(null, "", location.pathname + location.search);
     this.renderSessions();
     this.render();
@@ -188,7 +191,12 @@ class Panel {
     if (listed) listed.title = session.title;
     for (const [taskId, follow] of this.follows) if (follow.ended) this.follows.delete(taskId);
     const active = session.active_task;
-    if (active && active.status === "running") this.follow(active.task_id);
+    if (active && active.status === "running") {
+      this.follow(active.task_id);
+      this.runningReply = replyOf(active.task_id, id, this.stored);
+    } else {
+      this.runningReply = null;
+    }
     for (const m of this.stored) {
       if (m.role !== "tool") continue;
       const taskId = pendingTask(parseJson(m.content));
@@ -426,23 +434,50 @@ class Panel {
   }
 
   /**
-   * Stored messages minus those a followed reply is replaying: a reply's earlier steps are stored while it runs,
-   * and its stream (replayed from `start`) carries them too. They are the stored messages from the first one that
-   * holds a tool call of a followed reply on (user messages stay); for a message this panel sent, everything stored
-   * after it, since a resend (Retry) replays a turn that may have ended and been stored already.
+   * Stored messages minus those a followed reply is replaying: a reply's steps are stored while it runs (its last
+   * one too, between its `finish` and the end of its stream), and its stream (replayed from `start`) carries them
+   * too. For the session's running reply and for a message this panel sent (a resend, Retry, replays a turn that may
+   * have ended and been stored already), that is everything stored after the reply's user message (user messages
+   * stay). A continuation of a long-running operation has no user message of its own: its stored steps are the
+   * messages from the first one that holds a tool call of the turn, or (after the last user message) the text of one
+   * of its finished steps, on.
    */
   visibleStored(live) {
     const calls = new Set();
+    const texts = new Set();
     let stored = this.stored;
+    const after = (sequence) => (stored = stored.filter((m) => m.role === "user" || m.sequence <= sequence));
     for (const follow of live) {
-      for (const part of follow.message.parts) if (part.type === "tool") calls.add(part.toolCallId);
+      for (const part of follow.message.parts) {
+        if (part.type === "tool") calls.add(part.toolCallId);
+        if (part.type === "text" && !part.streaming && part.text.trim()) texts.add(part.text.trim());
+      }
       const sent = follow.clientMessageId && stored.find((m) => m.client_message_id === follow.clientMessageId);
-      if (sent) stored = stored.filter((m) => m.role === "user" || m.sequence <= sent.sequence);
+      if (sent) after(sent.sequence);
+      if (this.runningReply?.taskId === follow.taskId) after(this.runningReply.userSequence);
     }
-    if (!calls.size) return stored;
-    const first = stored.find((m) => toolCallIds(m).some((id) => calls.has(id)));
+    if (!calls.size && !texts.size) return stored;
+    const lastUser = stored.findLast((m) => m.role === "user")?.sequence ?? 0;
+    const replayed = (m) =>
+      toolCallIds(m).some((id) => calls.has(id)) ||
+      (m.role === "assistant" && m.sequence > lastUser && texts.has((m.content || "").trim()));
+    const first = stored.find(replayed);
     return first ? stored.filter((m) => m.role === "user" || m.sequence < first.sequence) : stored;
   }
+}
+
+/**
+ * The running turn `taskId` as the reply to the last stored user message ({taskId, userSequence}), or null when it
+ * is another turn (the continuation of a long-running operation) or nothing was asked yet: the rule of the
+ * `ui-messages` endpoint. A turn that answers a user message is admitted in the transaction that stores the
+ * message, so its message is stored when the session reports it running, and its id derives from the message's
+ * client id (a message sent without one cannot be checked, and is taken to be the turn's).
+ */
+function replyOf(taskId, sessionId, stored) {
+  const user = stored.findLast((m) => m.role === "user");
+  if (!user) return null;
+  if (user.client_message_id && turnIdFor(sessionId, user.client_message_id) !== taskId) return null;
+  return { taskId, userSequence: user.sequence };
 }
 
 function toolCallIds(message) {

@@ -116,6 +116,34 @@ async def test_reload_during_the_continuation_shows_it_in_the_same_message(
     assert await shapes(page) == (1, 1)
 
 
+async def test_approving_a_call_of_a_message_sent_elsewhere_without_a_client_id_keeps_one_message(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    """A message another client sent without `client_message_id`: the panel cannot tell its turn by its id, yet the
+    continuation of its answered calls is not taken for the reply to it."""
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    r = await api.post(
+        f"/api/chat/sessions/{sid}/stream", json={"message": f"Go [[mock:stall after=3 seconds=2]] {CALCULATE}"}
+    )
+    assert r.status_code == 200
+    card = page.locator(".tool")
+    await expect(card).to_have_attribute("data-state", "waiting")
+    await wait_turn_end(page)
+
+    await card.locator(".approve").click()
+    await expect(page.locator(".message.assistant.streaming")).to_have_count(1)
+    await page.reload()  # the session is read while the continuation runs
+    await expect(page.locator(".message.assistant.streaming")).to_have_count(1)
+    seen: list[tuple[int, int]] = []
+    while await page.locator(".message.assistant.streaming").count():
+        seen.append(await shapes(page))
+        await asyncio.sleep(0.05)
+    await wait_turn_end(page)
+    assert seen and set(seen) == {(1, 1)}, f"the reply lost its card or was shown twice: {sorted(set(seen))}"
+    await expect(page.locator(".message.assistant .text")).to_contain_text("calculate returned")
+
+
 async def test_deny_with_a_reason_after_a_reload_shows_the_call_denied(
     page: Page, live: LiveServer, api: httpx.AsyncClient
 ) -> None:

@@ -3,7 +3,7 @@
 
 import { Api, ApiError, isRateLimited } from "./api.js";
 import { HostTools } from "./host_tools.js";
-import { HumanLoop, joinContinuations } from "./human.js";
+import { HumanLoop, isContinuation, joinContinuations } from "./human.js";
 import { applyChunk, emptyReply, fromStored, pendingTask } from "./messages.js";
 import { emptyState, errorBox, renderSessions, renderTranscript } from "./render.js";
 import { readChunks } from "./stream.js";
@@ -454,7 +454,8 @@ class Panel {
       }
       const sent = follow.clientMessageId && stored.find((m) => m.client_message_id === follow.clientMessageId);
       if (sent) after(sent.sequence);
-      if (this.runningReply?.taskId === follow.taskId) after(this.runningReply.userSequence);
+      // A continuation of answered tool calls answers no user message (human.js joins it to the reply it continues).
+      if (this.runningReply?.taskId === follow.taskId && !isContinuation(follow)) after(this.runningReply.userSequence);
     }
     if (!calls.size && !texts.size) return stored;
     const lastUser = stored.findLast((m) => m.role === "user")?.sequence ?? 0;

@@ -407,3 +407,31 @@ async def test_tools_registered_from_another_origin_than_the_configured_host_are
         await expect(panel.locator(".message.assistant .text")).to_contain_text("Hi")
         assert len(bodies) == 1 and "tools" not in bodies[0]
     await page.close()
+
+
+async def test_two_waiting_calls_continue_once_both_are_answered(
+    page: Page, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    await send(page, f"Both {CALCULATE} {ASK_COLOUR}")
+    cards = page.locator(".tool")
+    await expect(cards).to_have_count(2)
+    await expect(cards.nth(0).locator(".approve")).to_be_visible()
+    await expect(cards.nth(1).locator(".question")).to_have_text("Which colour?")
+    await wait_turn_end(page)
+
+    await cards.nth(0).locator(".approve").click()
+    # Answered; nothing goes on while the question waits.
+    await expect(cards.nth(0)).to_have_attribute("data-state", "answered")
+    await expect(cards.nth(0).locator(".human")).to_have_count(0)
+    await expect(cards.nth(1)).to_have_attribute("data-state", "waiting")
+    await expect(page.locator("#send")).to_be_enabled()
+    await cards.nth(1).locator(".choice", has_text="red").click()
+    await expect(cards.nth(0)).to_have_attribute("data-state", "done")
+    await expect(cards.nth(1)).to_have_attribute("data-state", "done")
+    await wait_turn_end(page)
+    await expect(page.locator(".message.assistant .text")).to_contain_text("ask_user returned: red")
+    assert await shapes(page) == (1, 2)
+    stored = await stored_messages(api, sid)
+    assert [m["role"] for m in stored] == ["user", "assistant", "tool", "tool", "assistant"]

@@ -55,7 +55,8 @@ export class HumanLoop {
 
   /**
    * The views as shown: a tool part of a call that waits gets state "waiting" and `human` (what to ask and the
-   * actions that answer); one answered here shows as running until its continuation tells the outcome. Views are
+   * actions that answer); one answered here shows as "answered", then running until its continuation tells the
+   * outcome. Views are
    * copied, never changed: a live reply's message outlives this render.
    */
   decorate(views) {
@@ -68,7 +69,8 @@ export class HumanLoop {
   decoratePart(part) {
     if (part.type !== "tool") return part;
     const id = part.toolCallId;
-    if (this.pending.has(id)) return { ...part, state: "running", output: undefined, errorText: null };
+    // Answered; the continuation starts once no other call of the message waits.
+    if (this.pending.has(id)) return { ...part, state: "answered", output: undefined, errorText: null };
     const call = this.awaiting.get(id);
     if (!call) return part;
     const human = {

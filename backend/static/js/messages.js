@@ -3,9 +3,9 @@
 // A view message is {key, role: "user" | "assistant", parts, error, stopped, notice}; parts are
 // {type: "text", text, streaming}, {type: "reasoning", text, streaming} (shown collapsed) and
 // {type: "tool", toolCallId, toolName, input, output, errorText, state} with state "running" | "pending" | "done" |
-// "error" | "waiting" | "denied" ("pending": a long-running operation not finished yet; "waiting": for a person, see
-// human.js). `earlier` holds what a continuation's stream said of calls made in the message's earlier stream (the
-// answered calls of human in the loop), by tool call id: {state, output?, errorText?}.
+// "error" | "waiting" | "answered" | "denied" ("pending": a long-running operation not finished yet; "waiting": for a
+// person, "answered": by them, see human.js). `earlier` holds what a continuation's stream said of calls made in the
+// message's earlier stream (the answered calls of human in the loop), by tool call id: {state, output?, errorText?}.
 
 const INTERRUPTED = "[interrupted]";
 const OPERATION_TYPES = new Set(["operation_started", "operation_in_progress", "operation_pending"]);

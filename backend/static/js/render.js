@@ -10,6 +10,7 @@ const STATE_LABELS = {
   done: "done",
   error: "error",
   waiting: "waiting",
+  answered: "answered",
   denied: "denied",
 };
 

@@ -25,9 +25,9 @@ export class HumanLoop {
     this.awaiting = new Map(); // tool call id → the session's `awaiting` entry
     this.answered = new Set(); // tool call ids answered from this page: their buttons never come back
     this.pending = new Set(); // answered, but no continuation followed yet (other calls of the message still wait)
-    this.sentToHost = new Set(); // frontend tool calls already handed to the host page (once per page)
+    this.sentToHost = new Map(); // frontend tool call id → its session id: handed to the host page (once per page)
     hostTools.onRegister = () => this.runFrontendTools();
-    hostTools.onResult = (toolCallId, result) => this.answer(toolCallId, result);
+    hostTools.onResult = (toolCallId, result) => this.hostAnswered(toolCallId, result);
   }
 
   /** The calls that wait now (from a session read, or an answer's reply); hands new frontend calls to the host. */
@@ -48,7 +48,7 @@ export class HumanLoop {
   runFrontendTools() {
     for (const call of this.awaiting.values()) {
       if (call.kind !== "frontend" || this.sentToHost.has(call.tool_call_id)) continue;
-      if (this.hostTools.run(call)) this.sentToHost.add(call.tool_call_id);
+      if (this.hostTools.run(call)) this.sentToHost.set(call.tool_call_id, this.panel.sessionId());
     }
     this.panel.render();
   }
@@ -56,8 +56,7 @@ export class HumanLoop {
   /**
    * The views as shown: a tool part of a call that waits gets state "waiting" and `human` (what to ask and the
    * actions that answer); one answered here shows as "answered", then running until its continuation tells the
-   * outcome. Views are
-   * copied, never changed: a live reply's message outlives this render.
+   * outcome. Views are copied, never changed: a live reply's message outlives this render.
    */
   decorate(views) {
     return views.map((view) => {
@@ -93,9 +92,21 @@ export class HumanLoop {
 
   /** `result`: {output} or {error}. Sent with the host's tools, so the continuation offers them too. */
   answer(toolCallId, result) {
+    return this.send(toolCallId, (sid) => this.api.sendToolOutput(sid, toolCallId, this.outputBody(result)));
+  }
+
+  outputBody(result) {
     const body = "error" in result ? { error: String(result.error || "the tool failed") } : { output: result.output };
     if (this.hostTools.tools) body.tools = this.hostTools.tools;
-    return this.send(toolCallId, (sid) => this.api.sendToolOutput(sid, toolCallId, body));
+    return body;
+  }
+
+  /** The host page ran a call; one of a session the user has left meanwhile is answered all the same. */
+  hostAnswered(toolCallId, result) {
+    const sid = this.sentToHost.get(toolCallId);
+    if (!sid) return; // never handed to the host by this page
+    if (sid === this.panel.sessionId()) return this.answer(toolCallId, result);
+    this.api.sendToolOutput(sid, toolCallId, this.outputBody(result)).catch(() => {}); // shown when reopened
   }
 
   async send(toolCallId, post) {

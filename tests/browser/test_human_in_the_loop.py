@@ -435,3 +435,31 @@ async def test_two_waiting_calls_continue_once_both_are_answered(
     assert await shapes(page) == (1, 2)
     stored = await stored_messages(api, sid)
     assert [m["role"] for m in stored] == ["user", "assistant", "tool", "tool", "assistant"]
+
+
+async def test_the_host_page_cannot_answer_a_call_it_was_not_handed(
+    browser: Browser, page_errors: PageErrors, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    page = page_errors.watch(await browser.new_page())
+    page.set_default_timeout(15_000)
+    with HostApp(host_page(f"{live.url}/#s={sid}")) as host:
+        await open_host(page, host)
+        panel = page.frame_locator("#copilot")
+        await panel.locator("#input").fill(f"Paint it {ASK_COLOUR}")
+        await panel.locator("#input").press("Enter")
+        await expect(panel.locator(".tool .question")).to_have_text("Which colour?")
+        [call] = (await api.get(f"/api/chat/sessions/{sid}")).json()["awaiting"]
+        # The question is the user's to answer: a result the host page posts for it is not read.
+        await page.evaluate(
+            """(id) => document.getElementById("copilot").contentWindow.postMessage(
+                 {type: "copilot:tool-result", toolCallId: id, output: "red"}, new URL(frame.src).origin)""",
+            call["tool_call_id"],
+        )
+        await asyncio.sleep(0.5)
+        await expect(panel.locator(".tool")).to_have_attribute("data-state", "waiting")
+        assert [c["tool_call_id"] for c in (await api.get(f"/api/chat/sessions/{sid}")).json()["awaiting"]] == [
+            call["tool_call_id"]
+        ]
+        assert await page.evaluate("window.toolCalls") == []
+    await page.close()

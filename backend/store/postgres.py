@@ -317,23 +317,19 @@ class ChatRepository:
                 )
                 inserted = {r["sequence"]: _message(r) for r in rows}
             settled = 0
-            if settle_awaiting and fresh:
-                status = await conn.execute(
-                    "UPDATE chat_messages SET awaiting_state = 'unanswered' "
-                    "WHERE session_id = $1 AND awaiting_state IN ('waiting', 'approved')",
-                    session_id,
-                )
-                settled = int(status.rsplit(" ", 1)[-1])
             wrote = bool(fresh or prompt_tokens or completion_tokens)
             if wrote or claim is not None:
-                # Without a claim $6 and $7 are NULL and the active turn stays as it is.
+                # Without a claim $6 and $7 are NULL and the active turn stays as it is. The waiting calls are
+                # settled ($9) by the same statement: no extra round trip on every user message.
                 session = await conn.fetchrow(
+                    "WITH settled AS (UPDATE chat_messages SET awaiting_state = 'unanswered' WHERE $9 "
+                    "AND session_id = $1 AND awaiting_state IN ('waiting', 'approved') RETURNING 1) "
                     "UPDATE chat_sessions SET message_count = $2, prompt_tokens = prompt_tokens + $3, "
                     "completion_tokens = completion_tokens + $4, live_tokens = live_tokens + $5, "
                     "updated_at = CASE WHEN $8 THEN now() ELSE updated_at END, "
                     "active_turn_id = coalesce($6, active_turn_id), "
                     "active_turn_until = coalesce(now() + make_interval(secs => $7), active_turn_until) "
-                    f"WHERE id = $1 RETURNING {_SESSION_COLUMNS}",
+                    f"WHERE id = $1 RETURNING {_SESSION_COLUMNS}, (SELECT count(*) FROM settled) AS settled",
                     session_id,
                     last + len(fresh),
                     prompt_tokens,
@@ -342,7 +338,10 @@ class ChatRepository:
                     claim.turn_id if claim else None,
                     claim.lease_seconds if claim else None,
                     wrote,
+                    settle_awaiting and bool(fresh),
                 )
+                assert session is not None
+                settled = session["settled"]
         ordered_new = iter(inserted[s] for s in sorted(inserted))
         result = [
             existing[m.client_message_id]

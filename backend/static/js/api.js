@@ -66,6 +66,7 @@ export class Api {
   constructor({ base = new URL(".", document.baseURI), token = new HostToken() } = {}) {
     this.base = base;
     this.auth = token;
+    this.hostTools = null; // the HostTools whose registered frontend tools go with every message
   }
 
   url(path, query = {}) {
@@ -141,11 +142,29 @@ export class Api {
 
   /** Start a turn; the answer is its UI message stream (task id in `x-copilot-task-id`). */
   sendMessage(id, message, clientMessageId, signal) {
+    const body = { message, client_message_id: clientMessageId };
+    if (this.hostTools?.tools) body.tools = this.hostTools.tools;
     return this.fetch(`api/chat/sessions/${id}/stream`, {
       method: "POST",
-      body: { message, client_message_id: clientMessageId },
+      body,
       signal,
       accept: "text/event-stream",
+    });
+  }
+
+  /** Answer a frontend tool's call or an `ask_user` question: `{output}` or `{error}`; → {task_id, awaiting}. */
+  sendToolOutput(id, toolCallId, body) {
+    return this.json(`api/chat/sessions/${id}/tool-calls/${encodeURIComponent(toolCallId)}/output`, {
+      method: "POST",
+      body,
+    });
+  }
+
+  /** Approve or deny a call: `{approved, reason?}`; → {task_id, awaiting}. */
+  approveToolCall(id, toolCallId, body) {
+    return this.json(`api/chat/sessions/${id}/tool-calls/${encodeURIComponent(toolCallId)}/approval`, {
+      method: "POST",
+      body,
     });
   }
 

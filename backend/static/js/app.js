@@ -2,6 +2,8 @@
 // another tab) and long-running operations until their result arrives.
 
 import { Api, ApiError, isRateLimited } from "./api.js";
+import { HostTools } from "./host_tools.js";
+import { HumanLoop, isContinuation, joinContinuations } from "./human.js";
 import { applyChunk, emptyReply, fromStored, pendingTask } from "./messages.js";
 import { emptyState, errorBox, renderSessions, renderTranscript } from "./render.js";
 import { readChunks } from "./stream.js";
@@ -22,6 +24,7 @@ class Follow {
     this.ended = false;
     this.cursor = undefined;
     this.clientMessageId = null; // of the message whose turn this is, when this panel sent it
+    this.answered = []; // tool call ids answered in this panel whose continuation this is (human.js)
     this.abort = new AbortController();
   }
 }
@@ -45,6 +48,13 @@ class Panel {
     this.renderQueued = false;
     this.quietUntil = 0; // no polling before this time (ms): the server said the user's requests are used up
     this.runningReply = null; // {taskId, userSequence}: the session's running turn, when it answers a user message
+    this.human = new HumanLoop(api, api.hostTools || new HostTools(), {
+      sessionId: () => this.sessionId,
+      render: () => this.scheduleRender(),
+      fail: (error) => this.fail(error),
+      reload: () => this.load(),
+      followContinuation: (taskId, answered) => this.followContinuation(taskId, answered),
+    });
   }
 
   async start() {
@@ -138,6 +148,7 @@ class Panel {
   close() {
     for (const follow of this.follows.values()) follow.abort.abort();
     this.follows.clear();
+    this.human.clear();
     Object.assign(this, { sessionId: null, title: null, stored: [], pendingUser: null, problem: null });
     this.runningReply = null;
     history.replaceState(null, "", location.pathname + location.search);
@@ -174,6 +185,7 @@ class Panel {
     }
     if (id !== this.sessionId || ticket !== this.loads) return;
     this.stored = session.messages;
+    this.human.update(session.awaiting);
     this.title = session.title;
     const listed = this.sessions.find((s) => s.id === id);
     if (listed) listed.title = session.title;
@@ -286,6 +298,13 @@ class Panel {
       this.sending = false;
       this.render();
     }
+  }
+
+  /** The continuation a person's answers started: the same assistant message goes on (joined in `render`). */
+  followContinuation(taskId, answered) {
+    this.follow(taskId, { visible: true });
+    const follow = this.follows.get(taskId);
+    if (follow) Object.assign(follow, { visible: true, answered });
   }
 
   /** The reply to a message just sent (or sent again): a resend's task may have been followed and ended before. */
@@ -407,7 +426,7 @@ class Panel {
       };
       extra.push(errorBox(message, retry ? onRetry : null, retryAt));
     }
-    renderTranscript(transcript, views, extra);
+    renderTranscript(transcript, this.human.decorate(joinContinuations(views, live)), extra);
     if (atBottom) transcript.scrollTop = transcript.scrollHeight;
     const busy = this.busy();
     this.dom.stop.hidden = !busy || this.sending;
@@ -435,7 +454,8 @@ class Panel {
       }
       const sent = follow.clientMessageId && stored.find((m) => m.client_message_id === follow.clientMessageId);
       if (sent) after(sent.sequence);
-      if (this.runningReply?.taskId === follow.taskId) after(this.runningReply.userSequence);
+      // A continuation of answered tool calls answers no user message (human.js joins it to the reply it continues).
+      if (this.runningReply?.taskId === follow.taskId && !isContinuation(follow)) after(this.runningReply.userSequence);
     }
     if (!calls.size && !texts.size) return stored;
     const lastUser = stored.findLast((m) => m.role === "user")?.sequence ?? 0;
@@ -495,7 +515,9 @@ function sleep(ms) {
 }
 
 const byId = (id) => document.getElementById(id);
-const panel = new Panel(new Api(), {
+const api = new Api();
+api.hostTools = new HostTools();
+const panel = new Panel(api, {
   panel: byId("panel"),
   sessions: byId("session-list"),
   newSession: byId("new-session"),

@@ -3,7 +3,9 @@
 // A view message is {key, role: "user" | "assistant", parts, error, stopped, notice}; parts are
 // {type: "text", text, streaming}, {type: "reasoning", text, streaming} (shown collapsed) and
 // {type: "tool", toolCallId, toolName, input, output, errorText, state} with state "running" | "pending" | "done" |
-// "error" ("pending": a long-running operation not finished yet).
+// "error" | "waiting" | "answered" | "denied" ("pending": a long-running operation not finished yet; "waiting": for a
+// person, "answered": by them, see human.js). `earlier` holds what a continuation's stream said of calls made in the
+// message's earlier stream (the answered calls of human in the loop), by tool call id: {state, output?, errorText?}.
 
 const INTERRUPTED = "[interrupted]";
 const OPERATION_TYPES = new Set(["operation_started", "operation_in_progress", "operation_pending"]);
@@ -17,7 +19,7 @@ export function pendingTask(output) {
 }
 
 export function emptyReply(key) {
-  return { key, role: "assistant", parts: [], error: null, stopped: false, notice: null, finished: false };
+  return { key, role: "assistant", parts: [], error: null, stopped: false, notice: null, finished: false, earlier: {} };
 }
 
 /**
@@ -75,13 +77,19 @@ export function applyChunk(message, chunk) {
       break;
     }
     case "tool-output-available": {
-      const part = tool(chunk.toolCallId);
-      if (part) Object.assign(part, { output: chunk.output, state: pendingTask(chunk.output) ? "pending" : "done" });
+      const outcome = { output: chunk.output, state: pendingTask(chunk.output) ? "pending" : "done" };
+      Object.assign(tool(chunk.toolCallId) || earlier(message, chunk), outcome);
       break;
     }
-    case "tool-output-error": {
+    case "tool-output-error":
+      Object.assign(tool(chunk.toolCallId) || earlier(message, chunk), { errorText: chunk.errorText, state: "error" });
+      break;
+    case "tool-output-denied":
+      Object.assign(tool(chunk.toolCallId) || earlier(message, chunk), { state: "denied" });
+      break;
+    case "tool-approval-request": {
       const part = tool(chunk.toolCallId);
-      if (part) Object.assign(part, { errorText: chunk.errorText, state: "error" });
+      if (part) part.state = "waiting";
       break;
     }
     case "error":
@@ -99,6 +107,11 @@ export function applyChunk(message, chunk) {
       if (chunk.type.startsWith("data-") && chunk.transient) message.notice = noticeOf(chunk);
   }
   return message;
+}
+
+/** The outcome of a call of the message's earlier stream (a continuation starts with those of the answered calls). */
+function earlier(message, chunk) {
+  return (message.earlier[chunk.toolCallId] = {});
 }
 
 function toolPart(toolCallId, toolName) {
@@ -153,7 +166,9 @@ function addToolResult(reply, m) {
   if (!part) return;
   const output = parseJson(m.content || "");
   const error = output && typeof output === "object" && output.error;
-  if (error && typeof error === "object") {
+  if (error && typeof error === "object" && error.type === "denied") {
+    Object.assign(part, { state: "denied", errorText: error.message || "denied", output });
+  } else if (error && typeof error === "object") {
     Object.assign(part, { state: "error", errorText: error.message || "tool failed", output });
   } else {
     Object.assign(part, { state: pendingTask(output) ? "pending" : "done", output });

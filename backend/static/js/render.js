@@ -1,9 +1,18 @@
 // DOM for the panel: the transcript (kept in place and updated as replies stream), tool cards, the session list.
 // Every piece of model, tool or user text goes in through textContent or renderMarkdown, never as HTML.
 
+import { updateHumanControls } from "./human_view.js";
 import { renderMarkdown } from "./markdown.js";
 
-const STATE_LABELS = { running: "running", pending: "pending", done: "done", error: "error" };
+const STATE_LABELS = {
+  running: "running",
+  pending: "pending",
+  done: "done",
+  error: "error",
+  waiting: "waiting",
+  answered: "answered",
+  denied: "denied",
+};
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -143,6 +152,7 @@ function updateToolCard(card, part) {
   const outputSection = card.querySelector(".output");
   outputSection.hidden = output === "";
   setPre(outputSection.querySelector("pre"), output);
+  updateHumanControls(card, part);
 }
 
 function setPre(pre, text) {

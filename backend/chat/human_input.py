@@ -134,7 +134,9 @@ class HumanInput:
         if tools is None:
             stored = await self._awaiting.frontend_tools(session.id)
             tools = self.check_frontend_tools(stored) if stored else ()
-        resume = Resume(message_id=f"msg-{asked.turn_id}", asked_in=asked_in)
+        # The reply's message id: a continuation that asked again extends the same message as the turn before it.
+        first = await self._awaiting.reply_turn_id(session.id, asked_in) or asked.turn_id
+        resume = Resume(message_id=f"msg-{first}", asked_in=asked_in)
         submitted = await self._admission.resume(
             session,
             answerer.user_id,

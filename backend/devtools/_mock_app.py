@@ -162,9 +162,10 @@ class MockLLM:
         users = [m for m in messages if m.get("role") == "user"]
         user_text = _message_text(users[-1].get("content")) if users else ""
         turn = Turn(seq, model, prompt_tokens, self.default_tokens, Plan(delay=self.default_delay))
+        called_back = bool(messages) and messages[-1].get("role") == "tool"
         try:
             markers = parse_markers(user_text)
-            if (failure := self._run_scenarios(turn, markers)) is not None:
+            if (failure := self._run_scenarios(turn, markers, called_back=called_back)) is not None:
                 return failure
         except MarkerError as e:
             return error_response(400, str(e), "invalid_request_error", "invalid_mock_marker")
@@ -177,8 +178,8 @@ class MockLLM:
                 demo = encode_text(_demo_answer(user_text, markers))
                 plan.content = (demo + filler(self.default_tokens))[: self.default_tokens]
         elif markers:
-            if messages[-1].get("role") == "tool":
-                plan.content, plan.tool_calls = encode_text(_tool_results_answer(messages)), []
+            if called_back and not plan.tool_calls:
+                plan.content = encode_text(_tool_results_answer(messages))
             elif not plan.answered:
                 plan.content = encode_text(_demo_answer(user_text, markers))
         else:
@@ -217,9 +218,12 @@ class MockLLM:
             else:
                 plan.content = encode_text(reply.text)
 
-    def _run_scenarios(self, turn: Turn, markers: list[Marker]) -> Response | None:
-        """Apply each marker in order; the first error response wins."""
+    def _run_scenarios(self, turn: Turn, markers: list[Marker], *, called_back: bool) -> Response | None:
+        """Apply each marker in order; the first error response wins. A `tool` marker calls its tool when the
+        model is asked the user's message; with `when=results`, when it is called back with tool results instead."""
         for marker in markers:
+            if marker.name in ("tool", "bad_tool_args") and (marker.params.get("when") == "results") != called_back:
+                continue
             scenario = SCENARIOS.get(marker.name)
             if scenario is None:
                 raise MarkerError(f"unknown mock scenario {marker.name!r}; known: {', '.join(SCENARIOS)}")

@@ -197,6 +197,20 @@ class AwaitingCalls:
         return True
 
     @_outage_is_unavailable
+    async def reply_turn_id(self, session_id: UUID, asked_in: int) -> str | None:
+        """The turn that began the reply the message at `asked_in` belongs to: the turn of the first assistant
+        message after the user message before it (a continuation that asked again belongs to the same reply)."""
+        write_key: str | None = await self._pool.fetchval(
+            "SELECT write_key FROM chat_messages WHERE session_id = $1 AND role = 'assistant' "
+            "AND write_key IS NOT NULL AND sequence <= $2 AND sequence > coalesce((SELECT max(sequence) "
+            "FROM chat_messages WHERE session_id = $1 AND role = 'user' AND sequence < $2), 0) "
+            "ORDER BY sequence LIMIT 1",
+            session_id,
+            asked_in,
+        )
+        return write_key.rsplit(":", 2)[0] if write_key else None
+
+    @_outage_is_unavailable
     async def overdue(self, *, limit: int = 100) -> list[tuple[UUID, str]]:
         """Open calls past their expiry, across sessions: (session id, tool call id), the oldest first."""
         rows = await self._pool.fetch(

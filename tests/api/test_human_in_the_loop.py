@@ -435,3 +435,24 @@ async def test_the_same_answer_on_two_pods_at_once_continues_the_message_once(
             ]
         )
         assert len(turn_calls(mock_llm)) == 2
+
+
+async def test_a_continuation_that_asks_again_extends_the_same_message(
+    chat: tuple[httpx.AsyncClient, LiveServer], db: asyncpg.Connection
+) -> None:
+    client, _ = chat
+    sid = await new_session(client)
+    again = '[[mock:tool name=ask_user args={"question": "And now?"} when=results times=1 key=again]]'
+    _, body = await post_stream(client, sid, use_chat_body(sid, f"{CALL_HIGHLIGHT} {again}", tools=[HIGHLIGHT]))
+    message_id = chunks(body)[0]["messageId"]
+    first = input_available(body, "highlight_element")["toolCallId"]
+    r = await client.post(f"/api/chat/sessions/{sid}/tool-calls/{first}/output", json={"output": 1}, headers=ALICE)
+    continued = await follow(client, r.json()["task_id"])
+    assert chunks(continued)[0]["messageId"] == message_id
+    assert chunks(continued)[-1]["finishReason"] == "tool-calls"  # the continuation asked the user in turn
+    second = input_available(continued, "ask_user")["toolCallId"]
+    r = await client.post(f"/api/chat/sessions/{sid}/tool-calls/{second}/output", json={"output": "yes"}, headers=ALICE)
+    last = await follow(client, r.json()["task_id"])
+    assert chunks(last)[0]["messageId"] == message_id  # still the same assistant message
+    assert chunks(last)[-1]["finishReason"] == "stop"
+    assert check_body(last, earlier_calls=[second]) == []

@@ -10,6 +10,7 @@
 //   outputs      {toolName: output}: frontend tools `onToolCall` runs; it answers with `addToolOutput`
 //                (`addToolResult` in ai 5) and `sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithToolCalls`
 //                posts the answer back
+//   errors       {toolName: errorText}: frontend tools that fail (`state: 'output-error'`)
 //   approval     {approved, reason?} | null: the answer to every `approval-requested` part, given with
 //                `addToolApprovalResponse` and `sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithApprovalResponses`
 //                (ai 6 and 7); null leaves the call waiting
@@ -96,13 +97,13 @@ const chat = new MemoryChat({
     }),
   }),
   onToolCall: ({ toolCall }) => {
-    if (!(toolCall.toolName in (plan.outputs ?? {}))) return;
+    const { toolName, toolCallId } = toolCall;
     // Not awaited: the answer is queued behind the stream's own updates (awaiting it here would deadlock).
-    void answerTool(chat)({
-      tool: toolCall.toolName,
-      toolCallId: toolCall.toolCallId,
-      output: plan.outputs[toolCall.toolName],
-    });
+    if (toolName in (plan.errors ?? {})) {
+      void answerTool(chat)({ tool: toolName, toolCallId, state: 'output-error', errorText: plan.errors[toolName] });
+    } else if (toolName in (plan.outputs ?? {})) {
+      void answerTool(chat)({ tool: toolName, toolCallId, output: plan.outputs[toolName] });
+    }
   },
   onData: part => data.push(part),
   onFinish: ({ finishReason, isError }) => {

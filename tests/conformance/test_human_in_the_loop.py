@@ -247,3 +247,42 @@ async def test_resume_stream_cannot_follow_a_continuation(chat_settings: Setting
     assert says in result["error"]["message"]  # ai 5 names every tool output `tool-output-error` here
     _, assistant = result["messages"]
     assert assistant["parts"] == []  # the message the client held was replaced by the new, failed one
+
+
+@pytest.mark.parametrize("client_name", ["ai5", *APPROVING_CLIENTS])
+async def test_several_answers_of_one_step_go_back_in_one_request(chat: Chat, client_name: str) -> None:
+    """Two frontend calls (one fails in the page) and a question to the user in one step: the chat posts once, when
+    every call has its answer, and the model reads all three."""
+    ask = '[[mock:tool name=ask_user args={"question": "Which colour?", "choices": ["red", "blue"]}]]'
+    sid, result = await round_trip(
+        chat,
+        client_name,
+        f"{CALL_HIGHLIGHT} {ask} [[mock:tool name=scroll_to args={{}}]]",
+        body={"tools": [HIGHLIGHT, {**HIGHLIGHT, "name": "scroll_to", "inputSchema": {"type": "object"}}]},
+        outputs={"highlight_element": {"highlighted": True}, "ask_user": "blue"},
+        errors={"scroll_to": "no such element"},
+    )
+    assert result["status"] == "ready" and result["error"] is None
+    assert [f["finishReason"] for f in result["finishes"]] == ["tool-calls", "stop"]
+    assert len(result["requests"]) == 2
+    _, assistant = result["messages"]
+    highlight, asked, scrolled = tool_parts(assistant)
+    assert (highlight["state"], highlight["output"]) == ("output-available", {"highlighted": True})
+    assert (asked["type"], asked["state"], asked["output"]) == ("tool-ask_user", "output-available", "blue")
+    assert (scrolled["state"], scrolled["errorText"]) == ("output-error", "no such element")
+    said = text_of(assistant)
+    assert '{"highlighted":true}' in said and "blue" in said and "no such element" in said
+
+    await assert_history_is_what_the_client_holds(chat, sid, result["messages"], ("ai5", *APPROVING_CLIENTS))
+
+
+async def test_ai5_history_of_a_call_left_waiting_for_approval(ai5_approval_chat: Chat) -> None:
+    sid, result = await round_trip(ai5_approval_chat, "ai5", CALL_CALCULATE)
+    assert result["status"] == "ready" and result["error"] is None
+    _, assistant = result["messages"]
+    assert [p["type"] for p in assistant["parts"]] == ["step-start", "tool-calculate", "data-tool-approval-request"]
+    assert tool_parts(assistant)[0]["state"] == "input-available"
+
+    await assert_history_is_what_the_client_holds(
+        ai5_approval_chat, sid, result["messages"], ("ai5", *APPROVING_CLIENTS)
+    )

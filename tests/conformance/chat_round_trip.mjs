@@ -6,7 +6,10 @@
 //   api          the stream route, `<base>/api/chat/sessions/<id>/stream` (real fetch, no stub)
 //   headers      sent with every request (the Authorization header)
 //   body         the transport's `body` option, e.g. {tools: [...]}: frontend tools declared per request
-//   text         the user's message
+//   messages     the chat's initial messages (a page reloaded from `GET .../ui-messages`); default none
+//   text         the user's message; null sends none (a reloaded page answering what its history waits for)
+//   historyOutputs {toolName: output}: answers, with `addToolOutput`, to the `input-available` parts of the initial
+//                messages (a question the user answers after a reload)
 //   outputs      {toolName: output}: frontend tools `onToolCall` runs; it answers with `addToolOutput`
 //                (`addToolResult` in ai 5) and `sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithToolCalls`
 //                posts the answer back
@@ -40,7 +43,9 @@ async function readStdin() {
 class MemoryChatState {
   status = 'ready';
   error = undefined;
-  messages = [];
+  constructor(messages = []) {
+    this.messages = messages;
+  }
   snapshot = value => structuredClone(value);
   pushMessage = message => {
     this.messages = [...this.messages, this.snapshot(message)];
@@ -54,8 +59,8 @@ class MemoryChatState {
 }
 
 class MemoryChat extends AbstractChat {
-  constructor(init) {
-    super({ ...init, state: new MemoryChatState() });
+  constructor({ messages, ...init }) {
+    super({ ...init, state: new MemoryChatState(messages) });
   }
 }
 
@@ -85,6 +90,7 @@ const answerTool = chat => (process.argv[2] === 'ai5' ? chat.addToolResult : cha
 const approvalsAsked = plan.approval != null;
 
 const chat = new MemoryChat({
+  messages: plan.messages ?? [],
   id: new URL(plan.api).pathname.split('/').at(-2),
   transport: new DefaultChatTransport({
     api: plan.api,
@@ -127,7 +133,21 @@ const nextFinish = () =>
 
 const isToolPart = part => part.type.startsWith('tool-') || part.type === 'dynamic-tool';
 
-await chat.sendMessage({ text: plan.text });
+if (plan.text != null) await chat.sendMessage({ text: plan.text });
+
+if (plan.historyOutputs != null) {
+  const waiting = chat.messages
+    .flatMap(m => m.parts)
+    .filter(part => isToolPart(part) && part.state === 'input-available' && part.type.slice(5) in plan.historyOutputs);
+  if (waiting.length > 0) {
+    const continued = nextFinish();
+    for (const part of waiting) {
+      const tool = part.type.slice(5);
+      await answerTool(chat)({ tool, toolCallId: part.toolCallId, output: plan.historyOutputs[tool] });
+    }
+    await continued; // the automatic request is not awaited by addToolOutput
+  }
+}
 
 if (approvalsAsked) {
   const asked = chat.messages

@@ -286,3 +286,42 @@ async def test_ai5_history_of_a_call_left_waiting_for_approval(ai5_approval_chat
     await assert_history_is_what_the_client_holds(
         ai5_approval_chat, sid, result["messages"], ("ai5", *APPROVING_CLIENTS)
     )
+
+
+@pytest.mark.parametrize("client_name", APPROVING_CLIENTS)
+async def test_a_reloaded_page_approves_from_its_history(approval_chat: Chat, client_name: str) -> None:
+    """The user left a call waiting for approval and comes back: a chat started from `ui-messages` approves it with
+    `addToolApprovalResponse`, and the continuation goes on in the message the history holds."""
+    client, live = approval_chat
+    sid, first = await round_trip(approval_chat, client_name, CALL_CALCULATE)
+    history = await ui_messages(client, sid)
+    api = f"{live.url}/api/chat/sessions/{sid}/stream"
+    plan = {"api": api, "headers": ALICE, "messages": history, "text": None, "approval": {"approved": True}}
+    result = await chat_round_trip(plan, client_name)
+    assert result["status"] == "ready" and result["error"] is None
+    assert [f["finishReason"] for f in result["finishes"]] == ["stop"]
+    _, assistant = result["messages"]
+    assert assistant["id"] == first["messages"][1]["id"]
+    [part] = tool_parts(assistant)
+    assert part["state"] == "output-available" and part["output"]["result"] == 42
+    assert "42" in text_of(assistant)
+
+    await assert_history_is_what_the_client_holds(approval_chat, sid, result["messages"])
+
+
+@pytest.mark.parametrize("client_name", ["ai5", *APPROVING_CLIENTS])
+async def test_a_reloaded_page_answers_a_question_from_its_history(chat: Chat, client_name: str) -> None:
+    client, live = chat
+    ask = '[[mock:tool name=ask_user args={"question": "Which colour?", "choices": ["red", "blue"]}]]'
+    sid, _ = await round_trip(chat, client_name, ask)
+    history = await ui_messages(client, sid)
+    api = f"{live.url}/api/chat/sessions/{sid}/stream"
+    plan = {"api": api, "headers": ALICE, "messages": history, "text": None, "historyOutputs": {"ask_user": "blue"}}
+    result = await chat_round_trip(plan, client_name)
+    assert result["status"] == "ready" and result["error"] is None
+    _, assistant = result["messages"]
+    [part] = tool_parts(assistant)
+    assert part["state"] == "output-available" and part["output"] == "blue"
+    assert "blue" in text_of(assistant)
+
+    await assert_history_is_what_the_client_holds(chat, sid, result["messages"], ("ai5", *APPROVING_CLIENTS))

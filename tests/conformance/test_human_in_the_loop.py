@@ -251,13 +251,13 @@ async def test_resume_stream_cannot_follow_a_continuation(chat_settings: Setting
 
 @pytest.mark.parametrize("client_name", ["ai5", *APPROVING_CLIENTS])
 async def test_several_answers_of_one_step_go_back_in_one_request(chat: Chat, client_name: str) -> None:
-    """Two frontend calls (one fails in the page) and a question to the user in one step: the chat posts once, when
-    every call has its answer, and the model reads all three."""
+    """A server tool, two frontend calls (one fails in the page) and a question to the user in one step: the chat
+    posts once, when every call has its answer, and the model reads all four."""
     ask = '[[mock:tool name=ask_user args={"question": "Which colour?", "choices": ["red", "blue"]}]]'
     sid, result = await round_trip(
         chat,
         client_name,
-        f"{CALL_HIGHLIGHT} {ask} [[mock:tool name=scroll_to args={{}}]]",
+        f"{CALL_CALCULATE} {CALL_HIGHLIGHT} {ask} [[mock:tool name=scroll_to args={{}}]]",
         body={"tools": [HIGHLIGHT, {**HIGHLIGHT, "name": "scroll_to", "inputSchema": {"type": "object"}}]},
         outputs={"highlight_element": {"highlighted": True}, "ask_user": "blue"},
         errors={"scroll_to": "no such element"},
@@ -266,12 +266,13 @@ async def test_several_answers_of_one_step_go_back_in_one_request(chat: Chat, cl
     assert [f["finishReason"] for f in result["finishes"]] == ["tool-calls", "stop"]
     assert len(result["requests"]) == 2
     _, assistant = result["messages"]
-    highlight, asked, scrolled = tool_parts(assistant)
+    calculated, highlight, asked, scrolled = tool_parts(assistant)
+    assert (calculated["state"], calculated["output"]["result"]) == ("output-available", 42)
     assert (highlight["state"], highlight["output"]) == ("output-available", {"highlighted": True})
     assert (asked["type"], asked["state"], asked["output"]) == ("tool-ask_user", "output-available", "blue")
     assert (scrolled["state"], scrolled["errorText"]) == ("output-error", "no such element")
     said = text_of(assistant)
-    assert '{"highlighted":true}' in said and "blue" in said and "no such element" in said
+    assert '{"highlighted":true}' in said and "blue" in said and "no such element" in said and "42" in said
 
     await assert_history_is_what_the_client_holds(chat, sid, result["messages"], ("ai5", *APPROVING_CLIENTS))
 

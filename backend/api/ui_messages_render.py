@@ -5,9 +5,13 @@ a user message, each stored step (one model call) opening with a `step-start` pa
 `tool-<name>` part per call in its final state (`output-available`, `output-error`, or `input-available` when no
 result was stored). A call that waits for a person shows what it waits for: `input-available` (a frontend tool or
 `ask_user`: the client answers with `addToolOutput`) or `approval-requested` (ai 6 and 7); a denied call is
-`output-denied`. A reply's id is the stream's `messageId` (`msg-<task id>`) when its user message came with a
-client message id, so a client sees the same id live and from history. A step's stored reasoning comes first, as a
-`reasoning` part, as it streamed before the step's text.
+`output-denied`. Approval parts keep their `approval` once settled (`{id, approved: true}` on the approved call's
+output or error, `{id, approved: false, reason?}` on a denied one), as the ai 6 and 7 clients keep it. For ai 5 a
+call that needed approval is followed, at the end of its step, by the `data-tool-approval-request` part its stream
+sent (ai 5 keeps it in the message), and a denied call is the `output-error` its stream sent. A reply's id is the
+stream's `messageId` (`msg-<task id>`) when its user message came with a client message id, so a client sees the
+same id live and from history. A step's stored reasoning comes first, as a `reasoning` part, as it streamed before
+the step's text.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from backend.chat.human_input import denial_reason
 from backend.chat.turn_state import INTERRUPTED_MARK
-from backend.chat.ui_stream import approval_id_of
+from backend.chat.ui_stream import approval_id_of, approval_request_data
 from backend.store.models import ChatMessage
 
 
@@ -55,6 +60,12 @@ class ToolCalled(_Part):
     input: Any
 
 
+class Approval(_Part):
+    id: str
+    approved: bool | None = Field(default=None, exclude_if=lambda v: v is None)
+    reason: str | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
 class ToolAnswered(_Part):
     type: str = Field(pattern=r"^tool-")
     tool_call_id: str
@@ -62,12 +73,8 @@ class ToolAnswered(_Part):
     input: Any
     output: Any
     """The stored result (for a long-running tool still at work: its `operation_pending` note)."""
-
-
-class Approval(_Part):
-    id: str
-    approved: bool | None = Field(default=None, exclude_if=lambda v: v is None)
-    reason: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    approval: Approval | None = Field(default=None, exclude_if=lambda v: v is None)
+    """For a call that ran once approved: the approval, as the client keeps it on the part."""
 
 
 class ToolFailed(_Part):
@@ -76,6 +83,7 @@ class ToolFailed(_Part):
     state: Literal["output-error"] = "output-error"
     input: Any
     error_text: str
+    approval: Approval | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ToolApprovalAsked(_Part):
@@ -97,8 +105,24 @@ class ToolDenied(_Part):
     approval: Approval
 
 
+class ApprovalRequested(_Part):
+    """ai 5, which has no approval state: the approval request as the stream sent it (`ui_stream.py`)."""
+
+    type: Literal["data-tool-approval-request"] = "data-tool-approval-request"
+    id: str
+    data: dict[str, Any]
+
+
 UIPart = (
-    TextPart | ReasoningPart | StepStartPart | ToolCalled | ToolAnswered | ToolFailed | ToolApprovalAsked | ToolDenied
+    TextPart
+    | ReasoningPart
+    | StepStartPart
+    | ToolCalled
+    | ToolAnswered
+    | ToolFailed
+    | ToolApprovalAsked
+    | ToolDenied
+    | ApprovalRequested
 )
 
 
@@ -140,7 +164,16 @@ def ui_messages(
             called = parts[index]
             assert isinstance(called, ToolCalled)
             parts[index] = _settled(called, message, approvals)
+            if message.awaiting == "approval" and not approvals:
+                # Its stream sent the request after the step's calls, in call order: the step's results are stored
+                # in that order, right after it, so the step's parts still end the reply here.
+                parts.append(_approval_requested(called))
     return out
+
+
+def _approval_requested(called: ToolCalled) -> ApprovalRequested:
+    data = approval_request_data(called.tool_call_id, called.type.removeprefix("tool-"), called.input)
+    return ApprovalRequested(id=approval_id_of(called.tool_call_id), data=data)
 
 
 def _step(message: ChatMessage, reasoning_parts_before: int) -> list[UIPart]:
@@ -176,15 +209,23 @@ def _settled(called: ToolCalled, message: ChatMessage, approvals: bool) -> UIPar
         return ToolApprovalAsked(
             type=called.type, tool_call_id=called.tool_call_id, state=asked, input=called.input, approval=approval
         )
-    if state == "denied" and approvals:
-        approval = Approval(id=approval_id_of(called.tool_call_id), approved=False)
-        return ToolDenied(type=called.type, tool_call_id=called.tool_call_id, input=called.input, approval=approval)
     output = _parsed(message.content or "")
     error = output.get("error") if isinstance(output, dict) else None
+    if state == "denied" and approvals:
+        reason = denial_reason(str(error.get("message", ""))) if isinstance(error, dict) else None
+        approval = Approval(id=approval_id_of(called.tool_call_id), approved=False, reason=reason)
+        return ToolDenied(type=called.type, tool_call_id=called.tool_call_id, input=called.input, approval=approval)
+    # An approved call that ran (its result replaced the placeholder): the client keeps the approval on the part.
+    ran_approved = approvals and kind == "approval" and state in ("answered", "failed")
+    approved = Approval(id=approval_id_of(called.tool_call_id), approved=True) if ran_approved else None
     if isinstance(error, dict):
         text = str(error.get("message") or "the tool failed")
-        return ToolFailed(type=called.type, tool_call_id=called.tool_call_id, input=called.input, error_text=text)
-    return ToolAnswered(type=called.type, tool_call_id=called.tool_call_id, input=called.input, output=output)
+        return ToolFailed(
+            type=called.type, tool_call_id=called.tool_call_id, input=called.input, error_text=text, approval=approved
+        )
+    return ToolAnswered(
+        type=called.type, tool_call_id=called.tool_call_id, input=called.input, output=output, approval=approved
+    )
 
 
 def _parsed(text: str) -> Any:

@@ -99,6 +99,9 @@ class ToolDenied:
     """The user denied a call that needed approval: it did not run (the model is told)."""
 
     call_id: str
+    text: str
+    """What the model reads (the denial and the user's reason): ai 5, which has no denied state, shows it as the
+    call's error."""
 
 
 @dataclass(frozen=True, slots=True)

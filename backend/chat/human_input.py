@@ -30,6 +30,7 @@ from backend.tools.frontend import FrontendTool, frontend_tools
 log = logging.getLogger("copilot.human_input")
 
 DENIED_TEXT = "The user denied this call; it did not run."
+_REASON = " Reason: "
 EXPIRED_TEXT = "No answer came from the user in time; this call did not run."
 
 
@@ -192,8 +193,7 @@ class HumanInput:
         if isinstance(answer, Approval):
             if answer.approved:
                 return await resolve(session.id, call.tool_call_id, expected=("waiting",), state="approved")
-            text = DENIED_TEXT if not answer.reason else f"{DENIED_TEXT} Reason: {answer.reason}"
-            content = _error_json("denied", text)
+            content = _error_json("denied", denial_text(answer.reason))
             state = "denied"
         elif answer.error_text is not None:
             content, state = _error_json("tool_error", answer.error_text), "failed"
@@ -207,6 +207,17 @@ class HumanInput:
             content=content,
             token_count=result_tokens(services, call.tool_call_id, content),
         )
+
+
+def denial_text(reason: str | None) -> str:
+    """What the model reads for a denied call: `DENIED_TEXT`, and the user's reason when there is one."""
+    return DENIED_TEXT if not reason else f"{DENIED_TEXT}{_REASON}{reason}"
+
+
+def denial_reason(text: str) -> str | None:
+    """The user's reason in a stored `denial_text`, so the history shows the approval the client sent."""
+    prefix = DENIED_TEXT + _REASON
+    return text.removeprefix(prefix) if text.startswith(prefix) else None
 
 
 def _error_json(kind: str, message: str) -> str:

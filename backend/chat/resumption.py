@@ -56,7 +56,7 @@ async def settle_answered(
                 continue
             call = refreshed
         if call.state == "denied":
-            yield ev.ToolDenied(call.tool_call_id)
+            yield ev.ToolDenied(call.tool_call_id, _stored_result(call)[2] or "denied")
         elif call.state in ("answered", "failed"):
             ok, output, error_text = _stored_result(call)
             yield ev.ToolAnswered(call.tool_call_id, ok, output, error_text)

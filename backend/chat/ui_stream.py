@@ -32,8 +32,9 @@ _FINISH_REASONS: dict[str, p.FinishReason] = {
 
 class UIStreamTranslator:
     def __init__(self, *, approval_chunks: bool = True) -> None:
-        """`approval_chunks`: approval requests as `tool-approval-request` (ai 6 and 7); False (ai 5, which has
-        no such chunk) sends them as a `data-tool-approval-request` part instead."""
+        """`approval_chunks`: approval requests as `tool-approval-request` and denials as `tool-output-denied`
+        (ai 6 and 7); False (ai 5, which has neither chunk) sends a `data-tool-approval-request` part and a
+        denial as `tool-output-error` instead."""
         self._approval_chunks = approval_chunks
         self._text_id: str | None = None
         self._text_ids = count()
@@ -102,19 +103,17 @@ class UIStreamTranslator:
                 approval_id = approval_id_of(call_id)
                 if self._approval_chunks:
                     return [p.ToolApprovalRequest(approval_id=approval_id, tool_call_id=call_id)]
-                data: dict[str, Any] = {
-                    "approvalId": approval_id,
-                    "toolCallId": call_id,
-                    "toolName": name,
-                    "input": arguments,
-                }
+                data = approval_request_data(call_id, name, arguments)
                 return [p.DataPart(type="data-tool-approval-request", id=approval_id, data=data)]
             case ev.ToolAnswered(call_id=call_id, ok=ok, output=output, error_text=error_text):
                 if ok:
                     return [*self._end_parts(), p.ToolOutputAvailable(tool_call_id=call_id, output=output)]
                 return [*self._end_parts(), p.ToolOutputError(tool_call_id=call_id, error_text=error_text or "failed")]
-            case ev.ToolDenied(call_id=call_id):
-                return [*self._end_parts(), p.ToolOutputDenied(tool_call_id=call_id)]
+            case ev.ToolDenied(call_id=call_id, text=text):
+                if self._approval_chunks:
+                    return [*self._end_parts(), p.ToolOutputDenied(tool_call_id=call_id)]
+                # ai 5 has no `tool-output-denied` (its parser rejects the chunk): the denial is the call's error.
+                return [*self._end_parts(), p.ToolOutputError(tool_call_id=call_id, error_text=text)]
             case ev.StepStarted():
                 out = self._end_step()
                 self._step_open = True
@@ -175,6 +174,12 @@ class UIStreamTranslator:
             self._step_open = False
             out.append(p.FinishStep())
         return out
+
+
+def approval_request_data(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    """The `data` of ai 5's `data-tool-approval-request` part (ai 5 has no approval chunk); the client keeps the part
+    in the message, so the history (`ui_messages_render.py`) shows it too."""
+    return {"approvalId": approval_id_of(call_id), "toolCallId": call_id, "toolName": name, "input": arguments}
 
 
 def approval_id_of(call_id: str) -> str:

@@ -147,3 +147,13 @@ def test_the_end_of_a_turn_carries_its_metadata_on_finish() -> None:
         p.to_json(finish)
         == b'{"type":"finish","finishReason":"stop","messageMetadata":{"model":"m","usage":{"promptTokens":3}}}'
     )
+
+
+def test_a_denial_is_an_output_error_for_ai5_which_has_no_denied_chunk() -> None:
+    """A continuation that starts with a denied call: ai 6 and 7 get `tool-output-denied`; ai 5, whose parser rejects
+    that chunk, gets the denial the model reads as the call's error."""
+    denied = ev.ToolDenied("c1", "The user denied this call; it did not run. Reason: not now")
+    ai6 = UIStreamTranslator().translate(denied)
+    assert ai6 == [p.ToolOutputDenied(tool_call_id="c1")]
+    ai5 = UIStreamTranslator(approval_chunks=False).translate(denied)
+    assert ai5 == [p.ToolOutputError(tool_call_id="c1", error_text=denied.text)]

@@ -9,6 +9,7 @@ is absent or holds other versions than `package.json` pins.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import shutil
@@ -102,3 +103,28 @@ def violations(body: bytes, client: str = "ai") -> list[str]:
     """Everything wrong with a complete response body: our `check_body` plus the `ai` client's errors."""
     found = [f"{client} client: {v['name']}: {v['message']}" for v in assemble(body, client)["violations"]]
     return check_body(body) + found
+
+
+async def chat_round_trip(plan: dict[str, Any], client: str = "ai") -> dict[str, Any]:
+    """Run `chat_round_trip.mjs` (the real `Chat` of `client` against a live service, see its header for `plan`)
+    and return its JSON: `status`, `error`, `messages`, `requests`, `finishes`, `data`, `approvals`.
+
+    Async, so a service served in the test's own event loop (`LiveServer`) keeps answering meanwhile."""
+    node = _node()
+    _ensure_node_modules()
+    if client not in AI_CLIENTS:
+        raise ValueError(f"unknown ai client {client!r}; one of {AI_CLIENTS}")
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(HERE / "chat_round_trip.mjs"),
+        client,
+        cwd=HERE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(plan).encode()), timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"chat_round_trip.mjs failed ({proc.returncode}):\n{err.decode()}")
+    result: dict[str, Any] = json.loads(out)
+    return result

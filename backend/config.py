@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     model: str = "gpt-4o-mini"
     """Chat model used for turns (the demo model ignores it)."""
 
+    llm_api: Literal["chat_completions", "responses"] = "chat_completions"
+    """The API the model is spoken to in: `chat_completions` (`POST /chat/completions`) or `responses`
+    (`POST /responses`, stateless: the whole input each call). docs/providers.md compares them."""
+
+    responses_reasoning_summary: Literal["off", "auto", "concise", "detailed"] = "off"
+    """With `llm_api=responses`: ask a reasoning model for its reasoning summaries, streamed as reasoning parts
+    (`off` sends no `reasoning` option, which models without reasoning refuse)."""
+
     title_model: str | None = None
     """Model for session titles; defaults to `model`."""
 

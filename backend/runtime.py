@@ -548,6 +548,10 @@ async def _open_model(
         idle_timeout=settings.llm_idle_timeout_seconds,
         on_usage=spend,
         observer=observer,
+        api=settings.llm_api,
+        reasoning_summary=None
+        if settings.responses_reasoning_summary == "off"
+        else settings.responses_reasoning_summary,
     )
     stack.push_async_callback(llm.close)
     return llm

@@ -15,7 +15,7 @@ import orjson
 from starlette.responses import Response
 
 from backend.devtools._mock_markers import Marker, MarkerError
-from backend.devtools._mock_wire import Plan, ToolCall, encode_text, error_response, filler
+from backend.devtools._mock_wire import Plan, StreamError, ToolCall, encode_text, error_response, filler
 
 DEFAULT_TEXT_TOKENS = 20
 
@@ -130,6 +130,23 @@ def _stall(turn: Turn, marker: Marker) -> None:
     turn.plan.stall_seconds = marker.number("seconds", 30)
 
 
+def _stream_error(turn: Turn, marker: Marker) -> None:
+    """An error event inside the stream after ``after`` events (default 2), ending it: ``code`` (default
+    ``server_error``; ``code=408`` is how LiteLLM proxy reports a stalled upstream) and ``message``. Over the
+    Responses API, ``event=failed`` sends ``response.failed`` instead of an ``error`` event."""
+    event = str(marker.params.get("event", "error"))
+    if event not in ("error", "failed"):
+        raise MarkerError(f"{marker.text}: event must be error or failed")
+    code = str(marker.params.get("code", "server_error"))
+    message = str(marker.params.get("message", "The server had an error while processing your request."))
+    turn.plan.stream_error = StreamError(marker.count("after", 2), code, message, event)
+
+
+def _incomplete(turn: Turn, marker: Marker) -> None:
+    """Responses API only: the response ends ``incomplete`` for ``reason`` (default ``max_output_tokens``)."""
+    turn.plan.incomplete_reason = str(marker.params.get("reason", "max_output_tokens"))
+
+
 SCENARIOS: Mapping[str, Scenario] = {
     "text": _text,
     "tool": _tool,
@@ -142,4 +159,6 @@ SCENARIOS: Mapping[str, Scenario] = {
     "stall": _stall,
     "reasoning": _reasoning,
     "usage": _usage,
+    "stream_error": _stream_error,
+    "incomplete": _incomplete,
 }

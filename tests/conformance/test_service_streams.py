@@ -65,6 +65,20 @@ async def test_provider_error_before_any_text(chat: tuple[httpx.AsyncClient, Liv
     assert "region" in str(result["chat"]["error"])
 
 
+async def test_a_failed_reply_tells_its_stable_code_to_on_data(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    """The transient `data-error` part reaches `useChat`'s `onData` in every client, and is not kept in the message:
+    it comes before the `error` chunk, at which `useChat` stops reading."""
+    body, _ = await reply(chat, "[[mock:region_block]]")
+    for client in AI_CLIENTS:
+        result = assemble(body, client)
+        assert result["violations"] == [], client
+        assert result["chat"]["status"] == "error" and "region" in str(result["chat"]["error"]), client
+        error = {"type": "data-error", "data": {"code": "region_blocked", "retryable": False}, "transient": True}
+        assert result["chat"]["data"] == [error], client
+        message = result["chat"]["message"]
+        assert message is None or all(p["type"] != "data-error" for p in message["parts"]), client
+
+
 async def test_reasoning_and_usage_metadata(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
     """The real clients keep streamed reasoning as a `reasoning` part and the finish metadata as message metadata."""
     body, _ = await reply(chat, '[[mock:reasoning content="Six sevens"]] [[mock:text content="It is 42"]]')

@@ -35,8 +35,8 @@ CLIENT_ERRORS: tuple[type[Exception], ...] = (openai.OpenAIError, *TRANSPORT_ERR
 # Message patterns, for gateways that keep the failure only in the message. LiteLLM prefixes its exception class
 # (`litellm.ContextWindowExceededError: ...`), and passes the upstream's own message on after it.
 _CONTEXT_PATTERN = re.compile(
-    r"ContextWindowExceeded|context_length_exceeded|maximum context length|context window|prompt is too long"
-    r"|input is too long|too many tokens",
+    r"ContextWindowExceeded|context_length_exceeded|maximum context length|context window|context limit"
+    r"|prompt is too long|input is too long|exceeds the maximum number of tokens|too many tokens",
     re.IGNORECASE,
 )
 _REGION_PATTERN = re.compile(r"unsupported_country_region_territory|country, region,? or territory", re.IGNORECASE)

@@ -84,19 +84,35 @@ def _server_error(turn: Turn, marker: Marker) -> Response:
     return error_response(status, message, "server_error")
 
 
+def _gateway(marker: Marker) -> bool:
+    """Whether the marker says ``gateway=litellm``: the error as LiteLLM proxy passes it on (the HTTP status as a
+    string code, its exception class named in the message, no type)."""
+    gateway = marker.params.get("gateway")
+    if gateway not in (None, "litellm"):
+        raise MarkerError(f"{marker.text}: gateway must be litellm")
+    return gateway == "litellm"
+
+
 def _region_block(turn: Turn, marker: Marker) -> Response:
-    """HTTP 403 ``unsupported_country_region_territory``, as OpenAI answers from a blocked region."""
+    """HTTP 403 ``unsupported_country_region_territory``, as OpenAI answers from a blocked region (``gateway=litellm``:
+    as LiteLLM proxy passes it on)."""
     message = "Country, region, or territory not supported"
+    if _gateway(marker):
+        return error_response(403, f"litellm.PermissionDeniedError: OpenAIException - {message}", None, "403")
     return error_response(403, message, "request_forbidden", "unsupported_country_region_territory")
 
 
 def _context_length(turn: Turn, marker: Marker) -> Response:
-    """HTTP 400 ``context_length_exceeded`` for a model with a window of ``limit`` tokens (default 128000)."""
+    """HTTP 400 ``context_length_exceeded`` for a model with a window of ``limit`` tokens (default 128000)
+    (``gateway=litellm``: as LiteLLM proxy passes it on)."""
     limit = marker.count("limit", 128000)
     message = (
         f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
         f"{limit + turn.prompt_tokens} tokens. Please reduce the length of the messages."
     )
+    if _gateway(marker):
+        wrapped = f"litellm.ContextWindowExceededError: litellm.BadRequestError: OpenAIException - {message}"
+        return error_response(400, wrapped, None, "400")
     return error_response(400, message, "invalid_request_error", "context_length_exceeded", param="messages")
 
 

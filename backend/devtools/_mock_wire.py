@@ -80,7 +80,7 @@ class Plan:
 def error_response(
     status: int,
     message: str,
-    type_: str,
+    type_: str | None,
     code: str | None = None,
     *,
     param: str | None = None,

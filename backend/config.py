@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     """The API the model is spoken to in: `chat_completions` (`POST /chat/completions`) or `responses`
     (`POST /responses`, stateless: the whole input each call). docs/providers.md compares them."""
 
+    responses_state: Literal["stateless", "server"] = "stateless"
+    """With `llm_api=responses`: `server` lets the provider store each response (`store: true`) and sends a
+    session's next call only its new input with `previous_response_id` (kept per session in Postgres), the whole
+    input again when the provider no longer knows it; `stateless` sends the whole input each call (`store: false`)."""
+
     responses_reasoning_summary: Literal["off", "auto", "concise", "detailed"] = "off"
     """With `llm_api=responses`: ask a reasoning model for its reasoning summaries, streamed as reasoning parts
     (`off` sends no `reasoning` option, which models without reasoning refuse)."""

@@ -46,6 +46,7 @@ from backend.chat.llm_events import (
     Usage,
     finish_call,
 )
+from backend.chat.llm_response_state import ResponseChains
 from backend.chat.llm_responses import ResponsesWire
 from backend.chat.llm_sse import sse_data
 from backend.errors import ModelError
@@ -119,12 +120,14 @@ class LLMClient:
         observer: CallObserver | None = None,
         api: ModelApi = "chat_completions",
         reasoning_summary: str | None = None,
+        response_chains: ResponseChains | None = None,
     ) -> None:
         """`api` is the wire the model speaks (`chat_completions` or `responses`); `reasoning_summary` asks a
         reasoning model for summaries over the Responses API (`auto`, `concise`, `detailed`). `on_usage` hears the
         provider's usage of every call that reported one (streamed turns, titles, summaries, each attempt of a
         retried call), at the end of the call; it must not block. `observer` hears every call's outcome, each failed
-        attempt and each usage (metrics)."""
+        attempt and each usage (metrics). `response_chains` (Responses API only) links each session's calls through
+        the provider's stored responses (`previous_response_id`); without it every call sends the whole input."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0)
         self.model = model
@@ -134,6 +137,7 @@ class LLMClient:
         self._observer: CallObserver = observer or _Unobserved()
         self._wire: _Wire = ResponsesWire(reasoning_summary=reasoning_summary) if api == "responses" else _ChatWire()
         self.api: ModelApi = api
+        self._chains = response_chains if api == "responses" else None
 
     async def close(self) -> None:
         await self._client.close()
@@ -148,7 +152,7 @@ class LLMClient:
         while True:
             produced = False
             try:
-                async for event in self._stream_once(messages, tools):
+                async for event in self._attempt(messages, tools):
                     produced = True
                     yield event
                 self._observer.succeeded(self.model, time.monotonic() - started)
@@ -195,10 +199,15 @@ class LLMClient:
         )
         return response
 
-    async def _stream_once(
+    def _attempt(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
     ) -> AsyncIterator[ModelEvent]:
         body = self._wire.stream_body(self.model, messages, tools)
+        if self._chains is None:
+            return self._stream_body(body)
+        return self._chains.stream(body, self._stream_body)
+
+    async def _stream_body(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._post(body, stream=True)

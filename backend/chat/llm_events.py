@@ -69,6 +69,8 @@ class Completed:
     finish_reason: str
     tool_calls: list[ToolCall]
     usage: Usage | None
+    response_id: str | None = None
+    """The provider's id of this response, where the API has one the service uses (Responses API)."""
 
 
 ModelEvent = TextChunk | ReasoningChunk | ToolCallHeader | ToolArgumentsDelta | Completed

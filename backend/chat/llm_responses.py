@@ -157,9 +157,10 @@ class ResponsesReply:
     completed. Text and reasoning deltas are passed on as they come; an error, a failed or an incomplete response
     raises `ModelError`."""
 
-    __slots__ = ("_reasoning_parts", "calls", "done", "usage")
+    __slots__ = ("_reasoning_parts", "calls", "done", "response_id", "usage")
 
     def __init__(self) -> None:
+        self.response_id: str | None = None
         self.calls: dict[int, PartialCall] = {}
         self.usage: Usage | None = None
         self.done = False
@@ -202,7 +203,7 @@ class ResponsesReply:
         if not self.done:
             raise ModelError("the model's stream ended before it finished", retryable=True, provider_code="truncated")
         calls = [finish_call(i, p) for i, p in sorted(self.calls.items())]
-        return Completed("tool_calls" if calls else "stop", calls, self.usage)
+        return Completed("tool_calls" if calls else "stop", calls, self.usage, self.response_id)
 
     def _item(self, index: Any, item: Any) -> list[ModelEvent]:
         """A function call item as it starts (id and name, maybe arguments) or ends (its whole arguments)."""
@@ -245,6 +246,8 @@ class ResponsesReply:
         if not isinstance(response, dict):
             return []
         self.usage = response_usage(response.get("usage"))
+        response_id = response.get("id")
+        self.response_id = response_id if isinstance(response_id, str) and response_id else None
         events: list[ModelEvent] = []
         # Calls the stream did not show item by item (a gateway that only sends the final response).
         for index, item in enumerate(response.get("output") or ()):

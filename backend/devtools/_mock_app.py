@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,6 +101,9 @@ class MockLLM:
         self.default_tokens = default_tokens
         self.default_delay = default_delay_ms / 1000
         self._recorded: deque[dict[str, Any]] = deque(maxlen=max_recorded)
+        self._max_recorded = max_recorded
+        self._stored: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        """Responses API: each stored response's whole conversation (its input and its reply) as chat messages."""
         self._counters: dict[tuple[str, str], int] = {}
         self._seq = itertools.count(1)
         self.app = Starlette(
@@ -129,9 +132,10 @@ class MockLLM:
         return list(self._recorded)
 
     def reset(self) -> None:
-        """Forget the recorded requests and every marker counter."""
+        """Forget the recorded requests, every marker counter and the stored responses."""
         self._recorded.clear()
         self._counters.clear()
+        self._stored.clear()
 
     async def _list_models(self, request: Request) -> Response:
         """List the mock model; any other model name is accepted as well."""
@@ -191,11 +195,28 @@ class MockLLM:
             )
         self._recorded.append(body)
         seq = next(self._seq)
-        planned = self._plan(seq, body, messages, _mock_responses.chat_tools(body), len(raw))
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            if previous not in self._stored:
+                return error_response(
+                    400,
+                    f"Previous response with id '{previous}' not found.",
+                    "invalid_request_error",
+                    "previous_response_not_found",
+                    param="previous_response_id",
+                )
+            messages = [*self._stored[previous], *messages]
+        planned = self._plan(seq, body, messages, _mock_responses.chat_tools(body), len(raw), chained=bool(previous))
         if isinstance(planned, Response):
             return planned
         plan, prompt_tokens = planned
-        env = _mock_responses.ResponseEnvelope(f"resp_mock_{seq}", str(body.get("model") or MODEL_ID))
+        env = _mock_responses.ResponseEnvelope(
+            f"resp_mock_{seq}", str(body.get("model") or MODEL_ID), previous_response_id=previous
+        )
+        if body.get("store", True):  # the Responses API stores by default
+            self._stored[env.id] = [*messages, _mock_responses.reply_message(plan)]
+            while len(self._stored) > self._max_recorded:
+                self._stored.popitem(last=False)
         usage = _mock_responses.usage(prompt_tokens, plan)
         headers = {"x-request-id": f"req_mock_{seq}"}
         if body.get("stream"):
@@ -206,7 +227,14 @@ class MockLLM:
         return json_reply(_mock_responses.response_body(plan, env, usage), plan, headers)
 
     def _plan(
-        self, seq: int, body: dict[str, Any], messages: list[dict[str, Any]], tools: list[Any], size: int
+        self,
+        seq: int,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        tools: list[Any],
+        size: int,
+        *,
+        chained: bool = False,
     ) -> tuple[Plan, int] | Response:
         """What to answer to `messages` (chat format), whichever API asked: the plan and the prompt's tokens, or
         an error response."""
@@ -214,7 +242,7 @@ class MockLLM:
         prompt_tokens = max(1, size // 4)
         users = [m for m in messages if m.get("role") == "user"]
         user_text = _message_text(users[-1].get("content")) if users else ""
-        turn = Turn(seq, model, prompt_tokens, self.default_tokens, Plan(delay=self.default_delay))
+        turn = Turn(seq, model, prompt_tokens, self.default_tokens, Plan(delay=self.default_delay), chained)
         try:
             markers = parse_markers(user_text)
             if (failure := self._run_scenarios(turn, markers)) is not None:

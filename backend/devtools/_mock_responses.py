@@ -69,6 +69,18 @@ def _text(content: Any) -> str:
     return ""
 
 
+def reply_message(plan: Plan) -> dict[str, Any]:
+    """The plan's reply as a chat ``assistant`` message (what a stored response adds to its conversation)."""
+    text = "".join(orjson.loads(b"[" + b",".join(plan.content) + b"]")) if plan.content else None
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if plan.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in plan.tool_calls
+        ]
+    return message
+
+
 def usage(prompt_tokens: int, plan: Plan) -> dict[str, Any]:
     """The Responses API's ``usage`` object, counted as the chat completions one is."""
     chat = token_usage(prompt_tokens, plan)

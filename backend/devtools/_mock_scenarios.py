@@ -29,6 +29,8 @@ class Turn:
     prompt_tokens: int
     default_tokens: int | None
     plan: Plan
+    chained: bool = False
+    """Responses API: the request continues a stored response (``previous_response_id``)."""
 
 
 Scenario = Callable[[Turn, Marker], Response | None]
@@ -163,6 +165,17 @@ def _incomplete(turn: Turn, marker: Marker) -> None:
     turn.plan.incomplete_reason = str(marker.params.get("reason", "max_output_tokens"))
 
 
+def _expire_response(turn: Turn, marker: Marker) -> Response | None:
+    """Responses API: a request that continues a stored response (``previous_response_id``) is answered HTTP 400
+    ``previous_response_not_found``, as if it had expired; one with the whole input is answered as usual."""
+    if not turn.chained:
+        return None
+    message = "Previous response with id not found."
+    return error_response(
+        400, message, "invalid_request_error", "previous_response_not_found", param="previous_response_id"
+    )
+
+
 SCENARIOS: Mapping[str, Scenario] = {
     "text": _text,
     "tool": _tool,
@@ -177,4 +190,5 @@ SCENARIOS: Mapping[str, Scenario] = {
     "usage": _usage,
     "stream_error": _stream_error,
     "incomplete": _incomplete,
+    "expire_response": _expire_response,
 }

@@ -77,28 +77,33 @@ class ResponseChains:
             async for event in stream_body(body):
                 yield event
             return
-        text: list[str] = []
+        produced = False
         try:
-            async for event in stream_body(chained.body):
-                if isinstance(event, TextChunk):
-                    text.append(event.text)
-                elif isinstance(event, Completed):
-                    await self._remember(chained.session_id, full, event, "".join(text))
+            async for event in self._remembering(chained.session_id, full, stream_body(chained.body)):
+                produced = True
                 yield event
             return
         except ModelError as e:
-            if not chained.linked or e.provider_code != EXPIRED:
+            if produced or not chained.linked or e.provider_code != EXPIRED:
                 raise
             log.info(
                 "session %s: the provider no longer knows its last response; sending the whole input",
                 chained.session_id,
             )
         whole = {k: v for k, v in chained.body.items() if k != "previous_response_id"}
-        async for event in stream_body({**whole, "input": full}):
+        async for event in self._remembering(chained.session_id, full, stream_body({**whole, "input": full})):
+            yield event
+
+    async def _remembering(
+        self, session_id: str, full: list[dict[str, Any]], events: AsyncIterator[ModelEvent]
+    ) -> AsyncIterator[ModelEvent]:
+        """`events`, and once they complete, the session's new last response remembered."""
+        text: list[str] = []
+        async for event in events:
             if isinstance(event, TextChunk):
                 text.append(event.text)
             elif isinstance(event, Completed):
-                await self._remember(chained.session_id, full, event, "".join(text))
+                await self._remember(session_id, full, event, "".join(text))
             yield event
 
     async def _chain(self, body: dict[str, Any]) -> Chained | None:

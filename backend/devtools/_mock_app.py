@@ -176,7 +176,8 @@ class MockLLM:
             stream_options = body.get("stream_options")
             wants_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
             chunks = sse_chunks(plan, env, token_usage(prompt_tokens, plan) if wants_usage else None)
-            chunks = fail_after(chunks, plan.stream_error, stream_error_chunk)
+            if plan.stream_error is not None:  # the hot path streams the chunks as they are
+                chunks = fail_after(chunks, plan.stream_error, stream_error_chunk)
             headers["cache-control"] = "no-cache"
             return ChunkStream(chunks, plan, headers, "text/event-stream")
         return json_reply(completion_body(plan, env, token_usage(prompt_tokens, plan)), plan, headers)

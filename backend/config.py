@@ -485,6 +485,8 @@ class Settings(BaseSettings):
             raise ValueError("need COMPACTION_TARGET_RATIO < COMPACTION_SOFT_RATIO <= COMPACTION_HARD_RATIO")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
+        if self.responses_state == "server" and self.llm_api != "responses":
+            raise ValueError("COPILOT_RESPONSES_STATE=server needs COPILOT_LLM_API=responses")
         self.mcp_server_specs  # noqa: B018 (a bad MCP configuration fails here, at startup)
         if self.mcp_allowed_hosts:
             check_session_server_settings(self.mcp_allowed_hosts, self.mcp_allowed_networks, self.mcp_headers_key)

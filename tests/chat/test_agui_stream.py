@@ -94,7 +94,14 @@ def test_calls_waiting_for_a_person_are_pending_and_a_denied_call_has_an_error_r
         "name": "tool-approval-request",
         "value": {"approvalId": "approval-a", "toolCallId": "a"},
     }
-    denied = translated(chunks_of(TurnStarted("msg-2"), StepStarted(), ToolDenied("a"), TurnEnded("stop")))
+    denied = translated(
+        chunks_of(
+            TurnStarted("msg-2"),
+            StepStarted(),
+            ToolDenied("a", "The user denied this call; it did not run."),
+            TurnEnded("stop"),
+        )
+    )
     result = next(e for e in denied if e["type"] == "TOOL_CALL_RESULT")  # a call an earlier run showed
     assert result["toolCallId"] == "a" and "denied" in result["content"]
 

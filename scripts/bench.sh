@@ -13,24 +13,10 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[bench]'
 
-# LiteLLM is pinned: versions 1.82.7 and 1.82.8 on PyPI were a credential-stealing supply-chain compromise
-# (BerriAI/litellm#24518); 1.82.6 was released before it. If it cannot be installed, the run says so (with the
-# error from .bench/litellm-install.log) and measures the other peers.
-LITELLM_SPEC=${BENCH_LITELLM_SPEC:-"litellm[proxy]==1.82.6"}
+# LiteLLM proxy, the peer measured beside the service (pinned: see scripts/litellm_venv.sh).
+source scripts/litellm_venv.sh
 if [[ " $* " != *" --no-litellm "* ]]; then
-  mkdir -p .bench
-  if [ ! -x .bench/litellm-venv/bin/litellm ] || [ "$(cat .bench/litellm-venv/.spec 2>/dev/null)" != "$LITELLM_SPEC" ]; then
-    echo "installing $LITELLM_SPEC into .bench/litellm-venv"
-    rm -rf .bench/litellm-venv
-    if ( "$PYTHON" -m venv .bench/litellm-venv \
-         && .bench/litellm-venv/bin/python -m pip install --quiet --upgrade pip \
-         && .bench/litellm-venv/bin/python -m pip install --quiet "$LITELLM_SPEC" ) > .bench/litellm-install.log 2>&1; then
-      echo "$LITELLM_SPEC" > .bench/litellm-venv/.spec
-    else
-      rm -f .bench/litellm-venv/bin/litellm
-      echo "LiteLLM could not be installed (.bench/litellm-install.log); the run reports it as unavailable"
-    fi
-  fi
+  ensure_litellm
 fi
 
 exec .venv/bin/python -m bench "$@"

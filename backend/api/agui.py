@@ -91,7 +91,8 @@ async def run_agent(
     if tool_messages or body.resume:
         session = await sessions.get(thread_session_id(body.thread_id, user.user_id), user.user_id)
         turn_id = await _answer(body, session, answerer, human_input, runs, tools, tool_messages)
-        return _follow(body, driver, settings, turn_id, [])
+        sent = [m.tool_call_id for m in tool_messages if m.tool_call_id]
+        return _follow(body, driver, settings, turn_id, [], client_results=sent)
     new = body.messages[-1] if body.messages else None
     if new is None or new.role != "user":
         raise BadRequest("the last message must be the user's new message, or tool messages answering calls")
@@ -210,11 +211,22 @@ async def _answer(
 
 
 def _follow(
-    body: RunAgentInput, driver: Driver, settings: SettingsDep, turn_id: str, prelude: list[BaseEvent]
+    body: RunAgentInput,
+    driver: Driver,
+    settings: SettingsDep,
+    turn_id: str,
+    prelude: list[BaseEvent],
+    *,
+    client_results: list[str] | None = None,
 ) -> StreamingResponse:
+    """Stream `turn_id` as this run. `client_results`: calls the run's own tool messages answer, whose results the
+    client holds already (the continuation's `TOOL_CALL_RESULT` for them is left out)."""
     entries = driver.follow(turn_id, after="0", heartbeat_seconds=settings.heartbeat_seconds)
     translator = AguiTranslator(
-        thread_id=body.thread_id, run_id=body.run_id, outcomes=body.protocol_version is not None
+        thread_id=body.thread_id,
+        run_id=body.run_id,
+        outcomes=body.protocol_version is not None,
+        client_results=client_results or (),
     )
     return _response(agui_sse(entries, translator, prelude=prelude), turn_id)
 

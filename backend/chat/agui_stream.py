@@ -27,6 +27,7 @@ re-opens what was open at the cursor (same ids, so its messages continue in plac
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from ag_ui.core import (
@@ -111,8 +112,12 @@ class _Call:
 
 
 class AguiTranslator:
-    def __init__(self, *, thread_id: str, run_id: str, outcomes: bool = True) -> None:
-        """`outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
+    def __init__(
+        self, *, thread_id: str, run_id: str, outcomes: bool = True, client_results: Iterable[str] = ()
+    ) -> None:
+        """`client_results`: calls whose results the client sent in this run's tool messages (it holds them; a
+        `TOOL_CALL_RESULT` would add a second tool message for the call).
+        `outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
         The 0.0.x clients (what `@copilotkit/runtime` 1.75 runs) refuse an outcome other than `success` and
         `interrupt`, and `pendingToolCallIds` in it: for them a cancelled run finishes without an outcome and with
         `result: {"cancelled": true}`, and pending calls are not named."""
@@ -133,8 +138,8 @@ class AguiTranslator:
         self._reasoning: str | None = None
         self._calls: dict[str, _Call] = {}
         """Calls the client has seen and whose result it has not."""
-        self._answered: set[str] = set()
-        """Calls whose result was sent (a result is sent once)."""
+        self._answered: set[str] = set(client_results)
+        """Calls whose result was sent or that the client holds (a result is sent once)."""
         self._interrupts: dict[str, Interrupt] = {}
         """Approvals asked for, by call."""
         self._cancelled = False

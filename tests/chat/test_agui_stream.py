@@ -138,6 +138,19 @@ def test_an_approval_request_is_a_custom_event_and_interrupts_the_run() -> None:
     assert answered[-1]["outcome"] == {"type": "success", "pendingToolCallIds": ["q"]}
 
 
+def test_results_the_client_sent_are_not_sent_back() -> None:
+    """A run whose tool messages answered calls continues the message; the client holds those results already."""
+    chunks = [
+        {"type": "start", "messageId": "msg-1"},
+        {"type": "tool-output-available", "toolCallId": "mine", "output": "done"},
+        {"type": "tool-output-denied", "toolCallId": "approved-elsewhere"},
+        {"type": "finish", "finishReason": "stop"},
+    ]
+    agui = AguiTranslator(thread_id="t", run_id="r", client_results=["mine"])
+    results = [e for c in chunks for e in agui.translate(c) if e.type == "TOOL_CALL_RESULT"]
+    assert [e.tool_call_id for e in results] == ["approved-elsewhere"]
+
+
 def test_a_stopped_turn_finishes_cancelled() -> None:
     events = translated(chunks_of(TurnStarted("msg-1"), StepStarted(), TextDelta("Hal"), TurnAborted("stop")))
     assert kinds(events) == [

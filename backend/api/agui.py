@@ -21,7 +21,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from backend.api.agui_answers import answers_of, trailing_tool_messages
-from backend.api.agui_history import agui_messages, conflicts
+from backend.api.agui_history import agui_messages, conflicts, reply_steps
 from backend.api.agui_schemas import RunAgentInput
 from backend.api.chat_schemas import CancelResult
 from backend.api.deps import (
@@ -90,9 +90,9 @@ async def run_agent(
     tool_messages = trailing_tool_messages(body.messages)
     if tool_messages or body.resume:
         session = await sessions.get(thread_session_id(body.thread_id, user.user_id), user.user_id)
-        turn_id = await _answer(body, session, answerer, human_input, runs, tools, tool_messages)
+        run = await _answer(body, session, answerer, human_input, sessions, runs, tools, tool_messages)
         sent = [m.tool_call_id for m in tool_messages if m.tool_call_id]
-        return _follow(body, driver, settings, turn_id, [], client_results=sent)
+        return _follow(body, driver, settings, run.turn_id, [], client_results=sent, first_step=run.first_step)
     new = body.messages[-1] if body.messages else None
     if new is None or new.role != "user":
         raise BadRequest("the last message must be the user's new message, or tool messages answering calls")
@@ -159,7 +159,7 @@ async def replay_run(
         through = _through_turn(await _stored(sessions, session_id), run.turn_id)
         prelude.append(MessagesSnapshotEvent(messages=_snapshot(session_id, through)))
     entries = driver.follow(run.turn_id, after="0", heartbeat_seconds=settings.heartbeat_seconds)
-    translator = AguiTranslator(thread_id=run.thread_id, run_id=run.run_id)
+    translator = AguiTranslator(thread_id=run.thread_id, run_id=run.run_id, first_step=run.first_step)
     return _response(agui_sse(entries, translator, after=cursor, prelude=prelude), run.turn_id)
 
 
@@ -186,10 +186,11 @@ async def _answer(
     session: ChatSession,
     answerer: Answerer,
     human_input: HumanInputDep,
+    sessions: SessionStore,
     runs: AguiRuns,
     tools: tuple[FrontendTool, ...] | None,
     tool_messages: list[Any],
-) -> str:
+) -> AguiRun:
     """Apply the run's answers (`HumanInput.answer`, passing over results of calls that wait for nobody, as for
     useChat) and name the run after their continuation's turn. A resent answer finds the same continuation."""
     taken = await runs.get(body.run_id)
@@ -205,9 +206,30 @@ async def _answer(
     if answered.task_id is None:
         waiting = [c.tool_call_id for c in answered.waiting]
         raise Conflict("other calls of this message still wait for an answer", waiting=waiting)
-    if not await runs.bind(AguiRun(body.run_id, answered.task_id, body.thread_id, answerer.user_id)):
+    run = AguiRun(
+        body.run_id,
+        answered.task_id,
+        body.thread_id,
+        answerer.user_id,
+        first_step=await _steps_before(sessions, human_input, session, [a.tool_call_id for a in answers]),
+    )
+    if not await runs.bind(run):
         raise Conflict("this runId is taken; name each run with a new id")
-    return answered.task_id
+    return run
+
+
+async def _steps_before(
+    sessions: SessionStore, human_input: HumanInputDep, session: ChatSession, call_ids: list[str]
+) -> int:
+    """The steps of the reply up to the one that asked the answered calls: the continuation's first step message
+    is numbered after them (as `agui_messages` numbers the stored ones), whatever it has stored since."""
+    step_end = 0
+    for call_id in call_ids:
+        call = await human_input.call(session.id, call_id)
+        if call is not None:
+            step_end = max(step_end, call.step_end)
+    stored = await _stored(sessions, session.id)
+    return reply_steps([m for m in stored if m.sequence <= step_end])
 
 
 def _follow(
@@ -218,6 +240,7 @@ def _follow(
     prelude: list[BaseEvent],
     *,
     client_results: list[str] | None = None,
+    first_step: int = 0,
 ) -> StreamingResponse:
     """Stream `turn_id` as this run. `client_results`: calls the run's own tool messages answer, whose results the
     client holds already (the continuation's `TOOL_CALL_RESULT` for them is left out)."""
@@ -227,6 +250,7 @@ def _follow(
         run_id=body.run_id,
         outcomes=body.protocol_version is not None,
         client_results=client_results or (),
+        first_step=first_step,
     )
     return _response(agui_sse(entries, translator, prelude=prelude), turn_id)
 

@@ -113,9 +113,17 @@ class _Call:
 
 class AguiTranslator:
     def __init__(
-        self, *, thread_id: str, run_id: str, outcomes: bool = True, client_results: Iterable[str] = ()
+        self,
+        *,
+        thread_id: str,
+        run_id: str,
+        outcomes: bool = True,
+        client_results: Iterable[str] = (),
+        first_step: int = 0,
     ) -> None:
-        """`client_results`: calls whose results the client sent in this run's tool messages (it holds them; a
+        """`first_step`: how many steps of the reply came before this turn (a continuation goes on with the
+        message of the one that asked, so its steps' messages go on counting: `<reply id>-<first_step>` next).
+        `client_results`: calls whose results the client sent in this run's tool messages (it holds them; a
         `TOOL_CALL_RESULT` would add a second tool message for the call).
         `outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
         The 0.0.x clients (what `@copilotkit/runtime` 1.75 runs) refuse an outcome other than `success` and
@@ -129,8 +137,8 @@ class AguiTranslator:
         self._steps = 0
         self._step: str | None = None
         """Name of the open step."""
-        self._messages = 0
-        """Steps so far that produced anything (each has an assistant message)."""
+        self._messages = first_step
+        """Steps of the reply so far that produced anything (each has an assistant message)."""
         self._message: str | None = None
         """The open step's assistant message, once it produced anything."""
         self._reasonings = 0

@@ -92,12 +92,20 @@ async def test_a_frontend_tool_round_trip(
     assert events(continued)[-1]["outcome"] == {"type": "success"}
     rows = await wait_until_stored(db, thread, "assistant", 2)
     assert [r["role"] for r in rows] == ["user", "assistant", "tool", "assistant"]
+    # The reply goes on: its next step's message is numbered after the one that asked, as the stored history is.
+    asked_id = assistant_with_calls(asked)["id"]
+    text_id = next(e for e in events(continued) if e["type"] == "TEXT_MESSAGE_START")["messageId"]
+    assert asked_id.endswith("-0") and text_id == asked_id.removesuffix("-0") + "-1"
+    _, snap = await read_stream(client, "GET", "/api/agui/runs/answer/events?snapshot=true", headers=ALICE)
+    stored_ids = [m["id"] for m in events(snap)[1]["messages"]]
+    assert asked_id in stored_ids and text_id in stored_ids
 
     # Resent (a retry, another tab, another run id): the same continuation, nothing stored twice.
     _, again = await run(client, {**answer, "runId": "answer-again"})
     assert text_of(again) == text_of(continued)
     _, replay = await read_run(client, "answer")
     assert text_of(replay) == text_of(continued)
+    assert next(e for e in events(replay) if e["type"] == "TEXT_MESSAGE_START")["messageId"] == text_id
     rows = await wait_until_stored(db, thread, "assistant", 2)
     assert [r["role"] for r in rows] == ["user", "assistant", "tool", "assistant"]
 

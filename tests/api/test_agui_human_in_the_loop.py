@@ -195,3 +195,25 @@ async def test_frontend_tools_are_checked_and_answers_must_answer_something(
     await run(client, run_input(thread, user('[[mock:text content="ok"]]', "u1")))
     r = await client.post("/api/agui", json=run_input(thread, tool_message("unknown-call", "x")), headers=ALICE)
     assert r.status_code == 400 and "answers a tool call" in r.text
+
+
+async def test_a_run_answering_some_calls_of_a_message_waits_for_the_rest(
+    chat: tuple[httpx.AsyncClient, LiveServer],
+) -> None:
+    """Two calls of one message (a frontend tool and `ask_user`): answering one is 409 naming the other; answering
+    both (the earlier answer resent, as a client sends the whole history) continues the message once."""
+    client, _ = chat
+    thread = str(uuid.uuid4())
+    ask = '[[mock:tool name=ask_user args={"question": "Which colour?"}]]'
+    first = user(f"{CALL_HIGHLIGHT} {ask}", "u1")
+    _, asked = await run(client, run_input(thread, first, tools=[HIGHLIGHT]))
+    message = assistant_with_calls(asked)
+    highlight, question = (c["id"] for c in message["toolCalls"])
+    answered = tool_message(highlight, "done")
+    r = await client.post("/api/agui", json=run_input(thread, first, message, answered), headers=ALICE)
+    assert r.status_code == 409 and r.json()["error"]["details"]["waiting"] == [question]
+    both = run_input(thread, first, message, answered, tool_message(question, "blue"))
+    response, continued = await run(client, both)
+    assert response.status_code == 200, continued
+    assert "TOOL_CALL_RESULT" not in kinds(continued) and kinds(continued)[-1] == "RUN_FINISHED"
+    assert "blue" in text_of(continued) and "done" in text_of(continued)

@@ -151,6 +151,19 @@ class Settings(BaseSettings):
     model: str = "gpt-4o-mini"
     """Chat model used for turns (the demo model ignores it)."""
 
+    llm_api: Literal["chat_completions", "responses"] = "chat_completions"
+    """The API the model is spoken to in: `chat_completions` (`POST /chat/completions`) or `responses`
+    (`POST /responses`, stateless: the whole input each call). docs/providers.md compares them."""
+
+    responses_state: Literal["stateless", "server"] = "stateless"
+    """With `llm_api=responses`: `server` lets the provider store each response (`store: true`) and sends a
+    session's next call only its new input with `previous_response_id` (kept per session in Postgres), the whole
+    input again when the provider no longer knows it; `stateless` sends the whole input each call (`store: false`)."""
+
+    responses_reasoning_summary: Literal["off", "auto", "concise", "detailed"] = "off"
+    """With `llm_api=responses`: ask a reasoning model for its reasoning summaries, streamed as reasoning parts
+    (`off` sends no `reasoning` option, which models without reasoning refuse)."""
+
     title_model: str | None = None
     """Model for session titles; defaults to `model`."""
 
@@ -491,6 +504,8 @@ class Settings(BaseSettings):
             raise ValueError("need COMPACTION_TARGET_RATIO < COMPACTION_SOFT_RATIO <= COMPACTION_HARD_RATIO")
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("COPILOT_DB_POOL_MIN_SIZE exceeds COPILOT_DB_POOL_MAX_SIZE")
+        if self.responses_state == "server" and self.llm_api != "responses":
+            raise ValueError("COPILOT_RESPONSES_STATE=server needs COPILOT_LLM_API=responses")
         self.mcp_server_specs  # noqa: B018 (a bad MCP configuration fails here, at startup)
         if self.mcp_allowed_hosts:
             check_session_server_settings(self.mcp_allowed_hosts, self.mcp_allowed_networks, self.mcp_headers_key)

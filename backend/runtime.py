@@ -25,6 +25,7 @@ from backend.chat.context_window import Calibration, ContextPolicy
 from backend.chat.human_input import HumanInput
 from backend.chat.langfuse_prompts import PromptSource
 from backend.chat.llm import CallObserver, LLMClient, RetryPolicy, Usage
+from backend.chat.llm_response_state import ResponseChains
 from backend.chat.local_turns import LocalTurns
 from backend.chat.operation_runner import OperationRunner
 from backend.chat.quota import billed_user
@@ -53,6 +54,7 @@ from backend.store.operations import OperationStore
 from backend.store.pending import PendingWrites
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.reconciler import Reconciler
+from backend.store.response_chains import ResponseChainStore
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
 from backend.streams.completions import CompletionConsumer, backlog
@@ -150,7 +152,8 @@ async def open_runtime(
     instruments = instruments or Instruments.off()
     async with AsyncExitStack() as stack:
         stores = await _open_stores(settings, stack, fallbacks, instruments)
-        llm = await _open_model(settings, stack, fallbacks, stores.limits, instruments.model_observer())
+        chains = ResponseChains(ResponseChainStore(stores.pool)) if settings.responses_state == "server" else None
+        llm = await _open_model(settings, stack, fallbacks, stores.limits, instruments.model_observer(), chains)
         tools, mcp = await _open_tools(settings, stack)
         session_mcp = _open_session_mcp(settings, stack, stores.pool)
         registry = TurnRegistry(
@@ -555,6 +558,7 @@ async def _open_model(
     fallbacks: Fallbacks,
     limits: UserLimits,
     observer: CallObserver | None = None,
+    chains: ResponseChains | None = None,
 ) -> LLMClient:
     """The model client; every call's tokens are spent from the daily budget of the user it is billed to."""
 
@@ -579,6 +583,11 @@ async def _open_model(
         idle_timeout=settings.llm_idle_timeout_seconds,
         on_usage=spend,
         observer=observer,
+        api=settings.llm_api,
+        response_chains=chains,
+        reasoning_summary=None
+        if settings.responses_reasoning_summary == "off"
+        else settings.responses_reasoning_summary,
     )
     stack.push_async_callback(llm.close)
     return llm

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
 from backend.config import Settings
 
@@ -111,3 +112,9 @@ def test_users_mcp_servers_settings_are_checked_at_startup(monkeypatch: pytest.M
     monkeypatch.setenv("COPILOT_MCP_ALLOWED_HOSTS", "https://mcp.example.com/")
     with pytest.raises(ValueError, match="COPILOT_MCP_ALLOWED_HOSTS"):
         settings()
+
+
+def test_server_side_response_state_needs_the_responses_api() -> None:
+    with pytest.raises(ValidationError, match="COPILOT_LLM_API=responses"):
+        Settings(responses_state="server")
+    assert Settings(llm_api="responses", responses_state="server").responses_state == "server"

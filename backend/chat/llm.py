@@ -2,7 +2,7 @@
 
 `stream()` retries failures (rate limit, 5xx, overloaded, connection, idle stream) but only before it has yielded
 anything: after the first chunk a retry would stream the answer again, duplicating text in the UI and in storage.
-SDK errors are translated into `ModelError` here, once, where they come in. Tool-call argument fragments are
+SDK errors are translated into `ModelError` where they come in, once (`llm_errors`). Tool-call argument fragments are
 collected by index and parsed once, when the model's stream ends; each is also passed on as it comes (once the
 call's id and name are known), so what a call had received is known wherever its stream stops.
 
@@ -12,6 +12,10 @@ builds a pydantic model per streamed chunk, costs that grow with the history and
 request body as JSON bytes (`orjson`) with `AsyncOpenAI.post` and read the stream's `data:` events ourselves as
 plain dicts, keeping the SDK's rules for them: `[DONE]` ends the stream, an event holding an `error` raises
 `openai.APIError`.
+
+Two wires speak to the model: Chat Completions (`POST /chat/completions`, here) and the Responses API
+(`POST /responses`, `llm_responses`), chosen by `api`. Both give the same events and go through the same retry
+rules, so the turn engine does not know which one it talks to.
 """
 
 from __future__ import annotations
@@ -20,91 +24,51 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-import anyio
 import httpx2
 import openai
 import orjson
 
+from backend.chat.llm_errors import CLIENT_ERRORS, translate
+from backend.chat.llm_events import (
+    Completed,
+    ModelEvent,
+    PartialCall,
+    ReasoningChunk,
+    TextChunk,
+    ToolArgumentsDelta,
+    ToolCall,
+    ToolCallHeader,
+    Usage,
+    finish_call,
+)
+from backend.chat.llm_response_state import ResponseChains
+from backend.chat.llm_responses import ResponsesWire
+from backend.chat.llm_sse import sse_data
 from backend.errors import ModelError
+
+__all__ = [
+    "CallObserver",
+    "Completed",
+    "LLMClient",
+    "ModelApi",
+    "ModelEvent",
+    "ReasoningChunk",
+    "RetryPolicy",
+    "TextChunk",
+    "ToolArgumentsDelta",
+    "ToolCall",
+    "ToolCallHeader",
+    "Usage",
+]
 
 log = logging.getLogger("copilot.llm")
 
-
-@dataclass(frozen=True, slots=True)
-class TextChunk:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReasoningChunk:
-    """Reasoning the provider streams beside the answer (`reasoning_content` or `reasoning` deltas)."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCallHeader:
-    """The model began a tool call: its id and name are known, its arguments are still streaming."""
-
-    id: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolArgumentsDelta:
-    """More of a started call's raw argument text (fragments before the start come with it, joined)."""
-
-    id: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments_json: str
-    """The raw argument text the model produced."""
-    arguments: dict[str, Any] | None
-    """Parsed arguments; None when `arguments_json` is not a JSON object (see `parse_error`)."""
-    parse_error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    """Prompt tokens the provider served from its cache (`prompt_tokens_details.cached_tokens`); part of
-    `prompt_tokens`."""
-    reasoning_tokens: int = 0
-    """Completion tokens spent on reasoning (`completion_tokens_details.reasoning_tokens`); part of
-    `completion_tokens`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """The model's stream ended normally."""
-
-    finish_reason: str
-    tool_calls: list[ToolCall]
-    usage: Usage | None
-
-
-ModelEvent = TextChunk | ReasoningChunk | ToolCallHeader | ToolArgumentsDelta | Completed
-
-
-@dataclass(slots=True)
-class _PartialCall:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-    announced: bool = False
+ModelApi = Literal["chat_completions", "responses"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +118,16 @@ class LLMClient:
         idle_timeout: float,
         on_usage: Callable[[Usage], None] | None = None,
         observer: CallObserver | None = None,
+        api: ModelApi = "chat_completions",
+        reasoning_summary: str | None = None,
+        response_chains: ResponseChains | None = None,
     ) -> None:
-        """`on_usage` hears the provider's usage of every call that reported one (streamed turns, titles,
-        summaries, each attempt of a retried call), at the end of the call; it must not block. `observer` hears
-        every call's outcome, each failed attempt and each usage (metrics)."""
+        """`api` is the wire the model speaks (`chat_completions` or `responses`); `reasoning_summary` asks a
+        reasoning model for summaries over the Responses API (`auto`, `concise`, `detailed`). `on_usage` hears the
+        provider's usage of every call that reported one (streamed turns, titles, summaries, each attempt of a
+        retried call), at the end of the call; it must not block. `observer` hears every call's outcome, each failed
+        attempt and each usage (metrics). `response_chains` (Responses API only) links each session's calls through
+        the provider's stored responses (`previous_response_id`); without it every call sends the whole input."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0)
         self.model = model
@@ -165,6 +135,9 @@ class LLMClient:
         self._idle_timeout = idle_timeout
         self._on_usage = on_usage
         self._observer: CallObserver = observer or _Unobserved()
+        self._wire: _Wire = ResponsesWire(reasoning_summary=reasoning_summary) if api == "responses" else _ChatWire()
+        self.api: ModelApi = api
+        self._chains = response_chains if api == "responses" else None
 
     async def close(self) -> None:
         await self._client.close()
@@ -179,7 +152,7 @@ class LLMClient:
         while True:
             produced = False
             try:
-                async for event in self._stream_once(messages, tools):
+                async for event in self._attempt(messages, tools):
                     produced = True
                     yield event
                 self._observer.succeeded(self.model, time.monotonic() - started)
@@ -199,30 +172,26 @@ class LLMClient:
     ) -> str:
         """A short non-streaming completion (titles, summaries)."""
         model = model or self.model
-        body = {"model": model, "messages": list(messages), "max_tokens": max_tokens}
+        body = self._wire.complete_body(model, messages, max_tokens)
         started = time.monotonic()
         try:
             response = await self._post(body, stream=False)
             completion = orjson.loads(response.content)
-        except _CLIENT_ERRORS as e:
-            raise self._failed(model, _translate(e)) from e
+        except CLIENT_ERRORS as e:
+            raise self._failed(model, translate(e)) from e
         except orjson.JSONDecodeError as e:
             malformed = ModelError("the model sent a malformed response", provider_code="malformed_response")
             raise self._failed(model, malformed) from e
         self._observer.succeeded(model, time.monotonic() - started)
-        if isinstance(completion, dict):
-            self._report(_usage(completion.get("usage")), model)
-        choices = completion.get("choices") if isinstance(completion, dict) else None
-        if not choices or not isinstance(choices[0], dict):
-            return ""
-        message = choices[0].get("message")
-        return (message.get("content") if isinstance(message, dict) else None) or ""
+        text, usage = self._wire.complete_result(completion)
+        self._report(usage, model)
+        return text
 
     async def _post(self, body: dict[str, Any], *, stream: bool) -> httpx2.Response:
-        """POST /chat/completions through the SDK's client: its base URL, auth, headers and status errors (4xx and
+        """POST to the wire's path through the SDK's client: its base URL, auth, headers and status errors (4xx and
         5xx raise `openai.APIStatusError`), without its request transform. Streamed responses must be closed."""
         response: httpx2.Response = await self._client.post(
-            "/chat/completions",
+            self._wire.path,
             cast_to=httpx2.Response,
             content=orjson.dumps(body),
             options={"security": {"bearer_auth": True}},
@@ -230,30 +199,28 @@ class LLMClient:
         )
         return response
 
-    async def _stream_once(
+    def _attempt(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
     ) -> AsyncIterator[ModelEvent]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": list(messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if tools:
-            body["tools"] = list(tools)
-        reply = _Reply()
+        body = self._wire.stream_body(self.model, messages, tools)
+        if self._chains is None:
+            return self._stream_body(body)
+        return self._chains.stream(body, self._stream_body)
+
+    async def _stream_body(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._post(body, stream=True)
             try:
-                async with contextlib.aclosing(_sse_data(response)) as events:
+                reply = self._wire.reader(response)
+                async with contextlib.aclosing(sse_data(response)) as events:
                     while True:
                         try:
                             async with asyncio.timeout(self._idle_timeout):
                                 data = await anext(events)
                         except StopAsyncIteration:
                             break
-                        for event in reply.read(_chunk(data, response)):
+                        for event in reply.read(data):
                             yield event
             finally:
                 await response.aclose()
@@ -261,8 +228,8 @@ class LLMClient:
             raise ModelError(
                 f"the model sent nothing for {self._idle_timeout:g}s", retryable=True, provider_code="idle_timeout"
             ) from e
-        except _CLIENT_ERRORS as e:
-            raise _translate(e) from e
+        except CLIENT_ERRORS as e:
+            raise translate(e) from e
         self._report(reply.usage, self.model)
         yield reply.completed()
 
@@ -282,20 +249,85 @@ class LLMClient:
             log.exception("the usage hook failed")
 
 
+class _Reader(Protocol):
+    """What the events of one streamed reply said so far."""
+
+    usage: Usage | None
+
+    def read(self, data: bytes) -> list[ModelEvent]:
+        """Take in one event's `data`; the events it gives. Raises `ModelError` or `openai.APIError`."""
+
+    def completed(self) -> Completed:
+        """The end of a stream that ended normally. Raises `ModelError` for one cut short."""
+
+
+class _Wire(Protocol):
+    """One API of the model: its path, its request bodies and how its replies read."""
+
+    path: str
+
+    def stream_body(
+        self, model: str, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]: ...
+
+    def complete_body(self, model: str, messages: Sequence[dict[str, Any]], max_tokens: int) -> dict[str, Any]: ...
+
+    def complete_result(self, response: Any) -> tuple[str, Usage | None]: ...
+
+    def reader(self, response: httpx2.Response) -> _Reader: ...
+
+
+class _ChatWire:
+    """Chat Completions: `POST /chat/completions`, the messages and tool schemas as they are."""
+
+    path = "/chat/completions"
+
+    def stream_body(
+        self, model: str, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            body["tools"] = list(tools)
+        return body
+
+    def complete_body(self, model: str, messages: Sequence[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        return {"model": model, "messages": list(messages), "max_tokens": max_tokens}
+
+    def complete_result(self, response: Any) -> tuple[str, Usage | None]:
+        if not isinstance(response, dict):
+            return "", None
+        usage = _usage(response.get("usage"))
+        choices = response.get("choices")
+        if not choices or not isinstance(choices[0], dict):
+            return "", usage
+        message = choices[0].get("message")
+        return (message.get("content") if isinstance(message, dict) else None) or "", usage
+
+    def reader(self, response: httpx2.Response) -> _Reply:
+        return _Reply(response)
+
+
 class _Reply:
     """What the chunks of one streamed reply said so far: tool calls by index, finish reason, usage. Reasoning
     deltas are passed on as they come."""
 
-    __slots__ = ("calls", "finish_reason", "usage")
+    __slots__ = ("_response", "calls", "finish_reason", "usage")
 
-    def __init__(self) -> None:
-        self.calls: dict[int, _PartialCall] = {}
+    def __init__(self, response: httpx2.Response) -> None:
+        self._response = response
+        self.calls: dict[int, PartialCall] = {}
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
-    def read(self, chunk: dict[str, Any]) -> list[ModelEvent]:
+    def read(self, data: bytes) -> list[ModelEvent]:
         """Take in one `chat.completion.chunk`; the events it gives (reasoning, text, tool calls whose id and name
         are known)."""
+        chunk = _chunk(data, self._response)
         events: list[ModelEvent] = []
         usage = _usage(chunk.get("usage"))
         if usage is not None:
@@ -310,7 +342,7 @@ class _Reply:
             if text:
                 events.append(TextChunk(text))
             for tc in delta.get("tool_calls") or ():
-                partial = self.calls.setdefault(tc.get("index", 0), _PartialCall())
+                partial = self.calls.setdefault(tc.get("index", 0), PartialCall())
                 function = tc.get("function") or _EMPTY
                 if tc.get("id"):
                     partial.id = tc["id"]
@@ -334,7 +366,7 @@ class _Reply:
         """The end of a stream that ended normally; a stream that never said why it finished was cut short."""
         if self.finish_reason is None:
             raise ModelError("the model's stream ended before it finished", retryable=True, provider_code="truncated")
-        calls = [_finish_call(i, p) for i, p in sorted(self.calls.items())]
+        calls = [finish_call(i, p) for i, p in sorted(self.calls.items())]
         return Completed(self.finish_reason, calls, self.usage)
 
 
@@ -360,53 +392,6 @@ def _count(value: Any) -> int:
     return value if type(value) is int and value > 0 else 0
 
 
-_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.HTTPError, ssl.SSLError, anyio.EndOfStream)
-"""What reading a response can raise for a broken connection (the SDK reports these as `APIConnectionError`)."""
-
-_CLIENT_ERRORS: tuple[type[Exception], ...] = (openai.OpenAIError, *_TRANSPORT_ERRORS)
-
-_DRAIN_SECONDS = 0.1
-
-
-async def _sse_data(response: httpx2.Response) -> AsyncGenerator[bytes, None]:
-    """The `data` of each server-sent event of `response`, up to `[DONE]`.
-
-    Lines end in LF, CRLF or CR; an event ends at a blank line; its `data:` lines are joined with LF. Other fields
-    (`event`, `id`, `retry`) and comments are ignored, as the SDK ignores them for chat completions.
-    """
-    chunks = response.aiter_bytes()
-    data: list[bytes] = []
-    pending = b""
-    async for chunk in chunks:
-        lines = (pending + chunk).splitlines(keepends=True) if pending else chunk.splitlines(keepends=True)
-        # An unterminated last line, or one ending in CR (maybe the first half of a CRLF), waits for more bytes.
-        pending = lines.pop() if lines and lines[-1][-1:] != b"\n" else b""
-        for line in lines:
-            if line in (b"\n", b"\r\n", b"\r"):
-                if data:
-                    event = data[0] if len(data) == 1 else b"\n".join(data)
-                    data = []
-                    if event.startswith(b"[DONE]"):
-                        await _drain(response, chunks)
-                        return
-                    yield event
-            elif line.startswith(b"data:"):
-                value = line[5:].rstrip(b"\r\n")
-                data.append(value[1:] if value.startswith(b" ") else value)
-    # An event not ended by a blank line when the body ends is incomplete: dropped, as the SSE spec says.
-
-
-async def _drain(response: httpx2.Response, chunks: AsyncIterator[bytes]) -> None:
-    """Read what follows `[DONE]`, normally only the end of the body, so that an HTTP/1.1 connection goes back to
-    the pool instead of being closed. Bounded: a server that keeps the body open after `[DONE]` costs 0.1 s."""
-    if response.http_version != "HTTP/1.1":
-        return
-    with contextlib.suppress(TimeoutError, *_TRANSPORT_ERRORS):
-        async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in chunks:
-                pass
-
-
 def _chunk(data: bytes, response: httpx2.Response) -> dict[str, Any]:
     """One `chat.completion.chunk` as a dict. An `error` event raises `openai.APIError`, as the SDK's stream does."""
     try:
@@ -424,70 +409,3 @@ def _chunk(data: bytes, response: httpx2.Response) -> dict[str, Any]:
             message = "An error occurred during streaming"
         raise openai.APIError(message, response.request, body=error)
     return chunk
-
-
-def _finish_call(index: int, partial: _PartialCall) -> ToolCall:
-    raw = "".join(partial.arguments)
-    call_id = partial.id or f"call_{index}"
-    try:
-        parsed = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as e:
-        return ToolCall(call_id, partial.name, raw, None, f"arguments are not valid JSON: {e}")
-    if not isinstance(parsed, dict):
-        return ToolCall(call_id, partial.name, raw, None, "arguments are not a JSON object")
-    return ToolCall(call_id, partial.name, raw, parsed)
-
-
-_REGION_BLOCKED = "unsupported_country_region_territory"
-
-
-def _translate(e: Exception) -> ModelError:
-    """Map an SDK or transport error to a `ModelError` with a message fit for the user."""
-    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-        return ModelError("could not reach the model provider", retryable=True, provider_code="connection_error")
-    if isinstance(e, openai.APIStatusError):
-        code = _error_code(e)
-        retry_after = _retry_after(e.response)
-        if code == _REGION_BLOCKED:
-            return ModelError(
-                "The model provider is not available in your country or region.",
-                provider_code=_REGION_BLOCKED,
-            )
-        if e.status_code == 429:
-            return ModelError(
-                "the model provider is rate limiting requests",
-                retryable=True,
-                provider_code=code or "rate_limited",
-                retry_after=retry_after,
-            )
-        if e.status_code >= 500 or "overloaded" in str(e).lower():
-            return ModelError(
-                f"the model provider failed ({e.status_code})",
-                retryable=True,
-                provider_code=code or "server_error",
-                retry_after=retry_after,
-            )
-        if code == "context_length_exceeded":
-            return ModelError("the conversation is too long for the model", provider_code=code)
-        return ModelError(f"the model provider refused the request ({e.status_code})", provider_code=code)
-    return ModelError(f"model call failed: {type(e).__name__}")
-
-
-def _error_code(e: openai.APIStatusError) -> str | None:
-    code = getattr(e, "code", None)
-    if isinstance(code, str):
-        return code
-    body = e.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("code"), str):
-            return str(inner["code"])
-    return None
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from backend.chat import protocol as p
+from backend.chat.error_codes import error_part
 
 CUT_INPUT_TEXT = "The reply ended before this tool call's arguments were complete."
 """`errorText` of a call closed while its arguments were still streaming."""
@@ -105,8 +106,9 @@ class OpenParts:
         self.inputs, self.running = {}, {}
         return out
 
-    def closing(self, error_text: str) -> list[p.Chunk]:
-        """What ends the message properly from here: open parts closed, `error`, `finish` (nothing if finished)."""
+    def closing(self, error_text: str, code: str = "interrupted") -> list[p.Chunk]:
+        """What ends the message properly from here: open parts closed, the `data-error` part for `code`, `error`,
+        `finish` (nothing if finished)."""
         if self.finished:
             return []
         out = self.close_tools()
@@ -116,6 +118,6 @@ class OpenParts:
         if self.step_open:
             out.append(p.FinishStep())
             self.step_open = False
-        out += [p.Error(error_text=error_text), p.Finish(finish_reason="error")]
+        out += [error_part(code), p.Error(error_text=error_text), p.Finish(finish_reason="error")]
         self.finished = True
         return out

@@ -105,8 +105,8 @@ async def explain_lost_tail(
     Entries the owner wrote have the ids it chose (`<base>-1`, `<base>-2`, ...); whoever closed the turn in its
     place wrote under the next base up (`closer_entry_ids`). On the first of those, a cursor of the owner's that
     the stream does not hold means the client saw entries that were never kept. It then gets the `error` with
-    `LOST_TAIL_TEXT` and the `finish`, but not the chunks that end the parts still open in the kept prefix: those
-    are not the parts it has open.
+    `LOST_TAIL_TEXT` and the `finish` (and the `data-error` part before them), but not the chunks that end the parts
+    still open in the kept prefix: those are not the parts it has open.
     """
     cursor = after
     lost: bool | None = None
@@ -121,7 +121,7 @@ async def explain_lost_tail(
                 chunk = p.decode(payload)
                 if isinstance(chunk, p.Error):
                     payload = p.to_json(p.Error(error_text=LOST_TAIL_TEXT))
-                elif not isinstance(chunk, p.Finish):
+                elif not isinstance(chunk, p.Finish) and not _is_error_part(chunk):
                     continue
         elif entry_id:
             cursor = entry_id
@@ -135,3 +135,7 @@ async def _holds(registry: TurnRegistry, turn_id: str, cursor: str) -> bool:
     except RedisError:
         log.warning("turn %s: cannot tell whether a reconnecting client saw more than was kept", turn_id)
         return True
+
+
+def _is_error_part(chunk: p.Chunk) -> bool:
+    return isinstance(chunk, p.DataPart) and chunk.type == "data-error"

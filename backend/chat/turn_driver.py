@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from backend.chat import events as ev
 from backend.chat import protocol as p
+from backend.chat.llm_response_state import conversation_context
 from backend.chat.local_turns import CANCEL, SHUTDOWN, LocalTurns, stop
 from backend.chat.open_parts import OpenParts
 from backend.chat.publisher import TurnPublisher
@@ -82,7 +83,9 @@ class TurnDriver:
         local.publishers[turn_id] = publisher
         local.anchored[turn_id] = req.session_id
         task = asyncio.create_task(
-            self._drive(req, message_text, publisher), name=f"turn-{turn_id}", context=billed_context(req.user_id)
+            self._drive(req, message_text, publisher),
+            name=f"turn-{turn_id}",
+            context=conversation_context(billed_context(req.user_id), str(req.session_id)),
         )
         local.tasks[turn_id] = task
 

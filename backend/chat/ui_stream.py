@@ -15,6 +15,7 @@ from typing import Any
 
 from backend.chat import events as ev
 from backend.chat import protocol as p
+from backend.chat.error_codes import error_part
 from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
 
 # Finish reasons the v5-v7 clients all accept; anything else the model reports becomes "other".
@@ -124,8 +125,8 @@ class UIStreamTranslator:
                 return [p.Start(message_id=message_id, message_metadata=metadata or None)]
             case ev.Status(name=name, data=data):
                 return [p.DataPart(type=f"data-{name}", data=data, transient=True)]
-            case ev.TurnFailed(error_text=error_text):
-                return [*self._end_step(), p.Error(error_text=error_text)]
+            case ev.TurnFailed(error_text=error_text, code=code):
+                return [*self._end_step(), error_part(code), p.Error(error_text=error_text)]
             case ev.TurnAborted(reason=reason):
                 return [*self._end_step(), p.Abort(reason=reason)]
             case ev.TurnEnded(finish_reason=reason, metadata=metadata):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from backend.devtools import _mock_demo
+from backend.devtools import _mock_demo, _mock_responses
 from backend.devtools._mock_markers import Marker, MarkerError, parse_markers
 from backend.devtools._mock_scenarios import SCENARIOS, Turn
 from backend.devtools._mock_wire import (
@@ -32,9 +32,11 @@ from backend.devtools._mock_wire import (
     completion_body,
     encode_text,
     error_response,
+    fail_after,
     filler,
     json_reply,
     sse_chunks,
+    stream_error_chunk,
     token_usage,
 )
 
@@ -99,6 +101,9 @@ class MockLLM:
         self.default_tokens = default_tokens
         self.default_delay = default_delay_ms / 1000
         self._recorded: deque[dict[str, Any]] = deque(maxlen=max_recorded)
+        self._max_recorded = max_recorded
+        self._stored: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        """Responses API: each stored response's whole conversation (its input and its reply) as chat messages."""
         self._counters: dict[tuple[str, str], int] = {}
         self._seq = itertools.count(1)
         self.app = Starlette(
@@ -115,18 +120,22 @@ class MockLLM:
             # The hot path skips Starlette's middleware, which would wrap the send of every chunk.
             response = await self._chat_completions(Request(scope, receive))
             await response(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/v1/responses" and scope["method"] == "POST":
+            response = await self._responses(Request(scope, receive))
+            await response(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Bodies of the chat completion requests received, oldest first."""
+        """Bodies of the chat completion and Responses requests received, oldest first."""
         return list(self._recorded)
 
     def reset(self) -> None:
-        """Forget the recorded requests and every marker counter."""
+        """Forget the recorded requests, every marker counter and the stored responses."""
         self._recorded.clear()
         self._counters.clear()
+        self._stored.clear()
 
     async def _list_models(self, request: Request) -> Response:
         """List the mock model; any other model name is accepted as well."""
@@ -157,11 +166,84 @@ class MockLLM:
             return error_response(400, "'messages' must be a non-empty list of objects.", "invalid_request_error")
         self._recorded.append(body)
         seq = next(self._seq)
+        planned = self._plan(seq, body, messages, body.get("tools") or [], len(raw))
+        if isinstance(planned, Response):
+            return planned
+        plan, prompt_tokens = planned
+        env = Envelope(f"chatcmpl-mock-{seq}", str(body.get("model") or MODEL_ID))
+        headers = {"x-request-id": f"req_mock_{seq}"}
+        if body.get("stream"):
+            stream_options = body.get("stream_options")
+            wants_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
+            chunks = sse_chunks(plan, env, token_usage(prompt_tokens, plan) if wants_usage else None)
+            if plan.stream_error is not None:  # the hot path streams the chunks as they are
+                chunks = fail_after(chunks, plan.stream_error, stream_error_chunk)
+            headers["cache-control"] = "no-cache"
+            return ChunkStream(chunks, plan, headers, "text/event-stream")
+        return json_reply(completion_body(plan, env, token_usage(prompt_tokens, plan)), plan, headers)
+
+    async def _responses(self, request: Request) -> Response:
+        """Answer a Responses API request as the markers in its last user input message say."""
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return error_response(400, "The request body is not valid JSON.", "invalid_request_error")
+        messages = _mock_responses.chat_messages(body) if isinstance(body, dict) else None
+        if not messages:
+            return error_response(
+                400, "'input' must be a string or a non-empty list of items.", "invalid_request_error"
+            )
+        self._recorded.append(body)
+        seq = next(self._seq)
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            if previous not in self._stored:
+                return error_response(
+                    400,
+                    f"Previous response with id '{previous}' not found.",
+                    "invalid_request_error",
+                    "previous_response_not_found",
+                    param="previous_response_id",
+                )
+            messages = [*self._stored[previous], *messages]
+        planned = self._plan(seq, body, messages, _mock_responses.chat_tools(body), len(raw), chained=bool(previous))
+        if isinstance(planned, Response):
+            return planned
+        plan, prompt_tokens = planned
+        env = _mock_responses.ResponseEnvelope(
+            f"resp_mock_{seq}", str(body.get("model") or MODEL_ID), previous_response_id=previous
+        )
+        if body.get("store", True):  # the Responses API stores by default
+            self._stored[env.id] = [*messages, _mock_responses.reply_message(plan)]
+            while len(self._stored) > self._max_recorded:
+                self._stored.popitem(last=False)
+        usage = _mock_responses.usage(prompt_tokens, plan)
+        headers = {"x-request-id": f"req_mock_{seq}"}
+        if body.get("stream"):
+            events = _mock_responses.sse_events(plan, env, usage)
+            events = fail_after(events, plan.stream_error, lambda error: _mock_responses.error_event(error, env))
+            headers["cache-control"] = "no-cache"
+            return ChunkStream(events, plan, headers, "text/event-stream")
+        return json_reply(_mock_responses.response_body(plan, env, usage), plan, headers)
+
+    def _plan(
+        self,
+        seq: int,
+        body: dict[str, Any],
+        messages: list[dict[str, Any]],
+        tools: list[Any],
+        size: int,
+        *,
+        chained: bool = False,
+    ) -> tuple[Plan, int] | Response:
+        """What to answer to `messages` (chat format), whichever API asked: the plan and the prompt's tokens, or
+        an error response."""
         model = str(body.get("model") or MODEL_ID)
-        prompt_tokens = max(1, len(raw) // 4)
+        prompt_tokens = max(1, size // 4)
         users = [m for m in messages if m.get("role") == "user"]
         user_text = _message_text(users[-1].get("content")) if users else ""
-        turn = Turn(seq, model, prompt_tokens, self.default_tokens, Plan(delay=self.default_delay))
+        turn = Turn(seq, model, prompt_tokens, self.default_tokens, Plan(delay=self.default_delay), chained)
         called_back = bool(messages) and messages[-1].get("role") == "tool"
         try:
             markers = parse_markers(user_text)
@@ -183,24 +265,15 @@ class MockLLM:
             elif not plan.answered:
                 plan.content = encode_text(_demo_answer(user_text, markers))
         else:
-            self._plan_demo(plan, messages, body, user_text)
+            self._plan_demo(plan, messages, tools, user_text)
+        return plan, prompt_tokens
 
-        env = Envelope(f"chatcmpl-mock-{seq}", model)
-        headers = {"x-request-id": f"req_mock_{seq}"}
-        if body.get("stream"):
-            stream_options = body.get("stream_options")
-            wants_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
-            chunks = sse_chunks(plan, env, token_usage(prompt_tokens, plan) if wants_usage else None)
-            headers["cache-control"] = "no-cache"
-            return ChunkStream(chunks, plan, headers, "text/event-stream")
-        return json_reply(completion_body(plan, env, token_usage(prompt_tokens, plan)), plan, headers)
-
-    def _plan_demo(self, plan: Plan, messages: list[dict[str, Any]], body: dict[str, Any], user_text: str) -> None:
+    def _plan_demo(self, plan: Plan, messages: list[dict[str, Any]], tools: list[Any], user_text: str) -> None:
         """An unmarked request, answered as the demo model (``_mock_demo``): a title, a tool's result told, a tool
         call for a request it understands, or text."""
         offered = [
             tool.get("function", {}).get("name")
-            for tool in body.get("tools") or []
+            for tool in tools
             if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
         ]
         system = _message_text(messages[0].get("content")) if messages[0].get("role") == "system" else ""

@@ -15,7 +15,7 @@ import orjson
 from starlette.responses import Response
 
 from backend.devtools._mock_markers import Marker, MarkerError
-from backend.devtools._mock_wire import Plan, ToolCall, encode_text, error_response, filler
+from backend.devtools._mock_wire import Plan, StreamError, ToolCall, encode_text, error_response, filler
 
 DEFAULT_TEXT_TOKENS = 20
 
@@ -29,6 +29,8 @@ class Turn:
     prompt_tokens: int
     default_tokens: int | None
     plan: Plan
+    chained: bool = False
+    """Responses API: the request continues a stored response (``previous_response_id``)."""
 
 
 Scenario = Callable[[Turn, Marker], Response | None]
@@ -84,19 +86,35 @@ def _server_error(turn: Turn, marker: Marker) -> Response:
     return error_response(status, message, "server_error")
 
 
+def _gateway(marker: Marker) -> bool:
+    """Whether the marker says ``gateway=litellm``: the error as LiteLLM proxy passes it on (the HTTP status as a
+    string code, its exception class named in the message, no type)."""
+    gateway = marker.params.get("gateway")
+    if gateway not in (None, "litellm"):
+        raise MarkerError(f"{marker.text}: gateway must be litellm")
+    return gateway == "litellm"
+
+
 def _region_block(turn: Turn, marker: Marker) -> Response:
-    """HTTP 403 ``unsupported_country_region_territory``, as OpenAI answers from a blocked region."""
+    """HTTP 403 ``unsupported_country_region_territory``, as OpenAI answers from a blocked region (``gateway=litellm``:
+    as LiteLLM proxy passes it on)."""
     message = "Country, region, or territory not supported"
+    if _gateway(marker):
+        return error_response(403, f"litellm.PermissionDeniedError: OpenAIException - {message}", None, "403")
     return error_response(403, message, "request_forbidden", "unsupported_country_region_territory")
 
 
 def _context_length(turn: Turn, marker: Marker) -> Response:
-    """HTTP 400 ``context_length_exceeded`` for a model with a window of ``limit`` tokens (default 128000)."""
+    """HTTP 400 ``context_length_exceeded`` for a model with a window of ``limit`` tokens (default 128000)
+    (``gateway=litellm``: as LiteLLM proxy passes it on)."""
     limit = marker.count("limit", 128000)
     message = (
         f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
         f"{limit + turn.prompt_tokens} tokens. Please reduce the length of the messages."
     )
+    if _gateway(marker):
+        wrapped = f"litellm.ContextWindowExceededError: litellm.BadRequestError: OpenAIException - {message}"
+        return error_response(400, wrapped, None, "400")
     return error_response(400, message, "invalid_request_error", "context_length_exceeded", param="messages")
 
 
@@ -130,6 +148,34 @@ def _stall(turn: Turn, marker: Marker) -> None:
     turn.plan.stall_seconds = marker.number("seconds", 30)
 
 
+def _stream_error(turn: Turn, marker: Marker) -> None:
+    """An error event inside the stream after ``after`` events (default 2), ending it: ``code`` (default
+    ``server_error``; ``code=408`` is how LiteLLM proxy reports a stalled upstream) and ``message``. Over the
+    Responses API, ``event=failed`` sends ``response.failed`` instead of an ``error`` event."""
+    event = str(marker.params.get("event", "error"))
+    if event not in ("error", "failed"):
+        raise MarkerError(f"{marker.text}: event must be error or failed")
+    code = str(marker.params.get("code", "server_error"))
+    message = str(marker.params.get("message", "The server had an error while processing your request."))
+    turn.plan.stream_error = StreamError(marker.count("after", 2), code, message, event)
+
+
+def _incomplete(turn: Turn, marker: Marker) -> None:
+    """Responses API only: the response ends ``incomplete`` for ``reason`` (default ``max_output_tokens``)."""
+    turn.plan.incomplete_reason = str(marker.params.get("reason", "max_output_tokens"))
+
+
+def _expire_response(turn: Turn, marker: Marker) -> Response | None:
+    """Responses API: a request that continues a stored response (``previous_response_id``) is answered HTTP 400
+    ``previous_response_not_found``, as if it had expired; one with the whole input is answered as usual."""
+    if not turn.chained:
+        return None
+    message = "Previous response with id not found."
+    return error_response(
+        400, message, "invalid_request_error", "previous_response_not_found", param="previous_response_id"
+    )
+
+
 SCENARIOS: Mapping[str, Scenario] = {
     "text": _text,
     "tool": _tool,
@@ -142,4 +188,7 @@ SCENARIOS: Mapping[str, Scenario] = {
     "stall": _stall,
     "reasoning": _reasoning,
     "usage": _usage,
+    "stream_error": _stream_error,
+    "incomplete": _incomplete,
+    "expire_response": _expire_response,
 }

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +32,17 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+
+
+@dataclass
+class StreamError:
+    """An error sent inside the stream after ``after`` events, ending it."""
+
+    after: int
+    code: str
+    message: str
+    event: str = "error"
+    """Responses API only: ``error`` (an ``error`` event) or ``failed`` (``response.failed``)."""
 
 
 @dataclass
@@ -56,6 +67,10 @@ class Plan:
     """The delta field that carries them: ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning`` (OpenRouter)."""
     cached_tokens: int = 0
     """Prompt tokens reported as served from the provider's cache."""
+    stream_error: StreamError | None = None
+    """An error event that cuts the stream."""
+    incomplete_reason: str | None = None
+    """Responses API only: end with ``response.incomplete`` for this reason instead of ``response.completed``."""
 
     @property
     def finish_reason(self) -> str:
@@ -65,7 +80,7 @@ class Plan:
 def error_response(
     status: int,
     message: str,
-    type_: str,
+    type_: str | None,
     code: str | None = None,
     *,
     param: str | None = None,
@@ -119,7 +134,7 @@ class Envelope:
         return b"".join((self._text_head, token, self._text_tail))
 
 
-def _fragments(arguments: str) -> list[str]:
+def fragments(arguments: str) -> list[str]:
     """Tool arguments cut into pieces of up to 8 characters, at least two when possible."""
     size = max(1, min(8, len(arguments) // 2))
     return [arguments[i : i + size] for i in range(0, len(arguments), size)]
@@ -130,7 +145,7 @@ def _tool_call_deltas(calls: list[ToolCall]) -> Iterator[dict[str, Any]]:
     for index, call in enumerate(calls):
         function = {"name": call.name, "arguments": ""}
         yield {"tool_calls": [{"index": index, "id": call.id, "type": "function", "function": function}]}
-    for pieces in itertools.zip_longest(*(_fragments(call.arguments) for call in calls)):
+    for pieces in itertools.zip_longest(*(fragments(call.arguments) for call in calls)):
         for index, piece in enumerate(pieces):
             if piece is not None:
                 yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
@@ -139,7 +154,7 @@ def _tool_call_deltas(calls: list[ToolCall]) -> Iterator[dict[str, Any]]:
 def token_usage(prompt_tokens: int, plan: Plan) -> dict[str, Any]:
     """OpenAI's ``usage`` object; the details objects only when the plan has cached or reasoning tokens."""
     reasoning = len(plan.reasoning)
-    completion = reasoning + len(plan.content) + sum(len(_fragments(call.arguments)) for call in plan.tool_calls)
+    completion = reasoning + len(plan.content) + sum(len(fragments(call.arguments)) for call in plan.tool_calls)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
@@ -165,6 +180,23 @@ def sse_chunks(plan: Plan, env: Envelope, usage: dict[str, Any] | None) -> Itera
     if usage is not None:
         yield env.chunk([], usage)
     yield _DONE
+
+
+def fail_after(
+    events: Iterator[bytes], error: StreamError | None, encode: Callable[[StreamError], bytes]
+) -> Iterator[bytes]:
+    """``events`` up to ``error.after`` of them, then the error event (and nothing more); all of them without one."""
+    if error is None:
+        yield from events
+        return
+    yield from itertools.islice(events, error.after)
+    yield encode(error)
+
+
+def stream_error_chunk(error: StreamError) -> bytes:
+    """A chat completions stream's error event: an object holding ``error``, as OpenAI and gateways send it."""
+    body = {"error": {"message": error.message, "type": None, "param": None, "code": error.code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 def completion_body(plan: Plan, env: Envelope, usage: dict[str, Any]) -> bytes:

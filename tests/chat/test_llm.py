@@ -22,8 +22,8 @@ from backend.chat.llm import (
     ToolArgumentsDelta,
     ToolCallHeader,
     Usage,
-    _sse_data,
 )
+from backend.chat.llm_sse import sse_data
 from backend.devtools.mock_llm import MockLLMServer
 from backend.errors import ModelError
 
@@ -346,16 +346,29 @@ async def test_the_request_goes_through_the_sdk_client() -> None:
     assert orjson.loads(body)["messages"] == [{"role": "user", "content": "hi"}]
 
 
-async def test_an_error_event_in_the_stream_raises() -> None:
+async def test_an_error_event_after_text_raises_and_is_not_retried() -> None:
     error = {"error": {"message": "The server had an error", "type": "server_error", "code": None}}
-    with pytest.raises(ModelError) as caught:
-        await raw_stream([event(delta({"content": "Hel"})), event(error), FINISH, DONE], retries=2)
-    # As the SDK's stream did: `openai.APIError` carrying the error object, which is not retried.
-    assert not caught.value.retryable
+    async with RawModel([event(delta({"content": "Hel"})), event(error), FINISH, DONE]) as server:
+        llm = client(server.base_url, retries=2)
+        try:
+            with pytest.raises(ModelError) as caught:
+                await collect(llm, [{"role": "user", "content": "hi"}])
+        finally:
+            await llm.close()
+    # Classified as the server error it is, but text was streamed: no second attempt.
+    assert caught.value.retryable and caught.value.provider_code == "server_error"
+    assert len(server.requests) == 1
     cause = caught.value.__cause__
     assert isinstance(cause, openai.APIError) and not isinstance(cause, openai.APIStatusError)
     assert cause.message == "The server had an error"
     assert cause.body == error["error"]
+
+
+async def test_a_gateways_in_stream_timeout_before_any_text_is_retried() -> None:
+    # LiteLLM proxy ends a stalled upstream with an error object whose code is the status 408, as a string.
+    stalled = {"error": {"message": "litellm.Timeout: Connection timed out", "type": None, "code": "408"}}
+    events, server = await raw_stream([event(stalled)], [event(delta({"content": "ok"})), FINISH, DONE], retries=1)
+    assert text(events) == "ok" and len(server.requests) == 2
 
 
 async def test_an_error_event_without_a_message_gets_a_default_one() -> None:
@@ -496,7 +509,7 @@ async def test_sse_data_stops_at_done() -> None:
             yield piece
 
     response = httpx2.Response(200, content=pieces())
-    assert [d async for d in _sse_data(response)] == [b"1"]
+    assert [d async for d in sse_data(response)] == [b"1"]
 
 
 # --- the usage hook (per-user token budgets) -------------------------------------------------------------------

@@ -44,11 +44,12 @@ def test_a_call_cut_off_by_a_failure_is_closed_with_the_raw_input_it_had() -> No
         ev.TextDelta("Let me compute. "),
         ev.ToolCallStarted("c1", "calculate"),
         ev.ToolInputDelta("c1", '{"expre'),
-        ev.TurnFailed("could not reach the model provider"),
+        ev.TurnFailed("could not reach the model provider", "connection_error"),
     )
-    assert chunks[-4:] == [
+    assert chunks[-5:] == [
         p.ToolInputError(tool_call_id="c1", tool_name="calculate", input='{"expre', error_text=CUT_INPUT_TEXT),
         p.FinishStep(),
+        p.DataPart(type="data-error", data={"code": "provider_error", "retryable": True}, transient=True),
         p.Error(error_text="could not reach the model provider"),
         p.Finish(finish_reason="error"),
     ]

@@ -8,7 +8,8 @@
 //   violations  the errors that are NOT an `error` chunk: schema/JSON failures (AI_TypeValidationError,
 //               AI_JSONParseError) and ordering errors (AI_UIMessageStreamError). Empty for a valid stream.
 //   chat        the useChat path: AbstractChat + DefaultChatTransport (useChat without React) fed the
-//               same body through a stubbed fetch: {status, error, finishReason, isError, message}
+//               same body through a stubbed fetch: {status, error, finishReason, isError, message, data}
+//               (`data`: the data parts onData heard, transient ones included)
 //   chunks      the chunks as the client parsed them
 //
 // Both paths use the package's own parser: parseJsonEventStream + uiMessageChunkSchema, exactly as
@@ -89,7 +90,9 @@ class MemoryChat extends AbstractChat {
 
 async function chatPath(body) {
   let finish = null;
+  const data = [];
   const chat = new MemoryChat({
+    onData: part => data.push(part),
     id: 'conformance',
     transport: new DefaultChatTransport({
       api: 'http://conformance.invalid/api/chat',
@@ -107,6 +110,7 @@ async function chatPath(body) {
     finishReason: finish?.finishReason ?? null,
     isError: finish?.isError ?? null,
     message: last?.role === 'assistant' ? last : null,
+    data,
   };
 }
 

@@ -472,8 +472,9 @@ async def test_a_killed_pods_partial_reply_is_what_can_be_replayed_and_a_client_
         )
         await reconnect.done(within=15)
         assert reconnect.status == 200 and reconnect.error is None
-        assert kinds(reconnect.frames) == ["error", "finish", "[DONE]"]
-        error, finish = chunks(body_of(reconnect.frames))
+        assert kinds(reconnect.frames) == ["data-error", "error", "finish", "[DONE]"]
+        code, error, finish = chunks(body_of(reconnect.frames))
+        assert code["data"] == {"code": "interrupted", "retryable": True}
         assert error["errorText"].startswith("interrupted:") and "not kept" in error["errorText"]
         assert finish["finishReason"] == "error"
 

@@ -114,7 +114,7 @@ async def test_followers_end_on_time_when_redis_restarts_empty_mid_turn(
     assert elsewhere.ended_at is not None and elsewhere.ended_at - restarted_at < 3.0
     assert_well_formed(elsewhere.frames)  # its open text part and step are closed too
     made_up = [f for f in elsewhere.frames if f.id is None]  # not in the stream: no cursor a client could resume at
-    assert kinds(made_up) == ["text-end", "finish-step", "error", "finish", "[DONE]"]
+    assert kinds(made_up) == ["text-end", "finish-step", "data-error", "error", "finish", "[DONE]"]
     assert elsewhere.frames[-len(made_up) :] == made_up
 
     # The reply itself is not lost: the owner stored all of it.

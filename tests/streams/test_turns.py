@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat import protocol as p
+from backend.chat.error_codes import error_part
 from backend.chat.open_parts import CUT_INPUT_TEXT, NO_OUTPUT_TEXT
 from backend.chat.recovery import LOST_OWNER_TEXT, LOST_TAIL_TEXT, closing_chunks, explain_lost_tail, reap
 from backend.chat.tokens import TokenCounter
@@ -26,6 +27,9 @@ from backend.streams.active import ActiveTurns
 from backend.streams.turns import TurnRegistry, TurnVanished, entry_id, is_owners_entry, position_of
 from tests.conftest import REDIS_URL
 from tests.protocol_check import check_sequence
+
+INTERRUPTED = error_part("interrupted")
+"""The `data-error` part before the `error` of a turn closed in its owner's place."""
 
 
 @pytest.fixture
@@ -281,6 +285,7 @@ def test_closing_an_open_text_part() -> None:
     assert closing == [
         p.TextEnd(id="text-0"),
         p.FinishStep(),
+        INTERRUPTED,
         p.Error(error_text=LOST_OWNER_TEXT),
         p.Finish(finish_reason="error"),
     ]
@@ -299,7 +304,12 @@ def test_closing_an_open_step_without_open_text() -> None:
         p.ToolOutputAvailable(tool_call_id="c0", output=4),
     ]
     closing, partial = closing_chunks(chunks)
-    assert closing == [p.FinishStep(), p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
+    assert closing == [
+        p.FinishStep(),
+        INTERRUPTED,
+        p.Error(error_text=LOST_OWNER_TEXT),
+        p.Finish(finish_reason="error"),
+    ]
     assert partial == "Let me check."
 
 
@@ -324,6 +334,7 @@ def test_closing_ends_the_tool_calls_a_dead_owner_left_open() -> None:
         p.ToolInputError(tool_call_id="c2", tool_name="lookup", input='{"id": 7', error_text=CUT_INPUT_TEXT),
         p.ToolOutputError(tool_call_id="c1", error_text=NO_OUTPUT_TEXT),
         p.FinishStep(),
+        INTERRUPTED,
         p.Error(error_text=LOST_OWNER_TEXT),
         p.Finish(finish_reason="error"),
     ]
@@ -346,7 +357,7 @@ def test_closing_with_nothing_open() -> None:
     ]
     for chunks in ([], [p.Start(message_id="m")], [p.Start(message_id="m"), *first_step]):
         closing, partial = closing_chunks(chunks)
-        assert closing == [p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
+        assert closing == [INTERRUPTED, p.Error(error_text=LOST_OWNER_TEXT), p.Finish(finish_reason="error")]
         assert partial == ""  # a finished step was stored by its owner
 
 
@@ -396,7 +407,7 @@ async def test_reap_closes_a_dead_owners_turn_once(registry: TurnRegistry, store
 
     assert results.count(True) == 1
     streamed = [orjson.loads(c) for c in await registry.chunks(turn_id)]
-    assert [c["type"] for c in streamed[len(opening) :]] == ["text-end", "finish-step", "error", "finish"]
+    assert [c["type"] for c in streamed[len(opening) :]] == ["text-end", "finish-step", "data-error", "error", "finish"]
     info = await registry.info(turn_id)
     assert info is not None and info.status == "interrupted"
     messages = await store.messages(session.id)
@@ -516,12 +527,14 @@ async def test_a_client_shown_more_than_was_kept_is_told_so(
         return [p.decode(c) for _, c in followed if c is not None]
 
     assert await reconnect(entry_id(turn_id, 9)) == [
+        INTERRUPTED,
         p.Error(error_text=LOST_TAIL_TEXT),
         p.Finish(finish_reason="error"),
     ]
     assert await reconnect(entry_id(turn_id, 5)) == [
         p.TextEnd(id="text-0"),
         p.FinishStep(),
+        INTERRUPTED,
         p.Error(error_text=LOST_OWNER_TEXT),
         p.Finish(finish_reason="error"),
     ]

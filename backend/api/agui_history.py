@@ -37,7 +37,7 @@ def agui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage
         elif message.role == "assistant":
             text = (message.content or message.refusal or "").removesuffix(INTERRUPTED_MARK).rstrip()
             calls = [_tool_call(call) for call in message.tool_calls or []]
-            if not (text or calls or message.reasoning):
+            if not _produced(message):
                 continue  # the stream opens no message for a step that produced nothing
             if reply is None:
                 reply = named or f"msg-{message.id}"
@@ -58,6 +58,23 @@ def agui_messages(stored: Iterable[ChatMessage], reply_id: Callable[[ChatMessage
                 )
             )
     return out
+
+
+def reply_steps(stored: Sequence[ChatMessage]) -> int:
+    """How many steps of the last reply in `stored` (oldest first) have a message: where a continuation of that
+    reply goes on numbering its steps' messages."""
+    steps = 0
+    for message in stored:
+        if message.role == "user":
+            steps = 0
+        elif message.role == "assistant" and _produced(message):
+            steps += 1
+    return steps
+
+
+def _produced(message: ChatMessage) -> bool:
+    text = (message.content or message.refusal or "").removesuffix(INTERRUPTED_MARK).rstrip()
+    return bool(text or message.tool_calls or message.reasoning)
 
 
 def conflicts(client: Sequence[dict[str, Any]], stored: Sequence[Message]) -> bool:

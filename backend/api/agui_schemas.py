@@ -1,8 +1,8 @@
 """The body of `POST /api/agui`: AG-UI 1.0's `RunAgentInput`, bounded like every other body (`backend.api.inputs`).
 
 Fields AG-UI clients add later pass through (`extra="allow"`), as the protocol asks of its peers. Only what the
-service reads is typed tightly: ids, the messages' roles and text, the context. `tools` (frontend tools) and
-`resume` (answers to interrupts) are accepted and not used yet: human in the loop is not mapped to AG-UI yet.
+service reads is typed tightly: ids, the messages' roles and text, the context, the frontend tools, the answers to
+interrupts.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class AguiMessage(_Body):
     content: Text | list[ContentPart] | dict[str, Any] | None = Field(default=None)
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_PARTS)
     tool_call_id: OptionalId | None = None
+    error: Text | None = None
+    """A tool message's failure (the frontend tool failed): the model is shown it as the call's error."""
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -65,6 +67,30 @@ class ContextItem(_Body):
     value: Text = Field(max_length=MAX_CONTEXT_CHARS)
 
 
+class AguiTool(_Body):
+    """A frontend tool (AG-UI `Tool`); its bounds and schema are checked as every frontend tool's are
+    (`backend/tools/frontend.py`)."""
+
+    name: Text = Field(max_length=200)
+    description: Text = Field(default="", max_length=10_000)
+    parameters: dict[str, Any] | None = None
+    """The arguments' JSON Schema (an object); none: the tool takes no arguments."""
+
+    def declaration(self) -> dict[str, Any]:
+        """As the AI SDK declares a frontend tool (what `HumanInput.check_frontend_tools` reads)."""
+        schema = self.parameters or {"type": "object", "properties": {}}
+        return {"name": self.name, "description": self.description, "inputSchema": schema}
+
+
+class ResumeEntry(_Body):
+    """An answer to an interrupt (AG-UI `ResumeEntry`). For an approval (`reason: tool_approval`), `payload` is
+    `{"approved": bool, "reason"?: str}`; `status: cancelled` denies the call."""
+
+    interrupt_id: ClientId
+    status: Literal["resolved", "cancelled"]
+    payload: Any = None
+
+
 class RunAgentInput(_Body):
     """AG-UI's `RunAgentInput`."""
 
@@ -75,15 +101,17 @@ class RunAgentInput(_Body):
     parent_run_id: OptionalId | None = None
     protocol_version: str | None = Field(default=None, max_length=50)
     messages: list[AguiMessage] = Field(max_length=MAX_MESSAGES)
-    """The whole history as the client has it, ending with the new user message."""
+    """The whole history as the client has it, ending with the new user message, or with the tool messages that
+    answer calls that wait (frontend tools, questions)."""
     context: list[ContextItem] | None = Field(default=None, max_length=MAX_CONTEXT_ITEMS)
     """Shown to the model for this run as context the client supplied (like a page's content)."""
     state: Any = None
     """Accepted, not used: the service keeps no shared state."""
-    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_PARTS)
-    """Frontend tools: accepted, not offered to the model yet (human in the loop over AG-UI is coming)."""
-    resume: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_PARTS)
-    """Answers to interrupts: accepted, not used yet (human in the loop over AG-UI is coming)."""
+    tools: list[AguiTool] | None = Field(default=None, max_length=MAX_PARTS)
+    """Frontend tools: offered to the model for this run and remembered for the thread's continuations; a call of
+    one ends the run with the call pending, answered by a tool message in the next run."""
+    resume: list[ResumeEntry] | None = Field(default=None, max_length=MAX_PARTS)
+    """Answers to the interrupts (approvals) that ended an earlier run."""
     forwarded_props: Any = None
     """Accepted, not used."""
 

@@ -12,8 +12,11 @@ its parts opened and closed (`UIStreamTranslator` guarantees that), so the mappi
 - a tool call is `TOOL_CALL_START` / `ARGS` / `END` once its input is complete, then `TOOL_CALL_RESULT` (an error
   result when the tool failed, never ran or was denied). In AG-UI a call left without a result is one the client
   must answer: the chunks close every call that gets no result except those that wait for a person (a question,
-  an approval: human in the loop), which `RUN_FINISHED` lists as pending; an approval request is a `CUSTOM`
-  event `tool-approval-request` until AG-UI interrupts are mapped;
+  a frontend tool: human in the loop), which `RUN_FINISHED` lists as pending (the client answers them with tool
+  messages in its next run);
+- an approval request is a `CUSTOM` event `tool-approval-request` when it comes, and an interrupt of the run:
+  `RUN_FINISHED`'s outcome is then `interrupt`, one `Interrupt` per call to approve (`approval_interrupt`), which
+  the next run answers with `resume`;
 - `error` is `RUN_ERROR`; `finish` is `RUN_FINISHED` with the turn's usage, its outcome `cancelled` after `abort`;
 - a transient `data-<name>` part is a `CUSTOM` event `<name>`.
 
@@ -24,11 +27,13 @@ re-opens what was open at the cursor (same ids, so its messages continue in plac
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from ag_ui.core import (
     BaseEvent,
     CustomEvent,
+    Interrupt,
     ReasoningEndEvent,
     ReasoningMessageContentEvent,
     ReasoningMessageEndEvent,
@@ -37,6 +42,7 @@ from ag_ui.core import (
     RunErrorEvent,
     RunFinishedCancelledOutcome,
     RunFinishedEvent,
+    RunFinishedInterruptOutcome,
     RunFinishedSuccessOutcome,
     RunStartedEvent,
     StepFinishedEvent,
@@ -69,6 +75,28 @@ def result_message_id(tool_call_id: str) -> str:
     return f"result-{tool_call_id}"
 
 
+APPROVAL_REASON = "tool_approval"
+"""The `reason` of an interrupt that asks to approve a tool call."""
+APPROVAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"approved": {"type": "boolean"}, "reason": {"type": "string"}},
+    "required": ["approved"],
+}
+"""What a `resume` entry's `payload` answering an approval holds."""
+
+
+def approval_interrupt(approval_id: str, tool_call_id: str, tool_name: str | None) -> Interrupt:
+    """The interrupt of a call that waits for approval; its id is the call's approval id (as useChat knows it)."""
+    what = f"the call of {tool_name}" if tool_name else "this tool call"
+    return Interrupt(
+        id=approval_id,
+        reason=APPROVAL_REASON,
+        message=f"Approve {what}?",
+        tool_call_id=tool_call_id,
+        response_schema=APPROVAL_SCHEMA,
+    )
+
+
 def error_content(error_text: str) -> str:
     """A failed call's result as the model is shown it (the stored tool message's shape)."""
     return json.dumps({"error": {"message": error_text}})
@@ -84,8 +112,20 @@ class _Call:
 
 
 class AguiTranslator:
-    def __init__(self, *, thread_id: str, run_id: str, outcomes: bool = True) -> None:
-        """`outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
+    def __init__(
+        self,
+        *,
+        thread_id: str,
+        run_id: str,
+        outcomes: bool = True,
+        client_results: Iterable[str] = (),
+        first_step: int = 0,
+    ) -> None:
+        """`first_step`: how many steps of the reply came before this turn (a continuation goes on with the
+        message of the one that asked, so its steps' messages go on counting: `<reply id>-<first_step>` next).
+        `client_results`: calls whose results the client sent in this run's tool messages (it holds them; a
+        `TOOL_CALL_RESULT` would add a second tool message for the call).
+        `outcomes`: the client knows every `RUN_FINISHED` outcome (AG-UI 1.0, which sends `protocolVersion`).
         The 0.0.x clients (what `@copilotkit/runtime` 1.75 runs) refuse an outcome other than `success` and
         `interrupt`, and `pendingToolCallIds` in it: for them a cancelled run finishes without an outcome and with
         `result: {"cancelled": true}`, and pending calls are not named."""
@@ -97,8 +137,8 @@ class AguiTranslator:
         self._steps = 0
         self._step: str | None = None
         """Name of the open step."""
-        self._messages = 0
-        """Steps so far that produced anything (each has an assistant message)."""
+        self._messages = first_step
+        """Steps of the reply so far that produced anything (each has an assistant message)."""
         self._message: str | None = None
         """The open step's assistant message, once it produced anything."""
         self._reasonings = 0
@@ -106,8 +146,10 @@ class AguiTranslator:
         self._reasoning: str | None = None
         self._calls: dict[str, _Call] = {}
         """Calls the client has seen and whose result it has not."""
-        self._answered: set[str] = set()
-        """Calls whose result was sent (a result is sent once)."""
+        self._answered: set[str] = set(client_results)
+        """Calls whose result was sent or that the client holds (a result is sent once)."""
+        self._interrupts: dict[str, Interrupt] = {}
+        """Approvals asked for, by call."""
         self._cancelled = False
         self.finished = False
 
@@ -166,7 +208,10 @@ class AguiTranslator:
             case "tool-output-denied":
                 return self._result(chunk["toolCallId"], error_content(DENIED_TEXT))
             case "tool-approval-request":
-                value = {"approvalId": chunk.get("approvalId"), "toolCallId": chunk.get("toolCallId")}
+                call_id, approval_id = str(chunk.get("toolCallId")), str(chunk.get("approvalId"))
+                call = self._calls.get(call_id)
+                self._interrupts[call_id] = approval_interrupt(approval_id, call_id, call.name if call else None)
+                value = {"approvalId": approval_id, "toolCallId": call_id}
                 return [CustomEvent(name="tool-approval-request", value=value)]
             case "start-step":
                 out = self._end_step()
@@ -224,9 +269,13 @@ class AguiTranslator:
         # Calls left without a result wait for a person; the client answers them (AG-UI's pending tool calls, which
         # a 0.0.x client derives itself: its schema refuses the field).
         pending = (list(self._calls) or None) if self._outcomes else None
-        outcome: RunFinishedSuccessOutcome | RunFinishedCancelledOutcome | None = RunFinishedSuccessOutcome(
-            pending_tool_call_ids=pending
-        )
+        outcome: RunFinishedSuccessOutcome | RunFinishedInterruptOutcome | RunFinishedCancelledOutcome | None
+        outcome = RunFinishedSuccessOutcome(pending_tool_call_ids=pending)
+        # An approval still asked for makes the run an interrupted one (both client versions know that outcome). Its
+        # calls to answer with tool messages are then not named: a 1.0 interrupt outcome has no field for them.
+        interrupts = [i for call_id, i in self._interrupts.items() if call_id in self._calls]
+        if interrupts:
+            outcome = RunFinishedInterruptOutcome(interrupts=interrupts)
         result = None
         if self._cancelled:
             outcome, result = (RunFinishedCancelledOutcome(), None) if self._outcomes else (None, {"cancelled": True})

@@ -86,6 +86,10 @@ class HumanInput:
         now = datetime.now(UTC)
         return [c for c in await self._awaiting.open_calls(session_id) if c.state == "waiting" and c.expires_at > now]
 
+    async def call(self, session_id: Any, tool_call_id: str) -> AwaitingCall | None:
+        """The call `tool_call_id` of the session if it waited for a person, whatever its state; else None."""
+        return await self._awaiting.find(session_id, tool_call_id)
+
     def check_frontend_tools(self, declared: Sequence[dict[str, Any]]) -> tuple[FrontendTool, ...]:
         """Declared frontend tools, checked against the server's tool names; `BadRequest` naming the problem."""
         try:

@@ -19,7 +19,7 @@ RUN_TTL_SECONDS = 7 * 86_400
 _BIND = """
 local owner = redis.call('HGET', KEYS[1], 'user_id')
 if owner and owner ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'turn_id', ARGV[2], 'thread_id', ARGV[3])
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'turn_id', ARGV[2], 'thread_id', ARGV[3], 'first_step', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
@@ -32,6 +32,8 @@ class AguiRun:
     thread_id: str
     """The client's `threadId`, as it sent it (the session id may be derived from it)."""
     user_id: str
+    first_step: int = 0
+    """Steps of the reply before the run's turn (a continuation's; `AguiTranslator`'s `first_step`)."""
 
 
 class AguiRuns:
@@ -42,7 +44,7 @@ class AguiRuns:
     async def bind(self, run: AguiRun) -> bool:
         """Record that `run.run_id` is `run.turn_id` (a retried run with the same id may name it again). False, and
         nothing written, when the run id is another user's: run ids are the clients' and must not be taken over."""
-        args: list[str | int] = [run.user_id, run.turn_id, run.thread_id, RUN_TTL_SECONDS]
+        args: list[str | int] = [run.user_id, run.turn_id, run.thread_id, RUN_TTL_SECONDS, run.first_step]
         return bool(await self._bind(keys=[keys.agui_run(run.run_id)], args=args))
 
     async def get(self, run_id: str) -> AguiRun | None:
@@ -50,4 +52,10 @@ class AguiRuns:
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
-        return AguiRun(run_id=run_id, turn_id=d["turn_id"], thread_id=d["thread_id"], user_id=d["user_id"])
+        return AguiRun(
+            run_id=run_id,
+            turn_id=d["turn_id"],
+            thread_id=d["thread_id"],
+            user_id=d["user_id"],
+            first_step=int(d.get("first_step") or 0),
+        )

@@ -185,6 +185,9 @@ async def test_refused_inputs(chat: tuple[httpx.AsyncClient, LiveServer]) -> Non
     assert (await client.post("/api/agui", json=run_input(thread, user("hi")))).status_code == 401
     tool_result = {"id": "t", "role": "tool", "content": "x", "toolCallId": "c"}
     r = await client.post("/api/agui", json=run_input(thread, tool_result), headers=ALICE)
+    assert r.status_code == 404  # an answer on a thread that does not exist
+    assistant = {"id": "a", "role": "assistant", "content": "hello"}
+    r = await client.post("/api/agui", json=run_input(thread, assistant), headers=ALICE)
     assert r.status_code == 400
     r = await client.post("/api/agui", json=run_input(thread, user("a\u0000b")), headers=ALICE)
     assert r.status_code == 422
@@ -226,8 +229,8 @@ async def test_another_pod_follows_and_cancels_a_running_run(chat_settings: Sett
 async def test_context_reaches_the_model_and_tools_are_accepted(
     chat: tuple[httpx.AsyncClient, LiveServer], mock_llm: MockLLMServer
 ) -> None:
-    """`context` is shown to the model for the run, as a page's content is; frontend `tools`, `state` and
-    `forwardedProps` are accepted (not used yet)."""
+    """`context` is shown to the model for the run, as a page's content is; frontend `tools` are offered to it;
+    `state` and `forwardedProps` are accepted (not used)."""
     client, _ = chat
     context = [{"description": "The open document", "value": "Quarterly report, draft 3"}]
     tools = [{"name": "confirm", "description": "Ask the user", "parameters": {"type": "object"}}]
@@ -238,4 +241,4 @@ async def test_context_reaches_the_model_and_tools_are_accepted(
     prompt = json.dumps([r for r in mock_llm.requests if r.get("stream")][-1]["messages"])
     assert "Quarterly report, draft 3" in prompt and "The open document" in prompt
     offered = [t["function"]["name"] for t in [r for r in mock_llm.requests if r.get("stream")][-1].get("tools", [])]
-    assert "confirm" not in offered
+    assert "confirm" in offered

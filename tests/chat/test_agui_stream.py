@@ -11,7 +11,7 @@ import orjson
 
 from backend.chat import protocol as p
 from backend.chat.agui_sse import agui_sse
-from backend.chat.agui_stream import AguiTranslator
+from backend.chat.agui_stream import APPROVAL_SCHEMA, AguiTranslator
 from backend.chat.events import (
     StepStarted,
     TextDelta,
@@ -73,27 +73,19 @@ def test_every_call_gets_a_result_even_when_it_never_ran() -> None:
 
 
 def test_calls_waiting_for_a_person_are_pending_and_a_denied_call_has_an_error_result() -> None:
-    """Human in the loop, as far as AG-UI goes for now: a question or an approval leaves its call without a result
-    (the client's pending tool calls, named by `RUN_FINISHED`); an approval request is a `CUSTOM` event."""
+    """Human in the loop: a question leaves its call without a result (the client's pending tool calls, named by
+    `RUN_FINISHED`, answered by tool messages in the next run)."""
     events = translated(
         chunks_of(
             TurnStarted("msg-1"),
             StepStarted(),
             ToolCallReady("q", "ask_user", {"question": "Which one?"}),
             ToolAwaiting("q", "ask_user", "ask_user", {"question": "Which one?"}),
-            ToolCallReady("a", "deploy", {}),
-            ToolAwaiting("a", "deploy", "approval", {}),
             TurnEnded("tool-calls"),
         )
     )
     assert "TOOL_CALL_RESULT" not in kinds(events)
-    assert events[-1]["outcome"] == {"type": "success", "pendingToolCallIds": ["q", "a"]}
-    custom = next(e for e in events if e["type"] == "CUSTOM")
-    assert custom == {
-        "type": "CUSTOM",
-        "name": "tool-approval-request",
-        "value": {"approvalId": "approval-a", "toolCallId": "a"},
-    }
+    assert events[-1]["outcome"] == {"type": "success", "pendingToolCallIds": ["q"]}
     denied = translated(
         chunks_of(
             TurnStarted("msg-2"),
@@ -104,6 +96,59 @@ def test_calls_waiting_for_a_person_are_pending_and_a_denied_call_has_an_error_r
     )
     result = next(e for e in denied if e["type"] == "TOOL_CALL_RESULT")  # a call an earlier run showed
     assert result["toolCallId"] == "a" and "denied" in result["content"]
+
+
+def test_an_approval_request_is_a_custom_event_and_interrupts_the_run() -> None:
+    """A call to approve is announced as a `CUSTOM` event and ends the run with the `interrupt` outcome (both client
+    versions know it), one interrupt per call, its id the call's approval id (what `resume` answers)."""
+    chunks = chunks_of(
+        TurnStarted("msg-1"),
+        StepStarted(),
+        ToolCallReady("q", "ask_user", {"question": "Which one?"}),
+        ToolAwaiting("q", "ask_user", "ask_user", {"question": "Which one?"}),
+        ToolCallReady("a", "deploy", {}),
+        ToolAwaiting("a", "deploy", "approval", {}),
+        TurnEnded("tool-calls"),
+    )
+    for outcomes in (True, False):
+        agui = AguiTranslator(thread_id="t", run_id="r", outcomes=outcomes)
+        events = [
+            e.model_dump(by_alias=True, mode="json", exclude_none=True) for c in chunks for e in agui.translate(c)
+        ]
+        custom = next(e for e in events if e["type"] == "CUSTOM")
+        assert custom == {
+            "type": "CUSTOM",
+            "name": "tool-approval-request",
+            "value": {"approvalId": "approval-a", "toolCallId": "a"},
+        }
+        assert events[-1]["outcome"] == {
+            "type": "interrupt",
+            "interrupts": [
+                {
+                    "id": "approval-a",
+                    "reason": "tool_approval",
+                    "message": "Approve the call of deploy?",
+                    "toolCallId": "a",
+                    "responseSchema": APPROVAL_SCHEMA,
+                }
+            ],
+        }
+    # An approval answered within the run (its call got a result) interrupts nothing.
+    answered = translated([*chunks[:-1], {"type": "tool-output-denied", "toolCallId": "a"}, *chunks[-1:]])
+    assert answered[-1]["outcome"] == {"type": "success", "pendingToolCallIds": ["q"]}
+
+
+def test_results_the_client_sent_are_not_sent_back() -> None:
+    """A run whose tool messages answered calls continues the message; the client holds those results already."""
+    chunks = [
+        {"type": "start", "messageId": "msg-1"},
+        {"type": "tool-output-available", "toolCallId": "mine", "output": "done"},
+        {"type": "tool-output-denied", "toolCallId": "approved-elsewhere"},
+        {"type": "finish", "finishReason": "stop"},
+    ]
+    agui = AguiTranslator(thread_id="t", run_id="r", client_results=["mine"])
+    results = [e for c in chunks for e in agui.translate(c) if e.type == "TOOL_CALL_RESULT"]
+    assert [e.tool_call_id for e in results] == ["approved-elsewhere"]
 
 
 def test_a_stopped_turn_finishes_cancelled() -> None:

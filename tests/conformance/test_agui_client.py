@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backend.config import Settings
 from tests.conformance.ag_ui import AGUI_CLIENTS, drive
 from tests.conftest import LiveServer, make_token
 
@@ -18,6 +19,11 @@ ALICE = {"Authorization": f"Bearer {TOKEN}"}
 
 
 pytestmark = pytest.mark.parametrize("client", AGUI_CLIENTS)
+
+
+@pytest.fixture
+def approval_settings(chat_settings: Settings) -> Settings:
+    return chat_settings.model_copy(update={"tools_requiring_approval": ["calculate"]})
 
 
 def user(text: str) -> dict[str, Any]:
@@ -175,3 +181,68 @@ async def test_a_call_waiting_for_the_user_is_left_pending(
     assistant = result["messages"][-1]
     assert assistant["role"] == "assistant" and assistant["toolCalls"][0]["function"]["name"] == "ask_user"
     assert not any(m["role"] == "tool" for m in result["messages"])
+
+
+HIGHLIGHT = {
+    "name": "highlight_element",
+    "description": "Highlight an element of the page the user is on.",
+    "parameters": {"type": "object", "properties": {"selector": {"type": "string"}}, "required": ["selector"]},
+}
+
+
+async def test_a_frontend_tool_round_trip(chat: tuple[httpx.AsyncClient, LiveServer], client: str) -> None:
+    """The run's `tools` reach the model; its call is left pending; the client's next run carries the tool message
+    and streams the continuation; the client ends with the conversation as stored (one result per call)."""
+    _, live = chat
+    thread = str(uuid.uuid4())
+    text = 'Show me the buy button [[mock:tool name=highlight_element args={"selector": "#buy"}]]'
+    asked = await run(live, client, thread, text, tools=[HIGHLIGHT])
+    assert asked["error"] is None and asked["outcome"] == "success"
+    call = asked["messages"][-1]["toolCalls"][0]
+    assert call["function"]["name"] == "highlight_element"
+    assert json.loads(call["function"]["arguments"]) == {"selector": "#buy"}
+    result = {"id": str(uuid.uuid4()), "role": "tool", "toolCallId": call["id"], "content": '{"highlighted": true}'}
+    continued = await drive(
+        client=client,
+        url=f"{live.url}/api/agui",
+        token=TOKEN,
+        threadId=thread,
+        runId=str(uuid.uuid4()),
+        messages=asked["messages"],
+        newMessages=[result],
+        tools=[HIGHLIGHT],
+    )
+    assert continued["error"] is None and continued["outcome"] == "success"
+    assert "MESSAGES_SNAPSHOT" not in continued["events"]  # the client's history is the stored one
+    assert said(continued["messages"]) == [
+        ("user", text),
+        ("assistant", "", ("highlight_element",)),
+        ("tool", call["id"]),
+        ("assistant", continued["messages"][-1]["content"], ()),
+    ]
+    assert '{"highlighted": true}' in continued["messages"][-1]["content"]  # the model read it
+
+
+async def test_an_approval_interrupt_answered_by_resume(approval_settings: Settings, client: str) -> None:
+    """A call that needs approval ends the run with the `interrupt` outcome both clients accept; the next run's
+    `resume` approves it and the call runs."""
+    async with LiveServer(approval_settings) as live:
+        thread = str(uuid.uuid4())
+        asked = await run(live, client, thread, '[[mock:tool name=calculate args={"expression": "6*7"}]]')
+        assert asked["error"] is None and asked["outcome"] == "interrupt"
+        [interrupt] = asked["interrupts"]
+        call_id = asked["messages"][-1]["toolCalls"][0]["id"]
+        assert interrupt["toolCallId"] == call_id and interrupt["reason"] == "tool_approval"
+        continued = await drive(
+            client=client,
+            url=f"{live.url}/api/agui",
+            token=TOKEN,
+            threadId=thread,
+            runId=str(uuid.uuid4()),
+            messages=asked["messages"],
+            resume=[{"interruptId": interrupt["id"], "status": "resolved", "payload": {"approved": True}}],
+        )
+        assert continued["error"] is None and continued["outcome"] == "success"
+        tool = next(m for m in continued["messages"] if m["role"] == "tool")
+        assert tool["toolCallId"] == call_id and "42" in tool["content"]
+        assert "42" in continued["messages"][-1]["content"]

@@ -35,6 +35,7 @@ from backend.store.pending import PendingAppend, PendingWrites
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
 from backend.streams.active import ActiveTurns
+from backend.streams.agui_runs import AguiRun, AguiRuns
 from backend.streams.completions import Completion, publish_delivery
 from backend.streams.operation_locks import OperationLocks
 from backend.streams.turns import TurnRegistry, entry_id
@@ -154,6 +155,13 @@ async def test_every_lua_script_runs_on_the_cluster(cluster: Topology, cluster_r
         )  # fmt: skip
         await compactor.compact(session.id, keep_tokens=10_000)  # nothing to fold: takes and releases the lock
         assert not await r.exists(f"copilot:{{{session.id}}}:compaction")
+
+        # An AG-UI run bound to its turn, for its user only.
+        runs = AguiRuns(r)
+        run = AguiRun(run_id=uuid.uuid4().hex, turn_id=turn, thread_id=str(session.id), user_id=user)
+        assert await runs.bind(run)
+        assert not await runs.bind(AguiRun(run.run_id, turn, run.thread_id, "someone-else"))
+        assert await runs.get(run.run_id) == run
 
         # A webhook delivery recorded with its completion in one script, once.
         completion = Completion("op-1", True, {"ok": True})

@@ -295,7 +295,9 @@ class MockLLM:
         """Apply each marker in order; the first error response wins. A `tool` marker calls its tool when the
         model is asked the user's message; with `when=results`, when it is called back with tool results instead."""
         for marker in markers:
-            if marker.name in ("tool", "bad_tool_args") and (marker.params.get("when") == "results") != called_back:
+            calls_tool = marker.name in ("tool", "bad_tool_args")
+            on_results = calls_tool and marker.params.get("when") == "results"
+            if on_results and not called_back:
                 continue
             scenario = SCENARIOS.get(marker.name)
             if scenario is None:
@@ -306,8 +308,11 @@ class MockLLM:
                 scenario = SCENARIOS["tool"]  # a malformed call that has used up its `times` comes back well-formed
             if "delay_ms" in marker.params:
                 turn.plan.delay = marker.number("delay_ms", 0) / 1000
+            calls_before = len(turn.plan.tool_calls)
             if (failure := scenario(turn, marker)) is not None:
                 return failure
+            if calls_tool and called_back and not on_results:
+                del turn.plan.tool_calls[calls_before:]  # its pace and counts hold; the results are quoted instead
         return None
 
     def _active(self, marker: Marker) -> bool:

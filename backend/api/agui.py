@@ -200,15 +200,10 @@ async def _answer(
         answers = answers_of(tool_messages, body.resume or [])
     except ValueError as e:
         raise BadRequest(str(e)) from e
-    if tools is not None:
-        await human_input.declare_tools(session.id, tools)
-    answered = await human_input.answer(session, answerer, answers, tools=tools, strict=False)
-    if answered.task_id is None:
-        waiting = [c.tool_call_id for c in answered.waiting]
-        raise Conflict("other calls of this message still wait for an answer", waiting=waiting)
+    task_id = await human_input.answer_message(session, answerer, answers, tools=tools)
     run = AguiRun(
         body.run_id,
-        answered.task_id,
+        task_id,
         body.thread_id,
         answerer.user_id,
         first_step=await _steps_before(sessions, human_input, session, [a.tool_call_id for a in answers]),

@@ -11,7 +11,7 @@ from backend.auth import Principal
 from backend.chat.human_input import Answerer, HumanInput
 from backend.chat.turn_admission import Submitted, TurnAdmission
 from backend.config import Settings
-from backend.errors import BadRequest, Conflict, ShuttingDown
+from backend.errors import BadRequest, ShuttingDown
 from backend.store.models import ChatSession
 from backend.streams.user_limits import UserLimits
 
@@ -39,13 +39,8 @@ async def submit_turn(
             answers = body.answers()
         except ValueError as e:
             raise BadRequest(str(e)) from e
-        if tools is not None:
-            await human_input.declare_tools(session.id, tools)
-        answered = await human_input.answer(session, answerer, answers, tools=tools, strict=False)
-        if answered.task_id is None:
-            waiting = [c.tool_call_id for c in answered.waiting]
-            raise Conflict("other calls of this message still wait for an answer", waiting=waiting)
-        return Submitted(answered.task_id, None, repeated=True)
+        task_id = await human_input.answer_message(session, answerer, answers, tools=tools)
+        return Submitted(task_id, None, repeated=True)
     try:
         message = body.to_user_message(settings.max_message_chars)
     except ValueError as e:

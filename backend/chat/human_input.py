@@ -152,6 +152,25 @@ class HumanInput:
         )
         return Answered(submitted.turn_id, [])
 
+    async def answer_message(
+        self,
+        session: ChatSession,
+        answerer: Answerer,
+        answers: Sequence[Answer],
+        *,
+        tools: tuple[FrontendTool, ...] | None,
+    ) -> str:
+        """The answers a client sends back with its next request (useChat's assistant message, an AG-UI run's tool
+        messages): taken like `answer` (strict=False), the request's frontend tools declared first; the
+        continuation's task id. `Conflict` (with `waiting`) while other calls of the message still wait."""
+        if tools is not None:
+            await self.declare_tools(session.id, tools)
+        answered = await self.answer(session, answerer, answers, tools=tools, strict=False)
+        if answered.task_id is None:
+            waiting = [c.tool_call_id for c in answered.waiting]
+            raise Conflict("other calls of this message still wait for an answer", waiting=waiting)
+        return answered.task_id
+
     async def expire_overdue(self) -> int:
         """Close the calls that waited longer than the timeout with an error the model reads; how many closed."""
         closed = 0

@@ -149,11 +149,11 @@ class TurnAdmission:
             latest = stored.session or await self._store.get(session.id, user_id)
             if stored.duplicates and user.sequence != latest.message_count:
                 raise Conflict("this message was already answered", message_id=str(user.id))
-            await self._registry.create(turn_id, str(session.id), user_id)
         except BaseException:
             await self._quota.release(user_id, turn_id)
             await active.release(session.id, turn_id)
             raise
+        await self._open_stream(session.id, user_id, turn_id)
         request = TurnRequest(
             turn_id=turn_id,
             session_id=session.id,
@@ -195,12 +195,7 @@ class TurnAdmission:
         except BaseException:
             await active.release(session.id, turn_id)
             raise
-        try:
-            await self._registry.create(turn_id, str(session.id), user_id)
-        except BaseException:
-            await self._quota.release(user_id, turn_id)
-            await active.release(session.id, turn_id)
-            raise
+        await self._open_stream(session.id, user_id, turn_id)
         request = TurnRequest(
             turn_id=turn_id,
             session_id=session.id,
@@ -275,6 +270,15 @@ class TurnAdmission:
             return None
         info = await self._registry.info(turn_id)
         return (turn_id, info.status) if info is not None else None
+
+    async def _open_stream(self, session_id: uuid.UUID, user_id: str, turn_id: str) -> None:
+        """Open the admitted turn's stream; if that fails, give back its slot and the session."""
+        try:
+            await self._registry.create(turn_id, str(session_id), user_id)
+        except BaseException:
+            await self._quota.release(user_id, turn_id)
+            await self._active.release(session_id, turn_id)
+            raise
 
     async def _make_way(self, session_id: uuid.UUID, current: str) -> None:
         """Apply the double-texting policy to the session's running turn `current`."""

@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 
 from backend.store.models import AwaitingKind, AwaitingState
-from backend.store.postgres import _outage_is_unavailable
+from backend.store.postgres import _outage_is_unavailable, keep_live_tokens
 from backend.store.sessions import SessionStore
 
 OPEN_STATES: tuple[AwaitingState, ...] = ("waiting", "approved")
@@ -188,12 +188,7 @@ class AwaitingCalls:
                 content,
                 token_count,
             )
-            if old["sequence"] > old["summary_through"]:
-                await conn.execute(
-                    "UPDATE chat_sessions SET live_tokens = live_tokens + $2, updated_at = now() WHERE id = $1",
-                    session_id,
-                    token_count - old["token_count"],
-                )
+            await keep_live_tokens(conn, session_id, old, token_count)
         return True
 
     @_outage_is_unavailable

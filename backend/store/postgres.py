@@ -164,6 +164,19 @@ def _message(row: asyncpg.Record, *, skip: int = 0) -> ChatMessage:
     return ChatMessage(**dict(list(row.items())[skip:]))
 
 
+async def keep_live_tokens(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, session_id: UUID, old: asyncpg.Record, token_count: int
+) -> None:
+    """After a stored message's content changed in place (`old`: its `sequence` and former `token_count`, with the
+    session's `summary_through`): the session's live token total follows, unless a summary already folded it."""
+    if old["sequence"] > old["summary_through"]:
+        await conn.execute(
+            "UPDATE chat_sessions SET live_tokens = live_tokens + $2, updated_at = now() WHERE id = $1",
+            session_id,
+            token_count - old["token_count"],
+        )
+
+
 class ChatRepository:
     """Sessions and messages in Postgres. Ownership is part of every session query: a session of another user
     is indistinguishable from a missing one."""
@@ -419,12 +432,7 @@ class ChatRepository:
                 content,
                 token_count,
             )
-            if old["sequence"] > old["summary_through"]:
-                await conn.execute(
-                    "UPDATE chat_sessions SET live_tokens = live_tokens + $2, updated_at = now() WHERE id = $1",
-                    session_id,
-                    token_count - old["token_count"],
-                )
+            await keep_live_tokens(conn, session_id, old, token_count)
         return _message(row) if row else None
 
     @_outage_is_unavailable

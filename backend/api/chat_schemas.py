@@ -120,7 +120,8 @@ class SendMessage(BaseModel):
     @property
     def answers_calls(self) -> bool:
         """useChat sent the assistant message back: its tool parts answer calls (frontend tools, approvals)."""
-        return self.message is None and self.messages is not None and self.messages[-1:][0].role == "assistant"
+        messages = self.messages
+        return self.message is None and bool(messages) and messages is not None and messages[-1].role == "assistant"
 
     def declared_tools(self) -> list[dict[str, Any]] | None:
         return None if self.tools is None else [t.declaration() for t in self.tools]

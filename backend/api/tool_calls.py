@@ -11,8 +11,7 @@ from backend.api.chat_schemas import AnswerResult, ApprovalBody, FrontendToolDec
 from backend.api.deps import CurrentUser, HumanInputDep, Limits, OwnedSession, SettingsDep
 from backend.api.schemas import AwaitingPublic
 from backend.api.submission import answerer_of
-from backend.chat.human_input import Answer, Answered, Approval, ToolOutput
-from backend.errors import ShuttingDown
+from backend.chat.human_input import Answer, Approval, ToolOutput
 
 router = APIRouter(prefix="/api/chat/sessions/{session_id}/tool-calls", tags=["chat"])
 
@@ -62,12 +61,7 @@ async def _answer(
     limits: Limits,
     settings: SettingsDep,
 ) -> AnswerResult:
-    if human_input.draining:
-        raise ShuttingDown("this server is shutting down; send the answer again")
-    tools = None if declared is None else human_input.check_frontend_tools([t.declaration() for t in declared])
-    if tools is not None:
-        await human_input.declare_tools(session.id, tools)
-    answered: Answered = await human_input.answer(
-        session, answerer_of(user, settings, limits), [answer], tools=tools, strict=True
-    )
+    declarations = None if declared is None else [t.declaration() for t in declared]
+    answerer = answerer_of(user, settings, limits)
+    answered = await human_input.answer_call(session, answerer, answer, declared=declarations)
     return AnswerResult(task_id=answered.task_id, awaiting=[AwaitingPublic.of(c) for c in answered.waiting])

@@ -63,7 +63,7 @@ from backend.chat.human_input import Answer, Approval, HumanInput, ToolOutput
 from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_driver import TurnDriver
 from backend.config import Settings
-from backend.errors import CopilotError, NotFound, PayloadTooLarge, ShuttingDown
+from backend.errors import CopilotError, NotFound, PayloadTooLarge
 from backend.observability.logs import bind
 from backend.store.sessions import SessionStore
 from backend.streams.user_limits import UserLimits
@@ -209,23 +209,18 @@ class _Connection:
         """Answer a call that waits; follow the continuation once nothing of its message waits any more."""
         services = self._services
         session = await services.sessions.get(self._session_id, self._user.user_id)
-        human_input = services.human_input
-        if human_input.draining:
-            raise ShuttingDown("this server is shutting down; send the answer again")
-        tools = None
+        declared = None
         answer: Answer
         match frame:
             case ToolOutputFrame():
                 answer = ToolOutput(frame.tool_call_id, frame.output, frame.error)
-                if frame.tools is not None:
-                    tools = human_input.check_frontend_tools([t.declaration() for t in frame.tools])
-                    await human_input.declare_tools(session.id, tools)
+                declared = None if frame.tools is None else [t.declaration() for t in frame.tools]
             case ReplyFrame():
                 answer = ToolOutput(frame.tool_call_id, frame.answer)
             case ApprovalFrame():
                 answer = Approval(frame.tool_call_id, frame.approved, frame.reason)
         answerer = answerer_of(self._user, services.settings, services.limits)
-        answered = await human_input.answer(session, answerer, [answer], tools=tools)
+        answered = await services.human_input.answer_call(session, answerer, answer, declared=declared)
         if answered.task_id is None:
             await self._send(Waiting(tool_call_ids=[c.tool_call_id for c in answered.waiting]))
         else:

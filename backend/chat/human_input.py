@@ -22,7 +22,7 @@ import orjson
 from backend.chat.resumption import result_tokens, tool_result_text
 from backend.chat.turn_admission import TurnAdmission
 from backend.chat.turn_state import Resume, TurnServices
-from backend.errors import BadRequest, Conflict, Gone, NotFound
+from backend.errors import BadRequest, Conflict, Gone, NotFound, ShuttingDown
 from backend.store.awaiting import AwaitingCall, AwaitingCalls
 from backend.store.models import AwaitingState, ChatSession
 from backend.tools.frontend import FrontendTool, frontend_tools
@@ -114,9 +114,10 @@ class HumanInput:
         tools the answering request declared (None: the session's last). `strict` (one call named by the client):
         an unknown call is `NotFound`; otherwise (useChat sends its whole assistant message back) the parts that
         answer nothing waiting, and those of earlier messages, are passed over."""
+        calls_by_id = await self._awaiting.find_all(session.id, [a.tool_call_id for a in answers])
         found: list[tuple[Answer, AwaitingCall]] = []
         for answer in answers:
-            call = await self._awaiting.find(session.id, answer.tool_call_id)
+            call = calls_by_id.get(answer.tool_call_id)
             if call is not None:
                 found.append((answer, call))
             elif strict:
@@ -132,7 +133,8 @@ class HumanInput:
         if still:
             return Answered(None, still)
         asked = calls[0]
-        if session.message_count > asked.step_end and not await self._continuing(session, asked):
+        moved_on = session.message_count > asked.step_end
+        if moved_on and not await self._admission.continuation_known(session.id, asked_in):
             # The conversation went on after these calls (their continuation ran and its stream expired, or a
             # new message came): never continue the same message twice.
             raise Conflict("these calls were answered and the conversation has moved on")
@@ -151,6 +153,24 @@ class HumanInput:
             limited=answerer.limited,
         )
         return Answered(submitted.turn_id, [])
+
+    async def answer_call(
+        self,
+        session: ChatSession,
+        answerer: Answerer,
+        answer: Answer,
+        *,
+        declared: Sequence[dict[str, Any]] | None = None,
+    ) -> Answered:
+        """One answer to a call the client names (the REST endpoints, the WebSocket frames), with the frontend
+        tools the request declared (None: the session's last). `ShuttingDown` while this pod drains: the
+        continuation would be a new turn here."""
+        if self.draining:
+            raise ShuttingDown("this server is shutting down; send the answer again")
+        tools = None if declared is None else self.check_frontend_tools(declared)
+        if tools is not None:
+            await self.declare_tools(session.id, tools)
+        return await self.answer(session, answerer, [answer], tools=tools, strict=True)
 
     async def answer_message(
         self,
@@ -188,10 +208,6 @@ class HumanInput:
         if closed:
             log.info("closed %d call(s) that waited for the user past the timeout", closed)
         return closed
-
-    async def _continuing(self, session: ChatSession, asked: AwaitingCall) -> bool:
-        """Whether the continuation of `asked`'s message is known (running or ended): a resend finds it."""
-        return await self._admission.continuation_known(session.id, asked.asked_in)
 
     async def _apply(self, session: ChatSession, answer: Answer, call: AwaitingCall) -> None:
         if isinstance(answer, Approval) != (call.kind == "approval"):

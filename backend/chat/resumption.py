@@ -20,6 +20,7 @@ from backend.chat.turn_state import TurnRequest, TurnServices
 from backend.observability.telemetry import TurnTelemetry
 from backend.store.awaiting import AwaitingCall
 from backend.tools.base import ToolContext, ToolOutcome, run_tool
+from backend.tools.registry import TurnTools
 
 
 async def settle_answered(
@@ -28,9 +29,11 @@ async def settle_answered(
     """Run the approved calls of the message `request.resume` continues and yield what came of each answered call."""
     assert request.resume is not None and services.awaiting is not None
     calls = await services.awaiting.asked_with(request.session_id, request.resume.asked_in)
+    tools = await services.tools_for(request) if any(c.state == "approved" for c in calls) else None
     for call in calls:
         if call.state == "approved":
-            outcome = await _run_approved(request, services, call)
+            assert tools is not None
+            outcome = await _run_approved(request, tools, call)
             telemetry.tool(
                 name=call.tool_name,
                 call_id=call.tool_call_id,
@@ -62,8 +65,7 @@ async def settle_answered(
             yield ev.ToolAnswered(call.tool_call_id, ok, output, error_text)
 
 
-async def _run_approved(request: TurnRequest, services: TurnServices, call: AwaitingCall) -> ToolOutcome:
-    tools = await services.tools_for(request)
+async def _run_approved(request: TurnRequest, tools: TurnTools, call: AwaitingCall) -> ToolOutcome:
     ctx = ToolContext(
         user_id=request.user_id,
         session_id=request.session_id,

@@ -112,20 +112,26 @@ class AwaitingCalls:
         return [_call(r) for r in rows]
 
     async def find(self, session_id: UUID, tool_call_id: str) -> AwaitingCall | None:
-        """The call `tool_call_id` of the session if it waited for a person, whatever its state; else None. The
-        session's writes kept in Redis are stored first (a step saved while Postgres was down holds its calls)."""
+        """The call `tool_call_id` of the session if it waited for a person, whatever its state; else None."""
+        return (await self.find_all(session_id, [tool_call_id])).get(tool_call_id)
+
+    async def find_all(self, session_id: UUID, tool_call_ids: Sequence[str]) -> dict[str, AwaitingCall]:
+        """Those of the calls `tool_call_ids` of the session that waited for a person, whatever their state, by id,
+        in one query. The session's writes kept in Redis are stored first (a step saved while Postgres was down
+        holds its calls)."""
         await self._sessions.store_pending(session_id)
-        return await self._find(session_id, tool_call_id)
+        return await self._find_all(session_id, list(tool_call_ids))
 
     @_outage_is_unavailable
-    async def _find(self, session_id: UUID, tool_call_id: str) -> AwaitingCall | None:
-        row = await self._pool.fetchrow(
-            _SELECT + "WHERE t.session_id = $1 AND t.tool_call_id = $3 AND t.role = 'tool' AND t.awaiting IS NOT NULL",
+    async def _find_all(self, session_id: UUID, tool_call_ids: list[str]) -> dict[str, AwaitingCall]:
+        rows = await self._pool.fetch(
+            _SELECT + "WHERE t.session_id = $1 AND t.tool_call_id = ANY($3::text[]) AND t.role = 'tool' "
+            "AND t.awaiting IS NOT NULL",
             session_id,
             self.timeout_seconds,
-            tool_call_id,
+            tool_call_ids,
         )
-        return _call(row) if row else None
+        return {call.tool_call_id: call for call in map(_call, rows)}
 
     @_outage_is_unavailable
     async def asked_with(self, session_id: UUID, asked_in: int) -> list[AwaitingCall]:

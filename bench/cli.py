@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None, help="py-spy the service")
     p.add_argument("--profile-streams", type=int, help="concurrent streams while py-spy samples the service")
+    p.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        help="the service's ASGI server (default uvicorn, as `copilot serve`; granian must be installed)",
+    )
+    p.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the service (repeatable), e.g. COPILOT_LLM_HTTP_CLIENT=httpx to measure a lever",
+    )
     p.add_argument("--no-wait", action="store_true", help="do not wait for CI / test runs to finish first")
     p.add_argument("--out-dir", type=Path, help="where the JSON and PNG go (default docs/, .bench/quick/ for --quick)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the generated block of docs/benchmarks.md")
@@ -74,6 +86,13 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         overrides["profile_streams"] = args.profile_streams
     if args.no_wait:
         overrides["wait_for_idle"] = False
+    if args.server:
+        overrides["server"] = args.server
+    if args.service_env:
+        pairs = [item.partition("=") for item in args.service_env]
+        if any(not sep or not name for name, sep, _ in pairs):
+            raise SystemExit("--service-env takes NAME=VALUE")
+        overrides["service_env"] = tuple((name, value) for name, _, value in pairs)
     overrides["out_dir"] = args.out_dir or (ROOT / ".bench" / "quick" if args.quick else ROOT / "docs")
     return BenchSettings.quick_mode(**overrides) if args.quick else BenchSettings(**overrides)
 

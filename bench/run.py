@@ -319,42 +319,41 @@ def _bearer() -> str:
     return jwt.encode({"sub": USER, "exp": int(time.time()) + 6 * 3600}, SECRET, "HS256")
 
 
+def _server_args(server: str, port: int, workers: int) -> list[str]:
+    """The ASGI server's command line: uvicorn (what `copilot serve` runs) or granian (`--server granian`, a lever
+    measured for issue 17: its HTTP layer is Rust)."""
+    common = ["--factory", "backend.app:create_app", "--host", "127.0.0.1", "--port", str(port)]
+    common += ["--workers", str(workers), "--log-level", "warning"]
+    if server == "granian":
+        return [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--loop", "uvloop", *common]
+    return [sys.executable, "-m", "uvicorn", *common, "--no-access-log"]
+
+
 async def service_phase(ctx: Context, workers: int) -> None:
     s = ctx.settings
     name = f"service-{workers}w"
     port = free_port()
-    env = _clean_env() | {
-        "DATABASE_URL": ctx.dsn,
-        "REDIS_URL": s.redis_url,
-        "OPENAI_BASE_URL": ctx.mock_base_url,
-        "OPENAI_API_KEY": "bench",
-        "COPILOT_MODEL": "mock-model",
-        "COPILOT_JWT_SECRET": SECRET,
-        "COPILOT_LOG_LEVEL": "WARNING",
-        "COPILOT_CONTEXT_MAX_LIVE_MESSAGES": str(s.max_live_messages),
-        # One bench user runs hundreds of turns at once: the per-user abuse limits would refuse most of them.
-        "COPILOT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
-        "COPILOT_RATE_LIMIT_CONCURRENT_TURNS": "0",
-        "COPILOT_RATE_LIMIT_TOKENS_PER_DAY": "0",
-        "PYTHONPATH": str(ROOT),
-    }
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "backend.app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    log(f"{name}: uvicorn with {workers} worker(s) on Postgres {s.database_name} and Redis {s.redis_url}")
+    env = (
+        _clean_env()
+        | {
+            "DATABASE_URL": ctx.dsn,
+            "REDIS_URL": s.redis_url,
+            "OPENAI_BASE_URL": ctx.mock_base_url,
+            "OPENAI_API_KEY": "bench",
+            "COPILOT_MODEL": "mock-model",
+            "COPILOT_JWT_SECRET": SECRET,
+            "COPILOT_LOG_LEVEL": "WARNING",
+            "COPILOT_CONTEXT_MAX_LIVE_MESSAGES": str(s.max_live_messages),
+            # One bench user runs hundreds of turns at once: the per-user abuse limits would refuse most of them.
+            "COPILOT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
+            "COPILOT_RATE_LIMIT_CONCURRENT_TURNS": "0",
+            "COPILOT_RATE_LIMIT_TOKENS_PER_DAY": "0",
+            "PYTHONPATH": str(ROOT),
+        }
+        | dict(s.service_env)
+    )
+    args = _server_args(s.server, port, workers)
+    log(f"{name}: {s.server} with {workers} worker(s) on Postgres {s.database_name} and Redis {s.redis_url}")
     storage_session = None
     async with launched(
         name, args, env=env, ready_url=f"http://127.0.0.1:{port}/health/ready", log_dir=s.work_dir / "logs"

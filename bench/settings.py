@@ -41,6 +41,10 @@ class BenchSettings:
     profile_streams: int = 100
     """Concurrent streams while py-spy samples the service (one worker)."""
     profile_seconds: float = 20.0
+    server: str = "uvicorn"
+    """The ASGI server the service runs on: `uvicorn` (as `copilot serve`) or `granian` (`--server`)."""
+    service_env: tuple[tuple[str, str], ...] = ()
+    """Extra settings for the service (`--service-env`), applied over the benchmark's own."""
     targets: tuple[str, ...] = ()
     """Only these targets (floor, service-1w, service-2w, litellm); empty: all."""
     wait_for_idle: bool = True

@@ -1,5 +1,8 @@
 """Typed dependencies of the routes: each piece of the runtime a route may need, the caller (counted against their
-request rate), and a session the caller owns. A route names the pieces it uses, never the whole runtime."""
+request rate), and a session the caller owns. A route names the pieces it uses, never the whole runtime.
+
+Every dependency is `async def`, even the ones that only read an attribute: FastAPI runs a plain `def` dependency
+in its thread pool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -32,77 +35,77 @@ from backend.tools.mcp.source import McpToolSource
 from backend.tools.registry import ToolRegistry
 
 
-def _runtime(connection: HTTPConnection) -> Runtime:
+def runtime_of(connection: HTTPConnection) -> Runtime:
     runtime: Runtime = connection.app.state.runtime
     return runtime
 
 
-def _settings(connection: HTTPConnection) -> Settings:
-    return _runtime(connection).settings
+async def _settings(connection: HTTPConnection) -> Settings:
+    return runtime_of(connection).settings
 
 
-def _sessions(connection: HTTPConnection) -> SessionStore:
-    return _runtime(connection).sessions
+async def _sessions(connection: HTTPConnection) -> SessionStore:
+    return runtime_of(connection).sessions
 
 
-def _admission(connection: HTTPConnection) -> TurnAdmission:
-    return _runtime(connection).admission
+async def _admission(connection: HTTPConnection) -> TurnAdmission:
+    return runtime_of(connection).admission
 
 
-def _driver(connection: HTTPConnection) -> TurnDriver:
-    return _runtime(connection).driver
+async def _driver(connection: HTTPConnection) -> TurnDriver:
+    return runtime_of(connection).driver
 
 
-def _turn_registry(connection: HTTPConnection) -> TurnRegistry:
-    return _runtime(connection).turn_registry
+async def _turn_registry(connection: HTTPConnection) -> TurnRegistry:
+    return runtime_of(connection).turn_registry
 
 
-def _user_limits(connection: HTTPConnection) -> UserLimits:
-    return _runtime(connection).limits
+async def _user_limits(connection: HTTPConnection) -> UserLimits:
+    return runtime_of(connection).limits
 
 
-def _operations(connection: HTTPConnection) -> OperationRunner:
-    return _runtime(connection).operations
+async def _operations(connection: HTTPConnection) -> OperationRunner:
+    return runtime_of(connection).operations
 
 
-def _redis(connection: HTTPConnection) -> Redis:
-    return _runtime(connection).redis
+async def _redis(connection: HTTPConnection) -> Redis:
+    return runtime_of(connection).redis
 
 
-def _agui_runs(connection: HTTPConnection) -> AguiRuns:
-    return AguiRuns(_redis(connection))
+async def _agui_runs(connection: HTTPConnection) -> AguiRuns:
+    return AguiRuns(runtime_of(connection).redis)
 
 
-def _prompts(connection: HTTPConnection) -> PromptSource:
-    return _runtime(connection).prompts
+async def _prompts(connection: HTTPConnection) -> PromptSource:
+    return runtime_of(connection).prompts
 
 
-def _model(connection: HTTPConnection) -> LLMClient:
-    return _runtime(connection).llm
+async def _model(connection: HTTPConnection) -> LLMClient:
+    return runtime_of(connection).llm
 
 
-def _tools(connection: HTTPConnection) -> ToolRegistry:
-    return _runtime(connection).tools
+async def _tools(connection: HTTPConnection) -> ToolRegistry:
+    return runtime_of(connection).tools
 
 
-def _authenticator(connection: HTTPConnection) -> Authenticator:
-    return _runtime(connection).auth
+async def _authenticator(connection: HTTPConnection) -> Authenticator:
+    return runtime_of(connection).auth
 
 
-def _mcp(connection: HTTPConnection) -> McpToolSource:
-    return _runtime(connection).mcp
+async def _mcp(connection: HTTPConnection) -> McpToolSource:
+    return runtime_of(connection).mcp
 
 
-def _session_mcp(connection: HTTPConnection) -> SessionMcpServers:
-    return _runtime(connection).session_mcp
+async def _session_mcp(connection: HTTPConnection) -> SessionMcpServers:
+    return runtime_of(connection).session_mcp
 
 
-def _human_input(connection: HTTPConnection) -> HumanInput:
-    return _runtime(connection).human_input
+async def _human_input(connection: HTTPConnection) -> HumanInput:
+    return runtime_of(connection).human_input
 
 
-def _instruments(connection: HTTPConnection) -> Instruments:
-    return _runtime(connection).instruments
+async def _instruments(connection: HTTPConnection) -> Instruments:
+    return runtime_of(connection).instruments
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

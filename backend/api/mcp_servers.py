@@ -11,7 +11,7 @@ from backend.tools.mcp.session_servers import ServerRefused
 from backend.tools.mcp.url_policy import UrlRefused
 
 
-def _enabled(servers: SessionMcp) -> None:
+async def _enabled(servers: SessionMcp) -> None:
     if not servers.enabled:
         raise Forbidden("this service does not let users add MCP servers (COPILOT_MCP_ALLOWED_HOSTS is empty)")
 

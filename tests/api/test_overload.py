@@ -165,3 +165,24 @@ async def test_a_continuation_past_the_cap_is_refused_and_the_same_answer_starts
         assert r.status_code == 200, r.text
         continued = await follow(client, r.json()["task_id"])
         assert chunks(continued)[-1]["finishReason"] == "stop"
+
+
+async def test_use_chat_and_the_waiting_messages_endpoint_are_refused_too_and_an_ag_ui_resend_is_not(
+    chat_settings: Settings, db: asyncpg.Connection
+) -> None:
+    async with serving(capped(chat_settings, 1)) as (client, _):
+        thread = str(uuid.uuid4())
+        body = run_input(thread, user(SLOW, "u1"))
+        async with client.stream("POST", "/api/agui", json=body, headers=ALICE) as running:
+            assert running.status_code == 200  # the only place is this run's
+        sid = await new_session(client)
+        use_chat = use_chat_body(sid, "hello")
+        r = await client.post(f"/api/chat/sessions/{sid}/stream", json=use_chat, headers=ALICE)
+        overloaded(r)
+        overloaded(await client.post(f"/api/chat/sessions/{sid}/messages", json={"message": "hi"}, headers=ALICE))
+        assert await stored(db, sid) == []
+
+        again = {**body, "runId": str(uuid.uuid4())}  # the same message in a new run: it follows the running turn
+        async with client.stream("POST", "/api/agui", json=again, headers=ALICE) as resent:
+            assert resent.status_code == 200
+            assert resent.headers["x-copilot-task-id"] == running.headers["x-copilot-task-id"]

@@ -24,6 +24,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.mcp_config import McpServer, check_session_server_settings, parse_mcp_servers
 
+DEFAULT_MAX_CONCURRENT_TURNS = 400
+"""`max_concurrent_turns` unless set: provisional, to be set from load-test measurements (docs/deployment.md)."""
+
 
 class ModelPrice(BaseModel):
     """What a model costs, in USD per million tokens."""
@@ -348,6 +351,16 @@ class Settings(BaseSettings):
     publish_window_ms: float = Field(default=250.0, ge=0, le=5000)
     """A turn's chunks go to followers on its own pod at once, and to its Redis Stream (followers on other pods,
     replays) in one write per window: at most this far behind, at about one round trip per window."""
+
+    max_concurrent_turns: int = Field(default=DEFAULT_MAX_CONCURRENT_TURNS, ge=0)
+    """Turns one process may run at once (continuations after long-running operations included). Past it a request
+    that would start a new turn here gets 503 `overloaded` with `Retry-After` before anything is stored, so the load
+    balancer or the client sends it again, to another pod or later; the running streams keep their pace. A resend
+    of a running turn's message, reads, replays and cancels are never refused; readiness stays ready. Size it from
+    load tests: the running turns at which time to first token or stream pace degrades. 0: no cap."""
+
+    overloaded_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+    """The `Retry-After` of an `overloaded` refusal."""
 
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     """On SIGTERM `copilot serve` drains: readiness turns 503 and new turns are refused (503, `Retry-After`) at once,

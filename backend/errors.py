@@ -83,6 +83,20 @@ class ShuttingDown(ServiceUnavailable):
         return {"retry-after": "1"}
 
 
+class Overloaded(ServiceUnavailable):
+    """This pod runs as many turns as it may (`max_concurrent_turns`): a new one is refused before anything is
+    stored, so the same request succeeds on another pod, or on this one `retry_after` seconds later."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
+
+
 class StorageUnavailable(ServiceUnavailable):
     """Postgres did not answer (stopped, restarting, unreachable, or the connection dropped mid-query). The store
     raises this one type for every such failure; whether an interrupted write committed is unknown, so writes that

@@ -34,6 +34,7 @@ from backend.chat.system_prompt import default_prompt
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
 from backend.chat.turn_admission import TurnAdmission
+from backend.chat.turn_capacity import TurnCapacity
 from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import TurnLimits, TurnServices
 from backend.chat.turn_supervisor import TurnSupervisor
@@ -165,7 +166,7 @@ async def open_runtime(
         observability = await open_observability(settings, stack, instruments)
         prompts = await _open_prompts(settings, stack, observability.langfuse)
         turns = await _open_turns(
-            settings, stack, stores, registry, services, helpers, prompts, observability.telemetry
+            settings, stack, stores, registry, services, helpers, prompts, observability.telemetry, instruments
         )
         operations.runner.set_continuation(turns.admission.continue_operation)
         human_input = HumanInput(stores.awaiting, turns.admission, services)
@@ -430,6 +431,7 @@ async def _open_turns(
     helpers: _ModelHelpers,
     prompts: PromptSource,
     telemetry: Telemetry,
+    instruments: Instruments,
 ) -> _Turns:
     """The turn machinery: who lets turns in, who runs them, who watches over their leases."""
     active = SessionAdmission(
@@ -467,6 +469,12 @@ async def _open_turns(
         counter=helpers.counter,
         turn_max_seconds=settings.turn_max_seconds,
         double_texting=settings.double_texting,
+        capacity=TurnCapacity(
+            local,
+            max_running=settings.max_concurrent_turns,
+            retry_after=settings.overloaded_retry_after_seconds,
+            on_overloaded=instruments.turn_overloaded(),
+        ),
     )
     stack.callback(admission.refuse_new_turns)  # at shutdown, first
     return _Turns(admission=admission, driver=driver, supervisor=supervisor)

@@ -101,8 +101,10 @@ async def run_agent(
         raise BadRequest("the message is empty")
     if len(text) > settings.max_message_chars:
         raise BadRequest(f"the message is longer than {settings.max_message_chars} characters")
-    session, _ = await sessions.get_or_create(thread_session_id(body.thread_id, user.user_id), user.user_id)
-    turn_id = turn_id_for(session.id, new.id)
+    session_id = thread_session_id(body.thread_id, user.user_id)
+    turn_id = turn_id_for(session_id, new.id)
+    await admission.refuse_if_full(turn_id)  # before the thread is created or the run bound
+    session, _ = await sessions.get_or_create(session_id, user.user_id)
     history = [m.model_dump(by_alias=True) for m in body.messages[:-1]]
     stored = await _stored(sessions, session.id)
     contradicts = conflicts(history, _snapshot(session.id, _before_turn(stored, turn_id)))

@@ -9,7 +9,7 @@ from dataclasses import replace
 from backend.api.chat_schemas import SendMessage
 from backend.auth import Principal
 from backend.chat.human_input import Answerer, HumanInput
-from backend.chat.turn_admission import Submitted, TurnAdmission
+from backend.chat.turn_admission import Submitted, TurnAdmission, turn_id_for
 from backend.config import Settings
 from backend.errors import BadRequest, ShuttingDown
 from backend.store.models import ChatSession
@@ -26,9 +26,9 @@ async def submit_turn(
     settings: Settings,
     limits: UserLimits,
 ) -> Submitted:
-    """Start a turn for `body`; `BadRequest` for an unusable message, `ShuttingDown` while this pod drains (the
-    load balancer retries on another pod). For useChat's answers: the continuation, or `Conflict` while calls of
-    the message still wait."""
+    """Start a turn for `body`; `BadRequest` for an unusable message, `ShuttingDown` while this pod drains and
+    `Overloaded` while it runs its cap of turns (the load balancer retries on another pod; nothing is stored). For
+    useChat's answers: the continuation, or `Conflict` while calls of the message still wait."""
     if admission.draining:
         raise ShuttingDown("this server is shutting down; send the message again")
     declared = body.declared_tools()
@@ -45,6 +45,7 @@ async def submit_turn(
         message = body.to_user_message(settings.max_message_chars)
     except ValueError as e:
         raise BadRequest(str(e)) from e
+    await admission.refuse_if_full(turn_id_for(session.id, message.client_message_id))
     if tools is not None:
         await human_input.declare_tools(session.id, tools)
         message = replace(message, frontend_tools=tools)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from backend.api.chat_schemas import FrontendToolDeclaration, SendMessage
 from backend.api.inputs import StreamCursor, Text, ToolOutputValue
-from backend.errors import CopilotError, RateLimited
+from backend.errors import CopilotError
 
 # --- client → server ---------------------------------------------------------------------------------
 
@@ -140,11 +140,13 @@ class ErrorFrame(ServerFrame):
     message: str
     details: dict[str, Any] | None = None
     retry_after: int | None = None
-    """Seconds to wait before trying again (`rate_limited` only), as HTTP's `Retry-After`."""
+    """Seconds to wait before trying again (`rate_limited`, `overloaded`, `service_unavailable` while the server
+    shuts down), as HTTP's `Retry-After`."""
 
     @classmethod
     def of(cls, error: CopilotError) -> ErrorFrame:
-        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+        header = error.headers().get("retry-after")
+        retry_after = int(header) if header is not None else None
         return cls(code=error.code, message=error.message, details=error.details or None, retry_after=retry_after)
 
 

@@ -24,6 +24,18 @@ class LocalTurns:
     """Turns that hold their session in Postgres (turn id → session id): the leases the supervisor renews."""
     unreleased: dict[str, UUID] = field(default_factory=dict)
     """Ended turns whose Postgres anchor could not be freed yet (turn id → session id): the supervisor retries."""
+    admitting: set[str] = field(default_factory=set)
+    """Turns let in under the pod's cap that the driver does not run yet (their session being claimed, their message
+    stored): each holds its place, so requests that arrive together cannot all pass the cap."""
+
+    @property
+    def count(self) -> int:
+        """Turns running here or being let in: what `max_concurrent_turns` caps."""
+        return len(self.tasks) + len(self.admitting)
+
+    def holds(self, turn_id: str) -> bool:
+        """Whether the turn runs here or is being let in."""
+        return turn_id in self.tasks or turn_id in self.admitting
 
     def stop(self, turn_id: str) -> bool:
         """Stop the turn if it runs here (as the user's stop); False if it does not."""

@@ -22,6 +22,7 @@ from backend.chat.quota import TurnQuota, billed_to
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
 from backend.chat.tokens import TokenCounter
+from backend.chat.turn_capacity import TurnCapacity
 from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import Resume, TurnRequest, UserMessage
 from backend.chat.turn_supervisor import TurnSupervisor
@@ -61,7 +62,9 @@ class TurnAdmission:
         counter: TokenCounter,
         turn_max_seconds: float,
         double_texting: DoubleTexting = "reject",
+        capacity: TurnCapacity | None = None,
     ) -> None:
+        """`capacity`: the pod's cap on running turns (None: no cap)."""
         self._local = local
         self._driver = driver
         self._supervisor = supervisor
@@ -74,6 +77,7 @@ class TurnAdmission:
         self._turn_max_seconds = turn_max_seconds
         self._double_texting = double_texting
         self._draining = False
+        self._capacity = capacity or TurnCapacity(local)
 
     @property
     def draining(self) -> bool:
@@ -84,11 +88,24 @@ class TurnAdmission:
         """From now on `draining` is true (the routes refuse new turns)."""
         self._draining = True
 
+    async def refuse_if_full(self, turn_id: str) -> None:
+        """At the door of a request that would start `turn_id` here, before it stores anything (frontend tools, an
+        AG-UI thread): `Overloaded` when this pod runs its cap of turns and `turn_id` is not a turn that exists
+        already (a resend follows its turn). No I/O while there is room; `submit` and `resume` check again as they
+        take the turn's seat."""
+        capacity = self._capacity
+        if not capacity.full or capacity.holds(turn_id):
+            return
+        earlier = await self._registry.info(turn_id)
+        if earlier is None or earlier.status == "failed":
+            raise capacity.overloaded()
+
     async def submit(
         self, session: ChatSession, user_id: str, message: UserMessage, *, is_authenticated: bool, limited: bool = True
     ) -> Submitted:
         """Start a turn for `message`, or find the one a resend of it started. `limited`: the user's limits may
-        refuse it (`RateLimited`, nothing stored); a resend never takes a second slot."""
+        refuse it (`RateLimited`, nothing stored); a resend never takes a second slot. `Overloaded` (nothing stored
+        or claimed) when this pod runs its cap of turns; a resend of a turn that exists is never refused by it."""
         turn_id = turn_id_for(session.id, message.client_message_id)
         earlier = await self._registry.info(turn_id)
         if earlier is not None and earlier.status != "failed":
@@ -96,6 +113,19 @@ class TurnAdmission:
         # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
         # its stream opened afresh; the message is not stored again, and if the failed turn stored part of a reply,
         # the check below refuses it (409) like any message already answered.
+        with self._capacity.seat(turn_id):
+            return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited)
+
+    async def _admit_message(
+        self,
+        session: ChatSession,
+        user_id: str,
+        message: UserMessage,
+        turn_id: str,
+        is_authenticated: bool,
+        limited: bool,
+    ) -> Submitted:
+        """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken."""
         active = self._active
         while True:
             while not await active.claim_fast(session.id, turn_id):
@@ -180,32 +210,35 @@ class TurnAdmission:
         limited: bool = True,
     ) -> Submitted:
         """Continue the message whose calls waited for a person, now that all are answered: a turn without a user
-        message whose id is the message's, so every pod and every resend of the last answer find the same turn."""
+        message whose id is the message's, so every pod and every resend of the last answer find the same turn.
+        `Overloaded` when this pod runs its cap of turns: the answers are stored, and a resend of the last one
+        starts the continuation (here when a turn has ended, or on another pod)."""
         turn_id = continuation_id(session.id, resume.asked_in)
         earlier = await self._registry.info(turn_id)
         if earlier is not None and earlier.status != "failed":
             return Submitted(turn_id, None, repeated=True)
         active = self._active
-        while (holder := await self._claim(session.id, turn_id)) is not None:
-            if holder == turn_id:
-                return Submitted(turn_id, None, repeated=True)
-            await self._make_way(session.id, holder)
-        try:
-            await self._quota.admit(user_id, turn_id, enforce=limited)
-        except BaseException:
-            await active.release(session.id, turn_id)
-            raise
-        await self._open_stream(session.id, user_id, turn_id)
-        request = TurnRequest(
-            turn_id=turn_id,
-            session_id=session.id,
-            user_id=user_id,
-            is_authenticated=is_authenticated,
-            session=session,
-            frontend_tools=frontend_tools,
-            resume=resume,
-        )
-        self._driver.start(request, "")
+        with self._capacity.seat(turn_id):
+            while (holder := await self._claim(session.id, turn_id)) is not None:
+                if holder == turn_id:
+                    return Submitted(turn_id, None, repeated=True)
+                await self._make_way(session.id, holder)
+            try:
+                await self._quota.admit(user_id, turn_id, enforce=limited)
+            except BaseException:
+                await active.release(session.id, turn_id)
+                raise
+            await self._open_stream(session.id, user_id, turn_id)
+            request = TurnRequest(
+                turn_id=turn_id,
+                session_id=session.id,
+                user_id=user_id,
+                is_authenticated=is_authenticated,
+                session=session,
+                frontend_tools=frontend_tools,
+                resume=resume,
+            )
+            self._driver.start(request, "")
         return Submitted(turn_id, None, repeated=False)
 
     async def continuation_known(self, session_id: uuid.UUID, asked_in: int) -> bool:
@@ -259,7 +292,9 @@ class TurnAdmission:
         request = TurnRequest(
             turn_id=op.task_id, session_id=op.session_id, user_id=op.user_id, is_authenticated=True, note=note
         )
-        # Never refused: the operation's result is stored already and must be told; the turn still holds a slot.
+        # Never refused: the operation's result is stored already and must be told; the turn still holds a slot. Nor
+        # by the pod's cap: no client waits to retry it elsewhere, and a refusal would spend the completion's
+        # deliveries towards the dead-letter stream. It counts towards the cap while it runs.
         await self._quota.admit(op.user_id, op.task_id, enforce=False)
         self._driver.start(request, "")
 

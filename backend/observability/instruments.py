@@ -104,6 +104,12 @@ class Instruments:
             return None
         return lambda limit: metrics.child(metrics.limit_refusals, limit).inc()
 
+    def turn_overloaded(self) -> Callable[[], None] | None:
+        metrics = self.metrics
+        if metrics is None:
+            return None
+        return lambda: metrics.turns_overloaded.inc()
+
     def dead_lettered(self) -> Callable[[], None] | None:
         metrics = self.metrics
         if metrics is None:

@@ -104,6 +104,10 @@ class Metrics:
         self.turns_started = counter("turns_started_total", "Turns started (new messages and continuations).")
         self.turns_finished = counter("turns_finished_total", "Turns ended, by outcome.", ("outcome",))
         self.turns_running = gauge("turns_running", "Turns running on this process.")
+        self.turns_overloaded = counter(
+            "turns_overloaded_total",
+            "New turns this process refused (503 overloaded): it ran max_concurrent_turns already.",
+        )
         self.first_token = histogram(
             "turn_time_to_first_token_seconds",
             "From the start of a turn to its first streamed text.",

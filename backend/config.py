@@ -167,10 +167,6 @@ class Settings(BaseSettings):
     """With `llm_api=responses`: ask a reasoning model for its reasoning summaries, streamed as reasoning parts
     (`off` sends no `reasoning` option, which models without reasoning refuse)."""
 
-    llm_http_client: Literal["aiohttp", "httpx"] = "aiohttp"
-    """The HTTP client under the `openai` SDK: `aiohttp` (the SDK's aiohttp transport) reads a streamed reply for
-    about two thirds of the CPU of `httpx` (docs/benchmarks.md); `httpx` is the SDK's default client."""
-
     title_model: str | None = None
     """Model for session titles; defaults to `model`."""
 

@@ -593,7 +593,6 @@ async def _open_model(
         observer=observer,
         api=settings.llm_api,
         response_chains=chains,
-        http_client=settings.llm_http_client,
         reasoning_summary=None
         if settings.responses_reasoning_summary == "off"
         else settings.responses_reasoning_summary,

@@ -84,6 +84,8 @@ class Measurement:
     rss_baseline_mb: float
     rss_peak_mb: float
     redis: dict[str, Any] = field(default_factory=dict)
+    overloaded: int = 0
+    """Errors that were the service's 503 `overloaded` refusal (counted in `errors` too)."""
 
     @property
     def rss_per_stream_kb(self) -> float:
@@ -172,6 +174,7 @@ def summarise(
         cpu_seconds=cpu,
         rss_baseline_mb=round(rss.baseline / 2**20, 2),
         rss_peak_mb=round(rss.peak / 2**20, 2),
+        overloaded=sum(n for e, n in errors.items() if e.startswith("HTTP 503") and '"overloaded"' in e),
     )
     if redis is not None:
         m.redis = {

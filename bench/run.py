@@ -141,9 +141,13 @@ async def run(settings: BenchSettings) -> dict[str, Any]:
             ctx = Context(settings, meters, mock, mock_port, redis, dsn, store, pg_problem is None, results)
             if settings.wants("floor"):
                 await floor_phase(ctx)
+            if settings.wants("relay"):
+                await relay_phase(ctx)
             for workers in settings.service_workers:
                 if settings.wants(f"service-{workers}w"):
                     await service_phase(ctx, workers)
+            if settings.overload_streams and settings.wants("service-1w-capped"):
+                await overload_phase(ctx)
             if settings.litellm and settings.wants("litellm"):
                 await litellm_phase(ctx)
     await redis.aclose()
@@ -329,10 +333,8 @@ def _server_args(server: str, port: int, workers: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", *common, "--no-access-log"]
 
 
-async def service_phase(ctx: Context, workers: int) -> None:
+def _service_env(ctx: Context, *, cap: int = 0) -> dict[str, str]:
     s = ctx.settings
-    name = f"service-{workers}w"
-    port = free_port()
     env = (
         _clean_env()
         | {
@@ -348,10 +350,20 @@ async def service_phase(ctx: Context, workers: int) -> None:
             "COPILOT_RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
             "COPILOT_RATE_LIMIT_CONCURRENT_TURNS": "0",
             "COPILOT_RATE_LIMIT_TOKENS_PER_DAY": "0",
+            # The sweep measures a pod sharing its CPU among every stream offered; `overload_phase` the cap.
+            "COPILOT_MAX_CONCURRENT_TURNS": str(cap),
             "PYTHONPATH": str(ROOT),
         }
         | dict(s.service_env)
     )
+    return env
+
+
+async def service_phase(ctx: Context, workers: int) -> None:
+    s = ctx.settings
+    name = f"service-{workers}w"
+    port = free_port()
+    env = _service_env(ctx)
     args = _server_args(s.server, port, workers)
     log(f"{name}: {s.server} with {workers} worker(s) on Postgres {s.database_name} and Redis {s.redis_url}")
     storage_session = None
@@ -509,6 +521,60 @@ async def _profile_history(ctx: Context, endpoint: Endpoint, svc: Launched, size
 
 
 # --- LiteLLM -------------------------------------------------------------------------------------------------
+
+
+async def relay_phase(ctx: Context) -> None:
+    """The bare relay of `bench/relay.py` in front of the mock: the sweep only (CPU per token is its point)."""
+    s = ctx.settings
+    port = free_port()
+    args = [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream-port", str(ctx.mock_port)]
+    log("relay: a bare asyncio relay in front of the mock (the floor of relaying one token at a time in Python)")
+    async with launched(
+        "relay",
+        args,
+        env=_clean_env() | {"PYTHONPATH": str(ROOT)},
+        ready_url=f"http://127.0.0.1:{port}/ready",
+        log_dir=s.work_dir / "logs",
+    ) as relay:
+        endpoint = Endpoint("relay", "openai", port, (), relay.tree)
+
+        async def paths(n: int, rounds: int) -> list[str]:
+            return ["/v1/chat/completions"] * (n * rounds)
+
+        ctx.results["sweep"]["relay"] = await sweep(ctx, endpoint, openai_body([_user(marker(s.tokens))]), paths)
+
+
+async def overload_phase(ctx: Context) -> None:
+    """One worker capped at `overload_cap` running turns, offered `overload_streams` at once (one round): the turns
+    past the cap must be refused (503 `overloaded`) and the admitted ones keep their pace."""
+    s = ctx.settings
+    name, n, cap = "service-1w-capped", s.overload_streams, s.overload_cap
+    port = free_port()
+    log(f"{name}: {s.server} with 1 worker, COPILOT_MAX_CONCURRENT_TURNS={cap}, offered {n} streams")
+    async with launched(
+        name,
+        _server_args(s.server, port, 1),
+        env=_service_env(ctx, cap=cap),
+        ready_url=f"http://127.0.0.1:{port}/health/ready",
+        log_dir=s.work_dir / "logs",
+    ) as svc:
+        endpoint = Endpoint(name, "ui", port, (("Authorization", f"Bearer {_bearer()}"),), svc.tree, True)
+        sessions = await stores.create_sessions(ctx.store, USER, n)
+        spec = load_spec(
+            endpoint,
+            paths=[f"/api/chat/sessions/{sid}/stream" for sid in sessions],
+            body=service_body(marker(s.tokens)),
+            rounds=1,
+            ramp_seconds=s.stream_seconds,
+            timeout_seconds=_timeout(s, s.tokens, s.delay_ms),
+            expected_tokens=s.tokens,
+        )
+        m = await measure(endpoint, ctx.meters, spec, processes=_processes(ctx, n))
+    shed = m.overloaded
+    report = {"offered": n, "cap": cap, "admitted": m.streams - m.errors, "shed": shed, **m.as_dict()}
+    ctx.results["overload"] = report
+    log(_line(m))
+    log(f"{name}: {report['admitted']} admitted, {shed} shed with 503 overloaded, {m.errors - shed} other errors")
 
 
 async def litellm_phase(ctx: Context) -> None:

@@ -49,6 +49,7 @@ from backend.chat.llm_events import (
 from backend.chat.llm_response_state import ResponseChains
 from backend.chat.llm_responses import ResponsesWire
 from backend.chat.llm_sse import sse_data
+from backend.chat.watchdogs import ReadDeadline
 from backend.errors import ModelError
 
 __all__ = [
@@ -69,7 +70,6 @@ __all__ = [
 log = logging.getLogger("copilot.llm")
 
 ModelApi = Literal["chat_completions", "responses"]
-HttpClient = Literal["aiohttp", "httpx"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,22 +122,15 @@ class LLMClient:
         api: ModelApi = "chat_completions",
         reasoning_summary: str | None = None,
         response_chains: ResponseChains | None = None,
-        http_client: HttpClient = "aiohttp",
     ) -> None:
         """`api` is the wire the model speaks (`chat_completions` or `responses`); `reasoning_summary` asks a
         reasoning model for summaries over the Responses API (`auto`, `concise`, `detailed`). `on_usage` hears the
         provider's usage of every call that reported one (streamed turns, titles, summaries, each attempt of a
         retried call), at the end of the call; it must not block. `observer` hears every call's outcome, each failed
         attempt and each usage (metrics). `response_chains` (Responses API only) links each session's calls through
-        the provider's stored responses (`previous_response_id`); without it every call sends the whole input.
-        `http_client`: the SDK's transport (`aiohttp` costs less CPU per streamed chunk than its default `httpx`)."""
+        the provider's stored responses (`previous_response_id`); without it every call sends the whole input."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or "unused",
-            max_retries=0,
-            http_client=openai.DefaultAioHttpClient() if http_client == "aiohttp" else None,
-        )
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0)
         self.model = model
         self._retry = retry
         self._idle_timeout = idle_timeout
@@ -222,14 +215,19 @@ class LLMClient:
             try:
                 reply = self._wire.reader(response)
                 async with contextlib.aclosing(sse_data(response)) as events:
-                    while True:
-                        try:
-                            async with asyncio.timeout(self._idle_timeout):
+                    # One timer per idle period rather than one per chunk; time spent by our caller between
+                    # chunks does not count as the model's silence.
+                    with ReadDeadline(self._idle_timeout) as deadline:
+                        while True:
+                            deadline.start()
+                            try:
                                 data = await anext(events)
-                        except StopAsyncIteration:
-                            break
-                        for event in reply.read(data):
-                            yield event
+                            except StopAsyncIteration:
+                                break
+                            finally:
+                                deadline.stop()
+                            for event in reply.read(data):
+                                yield event
             finally:
                 await response.aclose()
         except TimeoutError as e:

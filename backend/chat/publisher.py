@@ -21,7 +21,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from backend.chat import protocol as p
-from backend.streams.turns import TurnRegistry, TurnStatus, entry_id, position_of
+from backend.chat.watchdogs import Heartbeat
+from backend.streams.turns import TurnRegistry, TurnStatus, cursor_base, position_of
 
 log = logging.getLogger("copilot.publisher")
 
@@ -40,6 +41,8 @@ class TurnPublisher:
         self.last_write = 0.0
         """Event-loop time of the last write to Redis (each write also says whether a stop was asked for)."""
         self.turn_id = turn_id
+        self._id_prefix = f"{cursor_base(turn_id)}-"
+        """Every entry id of the turn is this and its position (`streams/turns.py: entry_id`), hashed once."""
         self._window = window_seconds
         self._ids: list[str] = []
         self._payloads: list[bytes] = []
@@ -70,7 +73,7 @@ class TurnPublisher:
             chunk = merged
             self._payloads[-1] = p.to_json(chunk)
         else:
-            self._ids.append(entry_id(self.turn_id, len(self._ids) + 1))
+            self._ids.append(f"{self._id_prefix}{len(self._ids) + 1}")
             self._payloads.append(p.to_json(chunk))
         self._last = chunk
         self._wake.set()
@@ -117,20 +120,24 @@ class TurnPublisher:
         """This pod's view of the turn: entries after cursor `after` (`"0"`: from the start), live until its end;
         `("", None)` after `heartbeat_seconds` of silence. The caller checks `taken_over` when it returns."""
         position = position_of(self.turn_id, after) or 0
-        loop = asyncio.get_running_loop()
-        while True:
-            changed = self._changed
-            while position < len(self._ids):
-                position += 1
-                self._delivered = max(self._delivered, position)
-                yield self._ids[position - 1], self._payloads[position - 1]
-            if self.ended:
-                return
-            try:
-                async with asyncio.timeout_at(loop.time() + heartbeat_seconds):
-                    await changed.wait()
-            except TimeoutError:
-                yield "", None
+        heartbeat = Heartbeat(heartbeat_seconds, self._notify)
+        try:
+            while True:
+                changed = self._changed
+                while position < len(self._ids):
+                    position += 1
+                    self._delivered = max(self._delivered, position)
+                    yield self._ids[position - 1], self._payloads[position - 1]
+                    heartbeat.touch()
+                if self.ended:
+                    return
+                if heartbeat.due:
+                    heartbeat.touch()
+                    yield "", None
+                    continue
+                await changed.wait()
+        finally:
+            heartbeat.cancel()
 
     def serves(self, after: str) -> bool:
         """Whether `follow(after=…)` can start at `after`: a cursor this publisher handed out (or the start)."""

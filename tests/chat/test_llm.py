@@ -4,7 +4,7 @@ stream bytes (in-stream errors, line endings, events split across reads)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 import httpx2
@@ -14,7 +14,6 @@ import pytest
 
 from backend.chat.llm import (
     Completed,
-    HttpClient,
     LLMClient,
     ModelEvent,
     ReasoningChunk,
@@ -40,18 +39,6 @@ TOOLS = [
 ]
 
 
-_transport: list[HttpClient] = ["aiohttp"]
-
-
-@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
-def transport(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test of `client()` runs on both HTTP clients the SDK can use (`COPILOT_LLM_HTTP_CLIENT`): stream cuts,
-    in-stream errors and split events must read the same on each."""
-    _transport[0] = request.param
-    yield
-    _transport[0] = "aiohttp"
-
-
 def client(base_url: str, *, retries: int = 2, idle: float = 1.0) -> LLMClient:
     return LLMClient(
         base_url=base_url,
@@ -59,7 +46,6 @@ def client(base_url: str, *, retries: int = 2, idle: float = 1.0) -> LLMClient:
         model="mock-model",
         retry=RetryPolicy(retries, 0.01, 0.05),
         idle_timeout=idle,
-        http_client=_transport[0],
     )
 
 
@@ -625,25 +611,5 @@ async def test_the_observer_hears_each_outcome_each_failed_attempt_and_each_usag
             ("used", "titles", True, 2),
             ("failed", "titles", "unsupported_country_region_territory", False),
         ]
-    finally:
-        await llm.close()
-
-
-@pytest.mark.parametrize(
-    ("setting", "transport_module"),
-    [("aiohttp", "openai._vendor.httpx_aiohttp.transport"), ("httpx", "httpx2")],
-)
-async def test_the_setting_picks_the_sdk_http_client(setting: HttpClient, transport_module: str) -> None:
-    llm = LLMClient(
-        base_url="http://127.0.0.1:9/v1",
-        api_key="k",
-        model="m",
-        retry=RetryPolicy(0),
-        idle_timeout=1.0,
-        http_client=setting,
-    )
-    try:
-        transport = llm._client._client._transport  # the SDK's httpx2 client, and the transport under it
-        assert type(transport).__module__ == transport_module
     finally:
         await llm.close()

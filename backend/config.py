@@ -24,8 +24,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.mcp_config import McpServer, check_session_server_settings, parse_mcp_servers
 
-DEFAULT_MAX_CONCURRENT_TURNS = 400
-"""`max_concurrent_turns` unless set: provisional, to be set from load-test measurements (docs/deployment.md)."""
+DEFAULT_MAX_CONCURRENT_TURNS = 100
+"""`max_concurrent_turns` unless set, from the benchmark (docs/benchmarks.md, *Overload*): one worker offered 1,000
+streams of 20 tokens/s keeps the 100 it admits at their pace (added p99 gap within 100 ms) while it refuses the
+rest; capped at 200 it does not: the turns it lets in, and what it costs to refuse the others, need more than its
+one core (it delivers at most ~3,500-3,900 tokens/s there)."""
 
 
 class ModelPrice(BaseModel):

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None, help="py-spy the service")
     p.add_argument("--profile-streams", type=int, help="concurrent streams while py-spy samples the service")
+    p.add_argument("--overload-streams", type=int, help="streams offered at once to the capped worker (0: skip)")
+    p.add_argument("--overload-cap", type=int, help="COPILOT_MAX_CONCURRENT_TURNS of the capped worker")
     p.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
@@ -86,6 +88,10 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         overrides["profile_streams"] = args.profile_streams
     if args.no_wait:
         overrides["wait_for_idle"] = False
+    if args.overload_streams is not None:
+        overrides["overload_streams"] = args.overload_streams
+    if args.overload_cap is not None:
+        overrides["overload_cap"] = args.overload_cap
     if args.server:
         overrides["server"] = args.server
     if args.service_env:

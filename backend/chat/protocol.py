@@ -277,7 +277,9 @@ UI_MESSAGE_STREAM_HEADERS: Final = MappingProxyType(
 def to_json(chunk: Chunk) -> bytes:
     """The chunk as compact JSON in wire form (camelCase, optional `None` fields left out)."""
     if type(chunk) is TextDelta:
-        return orjson.dumps({"type": "text-delta", "id": chunk.id, "delta": chunk.delta})
+        # orjson (3.13) returns its whole write buffer, 4 KB, as the bytes object; a turn keeps every payload in its
+        # log, so each token would hold 4 KB for as long as the turn runs. `%` copies it into one of its own size.
+        return b"%b" % orjson.dumps({"type": "text-delta", "id": chunk.id, "delta": chunk.delta})
     return chunk.__pydantic_serializer__.to_json(chunk, by_alias=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import typing
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import JsonValue, ValidationError
 
+from backend.chat import protocol as p
 from backend.chat.protocol import (
     DONE,
     UI_MESSAGE_STREAM_HEADERS,
@@ -268,3 +270,17 @@ def test_check_body_accepts_a_valid_body_with_heartbeats() -> None:
 def test_check_body_reports_framing_problems(body: bytes, expected: str) -> None:
     problems = check_body(body)
     assert any(expected in problem for problem in problems), problems
+
+
+def test_a_text_delta_payload_holds_its_own_size_not_a_write_buffer() -> None:
+    """A turn keeps every payload in its log: orjson's 4 KB write buffer per token was most of a stream's memory."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        payloads = [p.to_json(p.TextDelta(id="text-0", delta=f" w{i}")) for i in range(200)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(s.size_diff for s in after.compare_to(before, "lineno"))
+    assert len(payloads) == 200
+    assert held / 200 < 256, f"{held / 200:.0f} bytes per payload"

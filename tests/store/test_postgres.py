@@ -263,15 +263,13 @@ async def test_a_user_message_settles_the_calls_waiting_for_a_person(repo: ChatR
 
 async def test_a_refused_claim_writes_nothing(repo: ChatRepository) -> None:
     session = await repo.create_session("alice")
-    await repo.append_messages(session.id, [NewMessage("user", "a")], claim=ActiveTurnClaim("turn-1", 30))
+    first = await repo.append_messages(session.id, [NewMessage("user", "a")], claim=ActiveTurnClaim("turn-1", 30))
     with pytest.raises(ActiveTurnHeld) as held:
         await repo.append_messages(
             session.id, [NewMessage("user", "b")], prompt_tokens=3, claim=ActiveTurnClaim("turn-2", 30)
         )
     assert held.value.turn_id == "turn-1"
-    assert await repo.get_session(session.id) == (
-        await repo.append_messages(session.id, [])
-    ).session  # nothing written: the row as the first append left it
+    assert await repo.get_session(session.id) == first.session  # nothing written: the row as the claim left it
     assert [m.content for m in await repo.get_messages(session.id)] == ["a"]
     with pytest.raises(LookupError):
         await repo.append_messages(uuid.uuid4(), [NewMessage("user", "c")], claim=ActiveTurnClaim("turn-3", 30))

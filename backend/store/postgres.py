@@ -78,7 +78,7 @@ _MESSAGE_COLUMNS = (
 
 # An append in one round trip: a function of migration 0009 (its comment there says what it returns). Its result
 # columns are the two dataclasses' fields in order, from these positions on.
-_APPEND = "SELECT * FROM copilot_append_messages(" + ", ".join(f"${i}" for i in range(1, 20)) + ")"
+_APPEND = "SELECT * FROM copilot_append_messages(" + ", ".join(f"${i}" for i in range(1, 21)) + ")"
 _SESSION_AT = 4
 _MESSAGE_AT = _SESSION_AT + len(fields(ChatSession))
 _NO_SUCH_SESSION = "CP001"
@@ -268,6 +268,7 @@ class ChatRepository:
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
+        release: str | None = None,
     ) -> AppendResult:
         """Append `messages` (and add usage to the session totals) in one transaction, one round trip; the result
         carries the session row as that transaction left it.
@@ -283,6 +284,9 @@ class ChatRepository:
 
         With `settle_awaiting` (a new user message), the session's calls still waiting for a person are closed as
         `unanswered` in the same transaction: their placeholders already tell the model so.
+
+        With `release` (a turn id: the turn's last step), the same transaction frees the session's active turn if
+        that turn holds it, as `ActiveTurnStore.release` would in a transaction of its own.
         """
         try:
             rows = await self._pool.fetch(
@@ -307,6 +311,7 @@ class ChatRepository:
                 claim.turn_id if claim else None,
                 claim.lease_seconds if claim else None,
                 settle_awaiting,
+                release,
             )
         except asyncpg.PostgresError as e:
             if e.sqlstate == _NO_SUCH_SESSION:

@@ -187,7 +187,8 @@ async def test_append_returns_the_session_row_it_left(repo: ChatRepository) -> N
 
 async def test_an_append_is_one_round_trip(migrated_database: str, db: asyncpg.Connection) -> None:
     """The append's transaction is one statement (the function of migration 0009), whatever it does: a user message
-    that claims the session, a resent one, a step with write keys and usage, its retry, a usage-only append."""
+    that claims the session, a resent one, a step with write keys and usage, its retry, a usage-only append, the
+    turn's last step that frees the session."""
     sent: list[str] = []
     pool = await create_pool(migrated_database, min_size=1, max_size=1, observe=lambda s, _, __: sent.append(s))
     repo = ChatRepository(pool)
@@ -202,6 +203,7 @@ async def test_an_append_is_one_round_trip(migrated_database: str, db: asyncpg.C
             lambda: repo.append_messages(session.id, step("turn-1", 0, "look"), prompt_tokens=9, completion_tokens=2),
             lambda: repo.append_messages(session.id, step("turn-1", 0, "look"), prompt_tokens=9, completion_tokens=2),
             lambda: repo.append_messages(session.id, [], prompt_tokens=1),
+            lambda: repo.append_messages(session.id, step("turn-1", 1, "done"), release="turn-1"),
         ]
         for append in appends:
             sent.clear()

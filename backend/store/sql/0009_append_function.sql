@@ -5,6 +5,8 @@
 -- The messages come as parallel arrays, one element per message. The result is one row per message, in the order
 -- given (kind 'message': the new row, or the stored row its client id or write key matched, with found_client and
 -- found_key saying which), then one row of the session as the append left it (kind 'session', with `settled`).
+-- With `release_turn`, the session's active turn is freed in the same transaction if that turn holds it (the end of
+-- a turn whose last step this is: compare-and-set on its id, as `ActiveTurnStore.release`).
 -- Errors: SQLSTATE CP001 when the session does not exist; CP002 when `claim_turn` is given and another turn holds
 -- the session under a live lease (its id in DETAIL). Nothing is written then.
 CREATE FUNCTION copilot_append_messages(
@@ -26,7 +28,8 @@ CREATE FUNCTION copilot_append_messages(
     p_completion_tokens bigint,
     p_claim_turn        text,    -- NULL: no claim
     p_claim_seconds     float8,
-    p_settle_awaiting   boolean
+    p_settle_awaiting   boolean,
+    p_release_turn      text     -- NULL, or a turn whose claim to free if it holds the session (its last append)
 ) RETURNS TABLE (
     kind                text,
     found_client        boolean,
@@ -144,7 +147,7 @@ BEGIN
     END IF;
     v_wrote := v_fresh > 0 OR p_prompt_tokens <> 0 OR p_completion_tokens <> 0;
     settled := 0;
-    IF v_wrote OR p_claim_turn IS NOT NULL THEN
+    IF v_wrote OR p_claim_turn IS NOT NULL OR v_holder = p_release_turn THEN
         WITH closed AS (
             UPDATE chat_messages SET awaiting_state = 'unanswered'
              WHERE p_settle_awaiting AND v_fresh > 0 AND session_id = p_session
@@ -157,8 +160,11 @@ BEGIN
                completion_tokens = s.completion_tokens + p_completion_tokens,
                live_tokens = s.live_tokens + v_fresh_tokens,
                updated_at = CASE WHEN v_wrote THEN now() ELSE s.updated_at END,
-               active_turn_id = coalesce(p_claim_turn, s.active_turn_id),
-               active_turn_until = coalesce(now() + make_interval(secs => p_claim_seconds), s.active_turn_until)
+               active_turn_id = CASE WHEN s.active_turn_id = p_release_turn THEN NULL
+                                     ELSE coalesce(p_claim_turn, s.active_turn_id) END,
+               active_turn_until = CASE WHEN s.active_turn_id = p_release_turn THEN NULL
+                                        ELSE coalesce(now() + make_interval(secs => p_claim_seconds),
+                                                      s.active_turn_until) END
          WHERE s.id = p_session
         RETURNING s.id, s.user_id, s.title, s.metadata, s.message_count, s.prompt_tokens, s.completion_tokens,
                   s.created_at, s.updated_at, s.summary, s.summary_tokens, s.summary_through, s.live_tokens,

@@ -1,5 +1,6 @@
 """Postgres access for sessions and messages: the source of truth. Every query of those tables is here, but the
-session's active turn (`active_turns.py`; only its claim rides in the append below).
+session's active turn (`active_turns.py`; only its claim and the release by a turn's last step ride in the append
+below).
 
 Messages are append-only. An append locks the session row, allocates the next sequences from its counter and
 inserts the rows in one transaction, so concurrent writers get gap-free, unique sequences (never "save

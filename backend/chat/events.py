@@ -137,6 +137,9 @@ class TurnEnded:
     finish_reason: str
     metadata: dict[str, Any] | None = None
     """What the client learns about the finished message (usage, model, cost); None: nothing."""
+    session_freed: bool = False
+    """The last step's append freed the session's active turn in Postgres, so whoever runs the turn need not (not
+    sent to clients)."""
 
 
 TurnEvent = (

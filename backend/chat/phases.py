@@ -168,12 +168,15 @@ async def run_tools(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
 
 async def save_step(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
     """Store the step's assistant message and tool results in one append, with its usage; then start the work of
-    the operations it launched. A step Postgres did not take is kept (`KEPT`)."""
+    the operations it launched. A step Postgres did not take is kept (`KEPT`). The append of the turn's last step
+    also frees the session's active turn: the turn writes nothing after it."""
     assert step.completed is not None
     step.stage = "saving"
     calls = step.calls
     tool_messages = _tool_messages(turn, calls, step.outcomes, step.launched, step.awaiting)
-    stored = await save(turn, step, _assistant(turn, step, calls), *tool_messages, usage=step.completed.usage)
+    stored = await save(
+        turn, step, _assistant(turn, step, calls), *tool_messages, usage=step.completed.usage, last=step.is_last
+    )
     for operation in step.launched.values():
         if operation.launch is not None:
             # Only now: its result must find the pending message stored (or kept: the result's update stores the
@@ -233,13 +236,15 @@ async def save(
     *messages: dict[str, Any] | None,
     usage: llm.Usage | None = None,
     patient: bool = True,
+    last: bool = False,
 ) -> list[ChatMessage] | None:
     """Store the step's messages; None when Postgres did not take them and they are kept for later. `patient`:
-    retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead)."""
+    retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead). `last`: the turn's
+    last write, which also frees the session's active turn (`step.freed_session` once it did)."""
     services = turn.services
     present = [m for m in messages if m is not None]
     rows = [_new_message(turn, m, step_key(turn.request.turn_id, step.index, i)) for i, m in enumerate(present)]
-    if not rows and usage is None:
+    if not rows and usage is None and not last:
         return []
     result = await services.store.append_or_keep(
         turn.request.session_id,
@@ -247,8 +252,12 @@ async def save(
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
         retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
+        release=turn.request.turn_id if last else None,
     )
-    return None if result is None else result.messages
+    if result is None:
+        return None
+    step.freed_session = last
+    return result.messages
 
 
 async def _compact(turn: TurnState, *, keep_tokens: int) -> AsyncIterator[ev.TurnEvent]:

@@ -7,7 +7,8 @@ a turn with a user message claims the session in the transaction that stores the
 live. So when Redis is flushed or restarts without its data, the next message still finds the session busy.
 
 The Postgres lease is renewed by the owner pod in one statement per tick for all its turns, cleared by the turn's
-end (compare-and-set on its id), and cleared by whoever reaps a turn whose owner stopped renewing it.
+end (compare-and-set on its id: in the append of its last step, `SessionStore.append(release=...)`, or with
+`release_anchor` when it ended otherwise), and cleared by whoever reaps a turn whose owner stopped renewing it.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ async def stream_chat_completion(
                 break
             count_tool_round(turn, step)
         assert step.completed is not None
-        yield ev.TurnEnded(step.completed.finish_reason, _finish_metadata(turn))
+        yield ev.TurnEnded(step.completed.finish_reason, _finish_metadata(turn), session_freed=step.freed_session)
         if not step.kept:
             compact_later(turn)
     except TurnFailure as failure:

@@ -185,6 +185,7 @@ class TurnDriver:
         translator = UIStreamTranslator(approval_chunks=self._approval_chunks)
         status: TurnStatus = "completed"
         error_class: str | None = None
+        freed = False
         prompt = self._prompt().render(
             turn_variables(user_id=req.user_id, is_authenticated=req.is_authenticated, page_context=req.page_context)
         )
@@ -210,6 +211,9 @@ class TurnDriver:
                 async for event in stream_chat_completion(req, prompt, self._services, telemetry):
                     if isinstance(event, ev.TurnFailed):
                         status, error_class = "failed", event.code
+                    elif isinstance(event, ev.TurnEnded) and event.session_freed:
+                        freed = True
+                        self._local.anchored.pop(req.turn_id, None)  # nothing left to renew
                     emit(event)
         except TimeoutError:
             status, error_class = "failed", "timeout"
@@ -234,14 +238,16 @@ class TurnDriver:
             for chunk in translator.close(reason):
                 publisher.emit(chunk)
             telemetry.ended(status=status, error_class=error_class)
-            await asyncio.shield(self._finish(req, publisher, status))
+            await asyncio.shield(self._finish(req, publisher, status, freed=freed))
 
-    async def _finish(self, req: TurnRequest, publisher: TurnPublisher, status: TurnStatus) -> None:
+    async def _finish(self, req: TurnRequest, publisher: TurnPublisher, status: TurnStatus, *, freed: bool) -> None:
         # Everything the turn stores is stored: free the session in Postgres before the end reaches the followers,
-        # so a client that sends its next message on `[DONE]` finds it free. The Redis pointer goes last.
+        # so a client that sends its next message on `[DONE]` finds it free. The Redis pointer goes last. `freed`:
+        # the append of the last step did it already, in its own transaction (no round trip of its own here).
         self._local.anchored.pop(req.turn_id, None)  # no renewal after this point
         try:
-            await self._active.release_anchor(req.session_id, req.turn_id)
+            if not freed:
+                await self._active.release_anchor(req.session_id, req.turn_id)
         except Exception:
             # Postgres is down (its reply may be kept in Redis meanwhile). The supervisor tries again every tick, and
             # a message that finds this ended turn still holding the session frees it itself.

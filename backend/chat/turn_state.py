@@ -167,6 +167,8 @@ class Step:
     """Calls that wait for a person (call id → what for): stored as waiting; the turn ends after the step."""
     kept: bool = False
     """Postgres did not take the step: it waits in Redis to be stored."""
+    freed_session: bool = False
+    """The step's append, the turn's last, freed the session's active turn as well (see `TurnEnded`)."""
 
     @property
     def content(self) -> str:

@@ -4,8 +4,9 @@ This is the truth behind the Redis pointer (`streams/active.py`), so a flushed o
 turn start while one runs. A turn that comes with a user message claims it in the append's own transaction
 (`ChatRepository.append_messages(claim=...)`); a turn without one (the continuation of an operation) with `claim`
 here. Either claim succeeds only when the session is free or its holder's lease lapsed. Owners push their leases
-forward in one statement per pod (`renew`); the end of a turn clears it with a compare-and-set on its id (`release`),
-and a turn whose owner stopped renewing is found with `lapsed` and cleared with `release_lapsed`.
+forward in one statement per pod (`renew`); the end of a turn clears it with a compare-and-set on its id: in the
+append of its last step (`append_messages(release=...)`), or here (`release`) when it ended otherwise. A turn whose
+owner stopped renewing is found with `lapsed` and cleared with `release_lapsed`.
 
 Lease deadlines are computed and compared on the database's clock, so pods whose clocks disagree still agree on
 whether a lease lapsed.

@@ -1,10 +1,13 @@
 """Postgres access for sessions and messages: the source of truth. Every query of those tables is here, but the
-session's active turn (`active_turns.py`; only its claim rides in the append below).
+session's active turn (`active_turns.py`; only its claim and the release by a turn's last step ride in the append
+below).
 
 Messages are append-only. An append locks the session row, allocates the next sequences from its counter and
 inserts the rows in one transaction, so concurrent writers get gap-free, unique sequences (never "save
 `messages[count:]`", which lost messages when two writers raced in the reference system). The same transaction
-returns the updated session row, so the cache can be brought up to date without reading it back.
+returns the updated session row, so the cache can be brought up to date without reading it back. That transaction
+is one statement, a call of the function `copilot_append_messages` (migration 0009): one round trip, where the
+same steps sent from here took six (BEGIN, lock, read of the stored ids, insert, update, COMMIT).
 
 A pooled connection is handed back without a reset query (asyncpg's default, `pg_advisory_unlock_all(); CLOSE ALL;
 UNLISTEN *; RESET ALL`, is a server round trip and a transaction of its own on every release): the statements here
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID, uuid4
@@ -73,23 +77,14 @@ _MESSAGE_COLUMNS = (
     "token_count, created_at, reasoning, model, usage, awaiting, awaiting_state"
 )
 
-# One statement inserts a whole step's messages: parallel arrays, one element per message.
-_INSERT_MESSAGES = f"""
-INSERT INTO chat_messages (
-    id, session_id, sequence, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count,
-    write_key, reasoning, model, usage, awaiting, awaiting_state
-)
-SELECT u.id, $1, u.seq, u.role, u.content, u.tool_calls::jsonb, u.tool_call_id, u.name, u.refusal,
-       u.client_message_id, u.token_count, u.write_key, u.reasoning, u.model, u.usage::jsonb, u.awaiting,
-       CASE WHEN u.awaiting IS NULL THEN NULL ELSE 'waiting' END
-FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-            $10::text[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
-    AS u(
-        id, seq, role, content, tool_calls, tool_call_id, name, refusal, client_message_id, token_count, write_key,
-        reasoning, model, usage, awaiting
-    )
-RETURNING {_MESSAGE_COLUMNS}
-"""
+# An append in one round trip: a function of migration 0009 (its comment there says what it returns). Its result
+# columns are the two dataclasses' fields in order, from these positions on.
+_APPEND = "SELECT * FROM copilot_append_messages(" + ", ".join(f"${i}" for i in range(1, 21)) + ")"
+_SESSION_AT = 4
+_MESSAGE_AT = _SESSION_AT + len(fields(ChatSession))
+_NO_SUCH_SESSION = "CP001"
+_ACTIVE_TURN_HELD = "CP002"
+"""The SQLSTATEs the function raises; the holder's turn id is the error's detail."""
 
 _USAGE_BY_MODEL = """
 SELECT model, count(*)::int AS messages,
@@ -159,9 +154,8 @@ def _session(row: asyncpg.Record) -> ChatSession:
     return ChatSession(**{name: row[name] for name in _SESSION_FIELDS})
 
 
-def _message(row: asyncpg.Record, *, skip: int = 0) -> ChatMessage:
-    """`skip`: leading columns that are not the message's (selected alongside it)."""
-    return ChatMessage(**dict(list(row.items())[skip:]))
+def _message(row: asyncpg.Record) -> ChatMessage:
+    return ChatMessage(**dict(row.items()))
 
 
 async def keep_live_tokens(
@@ -275,9 +269,10 @@ class ChatRepository:
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
+        release: str | None = None,
     ) -> AppendResult:
-        """Append `messages` (and add usage to the session totals) in one transaction; the result carries the
-        session row as that transaction left it.
+        """Append `messages` (and add usage to the session totals) in one transaction, one round trip; the result
+        carries the session row as that transaction left it.
 
         A message whose `client_message_id` is already stored is not written again: the stored row is returned in
         its place and its id is listed in `duplicates`. The same holds for a `write_key` already stored (listed in
@@ -290,102 +285,56 @@ class ChatRepository:
 
         With `settle_awaiting` (a new user message), the session's calls still waiting for a person are closed as
         `unanswered` in the same transaction: their placeholders already tell the model so.
+
+        With `release` (a turn id: the turn's last step), the same transaction frees the session's active turn if
+        that turn holds it, as `ActiveTurnStore.release` would in a transaction of its own.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            session = await conn.fetchrow(
-                f"SELECT {_SESSION_COLUMNS}, active_turn_id, active_turn_until > now() AS active_turn_live "
-                "FROM chat_sessions WHERE id = $1 FOR UPDATE",
+        try:
+            rows = await self._pool.fetch(
+                _APPEND,
                 session_id,
+                [m.role for m in messages],
+                [m.content for m in messages],
+                # As JSON text: asyncpg would read a list of lists as a two-dimensional array.
+                [None if m.tool_calls is None else orjson.dumps(m.tool_calls).decode() for m in messages],
+                [m.tool_call_id for m in messages],
+                [m.name for m in messages],
+                [m.refusal for m in messages],
+                [m.client_message_id for m in messages],
+                [m.token_count for m in messages],
+                [m.write_key for m in messages],
+                [m.reasoning for m in messages],
+                [m.model for m in messages],
+                [None if m.usage is None else orjson.dumps(m.usage).decode() for m in messages],
+                [m.awaiting for m in messages],
+                prompt_tokens,
+                completion_tokens,
+                claim.turn_id if claim else None,
+                claim.lease_seconds if claim else None,
+                settle_awaiting,
+                release,
             )
-            if session is None:
-                raise LookupError(f"session {session_id} does not exist")
-            if claim is not None and session["active_turn_id"] is not None and session["active_turn_live"]:
-                raise ActiveTurnHeld(session["active_turn_id"])
-            last: int = session["message_count"]
-            client_ids = [m.client_message_id for m in messages if m.client_message_id is not None]
-            existing: dict[str, ChatMessage] = {}
-            if client_ids:
-                # The row lock above serialises appends to this session, so this read cannot race an insert.
-                rows = await conn.fetch(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM chat_messages "
-                    "WHERE session_id = $1 AND client_message_id = ANY($2::text[])",
-                    session_id,
-                    client_ids,
-                )
-                existing = {r["client_message_id"]: _message(r) for r in rows}
-            write_keys = [m.write_key for m in messages if m.write_key is not None]
-            repeated: dict[str, ChatMessage] = {}
-            if write_keys:
-                rows = await conn.fetch(
-                    f"SELECT write_key, {_MESSAGE_COLUMNS} FROM chat_messages "
-                    "WHERE session_id = $1 AND write_key = ANY($2::text[])",
-                    session_id,
-                    write_keys,
-                )
-                repeated = {r["write_key"]: _message(r, skip=1) for r in rows}
-            if repeated:
-                prompt_tokens = completion_tokens = 0  # counted by the attempt that stored them
-            fresh = [m for m in messages if m.client_message_id not in existing and m.write_key not in repeated]
-            inserted: dict[int, ChatMessage] = {}
-            if fresh:
-                rows = await conn.fetch(
-                    _INSERT_MESSAGES,
-                    session_id,
-                    [uuid4() for _ in fresh],
-                    list(range(last + 1, last + 1 + len(fresh))),
-                    [m.role for m in fresh],
-                    [m.content for m in fresh],
-                    # As JSON text: asyncpg would read a list of lists as a two-dimensional array.
-                    [None if m.tool_calls is None else orjson.dumps(m.tool_calls).decode() for m in fresh],
-                    [m.tool_call_id for m in fresh],
-                    [m.name for m in fresh],
-                    [m.refusal for m in fresh],
-                    [m.client_message_id for m in fresh],
-                    [m.token_count for m in fresh],
-                    [m.write_key for m in fresh],
-                    [m.reasoning for m in fresh],
-                    [m.model for m in fresh],
-                    [None if m.usage is None else orjson.dumps(m.usage).decode() for m in fresh],
-                    [m.awaiting for m in fresh],
-                )
-                inserted = {r["sequence"]: _message(r) for r in rows}
-            settled = 0
-            wrote = bool(fresh or prompt_tokens or completion_tokens)
-            if wrote or claim is not None:
-                # Without a claim $6 and $7 are NULL and the active turn stays as it is. The waiting calls are
-                # settled ($9) by the same statement: no extra round trip on every user message.
-                session = await conn.fetchrow(
-                    "WITH settled AS (UPDATE chat_messages SET awaiting_state = 'unanswered' WHERE $9 "
-                    "AND session_id = $1 AND awaiting_state IN ('waiting', 'approved') RETURNING 1) "
-                    "UPDATE chat_sessions SET message_count = $2, prompt_tokens = prompt_tokens + $3, "
-                    "completion_tokens = completion_tokens + $4, live_tokens = live_tokens + $5, "
-                    "updated_at = CASE WHEN $8 THEN now() ELSE updated_at END, "
-                    "active_turn_id = coalesce($6, active_turn_id), "
-                    "active_turn_until = coalesce(now() + make_interval(secs => $7), active_turn_until) "
-                    f"WHERE id = $1 RETURNING {_SESSION_COLUMNS}, (SELECT count(*) FROM settled) AS settled",
-                    session_id,
-                    last + len(fresh),
-                    prompt_tokens,
-                    completion_tokens,
-                    sum(m.token_count for m in fresh),
-                    claim.turn_id if claim else None,
-                    claim.lease_seconds if claim else None,
-                    wrote,
-                    settle_awaiting and bool(fresh),
-                )
-                assert session is not None
-                settled = session["settled"]
-        ordered_new = iter(inserted[s] for s in sorted(inserted))
-        result = [
-            existing[m.client_message_id]
-            if m.client_message_id in existing
-            else repeated[m.write_key]
-            if m.write_key in repeated
-            else next(ordered_new)
-            for m in messages
-        ]
-        assert session is not None
-        return AppendResult(result, frozenset(existing), _session(session), frozenset(repeated), settled)
+        except asyncpg.PostgresError as e:
+            if e.sqlstate == _NO_SUCH_SESSION:
+                raise LookupError(f"session {session_id} does not exist") from e
+            if e.sqlstate == _ACTIVE_TURN_HELD:
+                raise ActiveTurnHeld(e.detail or "") from e
+            raise
+        *stored, session = rows
+        duplicates: set[str] = set()
+        repeated: set[str] = set()
+        for m, r in zip(messages, stored, strict=True):
+            if r["found_client"] and m.client_message_id is not None:
+                duplicates.add(m.client_message_id)
+            if r["found_key"] and m.write_key is not None:
+                repeated.add(m.write_key)
+        return AppendResult(
+            [ChatMessage(*r[_MESSAGE_AT:]) for r in stored],
+            frozenset(duplicates),
+            ChatSession(*session[_SESSION_AT:_MESSAGE_AT]),
+            frozenset(repeated),
+            session["settled"],
+        )
 
     @_outage_is_unavailable
     async def commit_summary(

@@ -115,10 +115,12 @@ class SessionStore:
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
+        release: str | None = None,
     ) -> AppendResult:
         """Append messages (the caller has checked ownership). Idempotent per client message id and per write key.
         With `claim`, also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is
-        taken). With `settle_awaiting` (a user message), calls still waiting for a person close as unanswered.
+        taken). With `settle_awaiting` (a user message), calls still waiting for a person close as unanswered. With
+        `release` (a turn id), that turn's claim is freed in the same transaction (the turn's last append).
 
         The session's pending writes are stored first. `StorageUnavailable` when Postgres does not answer (then
         nothing of this append is kept)."""
@@ -130,6 +132,7 @@ class SessionStore:
             completion_tokens=completion_tokens,
             claim=claim,
             settle_awaiting=settle_awaiting,
+            release=release,
         )
 
     async def append_or_keep(
@@ -140,13 +143,15 @@ class SessionStore:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         retry_seconds: float,
+        release: str | None = None,
     ) -> AppendResult | None:
         """Append what must not be lost (a step of a reply): while Postgres does not answer, retry with backoff for
         up to `retry_seconds`, then keep it in Redis and return None; the session's next append or the reconciler
         stores it once Postgres is back. A cancellation meanwhile keeps it too before it goes on.
 
         Every message needs a `write_key`: an attempt whose commit went through but whose answer was lost is then
-        harmless to repeat, here or wherever the kept copy is stored."""
+        harmless to repeat, here or wherever the kept copy is stored. `release` (see `append`) rides on the attempts
+        here only, never on the kept copy: when None is returned, the turn's claim is still to be freed."""
         if any(m.write_key is None for m in messages):
             raise ValueError("append_or_keep needs a write key on every message")
         loop = asyncio.get_running_loop()
@@ -156,7 +161,11 @@ class SessionStore:
             while True:
                 try:
                     return await self.append(
-                        session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                        session_id,
+                        messages,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        release=release,
                     )
                 except StorageUnavailable:
                     if self._pending is None:
@@ -228,6 +237,7 @@ class SessionStore:
         completion_tokens: int,
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
+        release: str | None = None,
     ) -> AppendResult:
         try:
             result = await self._repo.append_messages(
@@ -237,6 +247,7 @@ class SessionStore:
                 completion_tokens=completion_tokens,
                 claim=claim,
                 settle_awaiting=settle_awaiting,
+                release=release,
             )
         except LookupError as e:
             raise NotFound("session not found") from e

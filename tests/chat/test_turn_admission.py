@@ -5,6 +5,7 @@ no app."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -117,6 +118,33 @@ async def test_a_submitted_turn_is_followed_from_memory_to_its_end(kit: Kit, pod
     assert [c["type"] for c in chunks][-2:] == ["finish-step", "finish"]
     assert [r[0] for r in await stored_rows(session.id)] == ["user", "assistant"]
     assert await pod.active.current(session.id) is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["[[mock:text tokens=5]]", '[[mock:tool name=calculate args={"expression": "6*7"}]]', "[[mock:server_error]]"],
+)
+async def test_the_turns_last_append_frees_its_session(
+    kit: Kit, pod: Pod, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, message: str
+) -> None:
+    """A reply's last step frees the session in its own append: no transaction of its own after it. A turn that
+    ends otherwise (here the model's error) is freed by its end, as before."""
+    released: list[str] = []
+    release = ActiveTurnStore.release
+
+    async def counted(self: ActiveTurnStore, session_id: uuid.UUID, turn_id: str) -> bool:
+        released.append(turn_id)
+        return await release(self, session_id, turn_id)
+
+    monkeypatch.setattr(ActiveTurnStore, "release", counted)
+    session = await kit.session()
+
+    chunks = await pod.reply(session, message)
+
+    assert chunks[-1]["type"] == "finish"
+    assert await ActiveTurnStore(pool).holder(session.id) is None
+    assert await pod.active.current(session.id) is None
+    assert len(released) == (1 if "error" in message else 0)
 
 
 async def test_a_resend_follows_the_same_turn(kit: Kit, pod: Pod, stored_rows: StoredRows) -> None:

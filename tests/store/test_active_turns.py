@@ -54,6 +54,24 @@ async def test_the_claim_rides_in_the_user_messages_transaction(
     assert await turns.holder(session.id) == Holder("turn-2", lapsed=False)
 
 
+async def test_the_release_rides_in_the_turns_last_append(repo: ChatRepository, turns: ActiveTurnStore) -> None:
+    """The last step's append frees the session for its turn only (compare-and-set on its id), also when it writes
+    nothing (the retry of an append whose commit went through)."""
+    session = await repo.create_session("alice")
+    await repo.append_messages(session.id, user("first"), claim=ActiveTurnClaim("turn-1", 30))
+    last = [NewMessage("assistant", "done", write_key="turn-1:0:0")]
+
+    other = await repo.append_messages(session.id, last, release="turn-2")
+    assert await turns.holder(session.id) == Holder("turn-1", lapsed=False)  # not turn-2's to free
+    again = await repo.append_messages(session.id, last, release="turn-1")
+    assert again.repeated_keys == {"turn-1:0:0"} and again.session == other.session  # nothing else written
+    assert await turns.holder(session.id) is None
+
+    await repo.append_messages(session.id, user("second"), claim=ActiveTurnClaim("turn-2", 30))
+    await repo.append_messages(session.id, last, release="turn-1")  # a late retry of turn-1's
+    assert await turns.holder(session.id) == Holder("turn-2", lapsed=False)
+
+
 async def test_concurrent_messages_claim_the_session_once(repo: ChatRepository, turns: ActiveTurnStore) -> None:
     session = await repo.create_session("alice")
 

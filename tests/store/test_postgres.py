@@ -1,11 +1,11 @@
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 
-from backend.store.models import ModelUsage, NewMessage
+from backend.store.models import ActiveTurnClaim, ActiveTurnHeld, AppendResult, ModelUsage, NewMessage
 from backend.store.postgres import ChatRepository, create_pool
 
 
@@ -183,6 +183,98 @@ async def test_append_returns_the_session_row_it_left(repo: ChatRepository) -> N
     assert (result.session.message_count, result.session.prompt_tokens, result.session.live_tokens) == (1, 10, 4)
     repeat = await repo.append_messages(session.id, [])  # nothing written: the row as it is
     assert repeat.session == result.session
+
+
+async def test_an_append_is_one_round_trip(migrated_database: str, db: asyncpg.Connection) -> None:
+    """The append's transaction is one statement (the function of migration 0009), whatever it does: a user message
+    that claims the session, a resent one, a step with write keys and usage, its retry, a usage-only append, the
+    turn's last step that frees the session."""
+    sent: list[str] = []
+    pool = await create_pool(migrated_database, min_size=1, max_size=1, observe=lambda s, _, __: sent.append(s))
+    repo = ChatRepository(pool)
+    try:
+        warm_up = await repo.create_session("bob")  # a connection's first use reads the types of the arguments
+        await repo.append_messages(warm_up.id, [NewMessage("user", "hi", client_message_id="c-0", usage={"a": 1})])
+        session = await repo.create_session("alice")
+        user = [NewMessage("user", "hi", client_message_id="c-1")]
+        appends: list[Callable[[], Awaitable[AppendResult]]] = [
+            lambda: repo.append_messages(session.id, user, claim=ActiveTurnClaim("turn-1", 30), settle_awaiting=True),
+            lambda: repo.append_messages(session.id, user),
+            lambda: repo.append_messages(session.id, step("turn-1", 0, "look"), prompt_tokens=9, completion_tokens=2),
+            lambda: repo.append_messages(session.id, step("turn-1", 0, "look"), prompt_tokens=9, completion_tokens=2),
+            lambda: repo.append_messages(session.id, [], prompt_tokens=1),
+            lambda: repo.append_messages(session.id, step("turn-1", 1, "done"), release="turn-1"),
+        ]
+        for append in appends:
+            sent.clear()
+            await append()
+            assert sent == ["SELECT"]
+    finally:
+        await pool.close()
+
+
+async def test_an_append_returns_each_message_in_the_order_given(repo: ChatRepository) -> None:
+    """A batch mixing new messages, a stored client id and a stored write key: each comes back in its place, the new
+    ones with the next sequences, and only the new ones count."""
+    session = await repo.create_session("alice")
+    await repo.append_messages(session.id, [NewMessage("user", "hi", client_message_id="c-1", token_count=1)])
+    await repo.append_messages(session.id, [NewMessage("assistant", "a", write_key="t:0:0", token_count=2)])
+    batch = [
+        NewMessage("assistant", "new-1", token_count=10),
+        NewMessage("user", "hi again", client_message_id="c-1", token_count=100),
+        NewMessage("assistant", "new-2", write_key="t:0:1", token_count=20),
+        NewMessage("assistant", "a twice", write_key="t:0:0", token_count=100),
+        NewMessage("user", "both", client_message_id="c-1", write_key="t:0:0", token_count=100),
+    ]
+    result = await repo.append_messages(session.id, batch, prompt_tokens=5)
+    assert [(m.sequence, m.content) for m in result.messages] == [
+        (3, "new-1"),
+        (1, "hi"),
+        (4, "new-2"),
+        (2, "a"),
+        (1, "hi"),
+    ]
+    assert result.duplicates == {"c-1"} and result.repeated_keys == {"t:0:0"}
+    assert result.session is not None
+    # A stored write key means the usage was counted already.
+    assert (result.session.message_count, result.session.live_tokens, result.session.prompt_tokens) == (4, 33, 0)
+    assert [m.sequence for m in await repo.get_messages(session.id)] == [1, 2, 3, 4]
+
+
+async def test_a_user_message_settles_the_calls_waiting_for_a_person(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    calls = [{"id": "call-1", "type": "function", "function": {"name": "ask_user", "arguments": "{}"}}]
+    stored = await repo.append_messages(
+        session.id,
+        [
+            NewMessage("assistant", None, tool_calls=calls, write_key="t:0:0"),
+            NewMessage("tool", "not answered", tool_call_id="call-1", write_key="t:0:1", awaiting="ask_user"),
+        ],
+    )
+    assert [m.awaiting_state for m in stored.messages] == [None, "waiting"]
+    resent = await repo.append_messages(session.id, stored_user := [NewMessage("user", "x", client_message_id="c")])
+    assert resent.settled_awaiting == 0  # without `settle_awaiting`
+    again = await repo.append_messages(session.id, stored_user, settle_awaiting=True)
+    assert again.settled_awaiting == 0 and again.duplicates == {"c"}  # nothing new written: nothing settled
+    settling = await repo.append_messages(
+        session.id, [NewMessage("user", "never mind", client_message_id="d")], settle_awaiting=True
+    )
+    assert settling.settled_awaiting == 1
+    assert [m.awaiting_state for m in await repo.get_messages(session.id)] == [None, "unanswered", None, None]
+
+
+async def test_a_refused_claim_writes_nothing(repo: ChatRepository) -> None:
+    session = await repo.create_session("alice")
+    first = await repo.append_messages(session.id, [NewMessage("user", "a")], claim=ActiveTurnClaim("turn-1", 30))
+    with pytest.raises(ActiveTurnHeld) as held:
+        await repo.append_messages(
+            session.id, [NewMessage("user", "b")], prompt_tokens=3, claim=ActiveTurnClaim("turn-2", 30)
+        )
+    assert held.value.turn_id == "turn-1"
+    assert await repo.get_session(session.id) == first.session  # nothing written: the row as the claim left it
+    assert [m.content for m in await repo.get_messages(session.id)] == ["a"]
+    with pytest.raises(LookupError):
+        await repo.append_messages(uuid.uuid4(), [NewMessage("user", "c")], claim=ActiveTurnClaim("turn-3", 30))
 
 
 async def test_a_released_connection_is_not_reset_with_a_query(migrated_database: str, db: asyncpg.Connection) -> None:

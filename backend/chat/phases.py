@@ -241,13 +241,19 @@ async def save(
     rows = [_new_message(turn, m, step_key(turn.request.turn_id, step.index, i)) for i, m in enumerate(present)]
     if not rows and usage is None:
         return []
-    result = await services.store.append_or_keep(
-        turn.request.session_id,
-        rows,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
-    )
+    result = None
+    try:
+        result = await services.store.append_or_keep(
+            turn.request.session_id,
+            rows,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
+            no_pending=turn.no_pending_writes,
+        )
+    finally:
+        if result is None:  # kept for later (or possibly, if cancelled meanwhile): the next append asks Redis
+            turn.no_pending_writes = False
     return None if result is None else result.messages
 
 

@@ -16,9 +16,10 @@ import logging
 from collections.abc import Mapping
 from uuid import UUID
 
+from backend.redis_batch import Group
 from backend.store.active_turns import ActiveTurnStore
 from backend.store.models import ActiveTurnClaim
-from backend.streams.active import ActiveTurns
+from backend.streams.active import ActiveTurns, Claim
 
 log = logging.getLogger("copilot.admission")
 
@@ -33,13 +34,18 @@ class SessionAdmission:
         """What an append of the turn's user message takes to claim the session in its own transaction."""
         return ActiveTurnClaim(turn_id, self.lease_seconds)
 
-    async def claim_fast(self, session_id: UUID, turn_id: str) -> bool:
-        """Claim the Redis pointer (the first step; Postgres decides when the message is stored)."""
+    async def claim_fast(self, session_id: UUID, turn_id: str) -> Claim | None:
+        """Claim the Redis pointer (the first step; Postgres decides when the message is stored); None when another
+        turn holds it."""
         return await self._fast.claim(session_id, turn_id)
 
     async def drop_fast(self, session_id: UUID, turn_id: str) -> None:
         """Give the Redis pointer back after Postgres refused the claim (or before anything was stored)."""
         await self._fast.release(session_id, turn_id)
+
+    def queue_drop_fast(self, session_id: UUID, turn_id: str) -> Group:
+        """`drop_fast` as a group of a batch sent with other Redis work (`redis_batch.send`)."""
+        return self._fast.queue_release(session_id, turn_id)
 
     async def claim_anchor(self, session_id: UUID, turn_id: str) -> str | None:
         """Claim the session in Postgres for a turn without a user message: None when claimed, else the turn that

@@ -247,9 +247,13 @@ class TurnDriver:
             # a message that finds this ended turn still holding the session frees it itself.
             log.warning("turn %s: could not free its session in Postgres yet; retrying", req.turn_id)
             self._local.unreleased[req.turn_id] = req.session_id
+        released = False
         try:
             # The slot goes back before the end is written: a client that saw the end may start another turn at once.
             await self._quota.release(req.user_id, req.turn_id)
-            await publisher.close(status)
+            # The Redis pointer goes in the same round trip as the end, after it.
+            await publisher.close(status, along=[self._active.queue_drop_fast(req.session_id, req.turn_id)])
+            released = True
         finally:
-            await self._active.drop_fast(req.session_id, req.turn_id)
+            if not released:
+                await self._active.drop_fast(req.session_id, req.turn_id)

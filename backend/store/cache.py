@@ -29,8 +29,9 @@ from uuid import UUID
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from backend import keys
+from backend import keys, redis_batch
 from backend.store.models import ChatMessage, ChatSession, MessageRow
 
 _SENTINEL = b"-"
@@ -39,7 +40,8 @@ _GENERATION_TTL_MS = 86_400_000
 _FILL_BATCH = 1000
 
 # KEYS: list, generation, meta. ARGV: first new sequence, TTL, generation TTL, generation, the session row after
-# the append ('' when there is none to install) and its message count, then the new messages.
+# the append ('' when there is none to install) and its message count, the sequence after which to return the list
+# once extended ('': return 1), then the new messages.
 _APPEND = """
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 local cached = redis.call('GET', KEYS[3])
@@ -55,13 +57,14 @@ if cached then
     redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[2])
   end
 end
-if #ARGV < 7 then return 0 end
+if #ARGV < 8 then return 0 end
 local n = redis.call('LLEN', KEYS[1])
 if n == 0 then return 0 end
 if n ~= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return -1 end
-for i = 7, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+for i = 8, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+if ARGV[7] == '' then return 1 end
+return redis.call('LRANGE', KEYS[1], tonumber(ARGV[7]) + 1, -1)
 """
 
 _INVALIDATE = """
@@ -186,10 +189,20 @@ class SessionCache:
         await self._created(keys=keys_, args=[self._ttl_ms, _encode(session), _SENTINEL])
 
     async def appended(
-        self, session_id: UUID, messages: Sequence[ChatMessage], session: ChatSession | None = None
-    ) -> None:
+        self,
+        session_id: UUID,
+        messages: Sequence[ChatMessage],
+        session: ChatSession | None = None,
+        *,
+        read_after: int | None = None,
+        along: Sequence[redis_batch.Group] = (),
+    ) -> list[MessageRow] | None:
         """An append committed: `messages` were added (consecutive sequences, oldest first; none for a usage-only
-        append) and `session` is the row the append's transaction returned (None: drop the cached row)."""
+        append) and `session` is the row the append's transaction returned (None: drop the cached row). `along`:
+        Redis work of other slots sent after the update in the same round trip (`redis_batch.send`).
+
+        With `read_after`, returns the cached messages after that sequence, new ones included, read in the same
+        script (None when the list is not cached, or was dropped as out of step)."""
         keys_ = [
             keys.session_messages(session_id),
             keys.session_generation(session_id),
@@ -205,9 +218,21 @@ class SessionCache:
             _new_generation(),
             b"" if row is None else _encode(row),
             0 if row is None else row.message_count,
+            b"" if read_after is None else read_after,
         ]
         args.extend(_encode(m) for m in messages)
-        await self._append(keys=keys_, args=args)
+        if not along:
+            reply = await self._append(keys=keys_, args=args)
+        else:
+
+            def update(pipe: Pipeline) -> None:
+                redis_batch.call(pipe, self._append, keys_, args)
+
+            replies = await redis_batch.send(self._redis, redis_batch.Group(update, (self._append,)), *along)
+            reply = replies[0][0]
+        if read_after is None or not isinstance(reply, list):
+            return None
+        return [orjson.loads(r) for r in reply]
 
     async def invalidate(self, session_id: UUID, *, messages: bool = False) -> None:
         """A stored row changed: drop the session entry (and the message list if a message changed)."""

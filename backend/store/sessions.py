@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -19,6 +20,7 @@ from uuid import UUID
 from redis.exceptions import RedisError
 
 from backend.errors import NotFound, StorageUnavailable
+from backend.redis_batch import Group
 from backend.store.cache import SessionCache
 from backend.store.models import (
     ActiveTurnClaim,
@@ -115,14 +117,22 @@ class SessionStore:
         completion_tokens: int = 0,
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
+        no_pending: bool = False,
+        read_after: int | None = None,
+        along: Sequence[Group] = (),
     ) -> AppendResult:
         """Append messages (the caller has checked ownership). Idempotent per client message id and per write key.
         With `claim`, also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is
         taken). With `settle_awaiting` (a user message), calls still waiting for a person close as unanswered.
 
-        The session's pending writes are stored first. `StorageUnavailable` when Postgres does not answer (then
-        nothing of this append is kept)."""
-        await self.store_pending(session_id)
+        The session's pending writes are stored first; `no_pending`: the caller learnt that the session has none
+        (the turn that holds the session, see `chat/session_admission.py`), and Redis is not asked again. `along`:
+        Redis work of other slots to send in the round trip of the cache update (`sent_along` says whether it
+        was: not when nothing new was written, nor when the update failed). `read_after`: the cache update also
+        reads the messages after that sequence (`history`; a turn's prompt, without a read of its own).
+        `StorageUnavailable` when Postgres does not answer (then nothing of this append is kept)."""
+        if not no_pending:
+            await self.store_pending(session_id)
         return await self._append_now(
             session_id,
             messages,
@@ -130,6 +140,8 @@ class SessionStore:
             completion_tokens=completion_tokens,
             claim=claim,
             settle_awaiting=settle_awaiting,
+            read_after=read_after,
+            along=along,
         )
 
     async def append_or_keep(
@@ -140,13 +152,14 @@ class SessionStore:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         retry_seconds: float,
+        no_pending: bool = False,
     ) -> AppendResult | None:
         """Append what must not be lost (a step of a reply): while Postgres does not answer, retry with backoff for
         up to `retry_seconds`, then keep it in Redis and return None; the session's next append or the reconciler
         stores it once Postgres is back. A cancellation meanwhile keeps it too before it goes on.
 
         Every message needs a `write_key`: an attempt whose commit went through but whose answer was lost is then
-        harmless to repeat, here or wherever the kept copy is stored."""
+        harmless to repeat, here or wherever the kept copy is stored. `no_pending`: see `append`."""
         if any(m.write_key is None for m in messages):
             raise ValueError("append_or_keep needs a write key on every message")
         loop = asyncio.get_running_loop()
@@ -156,7 +169,11 @@ class SessionStore:
             while True:
                 try:
                     return await self.append(
-                        session_id, messages, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                        session_id,
+                        messages,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        no_pending=no_pending,
                     )
                 except StorageUnavailable:
                     if self._pending is None:
@@ -228,6 +245,8 @@ class SessionStore:
         completion_tokens: int,
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
+        read_after: int | None = None,
+        along: Sequence[Group] = (),
     ) -> AppendResult:
         try:
             result = await self._repo.append_messages(
@@ -253,11 +272,12 @@ class SessionStore:
         if not new and not prompt_tokens and not completion_tokens:
             return result  # nothing was written (a resent message): the cache is still right
         try:
-            await self._cache.appended(session_id, new, result.session)
+            history = await self._cache.appended(session_id, new, result.session, read_after=read_after, along=along)
         except RedisError:
             log.warning("cache update failed after append to %s; repairing in background", session_id)
             self._repair_later(session_id)
-        return result
+            return result
+        return replace(result, sent_along=bool(along), history=history) if along or history is not None else result
 
     async def commit_summary(
         self, session_id: UUID, *, expected_through: int, through: int, summary: str, summary_tokens: int

@@ -1,0 +1,79 @@
+"""How many Redis round trips one turn costs, counted through the real app on the real Redis.
+
+Counting is not timing: every command and every pipeline the app sends passes the client's observer
+(`open_redis(..., observe=...)`; a pipeline or a script call is one round trip). Only the work of the turn is
+counted: the request's task, the turn's and its publisher's; the background loops (turn supervisor, completion
+consumer, reconciler) were running before the request and are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+import backend.runtime as runtime_module
+from backend.config import Settings
+from backend.runtime import Runtime
+from tests.conftest import LiveServer, auth
+from tests.sse import read_stream, text_of
+
+ALICE = auth("alice")
+ONE_STEP_TURN_ROUND_TRIPS = 6
+"""Issue 17's bound for a plain one-step turn (no tools, title set)."""
+
+
+class RoundTrips:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.ignored: set[asyncio.Task[Any]] = set()
+
+    def observe(self, name: str, seconds: float, failed: bool) -> None:
+        task = asyncio.current_task()
+        if task is not None and task not in self.ignored:
+            self.calls.append(name)
+
+    def start_counting(self) -> None:
+        """From now on, count only tasks started from now on (requests, turns, publishers)."""
+        self.ignored = set(asyncio.all_tasks())
+        self.calls.clear()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    counter = RoundTrips()
+    real_open = runtime_module.open_redis
+
+    def observed_open(url: str, *, cluster: bool, observe: Any = None) -> Any:
+        return real_open(url, cluster=cluster, observe=counter.observe)
+
+    monkeypatch.setattr(runtime_module, "open_redis", observed_open)
+    return counter
+
+
+async def _one_turn(client: httpx.AsyncClient, live: LiveServer, sid: str, counter: RoundTrips, **body: Any) -> str:
+    counter.start_counting()
+    response, raw = await read_stream(
+        client, "POST", f"/api/chat/sessions/{sid}/stream", json={"message": "hi", **body}, headers=ALICE
+    )
+    assert response.status_code == 200
+    runtime: Runtime = live.app.state.runtime
+    await runtime.driver.wait(response.headers["x-copilot-task-id"])  # the turn ends after its last chunk is sent
+    return text_of(raw)
+
+
+@pytest.mark.parametrize("body", [{}, {"client_message_id": "m-1"}], ids=["plain", "with-client-message-id"])
+async def test_a_one_step_turn_takes_at_most_six_round_trips(
+    chat_settings: Settings, round_trips: RoundTrips, body: dict[str, Any]
+) -> None:
+    # Default publish window: the turn's chunks reach Redis in one write besides the end.
+    settings = chat_settings.model_copy(update={"publish_window_ms": 250.0})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        r = await client.post("/api/chat/sessions", json={"title": "t"}, headers=ALICE)
+        sid = r.json()["id"]
+        await _one_turn(client, live, sid, round_trips)  # a first turn: the session's cache is warm after it
+        text = await _one_turn(client, live, sid, round_trips, **body)
+    assert text
+    assert len(round_trips.calls) <= ONE_STEP_TURN_ROUND_TRIPS, round_trips.calls

@@ -84,6 +84,16 @@ return 1
 )
 
 
+# KEYS: events, meta, tombstone. ARGV: TTL, tombstone TTL, user, then the status record's fields and values.
+_OPEN = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class TurnInfo:
     turn_id: str
@@ -143,6 +153,7 @@ class TurnRegistry:
         self.lease_seconds = lease_seconds
         self._publish = redis.register_script(_PUBLISH)
         self._finish = redis.register_script(_FINISH)
+        self._open = redis.register_script(_OPEN)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def create(self, turn_id: str, session_id: str, user_id: str, *, lease: bool = True) -> None:
@@ -152,22 +163,15 @@ class TurnRegistry:
 
     def opening(self, turn_id: str, session_id: str, user_id: str, *, lease: bool = True) -> list[redis_batch.Group]:
         """`create` as groups of a batch sent with other Redis work (`redis_batch.send`); safe to send twice."""
-        meta = keys.turn_meta(turn_id)
-        fields: dict[Any, Any] = {
-            "session_id": session_id,
-            "user_id": user_id,
-            "status": "running",
-            "started_at": _now(),
-        }
+        # A stream left over from an earlier turn of this id (its status record expired first) is not ours: dropped.
+        keys_ = [keys.turn_events(turn_id), keys.turn_meta(turn_id), keys.turn_tombstone(turn_id)]
+        fields = ["session_id", session_id, "user_id", user_id, "status", "running", "started_at", _now()]
+        args = [self._ttl_ms, _TOMBSTONE_TTL_MS, user_id, *fields]
 
         def turn_keys(pipe: Pipeline) -> None:
-            # A stream left over from an earlier turn of this id (its status record expired first) is not ours.
-            pipe.delete(keys.turn_events(turn_id))
-            pipe.hset(meta, mapping=fields)
-            pipe.pexpire(meta, self._ttl_ms)
-            pipe.set(keys.turn_tombstone(turn_id), user_id, px=_TOMBSTONE_TTL_MS)
+            redis_batch.call(pipe, self._open, keys_, args)
 
-        groups = [redis_batch.Group(turn_keys)]
+        groups = [redis_batch.Group(turn_keys, (self._open,))]
         if lease:
             deadline = time.time() + self.lease_seconds
             groups.append(redis_batch.Group(lambda pipe: pipe.zadd(keys.TURN_LEASES, {turn_id: deadline})))

@@ -64,9 +64,17 @@ async def _one_turn(client: httpx.AsyncClient, live: LiveServer, sid: str, count
     return text_of(raw)
 
 
-@pytest.mark.parametrize("body", [{}, {"client_message_id": "m-1"}], ids=["plain", "with-client-message-id"])
-async def test_a_one_step_turn_takes_at_most_six_round_trips(
-    chat_settings: Settings, round_trips: RoundTrips, body: dict[str, Any]
+@pytest.mark.parametrize(
+    ("body", "bound"),
+    [
+        ({}, ONE_STEP_TURN_ROUND_TRIPS),
+        # A client message id names the turn a resend joins: one more round trip looks that turn up first.
+        ({"client_message_id": "m-1"}, ONE_STEP_TURN_ROUND_TRIPS + 1),
+    ],
+    ids=["plain", "with-client-message-id"],
+)
+async def test_round_trips_of_a_one_step_turn(
+    chat_settings: Settings, round_trips: RoundTrips, body: dict[str, Any], bound: int
 ) -> None:
     # Default publish window: the turn's chunks reach Redis in one write besides the end.
     settings = chat_settings.model_copy(update={"publish_window_ms": 250.0})
@@ -76,4 +84,6 @@ async def test_a_one_step_turn_takes_at_most_six_round_trips(
         await _one_turn(client, live, sid, round_trips)  # a first turn: the session's cache is warm after it
         text = await _one_turn(client, live, sid, round_trips, **body)
     assert text
-    assert len(round_trips.calls) <= ONE_STEP_TURN_ROUND_TRIPS, round_trips.calls
+    # Session read, claim (with the pending-writes check), user message's cache update (with the turn's stream
+    # opened and its history read), one publish, the reply's cache update, the end (with lease and pointer).
+    assert len(round_trips.calls) <= bound, round_trips.calls

@@ -6,9 +6,9 @@ groups of commands, each group on one slot, and sends them as one non-transactio
 (one round trip, run in the order queued). On a cluster a pipeline reaches its nodes concurrently, which would
 lose that order, so there each group is sent on its own, one after the other.
 
-Scripts are called by sha (`call`) without the `SCRIPT EXISTS` round trip redis-py's pipeline would add. If Redis
-lost its script cache (a restart), the batch is sent once more after loading the groups' scripts: every group must
-be safe to send twice.
+Scripts are called by sha (`call`) without the `SCRIPT EXISTS` round trip redis-py's pipeline would add. A group
+that called a script Redis had lost (a restart) is sent once more after loading its scripts, so a group that calls
+one must be safe to send twice; the others are not sent again.
 """
 
 from __future__ import annotations
@@ -43,11 +43,16 @@ async def send(redis: Redis, *groups: Group, raise_on_error: bool = True) -> lis
     """Send `groups` in order, in one round trip on a single server; the replies of each group. Raises the first
     error reply once every command has run, as a non-transactional pipeline does (`raise_on_error=False`: errors
     are left among the replies)."""
-    replies = await _send(redis, groups)
-    if any(isinstance(r, NoScriptError) for group in replies for r in group):
-        for script in {s.sha: s for g in groups for s in g.scripts}.values():
-            await redis.script_load(script.script)
+    if isinstance(redis, RedisCluster):
+        replies = [await _send_one(redis, group) for group in groups]
+    else:
         replies = await _send(redis, groups)
+        # A server loses all its scripts at once (a restart): the groups that called one are sent again, in order.
+        missing = [i for i, group in enumerate(replies) if _lacked_script(group)]
+        if missing:
+            await _load(redis, [groups[i] for i in missing])
+            for i, group_replies in zip(missing, await _send(redis, [groups[i] for i in missing]), strict=True):
+                replies[i] = group_replies
     if raise_on_error:
         raise_first_error(replies)
     return replies
@@ -60,14 +65,19 @@ def raise_first_error(replies: list[list[Any]]) -> None:
                 raise reply
 
 
+async def _send_one(redis: Redis, group: Group) -> list[Any]:
+    """One group on its own (on a cluster: one node), sent again at once if it called a script its node lacked."""
+    for attempt in (1, 2):
+        async with redis.pipeline(transaction=False) as pipe:
+            group.queue(pipe)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if attempt == 2 or not _lacked_script(replies):
+            break
+        await _load(redis, [group])
+    return replies
+
+
 async def _send(redis: Redis, groups: Sequence[Group]) -> list[list[Any]]:
-    if isinstance(redis, RedisCluster):
-        replies = []
-        for group in groups:
-            async with redis.pipeline(transaction=False) as pipe:
-                group.queue(pipe)
-                replies.append(await pipe.execute(raise_on_error=False))
-        return replies
     sizes = []
     async with redis.pipeline(transaction=False) as pipe:
         for group in groups:
@@ -80,3 +90,12 @@ async def _send(redis: Redis, groups: Sequence[Group]) -> list[list[Any]]:
         out.append(flat[start : start + size])
         start += size
     return out
+
+
+def _lacked_script(replies: list[Any]) -> bool:
+    return any(isinstance(r, NoScriptError) for r in replies)
+
+
+async def _load(redis: Redis, groups: Sequence[Group]) -> None:
+    for script in {id(s): s for g in groups for s in g.scripts}.values():
+        script.sha = await redis.script_load(script.script)

@@ -8,6 +8,10 @@ live. So when Redis is flushed or restarts without its data, the next message st
 
 The Postgres lease is renewed by the owner pod in one statement per tick for all its turns, cleared by the turn's
 end (compare-and-set on its id), and cleared by whoever reaps a turn whose owner stopped renewing it.
+
+The Redis claim also says whether the session has writes waiting for Postgres (`store/pending.py`). While a turn
+holds the session, only that turn keeps writes of it for later (whoever closes a dead owner's turn keeps its partial
+reply before freeing the session), so the turn's appends skip that check until one of its own steps was kept.
 """
 
 from __future__ import annotations

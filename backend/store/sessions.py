@@ -4,7 +4,8 @@ Writes go to Postgres first and then tell the cache; reads try the cache and fil
 degrades to Postgres-only reads; it never fails a request that Postgres can serve. Postgres being down fails
 requests with `StorageUnavailable` (503), except the writes that must not be lost (`append_or_keep`: a reply's
 steps), which are kept in Redis and stored later, in order: every append and every tool-result update of a
-session first stores what the session has pending, so nothing newer overtakes it.
+session first stores what the session has pending, so nothing newer overtakes it (an append whose caller already
+knows the session has none, `no_pending`, skips the check).
 """
 
 from __future__ import annotations

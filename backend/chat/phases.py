@@ -173,7 +173,9 @@ async def save_step(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
     step.stage = "saving"
     calls = step.calls
     tool_messages = _tool_messages(turn, calls, step.outcomes, step.launched, step.awaiting)
-    stored = await save(turn, step, _assistant(turn, step, calls), *tool_messages, usage=step.completed.usage)
+    stored = await save(
+        turn, step, _assistant(turn, step, calls), *tool_messages, usage=step.completed.usage, last=step.is_last
+    )
     for operation in step.launched.values():
         if operation.launch is not None:
             # Only now: its result must find the pending message stored (or kept: the result's update stores the
@@ -233,9 +235,11 @@ async def save(
     *messages: dict[str, Any] | None,
     usage: llm.Usage | None = None,
     patient: bool = True,
+    last: bool = False,
 ) -> list[ChatMessage] | None:
     """Store the step's messages; None when Postgres did not take them and they are kept for later. `patient`:
-    retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead)."""
+    retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead). `last`: the turn
+    ends with this step, so the cache learns of the messages in the end's round trip (`TurnRequest.end_work`)."""
     services = turn.services
     present = [m for m in messages if m is not None]
     rows = [_new_message(turn, m, step_key(turn.request.turn_id, step.index, i)) for i, m in enumerate(present)]
@@ -250,6 +254,7 @@ async def save(
             completion_tokens=usage.completion_tokens if usage else 0,
             retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
             no_pending=turn.no_pending_writes,
+            cache_later=turn.request.end_work if last else None,
         )
     finally:
         if result is None:  # kept for later (or possibly, if cancelled meanwhile): the next append asks Redis

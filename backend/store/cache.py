@@ -111,6 +111,10 @@ def _new_generation() -> bytes:
     return secrets.token_bytes(12)
 
 
+def _append_keys(session_id: UUID) -> list[str]:
+    return [keys.session_messages(session_id), keys.session_generation(session_id), keys.session_meta(session_id)]
+
+
 def _decode_message(data: bytes) -> ChatMessage:
     # Prompts read plain rows (`get_message_rows`); full messages are read for listings and compactions only.
     d = orjson.loads(data)
@@ -203,11 +207,27 @@ class SessionCache:
 
         With `read_after`, returns the cached messages after that sequence, new ones included, read in the same
         script (None when the list is not cached, or was dropped as out of step)."""
-        keys_ = [
-            keys.session_messages(session_id),
-            keys.session_generation(session_id),
-            keys.session_meta(session_id),
-        ]
+        keys_ = _append_keys(session_id)
+        args = self._append_args(messages, session, read_after)
+        if not along:
+            reply = await self._append(keys=keys_, args=args)
+        else:
+            replies = await redis_batch.send(self._redis, self._append_group(keys_, args), *along)
+            reply = replies[0][0]
+        if read_after is None or not isinstance(reply, list):
+            return None
+        return [orjson.loads(r) for r in reply]
+
+    def appended_later(
+        self, session_id: UUID, messages: Sequence[ChatMessage], session: ChatSession | None
+    ) -> redis_batch.Group:
+        """`appended` as a group of a batch its caller sends (`redis_batch.send`); safe to send twice (a second
+        update finds the list out of step and drops it)."""
+        return self._append_group(_append_keys(session_id), self._append_args(messages, session, None))
+
+    def _append_args(
+        self, messages: Sequence[ChatMessage], session: ChatSession | None, read_after: int | None
+    ) -> list[Any]:
         first = messages[0].sequence if messages else 0
         # Only an append that added messages raised the count, and the count is what orders the rows.
         row = session if messages and session is not None and session.message_count >= messages[-1].sequence else None
@@ -221,18 +241,13 @@ class SessionCache:
             b"" if read_after is None else read_after,
         ]
         args.extend(_encode(m) for m in messages)
-        if not along:
-            reply = await self._append(keys=keys_, args=args)
-        else:
+        return args
 
-            def update(pipe: Pipeline) -> None:
-                redis_batch.call(pipe, self._append, keys_, args)
+    def _append_group(self, keys_: list[str], args: list[Any]) -> redis_batch.Group:
+        def update(pipe: Pipeline) -> None:
+            redis_batch.call(pipe, self._append, keys_, args)
 
-            replies = await redis_batch.send(self._redis, redis_batch.Group(update, (self._append,)), *along)
-            reply = replies[0][0]
-        if read_after is None or not isinstance(reply, list):
-            return None
-        return [orjson.loads(r) for r in reply]
+        return redis_batch.Group(update, (self._append,))
 
     async def invalidate(self, session_id: UUID, *, messages: bool = False) -> None:
         """A stored row changed: drop the session entry (and the message list if a message changed)."""

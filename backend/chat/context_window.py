@@ -4,6 +4,7 @@ token counts, fitted to the model's budget before every model call."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from backend.chat.context_budget import ContextBudget, Pressure, trim_to_fit
 from backend.chat.messages import row_to_openai, stored_to_openai, to_openai_messages
 from backend.chat.tokens import TokenCounter, truncate_middle
 from backend.errors import ModelError
-from backend.store.models import ChatMessage, ChatSession
+from backend.store.models import ChatMessage, ChatSession, MessageRow
 from backend.store.sessions import SessionStore
 
 log = logging.getLogger("copilot.window")
@@ -42,9 +43,13 @@ class ContextWindow:
     counts: list[int] = field(default_factory=list)
 
     @classmethod
-    async def load(cls, store: SessionStore, session: ChatSession) -> ContextWindow:
-        """Reads only the summary and the messages after it: the cost does not grow with the session."""
-        rows = await store.message_rows(session.id, after=session.summary_through)
+    async def load(
+        cls, store: SessionStore, session: ChatSession, *, rows: Sequence[MessageRow] | None = None
+    ) -> ContextWindow:
+        """Reads only the summary and the messages after it (unless the caller read them: `rows`): the cost does not
+        grow with the session."""
+        if rows is None:
+            rows = await store.message_rows(session.id, after=session.summary_through)
         return cls(
             session.id,
             session.summary,

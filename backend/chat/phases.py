@@ -240,20 +240,28 @@ async def save(
 ) -> list[ChatMessage] | None:
     """Store the step's messages; None when Postgres did not take them and they are kept for later. `patient`:
     retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead). `last`: the turn's
-    last write, which also frees the session's active turn (`step.freed_session` once it did)."""
+    last write: it also frees the session's active turn (`step.freed_session` once it did), and the cache learns of
+    the messages in the end's round trip (`TurnRequest.end_work`)."""
     services = turn.services
     present = [m for m in messages if m is not None]
     rows = [_new_message(turn, m, step_key(turn.request.turn_id, step.index, i)) for i, m in enumerate(present)]
     if not rows and usage is None and not last:
         return []
-    result = await services.store.append_or_keep(
-        turn.request.session_id,
-        rows,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
-        release=turn.request.turn_id if last else None,
-    )
+    result = None
+    try:
+        result = await services.store.append_or_keep(
+            turn.request.session_id,
+            rows,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
+            release=turn.request.turn_id if last else None,
+            no_pending=turn.no_pending_writes,
+            cache_later=turn.request.end_work if last else None,
+        )
+    finally:
+        if result is None:  # kept for later (or possibly, if cancelled meanwhile): the next append asks Redis
+            turn.no_pending_writes = False
     if result is None:
         return None
     step.freed_session = last

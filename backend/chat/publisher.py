@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from backend.chat import protocol as p
 from backend.chat.watchdogs import Heartbeat
+from backend.redis_batch import Group
 from backend.streams.turns import TurnRegistry, TurnStatus, cursor_base, position_of
 
 log = logging.getLogger("copilot.publisher")
@@ -79,8 +80,9 @@ class TurnPublisher:
         self._wake.set()
         self._notify()
 
-    async def close(self, status: TurnStatus) -> bool:
-        """Write what is unwritten together with the end, atomically; False if the turn could not be ended here:
+    async def close(self, status: TurnStatus, *, before: Sequence[Group] = (), along: Sequence[Group] = ()) -> bool:
+        """Write what is unwritten together with the end, atomically (with `before` and `along`, Redis work of other
+        slots, in the same round trip: see `TurnRegistry.finish`); False if the turn could not be ended here:
         someone else ended it (its owner's lease had expired and another pod closed it), or its keys are gone (a
         Redis flush or restart). Nothing more is written then. Only in the first case do this pod's followers
         need Redis (`taken_over`); in the second the log here is the whole message and nobody else will end it."""
@@ -91,7 +93,9 @@ class TurnPublisher:
             await asyncio.gather(self._flusher, return_exceptions=True)
             start = self._written
             self._sealed = len(self._ids)
-            ended = await self._registry.finish(self.turn_id, status, self._payloads[start:], ids=self._ids[start:])
+            ended = await self._registry.finish(
+                self.turn_id, status, self._payloads[start:], ids=self._ids[start:], before=before, along=along
+            )
             self._written = len(self._ids)
             if not ended:
                 self.taken_over = await self._registry.info(self.turn_id) is not None

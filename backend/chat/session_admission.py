@@ -9,6 +9,10 @@ live. So when Redis is flushed or restarts without its data, the next message st
 The Postgres lease is renewed by the owner pod in one statement per tick for all its turns, cleared by the turn's
 end (compare-and-set on its id: in the append of its last step, `SessionStore.append(release=...)`, or with
 `release_anchor` when it ended otherwise), and cleared by whoever reaps a turn whose owner stopped renewing it.
+
+The Redis claim also says whether the session has writes waiting for Postgres (`store/pending.py`). While a turn
+holds the session, only that turn keeps writes of it for later (whoever closes a dead owner's turn keeps its partial
+reply before freeing the session), so the turn's appends skip that check until one of its own steps was kept.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import logging
 from collections.abc import Mapping
 from uuid import UUID
 
+from backend.redis_batch import Group
 from backend.store.active_turns import ActiveTurnStore
 from backend.store.models import ActiveTurnClaim
-from backend.streams.active import ActiveTurns
+from backend.streams.active import ActiveTurns, Claim
 
 log = logging.getLogger("copilot.admission")
 
@@ -34,13 +39,18 @@ class SessionAdmission:
         """What an append of the turn's user message takes to claim the session in its own transaction."""
         return ActiveTurnClaim(turn_id, self.lease_seconds)
 
-    async def claim_fast(self, session_id: UUID, turn_id: str) -> bool:
-        """Claim the Redis pointer (the first step; Postgres decides when the message is stored)."""
+    async def claim_fast(self, session_id: UUID, turn_id: str) -> Claim | None:
+        """Claim the Redis pointer (the first step; Postgres decides when the message is stored); None when another
+        turn holds it."""
         return await self._fast.claim(session_id, turn_id)
 
     async def drop_fast(self, session_id: UUID, turn_id: str) -> None:
         """Give the Redis pointer back after Postgres refused the claim (or before anything was stored)."""
         await self._fast.release(session_id, turn_id)
+
+    def queue_drop_fast(self, session_id: UUID, turn_id: str) -> Group:
+        """`drop_fast` as a group of a batch sent with other Redis work (`redis_batch.send`)."""
+        return self._fast.queue_release(session_id, turn_id)
 
     async def claim_anchor(self, session_id: UUID, turn_id: str) -> str | None:
         """Claim the session in Postgres for a turn without a user message: None when claimed, else the turn that

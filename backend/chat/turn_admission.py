@@ -107,7 +107,8 @@ class TurnAdmission:
         refuse it (`RateLimited`, nothing stored); a resend never takes a second slot. `Overloaded` (nothing stored
         or claimed) when this pod runs its cap of turns; a resend of a turn that exists is never refused by it."""
         turn_id = turn_id_for(session.id, message.client_message_id)
-        earlier = await self._registry.info(turn_id)
+        # Without a client message id the turn id is new (random): no earlier turn to look for.
+        earlier = None if message.client_message_id is None else await self._registry.info(turn_id)
         if earlier is not None and earlier.status != "failed":
             return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
         # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
@@ -128,7 +129,7 @@ class TurnAdmission:
         """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken."""
         active = self._active
         while True:
-            while not await active.claim_fast(session.id, turn_id):
+            while (claim := await active.claim_fast(session.id, turn_id)) is None:
                 current = await active.current(session.id)
                 if current == turn_id:
                     return Submitted(turn_id, None, repeated=True)
@@ -154,6 +155,9 @@ class TurnAdmission:
                     ],
                     claim=active.claim(turn_id),
                     settle_awaiting=True,  # calls still waiting for the user close as unanswered (documented)
+                    no_pending=not claim.pending_writes,  # the claim asked
+                    read_after=session.summary_through,  # the turn's history, read with the cache update
+                    along=self._registry.opening(turn_id, str(session.id), user_id),  # the stream opens with it
                 )
             except ActiveTurnHeld as held:
                 # Redis had forgotten the running turn (flushed, or restarted without its data); Postgres had not.
@@ -183,7 +187,8 @@ class TurnAdmission:
             await self._quota.release(user_id, turn_id)
             await active.release(session.id, turn_id)
             raise
-        await self._open_stream(session.id, user_id, turn_id)
+        if not stored.sent_along:  # the stream did not open with the cache update (nothing new, or it failed)
+            await self._open_stream(session.id, user_id, turn_id)
         request = TurnRequest(
             turn_id=turn_id,
             session_id=session.id,
@@ -192,6 +197,8 @@ class TurnAdmission:
             page_context=message.page_context,
             session=session,
             frontend_tools=message.frontend_tools or (),
+            no_pending_writes=not claim.pending_writes,
+            history=stored.history,
         )
         self._driver.start(request, message.text)
         if session.title is None and user.sequence == 1:

@@ -253,9 +253,19 @@ class TurnDriver:
             # a message that finds this ended turn still holding the session frees it itself.
             log.warning("turn %s: could not free its session in Postgres yet; retrying", req.turn_id)
             self._local.unreleased[req.turn_id] = req.session_id
+        released = False
         try:
             # The slot goes back before the end is written: a client that saw the end may start another turn at once.
             await self._quota.release(req.user_id, req.turn_id)
-            await publisher.close(status)
+            # One round trip: the last step's cache update, the end, the Redis pointer.
+            await publisher.close(
+                status,
+                before=req.end_work,
+                along=[self._active.queue_drop_fast(req.session_id, req.turn_id)],
+            )
+            released = True
         finally:
-            await self._active.drop_fast(req.session_id, req.turn_id)
+            if not released:
+                if req.end_work:  # the cache may not have learnt of the last step: drop what it holds
+                    await self._services.store.messages_changed(req.session_id)
+                await self._active.drop_fast(req.session_id, req.turn_id)

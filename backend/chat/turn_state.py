@@ -22,8 +22,9 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.usage import TurnUsage
 from backend.config import ModelPrice
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
+from backend.redis_batch import Group
 from backend.store.awaiting import AwaitingCalls
-from backend.store.models import AwaitingKind, ChatSession
+from backend.store.models import AwaitingKind, ChatSession, MessageRow
 from backend.store.sessions import SessionStore
 from backend.tools.base import Tool, ToolOutcome
 from backend.tools.frontend import FrontendTool
@@ -75,6 +76,15 @@ class TurnRequest:
     """Tools the browser runs, offered to the model for this turn."""
     resume: Resume | None = None
     """Set on a continuation after answers: the turn first settles the answered calls (runs the approved ones)."""
+    history: Sequence[MessageRow] | None = None
+    """The session's messages after `session`'s summary, as the request read them when it stored the user message
+    (saves the turn a read); None: the turn reads them."""
+    no_pending_writes: bool = False
+    """The session had no writes waiting for Postgres when the turn claimed it: while it holds the session only
+    the turn itself can leave some (see `chat/session_admission.py`), so its steps are stored without asking."""
+    end_work: list[Group] = field(default_factory=list)
+    """Redis work the turn leaves for its end's round trip, sent before the end (the last step's cache update):
+    filled while the turn runs, sent by the driver."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +225,8 @@ class TurnState:
     """Share of the budget the prompt may use: halved once when the provider says the prompt is too long."""
     usage: TurnUsage = field(default_factory=TurnUsage)
     """What the turn's model calls used so far (the `finish` chunk's metadata)."""
+    no_pending_writes: bool = False
+    """`request.no_pending_writes`, until one of the turn's steps is kept for later."""
 
     @classmethod
     async def open(
@@ -223,7 +235,7 @@ class TurnState:
         """Load the turn's context: the session's summary and the messages after it."""
         session = request.session or await services.store.get_any(request.session_id)
         assert session is not None
-        window = await ContextWindow.load(services.store, session)
+        window = await ContextWindow.load(services.store, session, rows=request.history)
         page_context = page_context_messages(request.page_context)
         tools = await services.tools_for(request)
         tool_schemas = tools.schemas()
@@ -238,6 +250,7 @@ class TurnState:
             page_context=page_context,
             tools=tools,
             fixed_tokens=fixed,
+            no_pending_writes=request.no_pending_writes,
         )
 
     def next_step(self) -> Step:

@@ -29,8 +29,9 @@ from uuid import UUID
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from backend import keys
+from backend import keys, redis_batch
 from backend.store.models import ChatMessage, ChatSession, MessageRow
 
 _SENTINEL = b"-"
@@ -39,7 +40,8 @@ _GENERATION_TTL_MS = 86_400_000
 _FILL_BATCH = 1000
 
 # KEYS: list, generation, meta. ARGV: first new sequence, TTL, generation TTL, generation, the session row after
-# the append ('' when there is none to install) and its message count, then the new messages.
+# the append ('' when there is none to install) and its message count, the sequence after which to return the list
+# once extended ('': return 1), then the new messages.
 _APPEND = """
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 local cached = redis.call('GET', KEYS[3])
@@ -55,13 +57,14 @@ if cached then
     redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[2])
   end
 end
-if #ARGV < 7 then return 0 end
+if #ARGV < 8 then return 0 end
 local n = redis.call('LLEN', KEYS[1])
 if n == 0 then return 0 end
 if n ~= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return -1 end
-for i = 7, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+for i = 8, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+if ARGV[7] == '' then return 1 end
+return redis.call('LRANGE', KEYS[1], tonumber(ARGV[7]) + 1, -1)
 """
 
 _INVALIDATE = """
@@ -106,6 +109,10 @@ def _encode(value: Any) -> bytes:
 
 def _new_generation() -> bytes:
     return secrets.token_bytes(12)
+
+
+def _append_keys(session_id: UUID) -> list[str]:
+    return [keys.session_messages(session_id), keys.session_generation(session_id), keys.session_meta(session_id)]
 
 
 def _decode_message(data: bytes) -> ChatMessage:
@@ -186,15 +193,41 @@ class SessionCache:
         await self._created(keys=keys_, args=[self._ttl_ms, _encode(session), _SENTINEL])
 
     async def appended(
-        self, session_id: UUID, messages: Sequence[ChatMessage], session: ChatSession | None = None
-    ) -> None:
+        self,
+        session_id: UUID,
+        messages: Sequence[ChatMessage],
+        session: ChatSession | None = None,
+        *,
+        read_after: int | None = None,
+        along: Sequence[redis_batch.Group] = (),
+    ) -> list[MessageRow] | None:
         """An append committed: `messages` were added (consecutive sequences, oldest first; none for a usage-only
-        append) and `session` is the row the append's transaction returned (None: drop the cached row)."""
-        keys_ = [
-            keys.session_messages(session_id),
-            keys.session_generation(session_id),
-            keys.session_meta(session_id),
-        ]
+        append) and `session` is the row the append's transaction returned (None: drop the cached row). `along`:
+        Redis work of other slots sent after the update in the same round trip (`redis_batch.send`).
+
+        With `read_after`, returns the cached messages after that sequence, new ones included, read in the same
+        script (None when the list is not cached, or was dropped as out of step)."""
+        keys_ = _append_keys(session_id)
+        args = self._append_args(messages, session, read_after)
+        if not along:
+            reply = await self._append(keys=keys_, args=args)
+        else:
+            replies = await redis_batch.send(self._redis, self._append_group(keys_, args), *along)
+            reply = replies[0][0]
+        if read_after is None or not isinstance(reply, list):
+            return None
+        return [orjson.loads(r) for r in reply]
+
+    def appended_later(
+        self, session_id: UUID, messages: Sequence[ChatMessage], session: ChatSession | None
+    ) -> redis_batch.Group:
+        """`appended` as a group of a batch its caller sends (`redis_batch.send`); safe to send twice (a second
+        update finds the list out of step and drops it)."""
+        return self._append_group(_append_keys(session_id), self._append_args(messages, session, None))
+
+    def _append_args(
+        self, messages: Sequence[ChatMessage], session: ChatSession | None, read_after: int | None
+    ) -> list[Any]:
         first = messages[0].sequence if messages else 0
         # Only an append that added messages raised the count, and the count is what orders the rows.
         row = session if messages and session is not None and session.message_count >= messages[-1].sequence else None
@@ -205,9 +238,16 @@ class SessionCache:
             _new_generation(),
             b"" if row is None else _encode(row),
             0 if row is None else row.message_count,
+            b"" if read_after is None else read_after,
         ]
         args.extend(_encode(m) for m in messages)
-        await self._append(keys=keys_, args=args)
+        return args
+
+    def _append_group(self, keys_: list[str], args: list[Any]) -> redis_batch.Group:
+        def update(pipe: Pipeline) -> None:
+            redis_batch.call(pipe, self._append, keys_, args)
+
+        return redis_batch.Group(update, (self._append,))
 
     async def invalidate(self, session_id: UUID, *, messages: bool = False) -> None:
         """A stored row changed: drop the session entry (and the message list if a message changed)."""

@@ -140,6 +140,11 @@ class AppendResult:
     nor the usage were written again."""
     settled_awaiting: int = 0
     """Calls waiting for a person that this append (a new user message) closed as unanswered."""
+    sent_along: bool = False
+    """The Redis work handed to the append (`along`) was sent with its cache update."""
+    history: list[MessageRow] | None = None
+    """The session's messages after `read_after`, new ones included, as the cache update read them (None when it
+    could not)."""
 
 
 @dataclass(frozen=True, slots=True)

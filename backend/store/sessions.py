@@ -4,7 +4,8 @@ Writes go to Postgres first and then tell the cache; reads try the cache and fil
 degrades to Postgres-only reads; it never fails a request that Postgres can serve. Postgres being down fails
 requests with `StorageUnavailable` (503), except the writes that must not be lost (`append_or_keep`: a reply's
 steps), which are kept in Redis and stored later, in order: every append and every tool-result update of a
-session first stores what the session has pending, so nothing newer overtakes it.
+session first stores what the session has pending, so nothing newer overtakes it (an append whose caller already
+knows the session has none, `no_pending`, skips the check).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -19,6 +21,7 @@ from uuid import UUID
 from redis.exceptions import RedisError
 
 from backend.errors import NotFound, StorageUnavailable
+from backend.redis_batch import Group
 from backend.store.cache import SessionCache
 from backend.store.models import (
     ActiveTurnClaim,
@@ -116,15 +119,26 @@ class SessionStore:
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
         release: str | None = None,
+        no_pending: bool = False,
+        read_after: int | None = None,
+        along: Sequence[Group] = (),
+        cache_later: list[Group] | None = None,
     ) -> AppendResult:
         """Append messages (the caller has checked ownership). Idempotent per client message id and per write key.
         With `claim`, also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is
         taken). With `settle_awaiting` (a user message), calls still waiting for a person close as unanswered. With
         `release` (a turn id), that turn's claim is freed in the same transaction (the turn's last append).
 
-        The session's pending writes are stored first. `StorageUnavailable` when Postgres does not answer (then
-        nothing of this append is kept)."""
-        await self.store_pending(session_id)
+        The session's pending writes are stored first; `no_pending`: the caller learnt that the session has none
+        (the turn that holds the session, see `chat/session_admission.py`), and Redis is not asked again. `along`:
+        Redis work of other slots to send in the round trip of the cache update (`sent_along` says whether it
+        was: not when nothing new was written, nor when the update failed). `read_after`: the cache update also
+        reads the messages after that sequence (`history`; a turn's prompt, without a read of its own).
+        `cache_later`: the cache update of the new messages is not sent but added to this list, for the caller to
+        send with other work (`redis_batch.send`); if that fails, the caller calls `messages_changed`.
+        `StorageUnavailable` when Postgres does not answer (then nothing of this append is kept)."""
+        if not no_pending:
+            await self.store_pending(session_id)
         return await self._append_now(
             session_id,
             messages,
@@ -133,6 +147,9 @@ class SessionStore:
             claim=claim,
             settle_awaiting=settle_awaiting,
             release=release,
+            read_after=read_after,
+            along=along,
+            cache_later=cache_later,
         )
 
     async def append_or_keep(
@@ -144,6 +161,8 @@ class SessionStore:
         completion_tokens: int = 0,
         retry_seconds: float,
         release: str | None = None,
+        no_pending: bool = False,
+        cache_later: list[Group] | None = None,
     ) -> AppendResult | None:
         """Append what must not be lost (a step of a reply): while Postgres does not answer, retry with backoff for
         up to `retry_seconds`, then keep it in Redis and return None; the session's next append or the reconciler
@@ -151,7 +170,8 @@ class SessionStore:
 
         Every message needs a `write_key`: an attempt whose commit went through but whose answer was lost is then
         harmless to repeat, here or wherever the kept copy is stored. `release` (see `append`) rides on the attempts
-        here only, never on the kept copy: when None is returned, the turn's claim is still to be freed."""
+        here only, never on the kept copy: when None is returned, the turn's claim is still to be freed.
+        `no_pending`, `cache_later`: see `append`."""
         if any(m.write_key is None for m in messages):
             raise ValueError("append_or_keep needs a write key on every message")
         loop = asyncio.get_running_loop()
@@ -166,6 +186,8 @@ class SessionStore:
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
                         release=release,
+                        no_pending=no_pending,
+                        cache_later=cache_later,
                     )
                 except StorageUnavailable:
                     if self._pending is None:
@@ -238,6 +260,9 @@ class SessionStore:
         claim: ActiveTurnClaim | None = None,
         settle_awaiting: bool = False,
         release: str | None = None,
+        read_after: int | None = None,
+        along: Sequence[Group] = (),
+        cache_later: list[Group] | None = None,
     ) -> AppendResult:
         try:
             result = await self._repo.append_messages(
@@ -263,12 +288,16 @@ class SessionStore:
         ]
         if not new and not prompt_tokens and not completion_tokens:
             return result  # nothing was written (a resent message): the cache is still right
+        if cache_later is not None:
+            cache_later.append(self._cache.appended_later(session_id, new, result.session))
+            return result
         try:
-            await self._cache.appended(session_id, new, result.session)
+            history = await self._cache.appended(session_id, new, result.session, read_after=read_after, along=along)
         except RedisError:
             log.warning("cache update failed after append to %s; repairing in background", session_id)
             self._repair_later(session_id)
-        return result
+            return result
+        return replace(result, sent_along=bool(along), history=history) if along or history is not None else result
 
     async def commit_summary(
         self, session_id: UUID, *, expected_through: int, through: int, summary: str, summary_tokens: int

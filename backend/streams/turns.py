@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from backend import keys
+from backend import keys, redis_batch
 
 TurnStatus = Literal["running", "completed", "failed", "cancelled", "interrupted"]
 Published = Literal["written", "cancel_requested", "ended"]
@@ -81,6 +82,16 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 )
+
+
+# KEYS: events, meta, tombstone. ARGV: TTL, tombstone TTL, user, then the status record's fields and values.
+_OPEN = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,27 +153,29 @@ class TurnRegistry:
         self.lease_seconds = lease_seconds
         self._publish = redis.register_script(_PUBLISH)
         self._finish = redis.register_script(_FINISH)
+        self._open = redis.register_script(_OPEN)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def create(self, turn_id: str, session_id: str, user_id: str, *, lease: bool = True) -> None:
         """Open a turn's stream. `lease=False` for an operation's task stream, whose turn starts later
         (`adopt`): a follower waits on it without anyone holding a lease yet."""
-        meta = keys.turn_meta(turn_id)
-        fields: dict[Any, Any] = {
-            "session_id": session_id,
-            "user_id": user_id,
-            "status": "running",
-            "started_at": _now(),
-        }
-        async with self._redis.pipeline(transaction=False) as pipe:
-            # A stream left over from an earlier turn of this id (its status record expired first) is not ours.
-            pipe.delete(keys.turn_events(turn_id))
-            pipe.hset(meta, mapping=fields)
-            pipe.pexpire(meta, self._ttl_ms)
-            pipe.set(keys.turn_tombstone(turn_id), user_id, px=_TOMBSTONE_TTL_MS)
-            if lease:
-                pipe.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
-            await pipe.execute()
+        await redis_batch.send(self._redis, *self.opening(turn_id, session_id, user_id, lease=lease))
+
+    def opening(self, turn_id: str, session_id: str, user_id: str, *, lease: bool = True) -> list[redis_batch.Group]:
+        """`create` as groups of a batch sent with other Redis work (`redis_batch.send`); safe to send twice."""
+        # A stream left over from an earlier turn of this id (its status record expired first) is not ours: dropped.
+        keys_ = [keys.turn_events(turn_id), keys.turn_meta(turn_id), keys.turn_tombstone(turn_id)]
+        fields = ["session_id", session_id, "user_id", user_id, "status", "running", "started_at", _now()]
+        args = [self._ttl_ms, _TOMBSTONE_TTL_MS, user_id, *fields]
+
+        def turn_keys(pipe: Pipeline) -> None:
+            redis_batch.call(pipe, self._open, keys_, args)
+
+        groups = [redis_batch.Group(turn_keys, (self._open,))]
+        if lease:
+            deadline = time.time() + self.lease_seconds
+            groups.append(redis_batch.Group(lambda pipe: pipe.zadd(keys.TURN_LEASES, {turn_id: deadline})))
+        return groups
 
     async def adopt(self, turn_id: str) -> None:
         """This pod starts the turn of a stream opened earlier: take its lease."""
@@ -183,17 +196,43 @@ class TurnRegistry:
         return outcomes[int(await self._publish(keys=keys_, args=args))]
 
     async def finish(
-        self, turn_id: str, status: TurnStatus, chunks: Sequence[bytes] = (), *, ids: Sequence[str] | None = None
+        self,
+        turn_id: str,
+        status: TurnStatus,
+        chunks: Sequence[bytes] = (),
+        *,
+        ids: Sequence[str] | None = None,
+        before: Sequence[redis_batch.Group] = (),
+        along: Sequence[redis_batch.Group] = (),
     ) -> bool:
-        """Flip `running` to `status`, append the last chunks and the `end` entry, atomically.
+        """Flip `running` to `status`, append the last chunks and the `end` entry, atomically, and drop the turn's
+        lease; `before` and `along`: Redis work of other slots sent before and after it in the same round trip
+        (`redis_batch.send`).
 
         False (and nothing written) if the turn had already been ended by someone else.
         """
         keys_ = [keys.turn_meta(turn_id), keys.turn_events(turn_id)]
         args = [status, _now(), self._ttl_ms, *_entries(chunks, ids)]
-        ended = bool(await self._finish(keys=keys_, args=args))
-        await self._redis.zrem(keys.TURN_LEASES, turn_id)
-        return ended
+
+        def end(pipe: Pipeline) -> None:
+            redis_batch.call(pipe, self._finish, keys_, args)
+
+        replies = await redis_batch.send(
+            self._redis,
+            *before,
+            redis_batch.Group(end, (self._finish,)),
+            redis_batch.Group(lambda pipe: pipe.zrem(keys.TURN_LEASES, turn_id)),
+            *along,
+            raise_on_error=False,
+        )
+        ended = replies[len(before)][0]
+        if isinstance(ended, Exception):
+            # The end was refused (Redis out of memory, say) but the lease went with it: list the turn again, so
+            # that whoever finds its lease lapsed closes it, as when the owner's pod dies.
+            await self._redis.zadd(keys.TURN_LEASES, {turn_id: time.time() + self.lease_seconds})
+            raise ended
+        redis_batch.raise_first_error(replies)
+        return bool(ended)
 
     # --- leases and cancellation ---------------------------------------------------------------------
     async def renew(self, turn_ids: Iterable[str]) -> None:

@@ -34,7 +34,7 @@ from backend.store.models import NewMessage
 from backend.store.pending import PendingAppend, PendingWrites
 from backend.store.postgres import ChatRepository, create_pool
 from backend.store.sessions import SessionStore
-from backend.streams.active import ActiveTurns
+from backend.streams.active import ActiveTurns, Claim
 from backend.streams.agui_runs import AguiRun, AguiRuns
 from backend.streams.completions import Completion, publish_delivery
 from backend.streams.operation_locks import OperationLocks
@@ -143,6 +143,20 @@ async def test_every_lua_script_runs_on_the_cluster(cluster: Topology, cluster_r
         # The session's pointer to its turn, an operation's lock, the compaction lock.
         active = ActiveTurns(r, lease_seconds=5)
         assert await active.claim(session.id, turn) and await active.release(session.id, turn)
+        # A turn's batches: its stream opened with the user message's cache update (its history read there), its
+        # end sent with the pointer's release (one group per slot, in order).
+        batched = uuid.uuid4().hex
+        assert await active.claim(session.id, batched) == Claim(pending_writes=False)
+        stored = await store.append(
+            session.id,
+            [NewMessage(role="user", content="three")],
+            no_pending=True,
+            read_after=0,
+            along=registry.opening(batched, str(session.id), user),
+        )
+        assert stored.sent_along and stored.history and stored.history[-1]["content"] == "three"
+        assert await registry.finish(batched, "completed", along=[active.queue_release(session.id, batched)])
+        assert await active.current(session.id) is None and await registry.lease_deadline(batched) is None
         locks = OperationLocks(r)
         lock_key = f"copilot:{{{session.id}}}:op-lock:tool:digest"
         assert await locks.lock(lock_key, "op-1", ttl_seconds=5)

@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from backend import keys
 from backend.chat import protocol as p
@@ -201,6 +202,33 @@ async def test_finish_of_an_ended_turn_writes_nothing(registry: TurnRegistry, re
 async def test_finish_of_an_unknown_turn_writes_nothing(registry: TurnRegistry, redis: Redis) -> None:
     assert not await registry.finish("t-none", "interrupted", [chunk(0)])
     assert await redis.exists(keys.turn_events("t-none"), keys.turn_meta("t-none")) == 0
+
+
+async def test_finish_drops_the_lease_and_sends_along_in_one_round_trip(registry: TurnRegistry, redis: Redis) -> None:
+    session_id = uuid.uuid4()
+    active = ActiveTurns(redis, lease_seconds=60)
+    assert await active.claim(session_id, "t-along")
+    await registry.create("t-along", str(session_id), "alice")
+    # As if Redis had lost the release script (a restart): the batch loads it and is sent again.
+    active._release.sha = "0" * 40
+    assert await registry.finish(
+        "t-along", "completed", [chunk(0)], along=[active.queue_release(session_id, "t-along")]
+    )
+    assert await registry.lease_deadline("t-along") is None
+    assert await active.current(session_id) is None
+    assert [e.get(b"end") for e in await stream_entries(redis, "t-along")] == [None, b"completed"]
+
+
+async def test_an_end_redis_refuses_keeps_the_turn_leased(registry: TurnRegistry, redis: Redis) -> None:
+    """The lease goes in the end's round trip; when the end itself fails, the turn is listed again, so that it is
+    closed like a turn whose owner died instead of staying `running` with nobody to close it."""
+    await registry.create("t-refused", "s", "alice")
+    await redis.set(keys.turn_events("t-refused"), "not a stream")  # every XADD of the end fails
+    with pytest.raises(ResponseError):
+        await registry.finish("t-refused", "completed", [chunk(0)], ids=[entry_id("t-refused", 1)])
+    info = await registry.info("t-refused")
+    assert info is not None and info.status == "running"
+    assert await registry.lease_deadline("t-refused") is not None
 
 
 # --- leases, cancellation, expiry -------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None, help="py-spy the service")
     p.add_argument("--profile-streams", type=int, help="concurrent streams while py-spy samples the service")
     p.add_argument("--overload-streams", type=int, help="streams offered at once to the capped worker (0: skip)")
-    p.add_argument("--overload-cap", type=int, help="COPILOT_MAX_CONCURRENT_TURNS of the capped worker")
+    p.add_argument("--overload-caps", type=_ints, help="caps (COPILOT_MAX_CONCURRENT_TURNS) to offer them to: 100,200")
     p.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
@@ -90,8 +90,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         overrides["wait_for_idle"] = False
     if args.overload_streams is not None:
         overrides["overload_streams"] = args.overload_streams
-    if args.overload_cap is not None:
-        overrides["overload_cap"] = args.overload_cap
+    if args.overload_caps:
+        overrides["overload_caps"] = args.overload_caps
     if args.server:
         overrides["server"] = args.server
     if args.service_env:

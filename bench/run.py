@@ -545,10 +545,15 @@ async def relay_phase(ctx: Context) -> None:
 
 
 async def overload_phase(ctx: Context) -> None:
-    """One worker capped at `overload_cap` running turns, offered `overload_streams` at once (one round): the turns
-    past the cap must be refused (503 `overloaded`) and the admitted ones keep their pace."""
+    """One worker capped at each of `overload_caps` running turns, offered `overload_streams` at once (one round):
+    the turns past the cap must be refused (503 `overloaded`) and the admitted ones keep their pace."""
+    for cap in ctx.settings.overload_caps:
+        await _overload_at(ctx, cap)
+
+
+async def _overload_at(ctx: Context, cap: int) -> None:
     s = ctx.settings
-    name, n, cap = "service-1w-capped", s.overload_streams, s.overload_cap
+    name, n = "service-1w-capped", s.overload_streams
     port = free_port()
     log(f"{name}: {s.server} with 1 worker, COPILOT_MAX_CONCURRENT_TURNS={cap}, offered {n} streams")
     async with launched(
@@ -572,7 +577,7 @@ async def overload_phase(ctx: Context) -> None:
         m = await measure(endpoint, ctx.meters, spec, processes=_processes(ctx, n))
     shed = m.overloaded
     report = {"offered": n, "cap": cap, "admitted": m.streams - m.errors, "shed": shed, **m.as_dict()}
-    ctx.results["overload"] = report
+    ctx.results.setdefault("overload", []).append(report)
     log(_line(m))
     log(f"{name}: {report['admitted']} admitted, {shed} shed with 503 overloaded, {m.errors - shed} other errors")
 

@@ -42,9 +42,9 @@ class BenchSettings:
     """Concurrent streams while py-spy samples the service (one worker)."""
     profile_seconds: float = 20.0
     overload_streams: int = 1000
-    """Streams offered at once to one worker capped at `overload_cap` running turns (0: no overload phase)."""
-    overload_cap: int = 200
-    """`COPILOT_MAX_CONCURRENT_TURNS` of the overload phase."""
+    """Streams offered at once to one worker capped at each of `overload_caps` running turns (0: no overload phase)."""
+    overload_caps: tuple[int, ...] = (100, 200)
+    """`COPILOT_MAX_CONCURRENT_TURNS` of the overload phase, one run each: the default and twice it."""
     server: str = "uvicorn"
     """The ASGI server the service runs on: `uvicorn` (as `copilot serve`) or `granian` (`--server`)."""
     service_env: tuple[tuple[str, str], ...] = ()
@@ -80,7 +80,7 @@ class BenchSettings:
             "settle_seconds": 0.25,
             "profile": False,
             "overload_streams": 300,
-            "overload_cap": 100,
+            "overload_caps": (100,),
             "profile_streams": 100,
             "profile_seconds": 8.0,
         }

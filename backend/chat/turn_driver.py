@@ -257,15 +257,9 @@ class TurnDriver:
         try:
             # The slot goes back before the end is written: a client that saw the end may start another turn at once.
             await self._quota.release(req.user_id, req.turn_id)
-            # One round trip: the last step's cache update, the end, the Redis pointer.
-            await publisher.close(
-                status,
-                before=req.end_work,
-                along=[self._active.queue_drop_fast(req.session_id, req.turn_id)],
-            )
+            # The Redis pointer goes in the same round trip as the end, after it.
+            await publisher.close(status, along=[self._active.queue_drop_fast(req.session_id, req.turn_id)])
             released = True
         finally:
             if not released:
-                if req.end_work:  # the cache may not have learnt of the last step: drop what it holds
-                    await self._services.store.messages_changed(req.session_id)
                 await self._active.drop_fast(req.session_id, req.turn_id)

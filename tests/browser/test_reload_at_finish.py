@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -37,15 +38,15 @@ class HeldEnds:
         self._released = asyncio.Event()
         original = TurnPublisher.close
 
-        async def held_close(publisher: TurnPublisher, status: TurnStatus) -> bool:
+        async def held_close(publisher: TurnPublisher, status: TurnStatus, **batched: Any) -> bool:
             if not self.armed:
-                return await original(publisher, status)
+                return await original(publisher, status, **batched)
             # The flusher writes within its window (2 ms here); it has no event to wait for.
             while publisher._written < len(publisher._ids):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             self.holding.set()
             await self._released.wait()
-            return await original(publisher, status)
+            return await original(publisher, status, **batched)
 
         monkeypatch.setattr(TurnPublisher, "close", held_close)
 

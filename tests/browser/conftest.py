@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Error, Page, Request, Response, async_playwright
 from pydantic import SecretStr
 
 from backend.config import Settings
@@ -54,15 +54,36 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 class PageErrors:
-    """Uncaught exceptions and console errors of the pages a test opened; the test fails if any occurred."""
+    """Uncaught exceptions, console errors, server errors (5xx) and requests that failed on the way (other than a
+    stream the page let go of) of the pages a test opened; the test fails if any occurred, saying which, so a
+    refusal the panel shows only as a note is named in the report."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.expected: list[str] = []
+        """Parts of URLs whose server errors and failed requests the test provokes itself."""
 
     def watch(self, page: Page) -> Page:
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         page.on("console", self._console)
+        page.on("response", self._response)
+        page.on("requestfailed", self._request_failed)
         return page
+
+    def _response(self, response: Response) -> None:
+        if response.status >= 500 and not self._expected(response.url):
+            self.errors.append(f"server error: {response.status} {response.request.method} {response.url}")
+
+    def _request_failed(self, request: Request) -> None:
+        # A stream is let go of on every reload, Stop and page close, and a poll after the test's server stopped finds
+        # nobody (teardown); anything else should have had its answer.
+        if request.url.split("?")[0].endswith("/stream") or request.failure == "net::ERR_CONNECTION_REFUSED":
+            return
+        if not self._expected(request.url):
+            self.errors.append(f"request failed: {request.method} {request.url}: {request.failure}")
+
+    def _expected(self, url: str) -> bool:
+        return any(part in url for part in self.expected)
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error" and "Failed to load resource" not in message.text:

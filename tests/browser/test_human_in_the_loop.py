@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, Request, expect
+from playwright.async_api import Browser, Page, Request, Route, expect
 
 from backend.config import Settings
 from tests.browser.conftest import PageErrors
@@ -217,6 +217,48 @@ async def test_ask_user_is_answered_in_the_text_field_after_a_reload(
     await wait_turn_end(page)
     await expect(page.locator(".message.assistant .text")).to_contain_text("ask_user returned: green, please")
     assert await shapes(page) == (1, 1)
+
+
+async def test_an_answer_the_server_did_not_take_keeps_what_was_typed_and_retry_sends_it(
+    page: Page, page_errors: PageErrors, live: LiveServer, api: httpx.AsyncClient
+) -> None:
+    # The first answer meets a busy server (as a pod at its cap of turns answers): the typed answer must not be lost
+    # with the controls it was typed in, and Retry sends it.
+    page_errors.expected.append("/tool-calls/")
+    refused: list[str] = []
+
+    async def refuse_once(route: Route) -> None:
+        if refused:
+            await route.continue_()
+            return
+        refused.append(route.request.url)
+        error = {"code": "overloaded", "message": "This server is busy; try again shortly."}
+        await route.fulfill(status=503, content_type="application/json", body=json.dumps({"error": error}))
+
+    await page.route("**/tool-calls/*/output", refuse_once)
+    sid = await new_session(api)
+    await open_panel(page, live, sid)
+    await send(page, f"Paint it {ASK_COLOUR}")
+    await expect(page.locator(".tool .question")).to_have_text("Which colour?")
+    await wait_turn_end(page)
+
+    card = page.locator(".tool")
+    await card.locator(".answer-input").fill("green, please")
+    await card.locator(".answer-input").press("Enter")
+    await expect(page.locator(".error-box .error-text")).to_have_text("This server is busy; try again shortly.")
+    await expect(card).to_have_attribute("data-state", "waiting")
+    await expect(card.locator(".answer-input")).to_have_value("green, please")
+    await expect(card.locator(".answer-input")).to_be_enabled()
+
+    await page.locator(".error-box .retry").click()
+    await expect(card).to_have_attribute("data-state", "done")
+    await wait_turn_end(page)
+    await expect(page.locator(".message.assistant .text")).to_contain_text("ask_user returned: green, please")
+    await expect(page.locator(".error-box")).to_have_count(0)
+    assert len(refused) == 1
+    stored = await stored_messages(api, sid)
+    assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant"]
+    assert stored[2]["content"] == "green, please"
 
 
 def host_page(panel_url: str) -> str:

@@ -51,7 +51,7 @@ class Panel {
     this.human = new HumanLoop(api, api.hostTools || new HostTools(), {
       sessionId: () => this.sessionId,
       render: () => this.scheduleRender(),
-      fail: (error) => this.fail(error),
+      fail: (error, retry) => this.fail(error, retry),
       reload: () => this.load(),
       followContinuation: (taskId, answered) => this.followContinuation(taskId, answered),
     });

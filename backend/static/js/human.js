@@ -16,7 +16,7 @@ export class HumanLoop {
   /**
    * @param api the Api (answers go to its session routes)
    * @param hostTools the HostTools bridge: runs frontend tools in the host page
-   * @param panel {sessionId(), render(), fail(error), reload(), followContinuation(taskId, answeredToolCallIds)}
+   * @param panel {sessionId(), render(), fail(error, retry), reload(), followContinuation(taskId, answeredToolCallIds)}
    */
   constructor(api, hostTools, panel) {
     this.api = api;
@@ -26,6 +26,7 @@ export class HumanLoop {
     this.answered = new Set(); // tool call ids answered from this page: their buttons never come back
     this.pending = new Set(); // answered, but no continuation followed yet (other calls of the message still wait)
     this.sentToHost = new Map(); // frontend tool call id → its session id: handed to the host page (once per page)
+    this.drafts = new Map(); // tool call id → what the user typed (answer or reason): kept until the answer is taken
     hostTools.onRegister = () => this.runFrontendTools();
     hostTools.onResult = (toolCallId, result) => this.hostAnswered(toolCallId, result);
   }
@@ -43,6 +44,7 @@ export class HumanLoop {
     this.awaiting.clear();
     this.answered.clear();
     this.pending.clear();
+    this.drafts.clear();
   }
 
   runFrontendTools() {
@@ -76,6 +78,8 @@ export class HumanLoop {
       kind: call.kind,
       input: call.input || {},
       hostRuns: call.kind === "frontend" && this.sentToHost.has(id),
+      draft: this.drafts.get(id) ?? "",
+      keepDraft: (text) => this.drafts.set(id, text),
       approve: () => this.approve(id, true),
       deny: (reason) => this.approve(id, false, reason),
       reply: (text) => this.answer(id, { output: text }),
@@ -119,6 +123,7 @@ export class HumanLoop {
     this.panel.render();
     try {
       const reply = await post(sid);
+      this.drafts.delete(toolCallId);
       if (sid !== this.panel.sessionId()) return;
       this.update(reply.awaiting);
       if (reply.task_id) {
@@ -128,12 +133,16 @@ export class HumanLoop {
     } catch (error) {
       if (sid !== this.panel.sessionId()) return;
       this.pending.delete(toolCallId);
-      this.panel.fail(error);
       if (error instanceof ApiError && GONE_STATUSES.has(error.status)) {
+        this.drafts.delete(toolCallId);
+        this.panel.fail(error);
         this.panel.reload(); // the session tells what became of the call
       } else {
+        // Not taken (offline, a limit, the server busy): the controls come back with what was typed, and Retry sends
+        // the same answer again (the server takes an answer once, so a resend of one that did land changes nothing).
         this.answered.delete(toolCallId);
-        this.awaiting.set(toolCallId, call); // not taken (offline, a limit): the buttons come back
+        this.awaiting.set(toolCallId, call);
+        this.panel.fail(error, () => this.send(toolCallId, post));
       }
     } finally {
       this.panel.render();

@@ -1,7 +1,8 @@
 // DOM of a tool call that waits for a person, inside its tool card: Approve / Deny (with an optional reason), the
 // form of an `ask_user` question (its choices as buttons, a text field), or a note that the host app runs the tool.
 // The controls are built once per call and kept while it waits, so a render (one per streamed chunk) never loses
-// what the user is typing. Question and choices are model text: they go in as textContent only.
+// what the user is typing; what was typed is also kept by the loop (`draft`), so controls built again (an answer the
+// server did not take brings them back) show it. Question and choices are model text: they go in as textContent only.
 
 const WAITING_LABELS = { approval: "needs approval", ask_user: "question", frontend: "waiting for the app" };
 
@@ -49,6 +50,7 @@ function controlsOf(human) {
     reason.placeholder = "Reason (optional)";
     reason.maxLength = 1000;
     reason.setAttribute("aria-label", "Reason for denying");
+    keepsDraft(reason, human);
     box.append(
       el("div", "human-prompt", "Run this tool?"),
       button("Approve", "approve", once(() => human.approve())),
@@ -67,6 +69,7 @@ function controlsOf(human) {
     const text = el("input", "answer-input");
     text.placeholder = "Your answer";
     text.setAttribute("aria-label", "Your answer");
+    keepsDraft(text, human);
     const send = el("button", "answer-send", "Answer");
     send.type = "submit";
     form.addEventListener("submit", (event) => {
@@ -80,4 +83,9 @@ function controlsOf(human) {
     box.append(el("div", "human-prompt", note), button("Dismiss", "dismiss", once(() => human.dismiss())));
   }
   return box;
+}
+
+function keepsDraft(input, human) {
+  input.value = human.draft;
+  input.addEventListener("input", () => human.keepDraft(input.value));
 }

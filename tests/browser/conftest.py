@@ -62,6 +62,8 @@ class PageErrors:
         self.errors: list[str] = []
         self.expected: list[str] = []
         """Parts of URLs whose server errors and failed requests the test provokes itself."""
+        self.refusals: list[str] = []
+        """Every 4xx and 5xx the pages got, printed at the end: a failed test's report shows them."""
 
     def watch(self, page: Page) -> Page:
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
@@ -71,6 +73,8 @@ class PageErrors:
         return page
 
     def _response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.refusals.append(f"{response.status} {response.request.method} {response.url}")
         if response.status >= 500 and not self._expected(response.url):
             self.errors.append(f"server error: {response.status} {response.request.method} {response.url}")
 
@@ -94,6 +98,8 @@ class PageErrors:
 async def page_errors() -> AsyncIterator[PageErrors]:
     errors = PageErrors()
     yield errors
+    if errors.refusals:
+        print("responses refused:", *errors.refusals, sep="\n  ")
     assert errors.errors == [], errors.errors
 
 

@@ -68,6 +68,33 @@ async def test_consecutive_requests_land_on_every_pod(client: ClusterClient) -> 
     assert all(a != b for a, b in itertools.pairwise(served))  # round robin: never twice in a row
 
 
+async def test_the_balancer_passes_each_chunk_on_as_it_comes(client: ClusterClient) -> None:
+    # HAProxy's default hands small response writes to the kernel with MSG_MORE, which holds them up to 200 ms waiting
+    # for more: every token of a reply arrived that late, in bursts. The same reply's tokens, read through the
+    # balancer and straight from a pod at the same time, must arrive together (tokens 400 ms apart: a hold would show
+    # as ~200 ms on every one of them).
+    message = "[[mock:text tokens=5 delay_ms=400]]"
+    sessions = [await client.new_session() for _ in range(2)]
+    direct = httpx.AsyncClient(base_url=client.topology.pod_url(0), headers=client.http.headers, timeout=30)
+
+    async def arrivals(http: httpx.AsyncClient, session_id: str) -> list[float]:
+        start = time.perf_counter()
+        times = []
+        body = {"message": message, "client_message_id": uuid.uuid4().hex}
+        async with http.stream("POST", f"/api/chat/sessions/{session_id}/stream", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and '"text-delta"' in line:
+                    times.append(time.perf_counter() - start)
+        return times
+
+    async with direct:
+        through, straight = await asyncio.gather(arrivals(client.http, sessions[0]), arrivals(direct, sessions[1]))
+    assert len(through) == len(straight) == 5
+    late = sorted(b - a for a, b in zip(straight, through, strict=True))
+    assert late[2] < 0.1, f"through the balancer each token came later by (s): {late}"
+
+
 async def test_a_reconnect_lands_on_another_pod_and_goes_on_after_its_cursor(
     client: ClusterClient, db: asyncpg.Connection
 ) -> None:

@@ -389,6 +389,7 @@ admin_users = postgres
 
 defaults
     mode http
+    option http-no-delay
     option redispatch
     retries 2
     timeout connect 2s

@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="the service's bound on live messages (default 400; 0: none, every history message stays live)",
     )
-    p.add_argument("--targets", help="only these targets: floor,relay,service-1w,service-2w,service-1w-capped,litellm")
+    p.add_argument(
+        "--targets",
+        help="only these targets: floor,relay,service-1w,service-2w,service-1w-capped,service-follower,litellm",
+    )
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None, help="py-spy the service")
     p.add_argument("--profile-streams", type=int, help="concurrent streams while py-spy samples the service")

@@ -46,6 +46,9 @@ class LoadSpec:
     expected_tokens: int | None
     pause_seconds: float = 0.0
     """Pause between two streams of one user (lets a session's previous turn release it)."""
+    follow_port: int | None = None
+    """A second pod (same host): once a reply's response names its task (`x-copilot-task-id`), that task's stream is
+    also read from this pod, as a browser that reconnected through the balancer would (`StreamRecord.follower`)."""
 
 
 @dataclass(slots=True)
@@ -68,6 +71,8 @@ class StreamRecord:
     `finish_reason`)."""
     body_end: float | None = None
     """Seconds from sending the request to the end of the body (its last byte, before the socket is closed)."""
+    follower: StreamRecord | None = None
+    """The same reply read from the other pod (`LoadSpec.follow_port`)."""
 
     @property
     def end_after_finish(self) -> float | None:
@@ -135,12 +140,17 @@ async def stream_once(spec: LoadSpec, head: bytes, path: str) -> StreamRecord:
             writer.write(f"{spec.method} {path} HTTP/1.1\r\n".encode() + head)
             if spec.method != "GET":
                 writer.write(spec.body)
-            status, chunked, length = await _read_head(reader)
+            status, chunked, length, task_id = await _read_head(reader)
             if status != 200:
                 body = await reader.read(600)
                 raise _HTTPError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+            following = None
+            if spec.follow_port is not None and task_id is not None:
+                following = asyncio.create_task(_follow(spec, task_id))
             done = await _consume(spec.wire, _body(reader, chunked, length), record, t0)
             record.body_end = time.perf_counter() - t0
+            if following is not None:
+                record.follower = await following
             if record.error is None and not done:
                 record.error = "stream ended without [DONE]"
     except TimeoutError:
@@ -159,11 +169,18 @@ async def stream_once(spec: LoadSpec, head: bytes, path: str) -> StreamRecord:
     return record
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, bool, int | None]:
+async def _follow(spec: LoadSpec, task_id: str) -> StreamRecord:
+    """The task's stream read from the other pod, from its start."""
+    assert spec.follow_port is not None
+    follower = replace(spec, port=spec.follow_port, method="GET", follow_port=None)
+    return await stream_once(follower, _request_head(follower), f"/api/chat/tasks/{task_id}/stream")
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, bool, int | None, str | None]:
     raw = await reader.readuntil(b"\r\n\r\n")
     lines = raw.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    chunked, length = False, None
+    chunked, length, task_id = False, None, None
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name, value = name.strip().lower(), value.strip()
@@ -171,7 +188,9 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, bool, int | Non
             chunked = True
         elif name == "content-length":
             length = int(value)
-    return status, chunked, length
+        elif name == "x-copilot-task-id":
+            task_id = value
+    return status, chunked, length, task_id
 
 
 async def _body(reader: asyncio.StreamReader, chunked: bool, length: int | None) -> AsyncIterator[bytes]:

@@ -86,6 +86,10 @@ class Measurement:
     redis: dict[str, Any] = field(default_factory=dict)
     overloaded: int = 0
     """Errors that were the service's 503 `overloaded` refusal (counted in `errors` too)."""
+    follower_end_after_finish_ms: dict[str, float | None] = field(default_factory=dict)
+    """With `LoadSpec.follow_port`: the same figure for the reply read from the other pod."""
+    follower_errors: int = 0
+    """Replies whose read from the other pod failed or never started (the reply itself failed)."""
 
     @property
     def rss_per_stream_kb(self) -> float:
@@ -149,6 +153,7 @@ def summarise(
     redis: stores.RedisCounters | None,
 ) -> Measurement:
     ok = [r for r in records if r.error is None]
+    followers = [r.follower for r in ok if r.follower is not None and r.follower.error is None]
     errors = Counter(r.error for r in records if r.error is not None)
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     gaps = [g for r in ok for g in r.gaps]
@@ -175,6 +180,8 @@ def summarise(
         rss_baseline_mb=round(rss.baseline / 2**20, 2),
         rss_peak_mb=round(rss.peak / 2**20, 2),
         overloaded=sum(n for e, n in errors.items() if e.startswith("HTTP 503") and '"overloaded"' in e),
+        follower_end_after_finish_ms=_dist([v for f in followers if (v := f.end_after_finish) is not None]),
+        follower_errors=0 if spec.follow_port is None else len(records) - len(followers),
     )
     if redis is not None:
         m.redis = {
@@ -213,6 +220,7 @@ def load_spec(
     method: str = "POST",
     pause_seconds: float = 0.0,
     start_delay: float = 0.3,
+    follow_port: int | None = None,
 ) -> LoadSpec:
     """A spec for `len(paths) / rounds` users; user i runs paths[i*rounds : (i+1)*rounds]."""
     users = len(paths) // rounds
@@ -232,4 +240,5 @@ def load_spec(
         timeout_seconds=timeout_seconds,
         expected_tokens=expected_tokens,
         pause_seconds=pause_seconds,
+        follow_port=follow_port,
     )

@@ -159,6 +159,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "≤ 5 ms p50, ≤ 20 ms p99",
                 None if p50 is None or p99 is None else p50 <= 5 and p99 <= 20,
             )
+    for row in follower_rows(results):
+        p50, p99 = row["follower_p50"], row["follower_p99"]
+        n = row["n"]
+        add(
+            f"End of response after `finish`, {n} stream{'s' if n > 1 else ''}, follower on another pod",
+            None if p50 is None else f"p50 {_ms(p50)}, p99 {_ms(p99)}",
+            "≤ 5 ms p50, ≤ 20 ms p99",
+            None if p50 is None or p99 is None else p50 <= 5 and p99 <= 20 and row["follower_errors"] == 0,
+            f"owner's pod in the same run: p50 {_ms(row['owner_p50'])}, p99 {_ms(row['owner_p99'])}",
+        )
     r = sweep.get(("service-1w", 1))
     v = r["added_ttft_p50"] if r else None
     add("Added TTFT p50, 1 stream (service-1w)", _ms(v), "≤ 4 ms", None if v is None else v <= 4)
@@ -230,6 +240,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["other_errors"] == 0 and row["admitted"] <= row["cap"] and gap is not None and gap <= 100,
         )
     return out
+
+
+def follower_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per N of the follower phase: the end of the response after `finish` on both pods."""
+    rows = []
+    for f in results.get("followers", []):
+        owner, follower = f["end_after_finish_ms"], f["follower_end_after_finish_ms"]
+        rows.append(
+            {
+                "n": f["n"],
+                "streams": f["streams"],
+                "errors": f["errors"],
+                "follower_errors": f["follower_errors"],
+                "owner_p50": owner.get("p50"),
+                "owner_p99": owner.get("p99"),
+                "follower_p50": follower.get("p50"),
+                "follower_p99": follower.get("p99"),
+            }
+        )
+    return rows
 
 
 def overload_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -354,6 +384,21 @@ def _tables(results: dict[str, Any]) -> Iterator[tuple[str, list[list[str]]]]:
         yield (
             "Overload: one worker capped (COPILOT_MAX_CONCURRENT_TURNS), streams offered at once",
             _table(overload_cols, overload_rows(results)),
+        )
+    follower_cols = (
+        ("N", "n"),
+        ("streams", "streams"),
+        ("errors", "errors"),
+        ("follower errors", "follower_errors"),
+        ("owner p50", "owner_p50"),
+        ("owner p99", "owner_p99"),
+        ("follower p50", "follower_p50"),
+        ("follower p99", "follower_p99"),
+    )
+    if results.get("followers"):
+        yield (
+            "End of response after `finish` (ms): two pods, each reply also followed from the other pod",
+            _table(follower_cols, follower_rows(results)),
         )
     target_cols = (
         ("target", "target"),

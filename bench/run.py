@@ -12,6 +12,7 @@ Each target runs alone on the machine; the mock runs throughout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing
 import os
@@ -148,6 +149,8 @@ async def run(settings: BenchSettings) -> dict[str, Any]:
                     await service_phase(ctx, workers)
             if settings.overload_streams and settings.wants("service-1w-capped"):
                 await overload_phase(ctx)
+            if settings.wants("service-follower"):
+                await follower_phase(ctx)
             if settings.litellm and settings.wants("litellm"):
                 await litellm_phase(ctx)
     await redis.aclose()
@@ -580,6 +583,52 @@ async def _overload_at(ctx: Context, cap: int) -> None:
     ctx.results.setdefault("overload", []).append(report)
     log(_line(m))
     log(f"{name}: {report['admitted']} admitted, {shed} shed with 503 overloaded, {m.errors - shed} other errors")
+
+
+async def follower_phase(ctx: Context) -> None:
+    """Two pods (one worker each) on the same Postgres and Redis: every reply is started on the first and, once its
+    response names the task, also read from the second, as a browser that reconnected through a balancer would. The
+    end of the response after `finish`, on the owner's pod and on the follower's, at 1 and 100 streams."""
+    s = ctx.settings
+    ports = [free_port(), free_port()]
+    name = "service-follower"
+    log(f"{name}: two {s.server} pods with 1 worker each; every reply also followed from the other pod")
+    async with contextlib.AsyncExitStack() as stack:
+        pods = [
+            await stack.enter_async_context(
+                launched(
+                    f"{name}-{i + 1}",
+                    _server_args(s.server, port, 1),
+                    env=_service_env(ctx),
+                    ready_url=f"http://127.0.0.1:{port}/health/ready",
+                    log_dir=s.work_dir / "logs",
+                )
+            )
+            for i, port in enumerate(ports)
+        ]
+        tree = lambda: [p for pod in pods for p in pod.tree()]  # noqa: E731
+        endpoint = Endpoint(name, "ui", ports[0], (("Authorization", f"Bearer {_bearer()}"),), tree, True)
+        for n in (1, 100):
+            rounds = _rounds(s, n)
+            sessions = await stores.create_sessions(ctx.store, USER, n * rounds)
+            spec = load_spec(
+                endpoint,
+                paths=[f"/api/chat/sessions/{sid}/stream" for sid in sessions],
+                body=service_body(marker(s.tokens)),
+                rounds=rounds,
+                ramp_seconds=0 if n == 1 else s.stream_seconds,
+                timeout_seconds=_timeout(s, s.tokens, s.delay_ms),
+                expected_tokens=s.tokens,
+                follow_port=ports[1],
+            )
+            m = await measure(endpoint, ctx.meters, spec, processes=_processes(ctx, n))
+            ctx.results.setdefault("followers", []).append({"n": n, **m.as_dict()})
+            owner, follower = m.end_after_finish_ms, m.follower_end_after_finish_ms
+            log(
+                f"{name} N={n}: end after finish, owner p50={owner['p50']} p99={owner['p99']} ms, follower "
+                f"p50={follower.get('p50')} p99={follower.get('p99')} ms; errors {m.errors} / {m.follower_errors}"
+            )
+            await asyncio.sleep(s.settle_seconds)
 
 
 async def litellm_phase(ctx: Context) -> None:

@@ -80,9 +80,9 @@ class TurnPublisher:
         self._wake.set()
         self._notify()
 
-    async def close(self, status: TurnStatus, *, along: Sequence[Group] = ()) -> bool:
-        """Write what is unwritten together with the end, atomically (with `along`, Redis work of other slots, in the
-        same round trip: see `TurnRegistry.finish`); False if the turn could not be ended here:
+    async def close(self, status: TurnStatus, *, before: Sequence[Group] = (), along: Sequence[Group] = ()) -> bool:
+        """Write what is unwritten together with the end, atomically (with `before` and `along`, Redis work of other
+        slots, in the same round trip: see `TurnRegistry.finish`); False if the turn could not be ended here:
         someone else ended it (its owner's lease had expired and another pod closed it), or its keys are gone (a
         Redis flush or restart). Nothing more is written then. Only in the first case do this pod's followers
         need Redis (`taken_over`); in the second the log here is the whole message and nobody else will end it."""
@@ -94,7 +94,7 @@ class TurnPublisher:
             start = self._written
             self._sealed = len(self._ids)
             ended = await self._registry.finish(
-                self.turn_id, status, self._payloads[start:], ids=self._ids[start:], along=along
+                self.turn_id, status, self._payloads[start:], ids=self._ids[start:], before=before, along=along
             )
             self._written = len(self._ids)
             if not ended:

@@ -11,9 +11,11 @@ for a turn's task and the admission around scheduling a session title, and the m
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
+
+from backend.redis_batch import Group
 
 
 class TurnQuota(Protocol):
@@ -23,6 +25,10 @@ class TurnQuota(Protocol):
 
     async def release(self, user_id: str, turn_id: str) -> None:
         """Give the turn's slot back once it has ended. Must never raise: it runs on every exit path of a turn."""
+
+    def releasing(self, user_id: str, turn_id: str) -> Sequence[Group]:
+        """`release` as Redis work to send in the same round trip as the turn's end (`redis_batch.send`), ahead of
+        it: a client that saw the end may start its next turn at once. Nothing when no slots are counted."""
 
 
 _billed_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("copilot_billed_user", default=None)

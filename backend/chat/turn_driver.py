@@ -255,11 +255,15 @@ class TurnDriver:
             self._local.unreleased[req.turn_id] = req.session_id
         released = False
         try:
-            # The slot goes back before the end is written: a client that saw the end may start another turn at once.
-            await self._quota.release(req.user_id, req.turn_id)
-            # The Redis pointer goes in the same round trip as the end, after it.
-            await publisher.close(status, along=[self._active.queue_drop_fast(req.session_id, req.turn_id)])
+            # One round trip: the user's slot goes back ahead of the end (a client that saw the end may start another
+            # turn at once), the Redis pointer after it.
+            await publisher.close(
+                status,
+                before=self._quota.releasing(req.user_id, req.turn_id),
+                along=[self._active.queue_drop_fast(req.session_id, req.turn_id)],
+            )
             released = True
         finally:
             if not released:
+                await self._quota.release(req.user_id, req.turn_id)
                 await self._active.drop_fast(req.session_id, req.turn_id)

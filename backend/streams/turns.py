@@ -202,10 +202,12 @@ class TurnRegistry:
         chunks: Sequence[bytes] = (),
         *,
         ids: Sequence[str] | None = None,
+        before: Sequence[redis_batch.Group] = (),
         along: Sequence[redis_batch.Group] = (),
     ) -> bool:
         """Flip `running` to `status`, append the last chunks and the `end` entry, atomically, and drop the turn's
-        lease; `along`: Redis work of other slots sent after it in the same round trip (`redis_batch.send`).
+        lease; `before` and `along`: Redis work of other slots sent ahead of it and after it in the same round trip
+        (`redis_batch.send`).
 
         False (and nothing written) if the turn had already been ended by someone else.
         """
@@ -217,12 +219,13 @@ class TurnRegistry:
 
         replies = await redis_batch.send(
             self._redis,
+            *before,
             redis_batch.Group(end, (self._finish,)),
             redis_batch.Group(lambda pipe: pipe.zrem(keys.TURN_LEASES, turn_id)),
             *along,
             raise_on_error=False,
         )
-        ended = replies[0][0]
+        ended = replies[len(before)][0]
         if isinstance(ended, Exception):
             # The end was refused (Redis out of memory, say) but the lease went with it: list the turn again, so
             # that whoever finds its lease lapsed closes it, as when the owner's pod dies.

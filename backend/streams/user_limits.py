@@ -22,7 +22,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from backend import keys
 from backend.auth import Principal
 from backend.errors import RateLimited
+from backend.redis_batch import Group
 
 log = logging.getLogger("copilot.limits")
 
@@ -185,6 +186,15 @@ class UserLimits:
         self._held.pop(turn_id, None)
         if self._concurrent_turns:
             await self._fail_open("release a turn slot", self._redis.zrem(keys.user_turns(user_id), turn_id))
+
+    def releasing(self, user_id: str, turn_id: str) -> Sequence[Group]:
+        """`release` as a group of a batch (sent with the turn's end). No longer renewed from now on: if the batch
+        does not reach Redis, the slot lapses with its lease."""
+        self._held.pop(turn_id, None)
+        if not self._concurrent_turns:
+            return ()
+        key = keys.user_turns(user_id)
+        return (Group(lambda pipe: pipe.zrem(key, turn_id)),)
 
     async def renew(self) -> None:
         """Push the leases of the slots this pod holds forward; call it every third of the lease."""

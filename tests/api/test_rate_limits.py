@@ -166,6 +166,15 @@ async def test_turns_over_the_concurrent_limit_get_429_and_every_end_gives_the_s
     assert await redis.zcard(keys.user_turns("alice")) == 0
 
 
+async def test_a_client_that_saw_a_reply_end_may_send_its_next_message_at_once(chat_settings: Settings) -> None:
+    # The slot goes back in the same round trip as the end, ahead of it: at a limit of one, reply after reply
+    # sent the moment the last one ended is never refused.
+    async with serving(limited(chat_settings, concurrent_turns=1)) as (client, _):
+        sessions = [await new_session(client) for _ in range(10)]
+        for sid in sessions:
+            assert text_of(await finish(client, sid, '[[mock:text content="done"]]')) == "done"
+
+
 async def test_a_continuation_is_never_refused_but_holds_a_slot_while_it_runs(
     chat_settings: Settings, redis: Redis
 ) -> None:

@@ -27,6 +27,9 @@ from tests.sse import read_stream, text_of
 ALICE = auth("alice")
 ONE_STEP_TURN_ROUND_TRIPS = 6
 """A plain one-step turn (no tools, title set); issue 17 asked for at most 6."""
+WITH_DEFAULT_LIMITS_ROUND_TRIPS = 9
+"""The same turn with the per-user limits at their defaults: the request's rate check, the slot taken (with the day's
+tokens checked) and the model tokens counted; the slot goes back in the end's round trip."""
 
 
 class RoundTrips:
@@ -97,3 +100,22 @@ async def test_round_trips_of_a_one_step_turn(
     assert [(m["role"], m["content"]) for m in cached][-2:] == [("user", "hi"), ("assistant", text)]
     row = orjson.loads(await redis.get(keys.session_meta(uuid.UUID(sid))))
     assert row["message_count"] == len(cached) == 4
+
+
+async def test_round_trips_of_a_one_step_turn_with_the_default_limits(
+    chat_settings: Settings, round_trips: RoundTrips, redis: Redis
+) -> None:
+    defaults = Settings.model_fields
+    limits = {
+        name: defaults[name].default
+        for name in ("rate_limit_requests_per_minute", "rate_limit_concurrent_turns", "rate_limit_tokens_per_day")
+    }
+    assert all(limits.values())  # the limits are on by default
+    settings = chat_settings.model_copy(update={"publish_window_ms": 250.0, **limits})
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        r = await client.post("/api/chat/sessions", json={"title": "t"}, headers=ALICE)
+        sid = r.json()["id"]
+        await _one_turn(client, live, sid, round_trips)
+        assert await _one_turn(client, live, sid, round_trips)
+    assert len(round_trips.calls) <= WITH_DEFAULT_LIMITS_ROUND_TRIPS, round_trips.calls
+    assert await redis.zcard(keys.user_turns("alice")) == 0  # the slot went back

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,6 +22,7 @@ from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import UserMessage
 from backend.chat.turn_supervisor import TurnSupervisor
 from backend.errors import Conflict
+from backend.redis_batch import Group
 from backend.observability.telemetry import NullTelemetry
 from backend.store.active_turns import ActiveTurnStore
 from backend.store.models import ChatSession
@@ -38,6 +39,9 @@ class NoQuota:
 
     async def release(self, user_id: str, turn_id: str) -> None:
         return None
+
+    def releasing(self, user_id: str, turn_id: str) -> Sequence[Group]:
+        return ()
 
 
 @dataclass

@@ -43,10 +43,11 @@ class TurnPublisher:
         """Event-loop time of the last write to Redis (each write also says whether a stop was asked for)."""
         self.turn_id = turn_id
         self._id_prefix = f"{cursor_base(turn_id)}-"
-        """Every entry id of the turn is this and its position (`streams/turns.py: entry_id`), hashed once."""
+        """Every entry id of the turn is this and its position (`streams/turns.py: entry_id`), hashed once; ids are
+        made when handed out, not kept (a long reply's log holds its payloads only)."""
         self._window = window_seconds
-        self._ids: list[str] = []
         self._payloads: list[bytes] = []
+        """The log: every entry's payload, in order."""
         self._written = 0
         """How many of the log's entries are in Redis."""
         self._sealed = 0
@@ -68,13 +69,12 @@ class TurnPublisher:
         self._flusher = asyncio.create_task(self._run(), name=f"publisher-{turn_id}")
 
     def emit(self, chunk: p.Chunk) -> None:
-        merged = _merged(self._last, chunk) if len(self._ids) > max(self._sealed, self._delivered) else None
+        merged = _merged(self._last, chunk) if len(self._payloads) > max(self._sealed, self._delivered) else None
         if merged is not None:
             # The previous delta is still unseen by anyone: extend it instead of adding an entry.
             chunk = merged
             self._payloads[-1] = p.to_json(chunk)
         else:
-            self._ids.append(f"{self._id_prefix}{len(self._ids) + 1}")
             self._payloads.append(p.to_json(chunk))
         self._last = chunk
         self._wake.set()
@@ -92,11 +92,11 @@ class TurnPublisher:
         try:
             await asyncio.gather(self._flusher, return_exceptions=True)
             start = self._written
-            self._sealed = len(self._ids)
+            stop = self._sealed = len(self._payloads)
             ended = await self._registry.finish(
-                self.turn_id, status, self._payloads[start:], ids=self._ids[start:], before=before, along=along
+                self.turn_id, status, self._payloads[start:], ids=self._ids(start, stop), before=before, along=along
             )
-            self._written = len(self._ids)
+            self._written = stop
             if not ended:
                 self.taken_over = await self._registry.info(self.turn_id) is not None
                 log.warning(
@@ -128,10 +128,10 @@ class TurnPublisher:
         try:
             while True:
                 changed = self._changed
-                while position < len(self._ids):
+                while position < len(self._payloads):
                     position += 1
                     self._delivered = max(self._delivered, position)
-                    yield self._ids[position - 1], self._payloads[position - 1]
+                    yield f"{self._id_prefix}{position}", self._payloads[position - 1]
                     heartbeat.touch()
                 if self.ended:
                     return
@@ -146,7 +146,12 @@ class TurnPublisher:
     def serves(self, after: str) -> bool:
         """Whether `follow(after=…)` can start at `after`: a cursor this publisher handed out (or the start)."""
         position = position_of(self.turn_id, after)
-        return position is not None and position <= len(self._ids)
+        return position is not None and position <= len(self._payloads)
+
+    def _ids(self, start: int, stop: int) -> list[str]:
+        """The entry ids of the log's entries `start` to `stop` (positions from 1)."""
+        prefix = self._id_prefix
+        return [f"{prefix}{position}" for position in range(start + 1, stop + 1)]
 
     def _notify(self) -> None:
         self._changed.set()
@@ -175,10 +180,10 @@ class TurnPublisher:
                 log.exception("turn %s: publishing failed; the chunks are written with the next write", self.turn_id)
 
     async def _flush(self) -> None:
-        start, stop = self._written, len(self._ids)
+        start, stop = self._written, len(self._payloads)
         if start == stop:
             return
-        chunks, ids = self._payloads[start:stop], self._ids[start:stop]
+        chunks, ids = self._payloads[start:stop], self._ids(start, stop)
         self._sealed = max(self._sealed, stop)
         outcome = await self._registry.publish(self.turn_id, chunks, ids=ids, set_expiry=start == 0)
         self._written = stop

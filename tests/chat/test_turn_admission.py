@@ -22,8 +22,8 @@ from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import UserMessage
 from backend.chat.turn_supervisor import TurnSupervisor
 from backend.errors import Conflict
-from backend.redis_batch import Group
 from backend.observability.telemetry import NullTelemetry
+from backend.redis_batch import Group
 from backend.store.active_turns import ActiveTurnStore
 from backend.store.models import ChatSession
 from backend.streams.active import ActiveTurns

@@ -79,9 +79,11 @@ class PageErrors:
             self.errors.append(f"server error: {response.status} {response.request.method} {response.url}")
 
     def _request_failed(self, request: Request) -> None:
-        # A stream is let go of on every reload, Stop and page close, and a poll after the test's server stopped finds
-        # nobody (teardown); anything else should have had its answer.
-        if request.url.split("?")[0].endswith("/stream") or request.failure == "net::ERR_CONNECTION_REFUSED":
+        # A stream is let go of on every reload, Stop and page close, a request in flight at a reload is aborted by the
+        # page itself, and a poll after the test's server stopped finds nobody (teardown); anything else (a reset, an
+        # empty response) should have had its answer.
+        let_go = request.failure in ("net::ERR_ABORTED", "net::ERR_CONNECTION_REFUSED")
+        if let_go or request.url.split("?")[0].endswith("/stream"):
             return
         if not self._expected(request.url):
             self.errors.append(f"request failed: {request.method} {request.url}: {request.failure}")

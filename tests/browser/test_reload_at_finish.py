@@ -42,7 +42,7 @@ class HeldEnds:
             if not self.armed:
                 return await original(publisher, status, **batched)
             # The flusher writes within its window (2 ms here); it has no event to wait for.
-            while publisher._written < len(publisher._ids):  # noqa: ASYNC110
+            while publisher._written < len(publisher._payloads):  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             self.holding.set()
             await self._released.wait()

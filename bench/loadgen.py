@@ -134,6 +134,7 @@ async def stream_once(spec: LoadSpec, head: bytes, path: str) -> StreamRecord:
     record = StreamRecord(started=time.time())
     t0 = time.perf_counter()
     writer: asyncio.StreamWriter | None = None
+    following: asyncio.Task[StreamRecord] | None = None
     try:
         async with asyncio.timeout(spec.timeout_seconds):
             reader, writer = await asyncio.open_connection(spec.host, spec.port, limit=1 << 20)
@@ -144,7 +145,6 @@ async def stream_once(spec: LoadSpec, head: bytes, path: str) -> StreamRecord:
             if status != 200:
                 body = await reader.read(600)
                 raise _HTTPError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
-            following = None
             if spec.follow_port is not None and task_id is not None:
                 following = asyncio.create_task(_follow(spec, task_id))
             done = await _consume(spec.wire, _body(reader, chunked, length), record, t0)
@@ -162,6 +162,8 @@ async def stream_once(spec: LoadSpec, head: bytes, path: str) -> StreamRecord:
     finally:
         if writer is not None:
             writer.close()
+        if following is not None and not following.done():
+            following.cancel()  # the reply failed before its follower was awaited
     record.total = time.perf_counter() - t0
     record.ended = time.time()
     if record.error is None and spec.expected_tokens is not None and record.tokens != spec.expected_tokens:

@@ -29,7 +29,7 @@ from typing import TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from backend import keys
+from backend import keys, redis_batch
 from backend.auth import Principal
 from backend.errors import RateLimited
 from backend.redis_batch import Group
@@ -183,9 +183,9 @@ class UserLimits:
 
     async def release(self, user_id: str, turn_id: str) -> None:
         """Give the turn's slot back. Never raises: it runs on every exit path of a turn."""
-        self._held.pop(turn_id, None)
-        if self._concurrent_turns:
-            await self._fail_open("release a turn slot", self._redis.zrem(keys.user_turns(user_id), turn_id))
+        groups = self.releasing(user_id, turn_id)
+        if groups:
+            await self._fail_open("release a turn slot", redis_batch.send(self._redis, *groups))
 
     def releasing(self, user_id: str, turn_id: str) -> Sequence[Group]:
         """`release` as a group of a batch (sent with the turn's end). No longer renewed from now on: if the batch

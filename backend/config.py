@@ -349,7 +349,7 @@ class Settings(BaseSettings):
 
     publish_window_ms: float = Field(default=250.0, ge=0, le=5000)
     """A turn's chunks go to followers on its own pod at once, and to its Redis Stream (followers on other pods,
-    replays) in one write per window: at most this far behind, at about one round trip per window."""
+    replays) at most this far behind: the pod writes the chunks of all its turns in one round trip per window."""
 
     max_concurrent_turns: int = Field(default=DEFAULT_MAX_CONCURRENT_TURNS, ge=0)
     """Turns one process may run at once (continuations after long-running operations included). Past it a request

@@ -39,11 +39,12 @@ def call(pipe: Pipeline, script: AsyncScript, keys: Sequence[Any], args: Sequenc
     pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
-async def send(redis: Redis, *groups: Group, raise_on_error: bool = True) -> list[list[Any]]:
+async def send(redis: Redis, *groups: Group, raise_on_error: bool = True, ordered: bool = True) -> list[list[Any]]:
     """Send `groups` in order, in one round trip on a single server; the replies of each group. Raises the first
     error reply once every command has run, as a non-transactional pipeline does (`raise_on_error=False`: errors
-    are left among the replies)."""
-    if isinstance(redis, RedisCluster):
+    are left among the replies). `ordered=False`: the groups do not depend on each other's order, and a cluster
+    sends them in one pipeline too (its nodes concurrently, one round trip each)."""
+    if isinstance(redis, RedisCluster) and ordered:
         replies = [await _send_one(redis, group) for group in groups]
     else:
         replies = await _send(redis, groups)
@@ -81,9 +82,9 @@ async def _send(redis: Redis, groups: Sequence[Group]) -> list[list[Any]]:
     sizes = []
     async with redis.pipeline(transaction=False) as pipe:
         for group in groups:
-            before = len(pipe.command_stack)
+            before = len(pipe)
             group.queue(pipe)
-            sizes.append(len(pipe.command_stack) - before)
+            sizes.append(len(pipe) - before)
         flat = await pipe.execute(raise_on_error=False)
     out, start = [], 0
     for size in sizes:

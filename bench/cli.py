@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a setting for the service (repeatable), e.g. COPILOT_LLM_HTTP_CLIENT=httpx to measure a lever",
+        help="a setting for the service (repeatable), e.g. COPILOT_PUBLISH_WINDOW_MS=500 to measure a lever",
     )
     p.add_argument("--no-wait", action="store_true", help="do not wait for CI / test runs to finish first")
     p.add_argument("--out-dir", type=Path, help="where the JSON and PNG go (default docs/, .bench/quick/ for --quick)")

@@ -4,40 +4,35 @@ Every chunk gets its stream entry id when it is emitted (`<base>-1`, `<base>-2`,
 turn's stream is new and empty when its publisher starts, so these ids are the stream's own and cursors mean the
 same on every pod). Followers on this pod (the request that started the turn, a reconnect that lands here) are
 served from the publisher's log at once, without a Redis read per chunk; text and tool-input deltas that come
-faster than they are taken or written are merged into one entry. A flusher writes the log to the turn's Redis
-Stream: the first chunk after a quiet period at once, then at most once per `window`, so a pod pays about one
-round trip per window whatever the model's pace. Followers on other pods and replays read the stream, at most
-one window behind.
+faster than they are taken or written are merged into one entry. The pod's `ChunkWriter` writes the log to the
+turn's Redis Stream together with every other turn's, at most once per window (`chunk_writer.py`); followers on
+other pods and replays read the stream, at most one window behind.
 
 Writing with explicit ids also makes a retried write idempotent: an entry whose write did land is not added
-twice. The end is written atomically with the last chunks (`TurnRegistry.finish`).
+twice. The end is written atomically with the last chunks (`TurnRegistry.finish`), at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from backend.chat import protocol as p
+from backend.chat.chunk_writer import ChunkWriter
 from backend.chat.watchdogs import Heartbeat
 from backend.redis_batch import Group
-from backend.streams.turns import TurnRegistry, TurnStatus, cursor_base, position_of
+from backend.streams.turns import ChunkWrite, Published, TurnStatus, cursor_base, position_of
 
 log = logging.getLogger("copilot.publisher")
 
 
 class TurnPublisher:
     def __init__(
-        self,
-        registry: TurnRegistry,
-        turn_id: str,
-        *,
-        window_seconds: float,
-        on_cancel_requested: Callable[[], None] | None = None,
+        self, writer: ChunkWriter, turn_id: str, *, on_cancel_requested: Callable[[], None] | None = None
     ) -> None:
-        self._registry = registry
+        self._writer = writer
+        self._registry = writer.registry
         self._on_cancel_requested = on_cancel_requested
         self.last_write = 0.0
         """Event-loop time of the last write to Redis (each write also says whether a stop was asked for)."""
@@ -45,7 +40,6 @@ class TurnPublisher:
         self._id_prefix = f"{cursor_base(turn_id)}-"
         """Every entry id of the turn is this and its position (`streams/turns.py: entry_id`), hashed once; ids are
         made when handed out, not kept (a long reply's log holds its payloads only)."""
-        self._window = window_seconds
         self._payloads: list[bytes] = []
         """The log: every entry's payload, in order."""
         self._written = 0
@@ -56,17 +50,14 @@ class TurnPublisher:
         self._delivered = 0
         """How many of the log's entries a follower on this pod has taken."""
         self._last: p.Chunk | None = None
-        self._wake = asyncio.Event()
-        self._closing = asyncio.Event()
-        """Set by `close`: ends the flusher's wait for its window, so the end is written at once."""
         self._changed = asyncio.Event()
         """Set (and replaced) whenever the log grows or the turn ends: wakes this pod's followers."""
         self._closed = False
+        """No more writes by the writer: the turn is ending here, or another pod ended it."""
         self.ended = False
         """The turn's end is decided: the log is complete (or, if `taken_over`, continues in Redis only)."""
         self.taken_over = False
         """Another pod ended the turn (this pod's lease had lapsed): its closing entries are only in Redis."""
-        self._flusher = asyncio.create_task(self._run(), name=f"publisher-{turn_id}")
 
     def emit(self, chunk: p.Chunk) -> None:
         merged = _merged(self._last, chunk) if len(self._payloads) > max(self._sealed, self._delivered) else None
@@ -77,7 +68,8 @@ class TurnPublisher:
         else:
             self._payloads.append(p.to_json(chunk))
         self._last = chunk
-        self._wake.set()
+        if not self._closed:
+            self._writer.schedule(self)
         self._notify()
 
     async def close(self, status: TurnStatus, *, before: Sequence[Group] = (), along: Sequence[Group] = ()) -> bool:
@@ -87,10 +79,8 @@ class TurnPublisher:
         Redis flush or restart). Nothing more is written then. Only in the first case do this pod's followers
         need Redis (`taken_over`); in the second the log here is the whole message and nobody else will end it."""
         self._closed = True
-        self._wake.set()
-        self._closing.set()
         try:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            await self._writer.settle(self)
             start = self._written
             stop = self._sealed = len(self._payloads)
             ended = await self._registry.finish(
@@ -116,10 +106,33 @@ class TurnPublisher:
         """The turn's task ended without closing the publisher (cancelled before it started): stop, and send this
         pod's followers to Redis, where whoever reaps the turn writes its end."""
         if not self.ended:
-            self._flusher.cancel()
+            self._closed = True
+            self._writer.forget(self)
             self.taken_over = self.ended = True
             self._notify()
 
+    # --- the writer's side ------------------------------------------------------------------------------
+    def take_unwritten(self) -> ChunkWrite | None:
+        """The entries Redis has not confirmed, for the writer to send (None: nothing to write, or no longer
+        written by the writer); their content is fixed from now on."""
+        start, stop = self._written, len(self._payloads)
+        if self._closed or start == stop:
+            return None
+        self._sealed = max(self._sealed, stop)
+        return ChunkWrite(self.turn_id, self._payloads[start:stop], self._ids(start, stop), set_expiry=start == 0)
+
+    def written(self, write: ChunkWrite, outcome: Published) -> None:
+        """Redis answered `write` (taken by `take_unwritten`)."""
+        self.last_write = asyncio.get_running_loop().time()
+        if outcome == "ended":
+            log.warning("turn %s was ended elsewhere; its publisher stops writing", self.turn_id)
+            self._closed = True
+            return
+        self._written += len(write.chunks)  # the only write of this turn in flight, and `close` waits for it
+        if outcome == "cancel_requested" and self._on_cancel_requested is not None:
+            self._on_cancel_requested()
+
+    # --- this pod's followers ---------------------------------------------------------------------------
     async def follow(self, *, after: str, heartbeat_seconds: float) -> AsyncIterator[tuple[str, bytes | None]]:
         """This pod's view of the turn: entries after cursor `after` (`"0"`: from the start), live until its end;
         `("", None)` after `heartbeat_seconds` of silence. The caller checks `taken_over` when it returns."""
@@ -156,43 +169,6 @@ class TurnPublisher:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_allowed = 0.0
-        while True:
-            await self._wake.wait()
-            if self._closed:
-                return
-            wait = next_allowed - loop.time()
-            if wait > 0:
-                # Chunks emitted meanwhile join this write; a close does not wait for the window to pass.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._closing.wait()
-                if self._closed:
-                    return  # `close` writes the rest together with the end (clearing `_wake` would hang it)
-            self._wake.clear()
-            next_allowed = loop.time() + self._window
-            try:
-                await self._flush()
-            except Exception:
-                log.exception("turn %s: publishing failed; the chunks are written with the next write", self.turn_id)
-
-    async def _flush(self) -> None:
-        start, stop = self._written, len(self._payloads)
-        if start == stop:
-            return
-        chunks, ids = self._payloads[start:stop], self._ids(start, stop)
-        self._sealed = max(self._sealed, stop)
-        outcome = await self._registry.publish(self.turn_id, chunks, ids=ids, set_expiry=start == 0)
-        self._written = stop
-        self.last_write = asyncio.get_running_loop().time()
-        if outcome == "ended":
-            log.warning("turn %s was ended elsewhere; its publisher stops writing", self.turn_id)
-            self._closed = True
-        elif outcome == "cancel_requested" and self._on_cancel_requested is not None:
-            self._on_cancel_requested()
 
 
 def _merged(last: p.Chunk | None, chunk: p.Chunk) -> p.Chunk | None:

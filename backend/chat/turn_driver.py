@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from backend.chat import events as ev
 from backend.chat import protocol as p
+from backend.chat.chunk_writer import ChunkWriter
 from backend.chat.llm_response_state import conversation_context
 from backend.chat.local_turns import CANCEL, SHUTDOWN, LocalTurns, stop
 from backend.chat.open_parts import OpenParts
@@ -69,7 +70,7 @@ class TurnDriver:
         self._prompt = prompt
         self._telemetry = telemetry
         self._turn_max_seconds = turn_max_seconds
-        self._window = publish_window_seconds
+        self._writer = ChunkWriter(registry, window_seconds=publish_window_seconds)
         self._approval_chunks = approval_chunks
         """Approval requests as `tool-approval-request` (ai 6 and 7), else as a data part (ai 5)."""
 
@@ -77,9 +78,7 @@ class TurnDriver:
         """Run the turn as a task of this pod (its session claimed, its stream created, its slot taken); its
         publisher exists before anyone follows it."""
         turn_id, local = req.turn_id, self._local
-        publisher = TurnPublisher(
-            self._registry, turn_id, window_seconds=self._window, on_cancel_requested=lambda: stop(task)
-        )
+        publisher = TurnPublisher(self._writer, turn_id, on_cancel_requested=lambda: stop(task))
         local.publishers[turn_id] = publisher
         local.anchored[turn_id] = req.session_id
         task = asyncio.create_task(
@@ -151,6 +150,7 @@ class TurnDriver:
             if not task.cancelling():  # one already stopping is storing its partial reply: let it
                 task.cancel(SHUTDOWN)
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._writer.close()
 
     def _follow_stream(
         self, turn_id: str, *, after: str, heartbeat_seconds: float, seen: OpenParts

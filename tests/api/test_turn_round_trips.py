@@ -119,3 +119,33 @@ async def test_round_trips_of_a_one_step_turn_with_the_default_limits(
         assert await _one_turn(client, live, sid, round_trips)
     assert len(round_trips.calls) <= WITH_DEFAULT_LIMITS_ROUND_TRIPS, round_trips.calls
     assert await redis.zcard(keys.user_turns("alice")) == 0  # the slot went back
+
+
+async def test_turns_streaming_at_once_on_one_pod_share_their_writes(
+    chat_settings: Settings, round_trips: RoundTrips, redis: Redis
+) -> None:
+    """The chunks of every turn running on a pod go to Redis in one pipeline per window, not one write per turn per
+    window: at 100 streams that was 100 round trips per window, most of Redis' traffic per token."""
+    settings = chat_settings.model_copy(update={"publish_window_ms": 250.0})
+    turns, windows = 10, 6  # each reply streams for ~1.2 s: ~5 windows of 250 ms
+    message = "[[mock:text tokens=40 delay_ms=30]]"
+    async with LiveServer(settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        sids = []
+        for _ in range(turns):
+            r = await client.post("/api/chat/sessions", json={"title": "t"}, headers=ALICE)
+            sids.append(r.json()["id"])
+        await asyncio.gather(*(_one_turn(client, live, sid, RoundTrips()) for sid in sids))  # caches warm
+        round_trips.start_counting()
+        texts = await asyncio.gather(*(_streamed(client, live, sid, message) for sid in sids))
+    assert all(len(text.split()) == 40 for text in texts)
+    # Each turn's own round trips (at most 6, one of them its first publish), and the shared writes of the windows.
+    assert len(round_trips.calls) <= turns * ONE_STEP_TURN_ROUND_TRIPS + windows, round_trips.calls
+
+
+async def _streamed(client: httpx.AsyncClient, live: LiveServer, sid: str, message: str) -> str:
+    response, raw = await read_stream(
+        client, "POST", f"/api/chat/sessions/{sid}/stream", json={"message": message}, headers=ALICE
+    )
+    assert response.status_code == 200
+    await live.app.state.runtime.driver.wait(response.headers["x-copilot-task-id"])
+    return text_of(raw)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
-from typing import Any
+from collections.abc import Sequence
 
 import orjson
 from redis.asyncio import Redis
 
 from backend import keys
 from backend.chat import protocol as p
+from backend.chat.chunk_writer import ChunkWriter
 from backend.chat.publisher import TurnPublisher
-from backend.streams.turns import Published, TurnRegistry, entry_id
+from backend.streams.turns import ChunkWrite, Published, TurnRegistry, entry_id
 
 
 async def entries(redis: Redis, turn_id: str) -> list[dict[bytes, bytes]]:
@@ -24,7 +25,7 @@ async def test_close_while_the_flusher_waits_out_its_window(redis: Redis) -> Non
     that `close` had set, then waited for another), so the turn never wrote its end and its stream never ended."""
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-pub", "s", "alice")
-    publisher = TurnPublisher(registry, "t-pub", window_seconds=1.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=1.0), "t-pub")
     publisher.emit(p.TextStart(id="text-0"))  # written at once: the first chunk after a quiet period
     await asyncio.sleep(0.05)
     publisher.emit(p.TextDelta(id="text-0", delta="hi"))  # the flusher now waits for its window to pass
@@ -44,7 +45,7 @@ async def test_close_does_not_wait_out_the_window(redis: Redis) -> None:
     window (~250 ms by default) after every reply's `finish` chunk. A window of a minute makes the wait a hang."""
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-now", "s", "alice")
-    publisher = TurnPublisher(registry, "t-now", window_seconds=60.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=60.0), "t-now")
     publisher.emit(p.TextStart(id="text-0"))  # written at once
     await asyncio.sleep(0.05)
     publisher.emit(p.TextDelta(id="text-0", delta="hi"))  # the flusher now waits for its window to pass
@@ -61,7 +62,7 @@ async def test_close_does_not_wait_out_the_window(redis: Redis) -> None:
 async def test_coalesces_deltas_and_writes_the_rest_with_the_end(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-co", "s", "alice")
-    publisher = TurnPublisher(registry, "t-co", window_seconds=10.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=10.0), "t-co")
     publisher.emit(p.TextStart(id="text-0"))
     await asyncio.sleep(0.05)
     for word in ("a ", "b ", "c"):
@@ -87,7 +88,7 @@ def delta(text: str) -> p.TextDelta:
 async def test_a_follower_on_the_owners_pod_gets_chunks_before_redis_does(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-local", "s", "alice")
-    publisher = TurnPublisher(registry, "t-local", window_seconds=10.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=10.0), "t-local")
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     publisher.emit(p.TextStart(id="text-0"))
     await asyncio.sleep(0.05)  # the first chunk is written at once; the next ones wait for the window
@@ -106,7 +107,7 @@ async def test_a_follower_on_the_owners_pod_gets_chunks_before_redis_does(redis:
 async def test_a_cursor_from_the_owners_pod_resumes_on_any_pod(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-cursor", "s", "alice")
-    publisher = TurnPublisher(registry, "t-cursor", window_seconds=0.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-cursor")
     local = publisher.follow(after="0", heartbeat_seconds=5)
     for word in ("a", "b", "c", "d"):
         publisher.emit(delta(word))
@@ -123,7 +124,7 @@ async def test_a_cursor_from_the_owners_pod_resumes_on_any_pod(redis: Redis) -> 
 async def test_deltas_nobody_has_taken_are_merged_and_taken_ones_are_not(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-merge", "s", "alice")
-    publisher = TurnPublisher(registry, "t-merge", window_seconds=10.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=10.0), "t-merge")
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     publisher.emit(p.TextStart(id="text-0"))
     publisher.emit(delta("a "))
@@ -143,13 +144,13 @@ async def test_writes_to_redis_happen_once_per_window_whatever_the_pace(redis: R
     class CountingRegistry(TurnRegistry):
         writes = 0
 
-        async def publish(self, *args: Any, **kwargs: Any) -> Published:
+        async def publish_many(self, writes: Sequence[ChunkWrite]) -> list[Published | Exception]:
             CountingRegistry.writes += 1
-            return await super().publish(*args, **kwargs)
+            return await super().publish_many(writes)
 
     registry = CountingRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-pace", "s", "alice")
-    publisher = TurnPublisher(registry, "t-pace", window_seconds=0.2)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.2), "t-pace")
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     for i in range(50):  # a token every 10 ms for half a second, each taken by the follower at once
         publisher.emit(delta(f"{i} "))
@@ -173,7 +174,7 @@ async def test_a_retried_write_adds_nothing_twice(redis: Redis) -> None:
 async def test_a_turn_ended_elsewhere_takes_no_more_writes_and_its_followers_are_told(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-taken", "s", "alice")
-    publisher = TurnPublisher(registry, "t-taken", window_seconds=0.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-taken")
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     publisher.emit(delta("mine"))
     assert (await anext(follower))[0] == entry_id("t-taken", 1)
@@ -195,7 +196,7 @@ async def test_a_turn_whose_keys_vanished_ends_its_followers_from_memory(redis: 
     but the end of their stream only at the next heartbeat tick (15 s)."""
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-vanish", "s", "alice")
-    publisher = TurnPublisher(registry, "t-vanish", window_seconds=0.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-vanish")
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     publisher.emit(delta("before"))
     assert (await anext(follower))[1] == p.to_json(delta("before"))
@@ -212,7 +213,7 @@ async def test_a_turn_whose_keys_vanished_ends_its_followers_from_memory(redis: 
 async def test_an_abandoned_publisher_sends_its_followers_to_redis(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-abandon", "s", "alice")
-    publisher = TurnPublisher(registry, "t-abandon", window_seconds=0.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-abandon")
     follower = publisher.follow(after="0", heartbeat_seconds=5)
     publisher.abandon()
     async with asyncio.timeout(1):
@@ -226,14 +227,14 @@ async def test_a_delta_emitted_while_its_predecessor_is_being_written_is_not_los
     in_flight = asyncio.Event()
 
     class SlowRegistry(TurnRegistry):
-        async def publish(self, *args: Any, **kwargs: Any) -> Published:
+        async def publish_many(self, writes: Sequence[ChunkWrite]) -> list[Published | Exception]:
             in_flight.set()
             await asyncio.sleep(0.1)  # a slow round trip
-            return await super().publish(*args, **kwargs)
+            return await super().publish_many(writes)
 
     registry = SlowRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-flight", "s", "alice")
-    publisher = TurnPublisher(registry, "t-flight", window_seconds=0.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-flight")
     publisher.emit(delta("a "))
     await in_flight.wait()
     publisher.emit(delta("b"))
@@ -246,7 +247,7 @@ async def test_a_write_tells_the_owner_that_someone_asked_the_turn_to_stop(redis
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-stop", "s", "alice")
     asked = asyncio.Event()
-    publisher = TurnPublisher(registry, "t-stop", window_seconds=0.0, on_cancel_requested=asked.set)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-stop", on_cancel_requested=asked.set)
     publisher.emit(delta("a"))
     await asyncio.sleep(0.05)
     assert not asked.is_set()
@@ -262,7 +263,7 @@ async def test_the_log_of_a_long_reply_keeps_its_payloads_and_little_else(redis:
     # open stream: an id string per entry was 65 bytes more (RSS per open stream 83 -> 66-72 KB without them).
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-log", "s", "alice")
-    publisher = TurnPublisher(registry, "t-log", window_seconds=60.0)
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=60.0), "t-log")
     follower = publisher.follow(after="0", heartbeat_seconds=60)
     deltas = [p.TextDelta(id="text-0", delta=f"w{i:04d} ") for i in range(1000)]
     payload = sum(len(p.to_json(d)) for d in deltas) / len(deltas)
@@ -279,3 +280,34 @@ async def test_the_log_of_a_long_reply_keeps_its_payloads_and_little_else(redis:
     await follower.aclose()
     assert await publisher.close("completed")
     assert len(await entries(redis, "t-log")) == 1001
+
+
+async def test_the_turns_of_a_pod_are_written_together_and_one_refused_write_spares_the_others(redis: Redis) -> None:
+    class CountingRegistry(TurnRegistry):
+        batches: list[int] = []
+
+        async def publish_many(self, writes: Sequence[ChunkWrite]) -> list[Published | Exception]:
+            CountingRegistry.batches.append(len(writes))
+            return await super().publish_many(writes)
+
+    registry = CountingRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    writer = ChunkWriter(registry, window_seconds=0.2)
+    names = [f"t-pod-{i}" for i in range(5)]
+    for name in names:
+        await registry.create(name, "s", "alice")
+    await redis.delete(keys.turn_events(names[0]))
+    await redis.set(keys.turn_events(names[0]), "not a stream")  # this turn's write is refused (WRONGTYPE)
+    publishers = [TurnPublisher(writer, name) for name in names]
+    for i in range(20):  # a token every 10 ms on every turn for 0.2 s
+        for publisher in publishers:
+            publisher.emit(delta(f"{i} "))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.25)  # the last window's write
+    assert max(CountingRegistry.batches) == 5  # every turn in each write
+    assert len(CountingRegistry.batches) <= 3  # one at once, then one per window
+    for name in names[1:]:
+        written = [orjson.loads(e[b"c"])["delta"] for e in await entries(redis, name)]
+        assert "".join(written) == "".join(f"{i} " for i in range(20))
+    for publisher in publishers[1:]:
+        assert await publisher.close("completed")
+    await writer.close()

@@ -194,7 +194,9 @@ class LLMClient:
         response: httpx2.Response = await self._client.post(
             self._wire.path,
             cast_to=httpx2.Response,
-            content=orjson.dumps(body),
+            # orjson (3.13) returns its write buffer, ~10x the body's size, as the bytes; the response keeps its request
+            # and the body for as long as the reply streams. `%` copies it into bytes of its own size.
+            content=b"%b" % orjson.dumps(body),
             options={"security": {"bearer_auth": True}},
             stream=stream,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,21 @@ from backend.runtime import Fallbacks, Runtime, open_runtime
 log = logging.getLogger("copilot.app")
 
 
+@asynccontextmanager
+async def _startup_heap_frozen() -> AsyncIterator[None]:
+    """Exempt what startup built (modules, schemas, routes, the runtime: some 250,000 objects) from the cyclic GC
+    while the app serves. Each full collection walked them all and held the event loop for ~200 ms, every stream
+    and every new turn waiting (the benchmark's first-token p99 at 100 streams); with them frozen it walks only
+    what serving allocates (~18 ms). Unfrozen on shutdown, so that a process that builds apps again (the tests)
+    does not keep every earlier app's cycles."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = None) -> FastAPI:
     """The app; `fallbacks` stand in for unset storage URLs and model (see `runtime.Fallbacks`)."""
     settings = settings or Settings()
@@ -51,7 +67,7 @@ def create_app(settings: Settings | None = None, fallbacks: Fallbacks | None = N
         install_redaction()
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
-        async with open_runtime(settings, fallbacks, instruments) as runtime:
+        async with open_runtime(settings, fallbacks, instruments) as runtime, _startup_heap_frozen():
             app.state.runtime = runtime
             if instruments.metrics is not None and settings.metrics_port is not None:
                 with serve_metrics(instruments.metrics, settings.host, settings.metrics_port):

@@ -165,6 +165,8 @@ class RedisCounters:
     per_command: dict[str, int] = field(default_factory=dict)
     bytes_out: int = 0
     """Bytes Redis sent to its clients: what the service read (a history's LRANGE included)."""
+    background_reads: float = 0.0
+    """Of `reads`, what Redis would have served over the same time with nothing running (see `_storage_turns`)."""
 
     def minus(self, before: RedisCounters) -> RedisCounters:
         names = set(self.per_command) | set(before.per_command)

@@ -240,7 +240,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{row['admitted']} admitted, {row['shed']} refused 503, {row['other_errors']} other errors; "
             f"added p99 gap {_ms(gap)}",
             "the rest refused, admitted gap ≤ +100 ms",
-            row["other_errors"] == 0 and row["admitted"] <= row["cap"] and gap is not None and gap <= 100,
+            # Not `admitted <= cap`: places free up as replies end while the offered requests still arrive, so more
+            # than the cap are admitted over the phase (the cap itself: tests/api/test_overload.py).
+            row["other_errors"] == 0 and row["shed"] > 0 and gap is not None and gap <= 100,
         )
     return out
 

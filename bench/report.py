@@ -193,7 +193,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     st = results.get("storage")
     own = st.get("redis_own_round_trips_per_turn") if st else None
-    v = st["redis_round_trips_per_turn"] if own is None and st else own
+    v = own if own is not None or not st else st["redis_round_trips_per_turn"]  # runs before the split: server-wide
     detail = ""
     if st:
         detail = f"{st['redis_commands_per_turn']} commands; {st['transactions_per_turn']} Postgres transactions"

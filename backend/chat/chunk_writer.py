@@ -32,8 +32,8 @@ class ChunkWriter:
         self._window = window_seconds
         self._due: dict[str, TurnPublisher] = {}
         """Publishers with chunks to write, by turn id, in the order they asked."""
-        self._sending: dict[str, TurnPublisher] = {}
-        """The publishers of the write in flight."""
+        self._sending: set[str] = set()
+        """The turns of the write in flight."""
         self._sent: asyncio.Future[None] | None = None
         """Done when the write in flight has its reply."""
         self._next_allowed = 0.0
@@ -76,25 +76,20 @@ class ChunkWriter:
 
     async def _write(self) -> None:
         due, self._due = self._due, {}
-        writes = []
-        for publisher in due.values():
-            write = publisher.take_unwritten()
-            if write is not None:
-                writes.append(write)
-                self._sending[publisher.turn_id] = publisher
-        if not writes:
+        batch = [(publisher, write) for publisher in due.values() if (write := publisher.take_unwritten()) is not None]
+        if not batch:
             return
+        self._sending = {publisher.turn_id for publisher, _ in batch}
         self._sent = asyncio.get_running_loop().create_future()
         try:
-            outcomes = await self.registry.publish_many(writes)
+            outcomes = await self.registry.publish_many([write for _, write in batch])
         except Exception:
-            log.exception("publishing %d turns failed; their chunks are written with their next write", len(writes))
+            log.exception("publishing %d turns failed; their chunks are written with their next write", len(batch))
             return
         finally:
-            sending, self._sending = self._sending, {}
+            self._sending = set()
             self._sent.set_result(None)
-        for write, outcome in zip(writes, outcomes, strict=True):
-            publisher = sending[write.turn_id]
+        for (publisher, write), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 log.error("turn %s: publishing failed (%s); its chunks go with its next write", write.turn_id, outcome)
             else:

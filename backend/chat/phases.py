@@ -240,9 +240,8 @@ async def save(
 ) -> list[ChatMessage] | None:
     """Store the step's messages; None when Postgres did not take them and they are kept for later. `patient`:
     retry for `store_retry_seconds` first (a turn being cancelled keeps them at once instead). `last`: the turn's
-    last write: it also frees the session's active turn (`step.freed_session` once it did). The cache learns of
-    the messages here too, before the turn's `finish` is sent: a client that reads the session on `finish` finds
-    its reply."""
+    last write: it also frees the session's active turn (`step.freed_session` once it did), and the cache learns of
+    the messages in the end's round trip (`TurnRequest.end_work`)."""
     services = turn.services
     present = [m for m in messages if m is not None]
     rows = [_new_message(turn, m, step_key(turn.request.turn_id, step.index, i)) for i, m in enumerate(present)]
@@ -258,6 +257,7 @@ async def save(
             retry_seconds=services.limits.store_retry_seconds if patient else 0.0,
             release=turn.request.turn_id if last else None,
             no_pending=turn.no_pending_writes,
+            cache_later=turn.request.end_work if last else None,
         )
     finally:
         if result is None:  # kept for later (or possibly, if cancelled meanwhile): the next append asks Redis

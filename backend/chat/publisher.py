@@ -9,7 +9,9 @@ turn's Redis Stream together with every other turn's, at most once per window (`
 other pods and replays read the stream, at most one window behind.
 
 Writing with explicit ids also makes a retried write idempotent: an entry whose write did land is not added
-twice. The end is written atomically with the last chunks (`TurnRegistry.finish`), at once.
+twice. The end is written atomically with the last chunks (`TurnRegistry.finish`), at once, and `finish` is held back
+until then, here and in Redis: the end's round trip also carries the last step's cache update, so a client that
+reads the session on `finish` finds its reply, and `finish` and the end reach every follower together.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class TurnPublisher:
         content is fixed, a retry must write the same."""
         self._delivered = 0
         """How many of the log's entries a follower on this pod has taken."""
+        self._held: int | None = None
+        """The position of `finish` in the log: it and what follows are shown and written with the end only."""
         self._last: p.Chunk | None = None
         self._changed = asyncio.Event()
         """Set (and replaced) whenever the log grows or the turn ends: wakes this pod's followers."""
@@ -60,6 +64,8 @@ class TurnPublisher:
         """Another pod ended the turn (this pod's lease had lapsed): its closing entries are only in Redis."""
 
     def emit(self, chunk: p.Chunk) -> None:
+        if type(chunk) is p.Finish and self._held is None:
+            self._held = len(self._payloads)
         merged = _merged(self._last, chunk) if len(self._payloads) > max(self._sealed, self._delivered) else None
         if merged is not None:
             # The previous delta is still unseen by anyone: extend it instead of adding an entry.
@@ -115,8 +121,8 @@ class TurnPublisher:
     def take_unwritten(self) -> ChunkWrite | None:
         """The entries Redis has not confirmed, for the writer to send (None: nothing to write, or no longer
         written by the writer); their content is fixed from now on."""
-        start, stop = self._written, len(self._payloads)
-        if self._closed or start == stop:
+        start, stop = self._written, len(self._payloads) if self._held is None else self._held
+        if self._closed or start >= stop:
             return None
         self._sealed = max(self._sealed, stop)
         return ChunkWrite(self.turn_id, self._payloads[start:stop], self._ids(start, stop), set_expiry=start == 0)
@@ -141,7 +147,7 @@ class TurnPublisher:
         try:
             while True:
                 changed = self._changed
-                while position < len(self._payloads):
+                while position < self._shown():
                     position += 1
                     self._delivered = max(self._delivered, position)
                     yield f"{self._id_prefix}{position}", self._payloads[position - 1]
@@ -159,7 +165,11 @@ class TurnPublisher:
     def serves(self, after: str) -> bool:
         """Whether `follow(after=…)` can start at `after`: a cursor this publisher handed out (or the start)."""
         position = position_of(self.turn_id, after)
-        return position is not None and position <= len(self._payloads)
+        return position is not None and position <= self._shown()
+
+    def _shown(self) -> int:
+        """How many of the log's entries this pod's followers may take: all but a `finish` not yet ended with."""
+        return len(self._payloads) if self._held is None or self.ended else self._held
 
     def _ids(self, start: int, stop: int) -> list[str]:
         """The entry ids of the log's entries `start` to `stop` (positions from 1)."""

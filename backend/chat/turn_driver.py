@@ -255,15 +255,18 @@ class TurnDriver:
             self._local.unreleased[req.turn_id] = req.session_id
         released = False
         try:
-            # One round trip: the user's slot goes back ahead of the end (a client that saw the end may start another
-            # turn at once), the Redis pointer after it.
+            # One round trip: the last step's cache update (a client that reads the session on `finish` finds its
+            # reply), the user's slot (a client that saw the end may start another turn at once), the end with the
+            # last chunks, the Redis pointer.
             await publisher.close(
                 status,
-                before=self._quota.releasing(req.user_id, req.turn_id),
+                before=[*req.end_work, *self._quota.releasing(req.user_id, req.turn_id)],
                 along=[self._active.queue_drop_fast(req.session_id, req.turn_id)],
             )
             released = True
         finally:
             if not released:
+                if req.end_work:  # the cache may not have learnt of the last step: drop what it holds
+                    await self._services.store.messages_changed(req.session_id)
                 await self._quota.release(req.user_id, req.turn_id)
                 await self._active.drop_fast(req.session_id, req.turn_id)

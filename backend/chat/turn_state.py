@@ -22,6 +22,7 @@ from backend.chat.tokens import TokenCounter
 from backend.chat.usage import TurnUsage
 from backend.config import ModelPrice
 from backend.observability.telemetry import NullTelemetry, TurnFacts, TurnTelemetry
+from backend.redis_batch import Group
 from backend.store.awaiting import AwaitingCalls
 from backend.store.models import AwaitingKind, ChatSession, MessageRow
 from backend.store.sessions import SessionStore
@@ -81,6 +82,9 @@ class TurnRequest:
     no_pending_writes: bool = False
     """The session had no writes waiting for Postgres when the turn claimed it: while it holds the session only
     the turn itself can leave some (see `chat/session_admission.py`), so its steps are stored without asking."""
+    end_work: list[Group] = field(default_factory=list)
+    """Redis work the turn leaves for its end's round trip, sent before the end (the last step's cache update):
+    filled while the turn runs, sent by the driver."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,6 +218,13 @@ class SessionCache:
             return None
         return [orjson.loads(r) for r in reply]
 
+    def appended_later(
+        self, session_id: UUID, messages: Sequence[ChatMessage], session: ChatSession | None
+    ) -> redis_batch.Group:
+        """`appended` as a group of a batch its caller sends (`redis_batch.send`); safe to send twice (a second
+        update finds the list out of step and drops it)."""
+        return self._append_group(_append_keys(session_id), self._append_args(messages, session, None))
+
     def _append_args(
         self, messages: Sequence[ChatMessage], session: ChatSession | None, read_after: int | None
     ) -> list[Any]:

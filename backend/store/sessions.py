@@ -122,6 +122,7 @@ class SessionStore:
         no_pending: bool = False,
         read_after: int | None = None,
         along: Sequence[Group] = (),
+        cache_later: list[Group] | None = None,
     ) -> AppendResult:
         """Append messages (the caller has checked ownership). Idempotent per client message id and per write key.
         With `claim`, also claim the session's active turn in the same transaction (`ActiveTurnHeld` when it is
@@ -133,6 +134,8 @@ class SessionStore:
         Redis work of other slots to send in the round trip of the cache update (`sent_along` says whether it
         was: not when nothing new was written, nor when the update failed). `read_after`: the cache update also
         reads the messages after that sequence (`history`; a turn's prompt, without a read of its own).
+        `cache_later`: the cache update of the new messages is not sent but added to this list, for the caller to
+        send with other work (`redis_batch.send`); if that fails, the caller calls `messages_changed`.
         `StorageUnavailable` when Postgres does not answer (then nothing of this append is kept)."""
         if not no_pending:
             await self.store_pending(session_id)
@@ -146,6 +149,7 @@ class SessionStore:
             release=release,
             read_after=read_after,
             along=along,
+            cache_later=cache_later,
         )
 
     async def append_or_keep(
@@ -158,6 +162,7 @@ class SessionStore:
         retry_seconds: float,
         release: str | None = None,
         no_pending: bool = False,
+        cache_later: list[Group] | None = None,
     ) -> AppendResult | None:
         """Append what must not be lost (a step of a reply): while Postgres does not answer, retry with backoff for
         up to `retry_seconds`, then keep it in Redis and return None; the session's next append or the reconciler
@@ -166,7 +171,7 @@ class SessionStore:
         Every message needs a `write_key`: an attempt whose commit went through but whose answer was lost is then
         harmless to repeat, here or wherever the kept copy is stored. `release` (see `append`) rides on the attempts
         here only, never on the kept copy: when None is returned, the turn's claim is still to be freed.
-        `no_pending`: see `append`."""
+        `no_pending`, `cache_later`: see `append`."""
         if any(m.write_key is None for m in messages):
             raise ValueError("append_or_keep needs a write key on every message")
         loop = asyncio.get_running_loop()
@@ -182,6 +187,7 @@ class SessionStore:
                         completion_tokens=completion_tokens,
                         release=release,
                         no_pending=no_pending,
+                        cache_later=cache_later,
                     )
                 except StorageUnavailable:
                     if self._pending is None:
@@ -256,6 +262,7 @@ class SessionStore:
         release: str | None = None,
         read_after: int | None = None,
         along: Sequence[Group] = (),
+        cache_later: list[Group] | None = None,
     ) -> AppendResult:
         try:
             result = await self._repo.append_messages(
@@ -281,6 +288,9 @@ class SessionStore:
         ]
         if not new and not prompt_tokens and not completion_tokens:
             return result  # nothing was written (a resent message): the cache is still right
+        if cache_later is not None:
+            cache_later.append(self._cache.appended_later(session_id, new, result.session))
+            return result
         try:
             history = await self._cache.appended(session_id, new, result.session, read_after=read_after, along=along)
         except RedisError:

@@ -1,21 +1,27 @@
-"""A reload at the moment a reply has sent its `finish` but its stream has not ended yet (headless Chromium, live
-server, mock model): the reply is stored, the session still reports the turn as running, and the panel, which
-follows the turn's stream from its start, must show the reply once."""
+"""A reload at the moment a reply is stored and cached but its stream has not ended yet (headless Chromium, live
+server, mock model): the session reports the reply and the turn as running, and the panel, which follows the turn's
+stream from its start, must show the reply once.
+
+`finish` reaches followers only with the end, in the round trip that also brings the last step's cache update; that
+round trip is a pipeline, not a transaction, so a read can land between its commands: the cache updated, the turn
+still running, its `finish` not written yet. The tests hold every turn there."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
 import httpx
 import pytest
 from playwright.async_api import Page, expect
 from redis.asyncio import Redis
 
+from backend import redis_batch
 from backend.chat.publisher import TurnPublisher
 from backend.chat.turn_admission import turn_id_for
 from backend.devtools.report_worker import WorkerConfig, ensure_group, process_available, webhook
+from backend.redis_batch import Group
 from backend.streams.turns import TurnStatus
 from tests.browser.conftest import WEBHOOK_SECRET
 from tests.browser.panel import new_session, open_panel, reply_words, send, stored_messages, wait_turn_end
@@ -24,12 +30,14 @@ from tests.conftest import LiveServer
 pytestmark = pytest.mark.slow
 
 FINISH_SEEN = "() => [...window.copilotPanel.follows.values()].some(f => f.started && f.message.finished)"
+FOLLOWING = "() => [...window.copilotPanel.follows.values()].some(f => f.started)"
 TWO_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
 
 class HeldEnds:
-    """Holds every turn between its `finish` and the end of its stream: `TurnPublisher.close` (which writes the end)
-    waits, once everything emitted before it (the `finish` included) is in Redis, until `release()`."""
+    """Holds every turn between the last step's cache update and the end of its stream: `TurnPublisher.close` sends
+    the work meant to go ahead of the end (`before`: the cache update, the user's slot), then waits until
+    `release()` before it writes the end (with the last chunks, `finish` among them)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, armed: bool = True) -> None:
         self.armed = armed
@@ -38,15 +46,15 @@ class HeldEnds:
         self._released = asyncio.Event()
         original = TurnPublisher.close
 
-        async def held_close(publisher: TurnPublisher, status: TurnStatus, **batched: Any) -> bool:
+        async def held_close(
+            publisher: TurnPublisher, status: TurnStatus, *, before: Sequence[Group] = (), along: Sequence[Group] = ()
+        ) -> bool:
             if not self.armed:
-                return await original(publisher, status, **batched)
-            # The flusher writes within its window (2 ms here); it has no event to wait for.
-            while publisher._written < len(publisher._payloads):  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
+                return await original(publisher, status, before=before, along=along)
+            await redis_batch.send(publisher._registry._redis, *before)
             self.holding.set()
             await self._released.wait()
-            return await original(publisher, status, **batched)
+            return await original(publisher, status, along=along)
 
         monkeypatch.setattr(TurnPublisher, "close", held_close)
 
@@ -68,11 +76,13 @@ async def test_reload_between_finish_and_the_end_of_the_stream_shows_the_reply_o
         assert [m["role"] for m in session["messages"]] == ["user", "assistant"]  # the reply is stored
 
         await page.reload()
-        # The panel follows the running turn: its replay from `start` reaches the `finish` and stays open.
-        await page.wait_for_function(FINISH_SEEN)
+        # The panel follows the running turn: its replay from `start` brings the reply's text, not yet its `finish`.
+        await page.wait_for_function(FOLLOWING)
+        await expect(page.locator(".message.assistant .text")).to_have_text("Once upon a time there was a panel")
         await page.evaluate(TWO_FRAMES)  # whatever the chunks changed is drawn
         assert await reply_words(page) == [["Once", "upon", "a", "time", "there", "was", "a", "panel"]]
         await expect(page.locator(".message.user")).to_have_count(1)
+        assert not await page.evaluate(FINISH_SEEN)  # `finish` comes with the end
     finally:
         held.release()
 
@@ -115,7 +125,8 @@ async def test_reload_between_a_continuation_s_finish_and_its_end_shows_each_mes
             assert await process_available(redis, webhook(http, config), config) == 1
         await asyncio.wait_for(held.holding.wait(), 15)
         await page.reload()
-        await page.wait_for_function(FINISH_SEEN)
+        await page.wait_for_function(FOLLOWING)
+        await expect(page.locator(".message.assistant .text").last).to_contain_text("Your report is ready")
         await page.evaluate(TWO_FRAMES)
         # The stored reply, then the continuation as it streams (one view until it ends and joins the reply).
         shown = " ".join(w for words in await reply_words(page) for w in words)

@@ -190,6 +190,32 @@ async def test_a_turn_ended_elsewhere_takes_no_more_writes_and_its_followers_are
     assert written[0] == p.to_json(delta("mine")) and p.to_json(delta("late")) not in written
 
 
+async def test_finish_reaches_followers_and_redis_only_with_the_end(redis: Redis) -> None:
+    """The end's round trip carries the last step's cache update ahead of the end: a client that reads the session
+    on `finish` must find its reply, so `finish` is shown to this pod's followers and written to Redis only with
+    the end, never by a window's write before it."""
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-held", "s", "alice")
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-held")
+    follower = publisher.follow(after="0", heartbeat_seconds=5)
+    publisher.emit(delta("reply"))
+    publisher.emit(p.Finish(finish_reason="stop"))
+    async with asyncio.timeout(1):
+        assert (await anext(follower))[1] == p.to_json(delta("reply"))
+    await asyncio.sleep(0.05)  # windows of 0 s: the writer had every chance to write
+    assert [orjson.loads(e[b"c"])["type"] for e in await entries(redis, "t-held")] == ["text-delta"]
+    taken = asyncio.ensure_future(anext(follower))
+    await asyncio.sleep(0.05)
+    assert not taken.done()  # nothing shown here either
+    assert await publisher.close("completed")
+    async with asyncio.timeout(1):
+        assert await taken == (entry_id("t-held", 2), p.to_json(p.Finish(finish_reason="stop")))
+        assert [entry async for entry in follower] == []
+    written = await entries(redis, "t-held")
+    assert [orjson.loads(e[b"c"])["type"] for e in written if b"c" in e] == ["text-delta", "finish"]
+    assert b"end" in written[-1]
+
+
 async def test_a_turn_whose_keys_vanished_ends_its_followers_from_memory(redis: Redis) -> None:
     """Regression: after a Redis restart without data mid-turn, `close` could not write the end (no status record)
     and sent this pod's followers to Redis for it, where nothing would ever come: they had the `finish` at once

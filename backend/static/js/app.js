@@ -435,7 +435,7 @@ class Panel {
 
   /**
    * Stored messages minus those a followed reply is replaying: a reply's steps are stored while it runs (its last
-   * one too, between its `finish` and the end of its stream), and its stream (replayed from `start`) carries them
+   * one too, before the end of its stream), and its stream (replayed from `start`) carries them
    * too. For the session's running reply and for a message this panel sent (a resend, Retry, replays a turn that may
    * have ended and been stored already), that is everything stored after the reply's user message (user messages
    * stay). A continuation of a long-running operation has no user message of its own: its stored steps are the

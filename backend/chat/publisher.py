@@ -4,7 +4,9 @@ Every chunk gets its stream entry id when it is emitted (`<base>-1`, `<base>-2`,
 turn's stream is new and empty when its publisher starts, so these ids are the stream's own and cursors mean the
 same on every pod). Followers on this pod (the request that started the turn, a reconnect that lands here) are
 served from the publisher's log at once, without a Redis read per chunk; text and tool-input deltas that come
-faster than they are taken or written are merged into one entry. The pod's `ChunkWriter` writes the log to the
+faster than they are taken or written are merged into one entry. The log keeps only what Redis lacks or a follower
+here has yet to take: a reply's memory does not grow with its length, and a reconnect here with an older cursor
+reads the turn's Redis Stream, as on any other pod. The pod's `ChunkWriter` writes the log to the
 turn's Redis Stream together with every other turn's, at most once per window (`chunk_writer.py`); followers on
 other pods and replays read the stream, at most one window behind.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from backend.chat import protocol as p
@@ -43,7 +46,11 @@ class TurnPublisher:
         """Every entry id of the turn is this and its position (`streams/turns.py: entry_id`), hashed once; ids are
         made when handed out, not kept (a long reply's log holds its payloads only)."""
         self._payloads: list[bytes] = []
-        """The log: every entry's payload, in order."""
+        """The log: the payloads of the entries from position `_dropped + 1` on, in order."""
+        self._dropped = 0
+        """How many of the first entries the log no longer keeps (in Redis, and taken by every follower here)."""
+        self._followers: weakref.WeakSet[_Follower] = weakref.WeakSet()
+        """This pod's followers, each with the position of the last entry it took."""
         self._written = 0
         """How many of the log's entries are in Redis."""
         self._sealed = 0
@@ -65,8 +72,8 @@ class TurnPublisher:
 
     def emit(self, chunk: p.Chunk) -> None:
         if type(chunk) is p.Finish and self._held is None:
-            self._held = len(self._payloads)
-        merged = _merged(self._last, chunk) if len(self._payloads) > max(self._sealed, self._delivered) else None
+            self._held = self._length()
+        merged = _merged(self._last, chunk) if self._length() > max(self._sealed, self._delivered) else None
         if merged is not None:
             # The previous delta is still unseen by anyone: extend it instead of adding an entry.
             chunk = merged
@@ -88,9 +95,14 @@ class TurnPublisher:
         try:
             await self._writer.settle(self)
             start = self._written
-            stop = self._sealed = len(self._payloads)
+            stop = self._sealed = self._length()
             ended = await self._registry.finish(
-                self.turn_id, status, self._payloads[start:], ids=self._ids(start, stop), before=before, along=along
+                self.turn_id,
+                status,
+                self._payloads[start - self._dropped :],
+                ids=self._ids(start, stop),
+                before=before,
+                along=along,
             )
             self._written = stop
             if not ended:
@@ -121,11 +133,12 @@ class TurnPublisher:
     def take_unwritten(self) -> ChunkWrite | None:
         """The entries Redis has not confirmed, for the writer to send (None: nothing to write, or no longer
         written by the writer); their content is fixed from now on."""
-        start, stop = self._written, len(self._payloads) if self._held is None else self._held
+        start, stop = self._written, self._length() if self._held is None else self._held
         if self._closed or start >= stop:
             return None
         self._sealed = max(self._sealed, stop)
-        return ChunkWrite(self.turn_id, self._payloads[start:stop], self._ids(start, stop), set_expiry=start == 0)
+        chunks = self._payloads[start - self._dropped : stop - self._dropped]
+        return ChunkWrite(self.turn_id, chunks, self._ids(start, stop), set_expiry=start == 0)
 
     def written(self, write: ChunkWrite, outcome: Published) -> None:
         """Redis answered `write` (taken by `take_unwritten`)."""
@@ -135,22 +148,30 @@ class TurnPublisher:
             self._closed = True
             return
         self._written += len(write.chunks)  # the only write of this turn in flight, and `close` waits for it
+        self._drop_taken()
         if outcome == "cancel_requested" and self._on_cancel_requested is not None:
             self._on_cancel_requested()
 
     # --- this pod's followers ---------------------------------------------------------------------------
-    async def follow(self, *, after: str, heartbeat_seconds: float) -> AsyncIterator[tuple[str, bytes | None]]:
+    def follow(self, *, after: str, heartbeat_seconds: float) -> AsyncIterator[tuple[str, bytes | None]]:
         """This pod's view of the turn: entries after cursor `after` (`"0"`: from the start), live until its end;
-        `("", None)` after `heartbeat_seconds` of silence. The caller checks `taken_over` when it returns."""
-        position = position_of(self.turn_id, after) or 0
+        `("", None)` after `heartbeat_seconds` of silence. The caller checks `serves(after)` first, and `taken_over`
+        when the entries end. The log keeps what the follower has yet to take from this call on."""
+        follower = _Follower(position_of(self.turn_id, after) or 0)
+        if follower.position < self._dropped:
+            raise LookupError(f"turn {self.turn_id}: the entries after {after!r} are no longer kept here")
+        self._followers.add(follower)  # weakly: a follower never iterated (nor closed) holds nothing once collected
+        return self._entries(follower, heartbeat_seconds)
+
+    async def _entries(self, follower: _Follower, heartbeat_seconds: float) -> AsyncIterator[tuple[str, bytes | None]]:
         heartbeat = Heartbeat(heartbeat_seconds, self._notify)
         try:
             while True:
                 changed = self._changed
-                while position < self._shown():
-                    position += 1
+                while (position := follower.position) < self._shown():
+                    follower.position = position = position + 1
                     self._delivered = max(self._delivered, position)
-                    yield f"{self._id_prefix}{position}", self._payloads[position - 1]
+                    yield f"{self._id_prefix}{position}", self._payloads[position - 1 - self._dropped]
                     heartbeat.touch()
                 if self.ended:
                     return
@@ -161,15 +182,28 @@ class TurnPublisher:
                 await changed.wait()
         finally:
             heartbeat.cancel()
+            self._followers.discard(follower)
 
     def serves(self, after: str) -> bool:
         """Whether `follow(after=…)` can start at `after`: a cursor this publisher handed out (or the start)."""
         position = position_of(self.turn_id, after)
-        return position is not None and position <= self._shown()
+        return position is not None and self._dropped <= position <= self._shown()
+
+    def _length(self) -> int:
+        """How many entries the turn has emitted (the position of the last one)."""
+        return self._dropped + len(self._payloads)
 
     def _shown(self) -> int:
         """How many of the log's entries this pod's followers may take: all but a `finish` not yet ended with."""
-        return len(self._payloads) if self._held is None or self.ended else self._held
+        return self._length() if self._held is None or self.ended else self._held
+
+    def _drop_taken(self) -> None:
+        """Stop keeping the entries that Redis holds and every follower here has taken. Until the first follower has
+        taken some, nothing: the request that started the turn follows it from the start, a moment later."""
+        keep_from = min(self._written, self._delivered, *(f.position for f in self._followers))
+        if keep_from > self._dropped:
+            del self._payloads[: keep_from - self._dropped]
+            self._dropped = keep_from
 
     def _ids(self, start: int, stop: int) -> list[str]:
         """The entry ids of the log's entries `start` to `stop` (positions from 1)."""
@@ -179,6 +213,14 @@ class TurnPublisher:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+class _Follower:
+    __slots__ = ("__weakref__", "position")
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        """The position of the last entry this follower took."""
 
 
 def _merged(last: p.Chunk | None, chunk: p.Chunk) -> p.Chunk | None:

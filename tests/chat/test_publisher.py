@@ -7,6 +7,7 @@ import tracemalloc
 from collections.abc import Sequence
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from backend import keys
@@ -306,6 +307,71 @@ async def test_the_log_of_a_long_reply_keeps_its_payloads_and_little_else(redis:
     await follower.aclose()
     assert await publisher.close("completed")
     assert len(await entries(redis, "t-log")) == 1001
+
+
+async def test_the_log_keeps_only_what_redis_or_a_follower_here_still_lacks(redis: Redis) -> None:
+    """A turn's log held every entry for the turn's whole life: ~100 bytes per token of every open stream (RSS per
+    open stream at 100 streams), hundreds of KB for a long reply. Entries in Redis that every follower here has
+    taken are dropped; a reconnect here with an older cursor is sent to Redis, which has them all."""
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-trim", "s", "alice")
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-trim")
+    follower = publisher.follow(after="0", heartbeat_seconds=60)
+    tracemalloc.start(10)
+    try:
+        for i in range(1000):
+            publisher.emit(p.TextDelta(id="text-0", delta=f"w{i:04d} "))
+            await anext(follower)
+            await asyncio.sleep(0)  # the writer's turn
+        await asyncio.sleep(0.05)  # the last write has its reply
+        # What the publisher's calls allocated and still hold (the writer's pipeline buffers are the pod's, not the
+        # turn's, and come from the writer's task).
+        held = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/publisher.py", all_frames=True)])
+    finally:
+        tracemalloc.stop()
+    kept = sum(stat.size for stat in held.statistics("filename"))
+    assert kept < 5_000, kept  # 1,000 entries of ~50 bytes were ~100 KB kept
+    assert not publisher.serves("0")  # a reconnect from the start reads Redis
+    assert publisher.serves(entry_id("t-trim", 1000))  # the follower's own cursor is still served here
+    late = publisher.follow(after=entry_id("t-trim", 1000), heartbeat_seconds=60)
+    publisher.emit(p.TextEnd(id="text-0"))
+    async with asyncio.timeout(1):
+        assert await anext(late) == (entry_id("t-trim", 1001), p.to_json(p.TextEnd(id="text-0")))
+        assert (await anext(follower))[0] == entry_id("t-trim", 1001)
+    with pytest.raises(LookupError):  # a cursor not served here is refused, never answered with other entries
+        await anext(publisher.follow(after="0", heartbeat_seconds=60))
+    assert await publisher.close("completed")
+    assert len(await entries(redis, "t-trim")) == 1002
+
+
+async def test_the_log_keeps_what_no_follower_here_has_taken_yet(redis: Redis) -> None:
+    """The request that started a turn follows it a moment after its first chunks are written: they are still here
+    for it (no Redis read for its first token), and so is anything a slow follower has not taken."""
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-keep", "s", "alice")
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=0.0), "t-keep")
+    publisher.emit(p.TextStart(id="text-0"))
+    publisher.emit(delta("a"))
+    await asyncio.sleep(0.05)
+    assert len(await entries(redis, "t-keep")) == 2  # written
+    assert publisher.serves("0")
+    first = publisher.follow(after="0", heartbeat_seconds=60)
+    slow = publisher.follow(after="0", heartbeat_seconds=60)
+    async with asyncio.timeout(1):
+        assert [(await anext(first))[1] for _ in range(2)] == [
+            p.to_json(p.TextStart(id="text-0")),
+            p.to_json(delta("a")),
+        ]
+    publisher.emit(p.TextEnd(id="text-0"))
+    await asyncio.sleep(0.05)  # written, taken by `first`; `slow` has taken nothing
+    async with asyncio.timeout(1):
+        assert (await anext(first))[1] == p.to_json(p.TextEnd(id="text-0"))
+        assert [(await anext(slow))[1] for _ in range(3)] == [
+            p.to_json(p.TextStart(id="text-0")),
+            p.to_json(delta("a")),
+            p.to_json(p.TextEnd(id="text-0")),
+        ]
+    assert await publisher.close("completed")
 
 
 async def test_the_turns_of_a_pod_are_written_together_and_one_refused_write_spares_the_others(redis: Redis) -> None:

@@ -93,6 +93,26 @@ async def test_text_reply_streams_and_is_stored(
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+async def test_a_read_of_the_session_on_finish_finds_the_reply(chat: tuple[httpx.AsyncClient, LiveServer]) -> None:
+    """`finish` comes with the round trip that puts the reply in the session's cache: a client that reloads the
+    session the moment it sees `finish` (before `[DONE]`) finds the reply, and the turn no longer running."""
+    client, _ = chat
+    sid = await new_session(client)
+    for n in range(5):
+        message = f'[[mock:text content="Reply number {n}"]]'
+        async with client.stream(
+            "POST", f"/api/chat/sessions/{sid}/stream", json={"message": message}, headers=ALICE
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and '"type":"finish"' in line:
+                    detail = (await client.get(f"/api/chat/sessions/{sid}", headers=ALICE)).json()
+                    break
+            else:
+                raise AssertionError("no finish")
+        assert [(m["role"], m["content"]) for m in detail["messages"]][-1] == ("assistant", f"Reply number {n}")
+        assert detail["active_task"] is None
+
+
 async def test_tool_call_then_answer(chat: tuple[httpx.AsyncClient, LiveServer], db: asyncpg.Connection) -> None:
     client, _ = chat
     sid = await new_session(client)

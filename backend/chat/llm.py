@@ -46,6 +46,7 @@ from backend.chat.llm_events import (
     Usage,
     finish_call,
 )
+from backend.chat.llm_http import model_http_client
 from backend.chat.llm_response_state import ResponseChains
 from backend.chat.llm_responses import ResponsesWire
 from backend.chat.llm_sse import sse_data
@@ -130,7 +131,9 @@ class LLMClient:
         attempt and each usage (metrics). `response_chains` (Responses API only) links each session's calls through
         the provider's stored responses (`previous_response_id`); without it every call sends the whole input."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0)
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "unused", max_retries=0, http_client=model_http_client()
+        )
         self.model = model
         self._retry = retry
         self._idle_timeout = idle_timeout
@@ -197,7 +200,7 @@ class LLMClient:
             # orjson (3.13) returns its write buffer, ~10x the body's size, as the bytes; the response keeps its request
             # and the body for as long as the reply streams. `%` copies it into bytes of its own size.
             content=b"%b" % orjson.dumps(body),
-            options={"security": {"bearer_auth": True}},
+            options={"security": {"bearer_auth": True}, "timeout": _STREAMING if stream else openai.DEFAULT_TIMEOUT},
             stream=stream,
         )
         return response
@@ -255,6 +258,16 @@ class LLMClient:
             self._on_usage(usage)
         except Exception:
             log.exception("the usage hook failed")
+
+
+_STREAMING = httpx2.Timeout(
+    connect=openai.DEFAULT_TIMEOUT.connect,
+    read=None,
+    write=openai.DEFAULT_TIMEOUT.write,
+    pool=openai.DEFAULT_TIMEOUT.pool,
+)
+"""The SDK's timeouts without the one per read: a streamed reply's reads would each arm and cancel a timer. Its
+silences are bounded by `idle_timeout` instead: until the response's head in `_stream_body`, then between chunks."""
 
 
 class _Reader(Protocol):

@@ -1,0 +1,95 @@
+"""What reading the model's streams costs the service's process, with its HTTP client against httpx's stock one.
+
+`LLMClient.stream` reads N concurrent replies from the mock model (a process of its own, paced like the sweep:
+100 tokens at 20 tokens/s), in this process, and the process's CPU per 1,000 model events is measured. Two clients
+take turns, round by round, so that the machine's drift falls on both:
+
+- `stock`: the `openai` SDK's default HTTP client (httpcore on anyio) with its timeout per read, as the service
+  read before `backend/chat/llm_http.py`;
+- `service`: the client `LLMClient` builds (its connections on asyncio's streams, no timer per read).
+
+The CPU is all of this process's, the turn's event loop included, but nothing of the service's HTTP server,
+storage or publishing: it is the model side of the per-token path only.
+
+`python -m bench.model_reads [--streams 100] [--tokens 100] [--delay-ms 50] [--rounds 4]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import openai
+import uvloop
+
+import backend.chat.llm as llm_module
+from backend.chat.llm import LLMClient, RetryPolicy
+from bench.procs import free_port, launched
+from bench.settings import ROOT
+
+CLIENTS = ("stock", "service")
+
+
+@contextmanager
+def _client(kind: str, base_url: str) -> Iterator[LLMClient]:
+    llm = LLMClient(base_url=base_url, api_key="bench", model="mock", retry=RetryPolicy(0), idle_timeout=30.0)
+    streaming = llm_module._STREAMING
+    if kind == "stock":
+        llm._client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+        llm_module._STREAMING = openai.DEFAULT_TIMEOUT  # a timeout per read, as before
+    try:
+        yield llm
+    finally:
+        llm_module._STREAMING = streaming
+
+
+async def _events_per_cpu_second(llm: LLMClient, streams: int, marker: str) -> tuple[int, float]:
+    messages = [{"role": "user", "content": marker}]
+
+    async def one() -> int:
+        return sum([1 async for _ in llm.stream(messages)])
+
+    await asyncio.gather(*(one() for _ in range(streams)))  # connections opened, code warm
+    cpu = time.process_time()
+    events = sum(await asyncio.gather(*(one() for _ in range(streams))))
+    return events, time.process_time() - cpu
+
+
+async def measure(streams: int, tokens: int, delay_ms: float, rounds: int) -> dict[str, list[float]]:
+    port = free_port()
+    args = [sys.executable, "-c", f"from backend.devtools.mock_llm import run; run('127.0.0.1', {port})"]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    marker = f"[[mock:text tokens={tokens} delay_ms={delay_ms:g}]]"
+    figures: dict[str, list[float]] = {kind: [] for kind in CLIENTS}
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    async with launched("mock", args, env=env, ready_url=f"{base_url}/models", log_dir=Path(ROOT, ".bench", "logs")):
+        for n in range(rounds):
+            for kind in CLIENTS if n % 2 == 0 else reversed(CLIENTS):
+                with _client(kind, base_url) as llm:
+                    events, cpu = await _events_per_cpu_second(llm, streams, marker)
+                    await llm.close()
+                figures[kind].append(round(cpu * 1e6 / events, 1))
+                print(f"round {n + 1} {kind:8} {events} events, {figures[kind][-1]} ms CPU per 1,000", flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--delay-ms", type=float, default=50.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    a = parser.parse_args()
+    figures = uvloop.run(measure(a.streams, a.tokens, a.delay_ms, a.rounds))
+    stock, service = (round(statistics.median(figures[kind]), 1) for kind in CLIENTS)
+    print(f"median ms CPU per 1,000 model events: stock {stock}, service {service} ({service / stock - 1:+.0%})")
+
+
+if __name__ == "__main__":
+    main()

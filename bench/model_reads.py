@@ -9,7 +9,9 @@ take turns, round by round, so that the machine's drift falls on both:
 - `service`: the client `LLMClient` builds (its connections on asyncio's streams, no timer per read).
 
 The CPU is all of this process's, the turn's event loop included, but nothing of the service's HTTP server,
-storage or publishing: it is the model side of the per-token path only.
+storage or publishing: it is the model side of the per-token path only. Each round also times one call at a time
+from its request to its first event (the median of 200, the mock answering at once): the model side of a turn's
+first token.
 
 `python -m bench.model_reads [--streams 100] [--tokens 100] [--delay-ms 50] [--rounds 4]`
 """
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import openai
 import uvloop
@@ -61,22 +65,42 @@ async def _events_per_cpu_second(llm: LLMClient, streams: int, marker: str) -> t
     return events, time.process_time() - cpu
 
 
-async def measure(streams: int, tokens: int, delay_ms: float, rounds: int) -> dict[str, list[float]]:
+async def _first_event_ms(llm: LLMClient, calls: int = 200) -> float:
+    messages = [{"role": "user", "content": "[[mock:text tokens=3 delay_ms=0]]"}]
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        events = cast(AsyncGenerator[object, None], llm.stream(messages))  # an async generator, typed as an iterator
+        async with contextlib.aclosing(events):
+            await anext(events)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+async def measure(
+    streams: int, tokens: int, delay_ms: float, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     port = free_port()
     args = [sys.executable, "-c", f"from backend.devtools.mock_llm import run; run('127.0.0.1', {port})"]
     base_url = f"http://127.0.0.1:{port}/v1"
     marker = f"[[mock:text tokens={tokens} delay_ms={delay_ms:g}]]"
     figures: dict[str, list[float]] = {kind: [] for kind in CLIENTS}
+    first: dict[str, list[float]] = {kind: [] for kind in CLIENTS}
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     async with launched("mock", args, env=env, ready_url=f"{base_url}/models", log_dir=Path(ROOT, ".bench", "logs")):
         for n in range(rounds):
             for kind in CLIENTS if n % 2 == 0 else reversed(CLIENTS):
                 with _client(kind, base_url) as llm:
                     events, cpu = await _events_per_cpu_second(llm, streams, marker)
+                    first[kind].append(round(await _first_event_ms(llm), 3))
                     await llm.close()
                 figures[kind].append(round(cpu * 1e6 / events, 1))
-                print(f"round {n + 1} {kind:8} {events} events, {figures[kind][-1]} ms CPU per 1,000", flush=True)
-    return figures
+                print(
+                    f"round {n + 1} {kind:8} {events} events, {figures[kind][-1]} ms CPU per 1,000; "
+                    f"first event {first[kind][-1]} ms",
+                    flush=True,
+                )
+    return figures, first
 
 
 def main() -> None:
@@ -86,9 +110,10 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=50.0)
     parser.add_argument("--rounds", type=int, default=4)
     a = parser.parse_args()
-    figures = uvloop.run(measure(a.streams, a.tokens, a.delay_ms, a.rounds))
-    stock, service = (round(statistics.median(figures[kind]), 1) for kind in CLIENTS)
-    print(f"median ms CPU per 1,000 model events: stock {stock}, service {service} ({service / stock - 1:+.0%})")
+    figures, first = uvloop.run(measure(a.streams, a.tokens, a.delay_ms, a.rounds))
+    for what, values in (("ms CPU per 1,000 model events", figures), ("ms to the first event", first)):
+        stock, service = (round(statistics.median(values[kind]), 3) for kind in CLIENTS)
+        print(f"median {what}: stock {stock}, service {service} ({service / stock - 1:+.0%})")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,16 @@ class Run:
                 raise AssertionError(f"{len(slow)} streams did not start within {within}s: {slow[:3]}")
             await asyncio.sleep(0.05)
 
+    async def shown_whole(self, *, within: float = 30) -> None:
+        """Until every client has received its whole reply's text (or its stream ended). Not a count of deltas:
+        deltas a follower had not taken yet are merged, and `finish` comes only once the reply is stored."""
+        deadline = time.monotonic() + within
+        while not all(v.text == v.plan.expected or v.finished for v in self.views):
+            if time.monotonic() > deadline:
+                slow = [v.plan.session_id for v in self.views if v.text != v.plan.expected and not v.finished]
+                raise AssertionError(f"{len(slow)} replies were not shown whole within {within}s: {slow[:3]}")
+            await asyncio.sleep(0.05)
+
     def mark_fault(self) -> float:
         self.fault_at = time.monotonic()
         return self.fault_at

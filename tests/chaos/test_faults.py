@@ -164,7 +164,7 @@ async def test_cancel_while_the_reply_is_stored(up: Rig, driver: Driver, record:
     try:
         async with conn.transaction():
             await conn.execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")  # the replies' saves wait
-            await run.streaming(deltas=10)  # every reply has been shown whole
+            await run.shown_whole()  # its `finish` waits for the save the lock holds
             run.mark_fault()
             cancels = [
                 asyncio.create_task(

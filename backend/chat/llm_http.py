@@ -8,6 +8,10 @@ waits for it, and a read without a timeout arms no timer (the model's stream has
 `watchdogs.ReadDeadline`). HTTP itself (h11), the connection pool, TLS settings, proxies from the environment and
 every error type stay httpx's and httpcore's: only the bytes' way in and out changes.
 
+Connecting races the host's addresses as anyio did (RFC 8305, "happy eyeballs": the next address is tried 250 ms
+after the last one started, IPv6 and IPv4 alternating): uvloop's own connect tries them one after another, so an
+address that drops its packets (a broken IPv6 route) would use up the connect timeout.
+
 Because this stream reads ahead, the pool's check that an idle keep-alive connection is still usable ("is it
 readable?", i.e. did the server close it or send something unasked) looks at what the stream has taken in: its end
 or a closing transport, where anyio's backend polls the socket.
@@ -16,9 +20,12 @@ or a closing transport, where anyio's backend polls the socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
 import ssl
-from collections.abc import Coroutine, Iterable
+from asyncio import staggered
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 import httpcore2
@@ -127,8 +134,7 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        local = None if local_address is None else (local_address, 0)
-        stream = await _connected(asyncio.open_connection(host, port, local_addr=local), timeout)
+        stream = await _connected(_open_tcp(host, port, local_address), timeout)
         sock = stream.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
@@ -158,3 +164,52 @@ async def _connected(
     except OSError as e:
         raise httpcore2.ConnectError(str(e)) from e
     return AsyncioStream(reader, writer)
+
+
+HAPPY_EYEBALLS_DELAY = 0.25
+"""Seconds after one connection attempt starts before the next address is tried too (anyio's, RFC 8305's)."""
+
+
+async def _open_tcp(
+    host: str, port: int, local_address: str | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    addresses = _interleaved(await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    failures: list[OSError] = []
+
+    async def attempt(address: _AddrInfo) -> socket.socket:
+        family, kind, proto, _, sockaddr = address
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            if local_address is not None:
+                sock.bind((local_address, 0))
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as e:
+            sock.close()
+            failures.append(e)
+            raise
+        except BaseException:  # cancelled: another address won, or the timeout
+            sock.close()
+            raise
+        return sock
+
+    attempts = [functools.partial(attempt, address) for address in addresses]
+    sock, _, _ = await staggered.staggered_race(attempts, HAPPY_EYEBALLS_DELAY)
+    if sock is None:
+        if len(failures) == 1:
+            raise failures[0]
+        raise OSError(f"could not connect to {host}:{port}: {'; '.join(map(str, failures)) or 'no address'}")
+    return await asyncio.open_connection(sock=sock)
+
+
+_AddrInfo = tuple[int, int, int, str, Any]
+
+
+def _interleaved(addresses: Sequence[_AddrInfo]) -> list[_AddrInfo]:
+    """The resolver's addresses with their families alternating, the first family first (RFC 8305)."""
+    by_family: dict[int, list[_AddrInfo]] = {}
+    for address in addresses:
+        by_family.setdefault(address[0], []).append(address)
+    queues = list(by_family.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]

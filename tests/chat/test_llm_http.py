@@ -4,11 +4,14 @@ own backend gave must still hold (keep-alive reuse and its end, TLS, proxies fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpcore2
 import httpx2
@@ -36,7 +39,7 @@ async def raw_server(handler: Handler, ssl_context: ssl.SSLContext | None = None
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        tasks.append(task)  # type: ignore[arg-type]
+        tasks.append(task)
         seen.append("connection")
         try:
             await handler(reader, writer)
@@ -222,3 +225,48 @@ async def test_a_model_that_never_answers_is_bounded_by_the_idle_timeout() -> No
     assert caught.value.provider_code == "idle_timeout" and caught.value.retryable
     assert seen.count("POST /v1/chat/completions HTTP/1.1") == 2  # retried once, as any failure before a chunk
     assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_connecting_races_the_addresses_so_one_that_drops_packets_costs_no_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host resolves to an address that drops every packet (a broken IPv6 route, say) and to one that works:
+    the second is tried 250 ms after the first, as anyio did, instead of after the connect timeout."""
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as sockets:
+        dropping = sockets.enter_context(socket.socket())
+        dropping.bind(("127.0.0.1", 0))
+        dropping.listen(0)
+        for _ in range(3):  # a full accept queue: Linux drops further SYNs
+            filler = sockets.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(dropping.getsockname())
+        probe = sockets.enter_context(socket.socket())
+        probe.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(probe, dropping.getsockname()), 0.5)
+            pytest.skip("this kernel answers a connection to a full accept queue")
+        except TimeoutError:
+            pass
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await request_line(reader, seen)
+            writer.write(ok(b"from the second address", close=True))
+            await writer.drain()
+
+        async with raw_server(answer) as seen:
+            working = ("127.0.0.1", int(seen[0].rsplit(":", 1)[1]))
+
+            async def two_addresses(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+                kind = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+                return [(*kind, dropping.getsockname()), (*kind, working)]
+
+            monkeypatch.setattr(loop, "getaddrinfo", two_addresses)
+            client = model_http_client()
+            started = loop.time()
+            try:
+                response = await client.get("http://model.test/v1/models", timeout=httpx2.Timeout(5.0, connect=3.0))
+            finally:
+                await client.aclose()
+    assert response.text == "from the second address"
+    assert loop.time() - started < 1.5

@@ -13,8 +13,8 @@ after the last one started, IPv6 and IPv4 alternating): uvloop's own connect tri
 address that drops its packets (a broken IPv6 route) would use up the connect timeout.
 
 Because this stream reads ahead, the pool's check that an idle keep-alive connection is still usable ("is it
-readable?", i.e. did the server close it or send something unasked) looks at what the stream has taken in: its end
-or a closing transport, where anyio's backend polls the socket.
+readable?", i.e. did the server close it or send something unasked) looks at what the stream has taken in: its end,
+a closing transport or bytes nobody asked for, where anyio's backend polls the socket.
 """
 
 from __future__ import annotations
@@ -134,27 +134,21 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        stream = await _connected(_open_tcp(host, port, local_address), timeout)
-        sock = stream.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return stream
+        return await _connected(_open_tcp(host, port, local_address), timeout, socket_options)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore2.AsyncNetworkStream:
-        stream = await _connected(asyncio.open_unix_connection(path), timeout)
-        sock = stream.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return stream
+        return await _connected(asyncio.open_unix_connection(path), timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
 async def _connected(
-    opening: Coroutine[Any, Any, tuple[asyncio.StreamReader, asyncio.StreamWriter]], timeout: float | None
+    opening: Coroutine[Any, Any, tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    timeout: float | None,
+    socket_options: Iterable[Any] | None,
 ) -> AsyncioStream:
     try:
         async with asyncio.timeout(timeout):
@@ -163,6 +157,9 @@ async def _connected(
         raise httpcore2.ConnectTimeout(str(e)) from e
     except OSError as e:
         raise httpcore2.ConnectError(str(e)) from e
+    sock = writer.get_extra_info("socket")
+    for option in socket_options or ():
+        sock.setsockopt(*option)
     return AsyncioStream(reader, writer)
 
 

@@ -18,7 +18,8 @@ reply before freeing the session), so the turn's appends skip that check until o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 from uuid import UUID
 
 from backend.redis_batch import Group
@@ -43,6 +44,12 @@ class SessionAdmission:
         """Claim the Redis pointer (the first step; Postgres decides when the message is stored); None when another
         turn holds it."""
         return await self._fast.claim(session_id, turn_id)
+
+    async def claim_fast_along(
+        self, session_id: UUID, turn_id: str, along: Sequence[Group]
+    ) -> tuple[Claim | None, list[list[Any]]]:
+        """`claim_fast` in the same round trip as the reads of `along`; the claim and their replies."""
+        return await self._fast.claim_along(session_id, turn_id, along)
 
     async def drop_fast(self, session_id: UUID, turn_id: str) -> None:
         """Give the Redis pointer back after Postgres refused the claim (or before anything was stored)."""

@@ -11,6 +11,7 @@ when its owner is gone.
 from __future__ import annotations
 
 import asyncio
+import enum
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -30,13 +31,22 @@ from backend.errors import Conflict
 from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
 from backend.store.operations import Operation
 from backend.store.sessions import SessionStore
-from backend.streams.turns import TurnRegistry, TurnStatus
+from backend.streams.active import Claim
+from backend.streams.turns import TurnRegistry, TurnStatus, info_from
 from backend.tools.frontend import FrontendTool
 
 _TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
 _STOP_WAIT_SECONDS = 3.0
 
 DoubleTexting = Literal["reject", "interrupt", "enqueue"]
+
+
+class _NotClaimed(enum.Enum):
+    NOT_CLAIMED = enum.auto()
+
+
+NOT_CLAIMED = _NotClaimed.NOT_CLAIMED
+"""No claim of the session's pointer was attempted yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +117,34 @@ class TurnAdmission:
         refuse it (`RateLimited`, nothing stored); a resend never takes a second slot. `Overloaded` (nothing stored
         or claimed) when this pod runs its cap of turns; a resend of a turn that exists is never refused by it."""
         turn_id = turn_id_for(session.id, message.client_message_id)
-        # Without a client message id the turn id is new (random): no earlier turn to look for.
-        earlier = None if message.client_message_id is None else await self._registry.info(turn_id)
-        if earlier is not None and earlier.status != "failed":
-            return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
-        # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
-        # its stream opened afresh; the message is not stored again, and if the failed turn stored part of a reply,
-        # the check below refuses it (409) like any message already answered.
+        if message.client_message_id is None:
+            # The turn id is new (random): no earlier turn to look for.
+            with self._capacity.seat(turn_id):
+                return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited)
+        if self._capacity.full:
+            # Only a resend of a turn that exists is let in now: look for it before asking for a seat.
+            earlier = await self._registry.info(turn_id)
+            if earlier is not None and earlier.status != "failed":
+                return Submitted(turn_id, None, repeated=True)
+            with self._capacity.seat(turn_id):
+                return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited)
         with self._capacity.seat(turn_id):
-            return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited)
+            # The claim and the look for an earlier turn of this message share a round trip (useChat names every
+            # message, so this is every turn's path); a resend of a turn that has ended gives the claim back.
+            claim, (found,) = await self._active.claim_fast_along(
+                session.id, turn_id, [self._registry.looking_up(turn_id)]
+            )
+            earlier = info_from(turn_id, found[0])
+            if earlier is not None and earlier.status != "failed":
+                if claim is not None:
+                    await self._active.drop_fast(session.id, turn_id)
+                return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
+            # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
+            # its stream opened afresh; the message is not stored again, and if the failed turn stored part of a
+            # reply, the check below refuses it (409) like any message already answered.
+            return await self._admit_message(
+                session, user_id, message, turn_id, is_authenticated, limited, first_claim=claim
+            )
 
     async def _admit_message(
         self,
@@ -125,17 +154,23 @@ class TurnAdmission:
         turn_id: str,
         is_authenticated: bool,
         limited: bool,
+        *,
+        first_claim: Claim | _NotClaimed | None = NOT_CLAIMED,
     ) -> Submitted:
-        """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken."""
+        """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken.
+        `first_claim`: the claim of the pointer made already, if one was."""
         active = self._active
+        attempt = first_claim
         while True:
-            while (claim := await active.claim_fast(session.id, turn_id)) is None:
+            claim = await active.claim_fast(session.id, turn_id) if attempt is NOT_CLAIMED else attempt
+            attempt = NOT_CLAIMED
+            while claim is None:
                 current = await active.current(session.id)
                 if current == turn_id:
                     return Submitted(turn_id, None, repeated=True)
-                if current is None:
-                    continue  # released between our claim and our read: try again
-                await self._make_way(session.id, current)
+                if current is not None:  # else released between our claim and our read: try again
+                    await self._make_way(session.id, current)
+                claim = await active.claim_fast(session.id, turn_id)
             try:
                 # After a resend was recognised (it takes no second slot), before anything is stored.
                 await self._quota.admit(user_id, turn_id, enforce=limited)

@@ -7,7 +7,9 @@ append that follows it needs no round trip of its own to ask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from redis.asyncio import Redis
@@ -45,7 +47,33 @@ class ActiveTurns:
         """Point the session at `turn_id` unless it points at a turn already; None then."""
         keys_ = [keys.active_turn(session_id), keys.session_pending_writes(session_id)]
         claimed = int(await self._claim(keys=keys_, args=[turn_id, self._lease_ms]))
-        return None if claimed == 0 else Claim(pending_writes=claimed == 2)
+        return _claim_from(claimed)
+
+    async def claim_along(
+        self, session_id: UUID, turn_id: str, along: Sequence[redis_batch.Group]
+    ) -> tuple[Claim | None, list[list[Any]]]:
+        """`claim` in one round trip with the reads of `along` (groups of other slots: their order against the claim
+        does not matter); the claim and the replies of each group. When a group fails, a claim made is given back
+        before the error is raised."""
+        keys_ = [keys.active_turn(session_id), keys.session_pending_writes(session_id)]
+
+        def queue(pipe: Pipeline) -> None:
+            redis_batch.call(pipe, self._claim, keys_, [turn_id, self._lease_ms])
+
+        group = redis_batch.Group(queue, (self._claim,))
+        (claimed, *_), *replies = await redis_batch.send(
+            self._redis, group, *along, raise_on_error=False, ordered=False
+        )
+        if isinstance(claimed, Exception):
+            raise claimed
+        claim = _claim_from(int(claimed))
+        try:
+            redis_batch.raise_first_error(replies)
+        except BaseException:
+            if claim is not None:
+                await self.release(session_id, turn_id)
+            raise
+        return claim, replies
 
     async def current(self, session_id: UUID) -> str | None:
         value = await self._redis.get(keys.active_turn(session_id))
@@ -61,3 +89,8 @@ class ActiveTurns:
             redis_batch.call(pipe, self._release, [keys.active_turn(session_id)], [turn_id])
 
         return redis_batch.Group(queue, (self._release,))
+
+
+def _claim_from(claimed: int) -> Claim | None:
+    """The claim script's reply: 0 when another turn holds the pointer, 2 when writes wait for Postgres."""
+    return None if claimed == 0 else Claim(pending_writes=claimed == 2)

@@ -102,6 +102,14 @@ class TurnInfo:
     status: TurnStatus
 
 
+def info_from(turn_id: str, raw: dict[bytes, bytes]) -> TurnInfo | None:
+    """The turn's record as Redis returned it (`HGETALL` of its meta; empty: no such turn)."""
+    if not raw:
+        return None
+    d = {k.decode(): v.decode() for k, v in raw.items()}
+    return TurnInfo(turn_id, d["session_id"], d["user_id"], d["status"])  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkWrite:
     """Chunks of one turn to append to its stream (`TurnRegistry.publish`)."""
@@ -301,10 +309,11 @@ class TurnRegistry:
     # --- reading -------------------------------------------------------------------------------------
     async def info(self, turn_id: str) -> TurnInfo | None:
         raw: dict[bytes, bytes] = await self._redis.hgetall(keys.turn_meta(turn_id))  # type: ignore[assignment]
-        if not raw:
-            return None
-        d = {k.decode(): v.decode() for k, v in raw.items()}
-        return TurnInfo(turn_id, d["session_id"], d["user_id"], d["status"])  # type: ignore[arg-type]
+        return info_from(turn_id, raw)
+
+    def looking_up(self, turn_id: str) -> redis_batch.Group:
+        """`info` as a group of a batch sent with other Redis work; its reply is read with `info_from`."""
+        return redis_batch.Group(lambda pipe: pipe.hgetall(keys.turn_meta(turn_id)))
 
     async def owner_of_expired(self, turn_id: str) -> str | None:
         """The user of a turn whose stream has expired (None if no such turn ever existed)."""

@@ -28,6 +28,9 @@ from tests.sse import read_stream, text_of
 ALICE = auth("alice")
 ONE_STEP_TURN_ROUND_TRIPS = 5
 """A plain one-step turn (no tools, title set); issue 17 asked for at most 6."""
+ADMISSION_ROUND_TRIPS = 3
+"""Of these, the request's own before the turn runs: the session read, the claim (with the look for an earlier turn
+of the message, when it names one) and the user message's cache update (with the turn's stream opened)."""
 WITH_DEFAULT_LIMITS_ROUND_TRIPS = 8
 """The same turn with the per-user limits at their defaults: the request's rate check, the slot taken (with the day's
 tokens checked) and the model tokens counted; the slot goes back in the end's round trip."""
@@ -36,17 +39,26 @@ tokens checked) and the model tokens counted; the slot goes back in the end's ro
 class RoundTrips:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.tasks: list[str] = []
+        """The name of the task of each call."""
         self.ignored: set[asyncio.Task[Any]] = set()
 
     def observe(self, name: str, seconds: float, failed: bool) -> None:
         task = asyncio.current_task()
         if task is not None and task not in self.ignored:
             self.calls.append(name)
+            self.tasks.append(task.get_name())
+
+    @property
+    def admission(self) -> list[str]:
+        """The calls of the request itself, the first task to call (not of the turn's tasks, nor the pod's writer)."""
+        return [call for call, task in zip(self.calls, self.tasks, strict=True) if task == self.tasks[0]]
 
     def start_counting(self) -> None:
         """From now on, count only tasks started from now on (requests, turns, publishers)."""
         self.ignored = set(asyncio.all_tasks())
         self.calls.clear()
+        self.tasks.clear()
 
 
 @pytest.fixture
@@ -76,8 +88,9 @@ async def _one_turn(client: httpx.AsyncClient, live: LiveServer, sid: str, count
     ("body", "bound"),
     [
         ({}, ONE_STEP_TURN_ROUND_TRIPS),
-        # A client message id names the turn a resend joins: one more round trip looks that turn up first.
-        ({"client_message_id": "m-1"}, ONE_STEP_TURN_ROUND_TRIPS + 1),
+        # A client message id names the turn a resend joins (useChat names every message): that turn is looked up
+        # in the claim's round trip.
+        ({"client_message_id": "m-1"}, ONE_STEP_TURN_ROUND_TRIPS),
     ],
     ids=["plain", "with-client-message-id"],
 )
@@ -95,6 +108,7 @@ async def test_round_trips_of_a_one_step_turn(
     # Session read, claim (with the pending-writes check), user message's cache update (with the turn's stream
     # opened and its history read), one publish, the end (with the reply's cache update, the lease and the pointer).
     assert len(round_trips.calls) <= bound, round_trips.calls
+    assert len(round_trips.admission) == ADMISSION_ROUND_TRIPS, round_trips.admission
     # The reply reached the session's cache with the end: the cached list ends with it, the cached row counts it.
     cached = [orjson.loads(m) for m in await redis.lrange(keys.session_messages(uuid.UUID(sid)), 1, -1)]
     assert [(m["role"], m["content"]) for m in cached][-2:] == [("user", "hi"), ("assistant", text)]

@@ -13,11 +13,13 @@ import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from backend import keys
 from backend.chat.local_turns import LocalTurns
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.title import TitleWriter
-from backend.chat.turn_admission import DoubleTexting, TurnAdmission
+from backend.chat.turn_admission import DoubleTexting, TurnAdmission, turn_id_for
 from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import UserMessage
 from backend.chat.turn_supervisor import TurnSupervisor
@@ -157,6 +159,36 @@ async def test_a_resend_follows_the_same_turn(kit: Kit, pod: Pod, stored_rows: S
     again = await pod.reply(session, "[[mock:text tokens=5]]", client_id="m1")
     assert again == first
     assert [r[0] for r in await stored_rows(session.id)] == ["user", "assistant"]
+
+
+async def test_a_resend_of_a_finished_turn_leaves_the_session_free(kit: Kit, pod: Pod, stored_rows: StoredRows) -> None:
+    """The look for the earlier turn shares its round trip with the claim of the session, so a resend of a message
+    whose turn has ended claims the free session on the way: it gives the claim back, and the next message starts
+    at once (under `reject` a pointer left behind would refuse it)."""
+    session = await kit.session()
+    first = await pod.reply(session, "[[mock:text tokens=5]]", client_id="m1")
+
+    again = await pod.admission.submit(
+        session, "alice", UserMessage("[[mock:text tokens=5]]", client_message_id="m1"), is_authenticated=True
+    )
+
+    assert again.repeated and await pod.active.current(session.id) is None
+    assert await pod.reply(session, "[[mock:text tokens=5]]", client_id="m2") != first
+    assert [r[0] for r in await stored_rows(session.id)] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_a_look_up_redis_refuses_gives_the_claim_back(kit: Kit, pod: Pod, redis: Redis) -> None:
+    """The claim and the look-up are one batch; when the look-up fails the claim made beside it is given back."""
+    session = await kit.session()
+    turn_id = turn_id_for(session.id, "m1")
+    await redis.set(keys.turn_meta(turn_id), "not a hash")  # HGETALL answers WRONGTYPE
+
+    with pytest.raises(ResponseError):
+        await pod.admission.submit(session, "alice", UserMessage("hi", client_message_id="m1"), is_authenticated=True)
+
+    assert await pod.active.current(session.id) is None
+    await redis.delete(keys.turn_meta(turn_id))
+    assert (await pod.reply(session, "[[mock:text tokens=5]]", client_id="m1"))[-1]["type"] == "finish"
 
 
 async def test_reject_refuses_a_message_while_a_reply_runs(kit: Kit, pod: Pod) -> None:

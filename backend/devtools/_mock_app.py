@@ -7,6 +7,7 @@ sends the plan.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import uuid
@@ -52,6 +53,13 @@ def _message_text(content: object) -> str:
         parts = (p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text")
         return "".join(p for p in parts if isinstance(p, str))
     return ""
+
+
+async def _generation_time(plan: Plan) -> None:
+    """Before a non-streamed answer: as long as its stream would have taken, when a marker paced it (the server's
+    default pace leaves non-streamed answers at once)."""
+    if plan.paced and plan.delay:
+        await asyncio.sleep(plan.delay * max(1, len(plan.content) + len(plan.reasoning)))
 
 
 def _demo_answer(user_text: str, markers: Iterable[Marker]) -> str:
@@ -180,6 +188,7 @@ class MockLLM:
                 chunks = fail_after(chunks, plan.stream_error, stream_error_chunk)
             headers["cache-control"] = "no-cache"
             return ChunkStream(chunks, plan, headers, "text/event-stream")
+        await _generation_time(plan)
         return json_reply(completion_body(plan, env, token_usage(prompt_tokens, plan)), plan, headers)
 
     async def _responses(self, request: Request) -> Response:
@@ -225,6 +234,7 @@ class MockLLM:
             events = fail_after(events, plan.stream_error, lambda error: _mock_responses.error_event(error, env))
             headers["cache-control"] = "no-cache"
             return ChunkStream(events, plan, headers, "text/event-stream")
+        await _generation_time(plan)
         return json_reply(_mock_responses.response_body(plan, env, usage), plan, headers)
 
     def _plan(
@@ -308,6 +318,7 @@ class MockLLM:
                 scenario = SCENARIOS["tool"]  # a malformed call that has used up its `times` comes back well-formed
             if "delay_ms" in marker.params:
                 turn.plan.delay = marker.number("delay_ms", 0) / 1000
+                turn.plan.paced = True
             calls_before = len(turn.plan.tool_calls)
             if (failure := scenario(turn, marker)) is not None:
                 return failure

@@ -51,6 +51,8 @@ class Plan:
 
     delay: float
     """Seconds between chunks."""
+    paced: bool = False
+    """A marker set `delay`: a non-streamed answer then arrives as late as the end of its stream would."""
     content: list[bytes] = field(default_factory=list)
     """Text tokens, each already encoded as a JSON string literal."""
     tool_calls: list[ToolCall] = field(default_factory=list)

@@ -147,13 +147,16 @@ async def test_many_short_messages_are_folded_in_the_background_down_to_half_the
 async def test_a_failing_summariser_trims_this_call_instead(
     small_window: Settings, mock_llm: MockLLMServer, db: asyncpg.Connection
 ) -> None:
-    no_summaries = small_window.model_copy(update={"summary_timeout_seconds": 0.001})
+    # The summariser's request quotes the questions, so their pace is its own: 150 tokens at 1 ms come after
+    # 150 ms, far past its timeout (the mock once answered a summary within 1 ms, before the timeout fired).
+    no_summaries = small_window.model_copy(update={"summary_timeout_seconds": 0.02})
     async with LiveServer(no_summaries) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
         sid = await new_session(client)
         for i in range(10):
-            _, body = await send(client, sid, f"q{i} [[mock:text tokens=150]]")
+            _, body = await send(client, sid, f"q{i} [[mock:text tokens=150 delay_ms=1]]")
             assert check_body(body) == []
             assert chunks(body)[-1]["finishReason"] == "stop"
+    assert summariser_calls(mock_llm)  # asked, and too late every time
     assert await db.fetchval("SELECT summary FROM chat_sessions WHERE id = $1", uuid.UUID(sid)) is None
     limit = (small_window.context_window_tokens - small_window.reserved_output_tokens) * 0.95
     last = model_calls(mock_llm)[-1]["messages"]

@@ -349,7 +349,8 @@ class Settings(BaseSettings):
 
     publish_window_ms: float = Field(default=250.0, ge=0, le=5000)
     """A turn's chunks go to followers on its own pod at once, and to its Redis Stream (followers on other pods,
-    replays) at most this far behind: the pod writes the chunks of all its turns in one round trip per window."""
+    replays) at most this far behind: the pod writes the chunks of all its turns in one round trip per window (the
+    markers `start`, `start-step` and `finish-step` go with the next chunk that shows something, or with the end)."""
 
     max_concurrent_turns: int = Field(default=DEFAULT_MAX_CONCURRENT_TURNS, ge=0)
     """Turns one process may run at once (continuations after long-running operations included). Past it a request

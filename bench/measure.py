@@ -90,6 +90,9 @@ class Measurement:
     """With `LoadSpec.follow_port`: the same figure for the reply read from the other pod."""
     follower_errors: int = 0
     """Replies whose read from the other pod failed or never started (the reply itself failed)."""
+    follower_first_token_lag_ms: dict[str, float | None] = field(default_factory=dict)
+    """With `LoadSpec.follow_port`: how long after the owner's client the follower on the other pod saw the first
+    token (wall clock, the same client process)."""
 
     @property
     def rss_per_stream_kb(self) -> float:
@@ -182,6 +185,7 @@ def summarise(
         overloaded=sum(n for e, n in errors.items() if e.startswith("HTTP 503") and '"overloaded"' in e),
         follower_end_after_finish_ms=_dist([v for f in followers if (v := f.end_after_finish) is not None]),
         follower_errors=0 if spec.follow_port is None else len(records) - len(followers),
+        follower_first_token_lag_ms=_dist([v for r in ok if (v := _first_token_lag(r)) is not None]),
     )
     if redis is not None:
         m.redis = {
@@ -193,6 +197,14 @@ def summarise(
             "per_command": dict(sorted(redis.per_command.items(), key=lambda kv: -kv[1])[:12]),
         }
     return m
+
+
+def _first_token_lag(record: StreamRecord) -> float | None:
+    """Seconds from the owner's client seeing the reply's first token to the follower's seeing it."""
+    follower = record.follower
+    if follower is None or follower.error is not None or follower.ttft is None or record.ttft is None:
+        return None
+    return (follower.started + follower.ttft) - (record.started + record.ttft)
 
 
 def _dist(values: Sequence[float]) -> dict[str, float | None]:

@@ -248,10 +248,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def follower_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per N of the follower phase: the end of the response after `finish` on both pods."""
+    """One row per N of the follower phase: the end of the response after `finish` on both pods, and the first
+    token's lag on the follower."""
     rows = []
     for f in results.get("followers", []):
         owner, follower = f["end_after_finish_ms"], f["follower_end_after_finish_ms"]
+        lag = f.get("follower_first_token_lag_ms") or {}
         rows.append(
             {
                 "n": f["n"],
@@ -262,6 +264,8 @@ def follower_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "owner_p99": owner.get("p99"),
                 "follower_p50": follower.get("p50"),
                 "follower_p99": follower.get("p99"),
+                "lag_p50": lag.get("p50"),
+                "lag_p99": lag.get("p99"),
             }
         )
     return rows
@@ -399,10 +403,13 @@ def _tables(results: dict[str, Any]) -> Iterator[tuple[str, list[list[str]]]]:
         ("owner p99", "owner_p99"),
         ("follower p50", "follower_p50"),
         ("follower p99", "follower_p99"),
+        ("first token on the follower, after the owner: p50", "lag_p50"),
+        ("p99", "lag_p99"),
     )
     if results.get("followers"):
         yield (
-            "End of response after `finish` (ms): two pods, each reply also followed from the other pod",
+            "End of response after `finish` (ms): two pods, each reply also followed from the other pod; and how"
+            " much later the follower saw the first token",
             _table(follower_cols, follower_rows(results)),
         )
     target_cols = (

@@ -635,7 +635,9 @@ async def follower_phase(ctx: Context) -> None:
             owner, follower = m.end_after_finish_ms, m.follower_end_after_finish_ms
             log(
                 f"{name} N={n}: end after finish, owner p50={owner['p50']} p99={owner['p99']} ms, follower "
-                f"p50={follower.get('p50')} p99={follower.get('p99')} ms; errors {m.errors} / {m.follower_errors}"
+                f"p50={follower.get('p50')} p99={follower.get('p99')} ms; errors {m.errors} / {m.follower_errors}; "
+                f"first token on the follower after the owner p50={m.follower_first_token_lag_ms.get('p50')} "
+                f"p99={m.follower_first_token_lag_ms.get('p99')} ms"
             )
             await asyncio.sleep(s.settle_seconds)
 

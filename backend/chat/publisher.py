@@ -8,7 +8,9 @@ faster than they are taken or written are merged into one entry. The log keeps o
 here has yet to take: a reply's memory does not grow with its length, and a reconnect here with an older cursor
 reads the turn's Redis Stream, as on any other pod. The pod's `ChunkWriter` writes the log to the
 turn's Redis Stream together with every other turn's, at most once per window (`chunk_writer.py`); followers on
-other pods and replays read the stream, at most one window behind.
+other pods and replays read the stream, at most one window behind. Chunks that only mark a boundary (`start`,
+`start-step`, `finish-step`) ask for no write of their own: they go with the next chunk that does, so the write
+a quiet pod makes at once carries a turn's first token rather than its `start`.
 
 Writing with explicit ids also makes a retried write idempotent: an entry whose write did land is not added
 twice. The end is written atomically with the last chunks (`TurnRegistry.finish`), at once, and `finish` is held back
@@ -30,6 +32,11 @@ from backend.redis_batch import Group
 from backend.streams.turns import ChunkWrite, Published, TurnStatus, cursor_base, position_of
 
 log = logging.getLogger("copilot.publisher")
+
+_MARKERS = (p.Start, p.StartStep, p.FinishStep)
+"""Chunks that only mark where a message or step begins or ends: they ask for no write of their own but go to Redis
+with the next chunk that does (or with the end). The writer writes at once after a quiet moment, then once per
+window: spent on a turn's `start`, that first write left its first token a window behind on other pods."""
 
 
 class TurnPublisher:
@@ -81,7 +88,7 @@ class TurnPublisher:
         else:
             self._payloads.append(p.to_json(chunk))
         self._last = chunk
-        if not self._closed:
+        if not self._closed and type(chunk) not in _MARKERS:
             self._writer.schedule(self)
         self._notify()
 

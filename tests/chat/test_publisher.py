@@ -60,6 +60,28 @@ async def test_close_does_not_wait_out_the_window(redis: Redis) -> None:
     assert b"end" in written[-1]
 
 
+async def test_a_turns_first_token_reaches_redis_at_once_not_a_window_after_its_start(redis: Redis) -> None:
+    """A quiet pod writes at once, then once per window. The markers a turn begins with (`start`, `start-step`)
+    took that first write, so the first token, a model's first-token time later, waited a whole window (250 ms by
+    default) before a follower on another pod could see it; they now go with it."""
+    registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
+    await registry.create("t-first", "s", "alice")
+    publisher = TurnPublisher(ChunkWriter(registry, window_seconds=10.0), "t-first")
+    publisher.emit(p.Start(message_id="m"))
+    publisher.emit(p.StartStep())
+    await asyncio.sleep(0.05)  # the model's time to its first token
+    assert await entries(redis, "t-first") == []  # nothing to show yet: nothing written
+    publisher.emit(p.TextStart(id="text-0"))
+    publisher.emit(delta("hi"))
+
+    for _ in range(200):  # 2 s at most, well before the window
+        if len(written := await entries(redis, "t-first")) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert [orjson.loads(e[b"c"])["type"] for e in written] == ["start", "start-step", "text-start", "text-delta"]
+    assert await publisher.close("completed")
+
+
 async def test_coalesces_deltas_and_writes_the_rest_with_the_end(redis: Redis) -> None:
     registry = TurnRegistry(redis, ttl_seconds=600, lease_seconds=30)
     await registry.create("t-co", "s", "alice")

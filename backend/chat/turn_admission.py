@@ -134,7 +134,12 @@ class TurnAdmission:
             claim, (found,) = await self._active.claim_fast_along(
                 session.id, turn_id, [self._registry.looking_up(turn_id)]
             )
-            earlier = info_from(turn_id, found[0])
+            try:
+                earlier = info_from(turn_id, found[0])
+            except BaseException:
+                if claim is not None:
+                    await self._active.drop_fast(session.id, turn_id)
+                raise
             if earlier is not None and earlier.status != "failed":
                 if claim is not None:
                     await self._active.drop_fast(session.id, turn_id)

@@ -177,13 +177,18 @@ async def test_a_resend_of_a_finished_turn_leaves_the_session_free(kit: Kit, pod
     assert [r[0] for r in await stored_rows(session.id)] == ["user", "assistant", "user", "assistant"]
 
 
-async def test_a_look_up_redis_refuses_gives_the_claim_back(kit: Kit, pod: Pod, redis: Redis) -> None:
-    """The claim and the look-up are one batch; when the look-up fails the claim made beside it is given back."""
+@pytest.mark.parametrize("record", ["not a hash", {"session_id": "s"}], ids=["refused", "unreadable"])
+async def test_a_failed_look_up_gives_the_claim_back(kit: Kit, pod: Pod, redis: Redis, record: object) -> None:
+    """The claim and the look-up are one batch; when the look-up fails (Redis refuses it, or the record it finds
+    cannot be read) the claim made beside it is given back."""
     session = await kit.session()
     turn_id = turn_id_for(session.id, "m1")
-    await redis.set(keys.turn_meta(turn_id), "not a hash")  # HGETALL answers WRONGTYPE
+    if isinstance(record, dict):
+        await redis.hset(keys.turn_meta(turn_id), mapping=record)  # no status: the record cannot be read
+    else:
+        await redis.set(keys.turn_meta(turn_id), str(record))  # HGETALL answers WRONGTYPE
 
-    with pytest.raises(ResponseError):
+    with pytest.raises((ResponseError, KeyError)):
         await pod.admission.submit(session, "alice", UserMessage("hi", client_message_id="m1"), is_authenticated=True)
 
     assert await pod.active.current(session.id) is None

@@ -11,7 +11,6 @@ when its owner is gone.
 from __future__ import annotations
 
 import asyncio
-import enum
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -32,21 +31,13 @@ from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
 from backend.store.operations import Operation
 from backend.store.sessions import SessionStore
 from backend.streams.active import Claim
-from backend.streams.turns import TurnRegistry, TurnStatus, info_from
+from backend.streams.turns import TurnInfo, TurnRegistry, TurnStatus, info_from
 from backend.tools.frontend import FrontendTool
 
 _TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
 _STOP_WAIT_SECONDS = 3.0
 
 DoubleTexting = Literal["reject", "interrupt", "enqueue"]
-
-
-class _NotClaimed(enum.Enum):
-    NOT_CLAIMED = enum.auto()
-
-
-NOT_CLAIMED = _NotClaimed.NOT_CLAIMED
-"""No claim of the session's pointer was attempted yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +97,7 @@ class TurnAdmission:
         capacity = self._capacity
         if not capacity.full or capacity.holds(turn_id):
             return
-        earlier = await self._registry.info(turn_id)
-        if earlier is None or earlier.status == "failed":
+        if not _followed(await self._registry.info(turn_id)):
             raise capacity.overloaded()
 
     async def submit(
@@ -117,39 +107,28 @@ class TurnAdmission:
         refuse it (`RateLimited`, nothing stored); a resend never takes a second slot. `Overloaded` (nothing stored
         or claimed) when this pod runs its cap of turns; a resend of a turn that exists is never refused by it."""
         turn_id = turn_id_for(session.id, message.client_message_id)
-        if message.client_message_id is None:
-            # The turn id is new (random): no earlier turn to look for.
-            with self._capacity.seat(turn_id):
-                return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited)
-        if self._capacity.full:
-            # Only a resend of a turn that exists is let in now: look for it before asking for a seat.
-            earlier = await self._registry.info(turn_id)
-            if earlier is not None and earlier.status != "failed":
-                return Submitted(turn_id, None, repeated=True)
-            with self._capacity.seat(turn_id):
-                return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited)
+        # Without a client message id the turn id is new (random): no earlier turn to look for. Otherwise the look
+        # shares the claim's round trip (useChat names every message), except while the pod runs its cap of turns:
+        # then only a resend is let in, so the look comes first, on its own, before a seat is asked for.
+        look_along = message.client_message_id is not None and not self._capacity.full
+        if message.client_message_id is not None and not look_along and _followed(await self._registry.info(turn_id)):
+            return Submitted(turn_id, None, repeated=True)
         with self._capacity.seat(turn_id):
-            # The claim and the look for an earlier turn of this message share a round trip (useChat names every
-            # message, so this is every turn's path); a resend of a turn that has ended gives the claim back.
-            claim, (found,) = await self._active.claim_fast_along(
-                session.id, turn_id, [self._registry.looking_up(turn_id)]
-            )
-            try:
-                earlier = info_from(turn_id, found[0])
-            except BaseException:
-                if claim is not None:
-                    await self._active.drop_fast(session.id, turn_id)
-                raise
-            if earlier is not None and earlier.status != "failed":
-                if claim is not None:
-                    await self._active.drop_fast(session.id, turn_id)
-                return Submitted(turn_id, None, repeated=True)  # a resend: the turn exists, follow it
-            # A resend of a message whose turn failed (Retry after an error) is a new attempt under the same turn id,
-            # its stream opened afresh; the message is not stored again, and if the failed turn stored part of a
-            # reply, the check below refuses it (409) like any message already answered.
-            return await self._admit_message(
-                session, user_id, message, turn_id, is_authenticated, limited, first_claim=claim
-            )
+            if not look_along:
+                claim = await self._active.claim_fast(session.id, turn_id)
+            else:
+                claim, (found,) = await self._active.claim_fast_along(
+                    session.id, turn_id, [self._registry.looking_up(turn_id)]
+                )
+                resend = True  # until the record says otherwise: a record that cannot be read gives the claim back too
+                try:
+                    resend = _followed(info_from(turn_id, found[0]))
+                finally:
+                    if resend and claim is not None:  # a resend of a turn that has ended claimed the free session
+                        await self._active.drop_fast(session.id, turn_id)
+                if resend:
+                    return Submitted(turn_id, None, repeated=True)  # the turn exists: follow it
+            return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited, claim)
 
     async def _admit_message(
         self,
@@ -159,16 +138,12 @@ class TurnAdmission:
         turn_id: str,
         is_authenticated: bool,
         limited: bool,
-        *,
-        first_claim: Claim | _NotClaimed | None = NOT_CLAIMED,
+        claim: Claim | None,
     ) -> Submitted:
-        """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken.
-        `first_claim`: the claim of the pointer made already, if one was."""
+        """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken and the
+        session's pointer claimed once (`claim`: None when another turn held it)."""
         active = self._active
-        attempt = first_claim
         while True:
-            claim = await active.claim_fast(session.id, turn_id) if attempt is NOT_CLAIMED else attempt
-            attempt = NOT_CLAIMED
             while claim is None:
                 current = await active.current(session.id)
                 if current == turn_id:
@@ -208,8 +183,9 @@ class TurnAdmission:
                 if await self._ended(held.turn_id):
                     # It ended while Postgres was down, so it could not free the session: do it for it.
                     await active.release_anchor(session.id, held.turn_id)
-                    continue
-                await self._make_way(session.id, held.turn_id)
+                else:
+                    await self._make_way(session.id, held.turn_id)
+                claim = await active.claim_fast(session.id, turn_id)
                 continue
             except BaseException:
                 await self._quota.release(user_id, turn_id)
@@ -261,8 +237,7 @@ class TurnAdmission:
         `Overloaded` when this pod runs its cap of turns: the answers are stored, and a resend of the last one
         starts the continuation (here when a turn has ended, or on another pod)."""
         turn_id = continuation_id(session.id, resume.asked_in)
-        earlier = await self._registry.info(turn_id)
-        if earlier is not None and earlier.status != "failed":
+        if _followed(await self._registry.info(turn_id)):
             return Submitted(turn_id, None, repeated=True)
         active = self._active
         with self._capacity.seat(turn_id):
@@ -418,6 +393,13 @@ class TurnAdmission:
         except RedisError:
             return False
         return info is not None and info.status != "running"
+
+
+def _followed(earlier: TurnInfo | None) -> bool:
+    """Whether a message whose turn is `earlier` is a resend to follow that turn: a turn that failed is tried again
+    under the same id (its stream opened afresh; the message is not stored again, and if the failed turn stored part
+    of a reply, the append's check refuses it, 409, like any message already answered)."""
+    return earlier is not None and earlier.status != "failed"
 
 
 def turn_id_for(session_id: uuid.UUID, client_message_id: str | None) -> str:

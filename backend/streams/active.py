@@ -45,8 +45,7 @@ class ActiveTurns:
 
     async def claim(self, session_id: UUID, turn_id: str) -> Claim | None:
         """Point the session at `turn_id` unless it points at a turn already; None then."""
-        keys_ = [keys.active_turn(session_id), keys.session_pending_writes(session_id)]
-        claimed = int(await self._claim(keys=keys_, args=[turn_id, self._lease_ms]))
+        claimed = int(await self._claim(keys=_claim_keys(session_id), args=[turn_id, self._lease_ms]))
         return _claim_from(claimed)
 
     async def claim_along(
@@ -55,10 +54,9 @@ class ActiveTurns:
         """`claim` in one round trip with the reads of `along` (groups of other slots: their order against the claim
         does not matter); the claim and the replies of each group. When a group fails, a claim made is given back
         before the error is raised."""
-        keys_ = [keys.active_turn(session_id), keys.session_pending_writes(session_id)]
 
         def queue(pipe: Pipeline) -> None:
-            redis_batch.call(pipe, self._claim, keys_, [turn_id, self._lease_ms])
+            redis_batch.call(pipe, self._claim, _claim_keys(session_id), [turn_id, self._lease_ms])
 
         group = redis_batch.Group(queue, (self._claim,))
         (claimed, *_), *replies = await redis_batch.send(
@@ -89,6 +87,11 @@ class ActiveTurns:
             redis_batch.call(pipe, self._release, [keys.active_turn(session_id)], [turn_id])
 
         return redis_batch.Group(queue, (self._release,))
+
+
+def _claim_keys(session_id: UUID) -> list[str]:
+    """The claim script's keys: the pointer, and the session's writes waiting for Postgres (one slot)."""
+    return [keys.active_turn(session_id), keys.session_pending_writes(session_id)]
 
 
 def _claim_from(claimed: int) -> Claim | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from backend.devtools._mock_wire import Plan, StreamError, fragments, token_usage
+from backend.devtools._mock_wire import CONTENT_END, Plan, StreamError, fragments, token_usage
 
 
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -165,7 +165,9 @@ def sse_events(plan: Plan, env: ResponseEnvelope, usage_: dict[str, Any]) -> Ite
     yield env.event("response.created", response=env.response("in_progress", []))
     items = output_items(plan, env)
     for index, item in enumerate(items):
-        yield from _item_events(plan, env, index, item)
+        yield from _item_events(plan, env, index, item, last=index == len(items) - 1)
+    if not items:
+        yield CONTENT_END
     if plan.incomplete_reason is not None:
         details = {"reason": plan.incomplete_reason}
         yield env.event("response.incomplete", response=env.response("incomplete", items, incomplete_details=details))
@@ -181,8 +183,10 @@ def error_event(error: StreamError, env: ResponseEnvelope) -> bytes:
     return env.event("error", code=error.code, message=error.message, param=None)
 
 
-def _item_events(plan: Plan, env: ResponseEnvelope, index: int, item: dict[str, Any]) -> Iterator[bytes]:
+def _item_events(plan: Plan, env: ResponseEnvelope, index: int, item: dict[str, Any], *, last: bool) -> Iterator[bytes]:
+    """The item's events; after the deltas of the `last` item, the end of the content (what follows is not paced)."""
     kind, item_id = item["type"], item["id"]
+    end = (CONTENT_END,) if last else ()
     where = f',"item_id":"{item_id}","output_index":{index}'.encode()
     if kind == "reasoning":
         yield env.event("response.output_item.added", output_index=index, item={**item, "summary": []})
@@ -193,6 +197,7 @@ def _item_events(plan: Plan, env: ResponseEnvelope, index: int, item: dict[str, 
         head = where + b',"summary_index":0'
         for token in plan.reasoning:
             yield env.token("response.reasoning_summary_text.delta", head, token)
+        yield from end
         text = item["summary"][0]["text"]
         yield env.event(
             "response.reasoning_summary_text.done", item_id=item_id, output_index=index, summary_index=0, text=text
@@ -207,6 +212,7 @@ def _item_events(plan: Plan, env: ResponseEnvelope, index: int, item: dict[str, 
         head = where + b',"content_index":0'
         for token in plan.content:
             yield env.token("response.output_text.delta", head, token)
+        yield from end
         part = item["content"][0]
         yield env.event(
             "response.output_text.done", item_id=item_id, output_index=index, content_index=0, text=part["text"]
@@ -219,6 +225,7 @@ def _item_events(plan: Plan, env: ResponseEnvelope, index: int, item: dict[str, 
         )
         for piece in fragments(item["arguments"]):
             yield env.event("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=piece)
+        yield from end
         yield env.event(
             "response.function_call_arguments.done", item_id=item_id, output_index=index, arguments=item["arguments"]
         )

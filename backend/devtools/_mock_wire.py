@@ -24,6 +24,10 @@ from starlette.types import Receive, Scope, Send
 _TOKEN = re.compile(r"\s*\S+|\s+")
 _DELTA_SLOT = "@@delta@@"
 _DONE = b"data: [DONE]\n\n"
+CONTENT_END = b"\0content-end"
+"""Marks, in a stream's chunks, where the content ends (known by identity, never sent): the pace applies up to it,
+and what closes the stream (the finish reason, usage, ``[DONE]``) follows the last token at once, as a provider
+sends it. Pacing those too made every reply a few token intervals longer than its content."""
 _FILLER = tuple(orjson.dumps(f" {w}") for w in ("ipsum", "dolor", "sit", "amet", "consectetur", "elit", "lorem"))
 
 
@@ -50,7 +54,7 @@ class Plan:
     """What one completion contains and how it is delivered; scenarios fill it in."""
 
     delay: float
-    """Seconds between chunks."""
+    """Seconds between chunks, up to the last one with content."""
     paced: bool = False
     """A marker set `delay`: a non-streamed answer then arrives as late as the end of its stream would."""
     content: list[bytes] = field(default_factory=list)
@@ -178,6 +182,7 @@ def sse_chunks(plan: Plan, env: Envelope, usage: dict[str, Any] | None) -> Itera
         yield env.text(token)
     for delta in _tool_call_deltas(plan.tool_calls):
         yield env.delta(delta)
+    yield CONTENT_END
     yield env.chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": plan.finish_reason}])
     if usage is not None:
         yield env.chunk([], usage)
@@ -191,7 +196,12 @@ def fail_after(
     if error is None:
         yield from events
         return
-    yield from itertools.islice(events, error.after)
+    sent = 0
+    for event in events:
+        if sent == error.after:
+            break
+        yield event
+        sent += event is not CONTENT_END
     yield encode(error)
 
 
@@ -270,14 +280,20 @@ class ChunkStream(Response):
 
     async def _send_chunks(self, send: Send, gone: asyncio.Future[None]) -> None:
         plan = self.plan
-        for sent, chunk in enumerate(self.chunks):
+        delay = plan.delay
+        sent = 0
+        for chunk in self.chunks:
+            if chunk is CONTENT_END:
+                delay = 0.0
+                continue
             if sent == plan.cut_after:
                 raise StreamCut
             if sent == plan.stall_after:
                 await asyncio.wait([gone], timeout=plan.stall_seconds)
-            elif sent and plan.delay:
-                await asyncio.sleep(plan.delay)
+            elif sent and delay:
+                await asyncio.sleep(delay)
             if gone.done():
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += 1
         await send({"type": "http.response.body", "body": b"", "more_body": False})

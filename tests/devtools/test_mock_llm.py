@@ -151,6 +151,25 @@ async def test_delay_between_tokens(sdk: openai.AsyncOpenAI) -> None:
     assert time.monotonic() - started >= 0.2
 
 
+async def test_the_stream_closes_right_after_its_last_token(sdk: openai.AsyncOpenAI) -> None:
+    """The pace is between tokens: the finish reason, the usage and `[DONE]` come with the last token, as a
+    provider sends them (paced too, they kept every reply three intervals longer than its content)."""
+    response = await sdk.chat.completions.create(
+        model=MODEL_ID,
+        messages=user("[[mock:text tokens=3 delay_ms=200]]"),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    started = time.monotonic()
+    last_token = 0.0
+    async for chunk in response:
+        if chunk.choices and chunk.choices[0].delta.content:
+            last_token = time.monotonic()
+    ended = time.monotonic()
+    assert last_token - started >= 0.4  # paced: two intervals between three tokens
+    assert ended - last_token < 0.15  # not one interval more, let alone three
+
+
 async def test_server_defaults() -> None:
     async with (
         MockLLMServer(default_tokens=7, default_delay_ms=1) as llm,

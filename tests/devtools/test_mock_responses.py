@@ -3,6 +3,7 @@ output from the events, so inconsistent events fail here), and its stored respon
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import openai
@@ -36,6 +37,19 @@ async def test_the_sdk_assembles_text_reasoning_and_calls(sdk: openai.AsyncOpenA
     reasoning = final.output[0]
     assert reasoning.type == "reasoning" and reasoning.summary[0].text == "Think twice"
     assert final.usage is not None and final.usage.output_tokens_details.reasoning_tokens == 2
+
+
+async def test_the_stream_closes_right_after_its_last_delta(sdk: openai.AsyncOpenAI) -> None:
+    """As with chat completions: the events that close the message and the response come with its last delta."""
+    started = time.monotonic()
+    last_delta = 0.0
+    async with sdk.responses.stream(model="mock-model", input="[[mock:text tokens=3 delay_ms=200]]") as stream:
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                last_delta = time.monotonic()
+    ended = time.monotonic()
+    assert last_delta - started >= 0.4
+    assert ended - last_delta < 0.15  # the three done events and `response.completed` are not paced
 
 
 async def test_a_non_streamed_response(sdk: openai.AsyncOpenAI) -> None:

@@ -17,8 +17,10 @@ async def test_the_pool_does_not_cap_connections_at_the_redis_py_default() -> No
 
 
 async def test_a_redis_that_stops_answering_fails_a_command_within_the_socket_timeout() -> None:
-    # A listener that accepts connections and never answers: what a frozen or wedged Redis looks like.
-    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    # A listener that accepts connections and never answers: what a frozen or wedged Redis looks like. Its writers
+    # are held: on Python 3.13 a stream writer that is collected closes its connection, which is an answer of sorts.
+    held: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda reader, writer: held.append(writer), "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     client = open_redis(f"redis://127.0.0.1:{port}/0", cluster=False)
     try:
@@ -34,5 +36,7 @@ async def test_a_redis_that_stops_answering_fails_a_command_within_the_socket_ti
         assert time.monotonic() - started < SOCKET_TIMEOUT_SECONDS + 1.5
     finally:
         await client.aclose()
+        for writer in held:
+            writer.close()
         silent.close()
         await silent.wait_closed()

@@ -1,12 +1,15 @@
-"""What reading the model's streams costs the service's process, with its HTTP client against httpx's stock one.
+"""What reading the model's streams costs the service's process, with its HTTP client against others.
 
 `LLMClient.stream` reads N concurrent replies from the mock model (a process of its own, paced like the sweep:
-100 tokens at 20 tokens/s), in this process, and the process's CPU per 1,000 model events is measured. Two clients
-take turns, round by round, so that the machine's drift falls on both:
+100 tokens at 20 tokens/s), in this process, and the process's CPU per 1,000 model events is measured. The clients
+take turns, round by round, so that the machine's drift falls on all:
 
 - `stock`: the `openai` SDK's default HTTP client (httpcore on anyio) with its timeout per read, as the service
   read before `backend/chat/llm_http.py`;
-- `service`: the client `LLMClient` builds (its connections on asyncio's streams, no timer per read).
+- `httpx`: the SDK's client on asyncio's streams with no timer per read (`backend/chat/llm_http.py`), as the
+  service read streamed replies before `backend/chat/llm_streams.py`, and as it reads them behind a proxy;
+- `service`: what `LLMClient` does (`llm_streams`: aiohttp, the response parsed in C);
+- `bare`: a floor, `bench/bare_model_reader.py` (httptools on an asyncio protocol, nothing else).
 
 The CPU is all of this process's, the turn's event loop included, but nothing of the service's HTTP server,
 storage or publishing: it is the model side of the per-token path only. Each round also times one call at a time
@@ -28,29 +31,42 @@ from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
+from urllib.parse import urlsplit
 
 import openai
 import uvloop
 
 import backend.chat.llm as llm_module
 from backend.chat.llm import LLMClient, RetryPolicy
+from bench.bare_model_reader import BareModelReader
 from bench.procs import free_port, launched
 from bench.settings import ROOT
 
-CLIENTS = ("stock", "service")
+CLIENTS = ("stock", "httpx", "service", "bare")
 
 
 @contextmanager
 def _client(kind: str, base_url: str) -> Iterator[LLMClient]:
     llm = LLMClient(base_url=base_url, api_key="bench", model="mock", retry=RetryPolicy(0), idle_timeout=30.0)
     streaming = llm_module._STREAMING
+    bare = None
+    if kind == "bare":
+        url = urlsplit(base_url)
+        bare = BareModelReader(
+            llm, url.hostname or "127.0.0.1", url.port or 80, f"{url.path}/chat/completions", "bench"
+        )
+        llm._stream_body = bare.stream_body  # type: ignore[method-assign]
     if kind == "stock":
         llm._client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
         llm_module._STREAMING = openai.DEFAULT_TIMEOUT  # a timeout per read, as before
+    if kind in ("stock", "httpx"):
+        llm._streams.direct = False  # through the SDK's client, as a proxied model is read
     try:
         yield llm
     finally:
         llm_module._STREAMING = streaming
+        if bare is not None:
+            bare.close()
 
 
 async def _events_per_cpu_second(llm: LLMClient, streams: int, marker: str) -> tuple[int, float]:
@@ -112,8 +128,11 @@ def main() -> None:
     a = parser.parse_args()
     figures, first = uvloop.run(measure(a.streams, a.tokens, a.delay_ms, a.rounds))
     for what, values in (("ms CPU per 1,000 model events", figures), ("ms to the first event", first)):
-        stock, service = (round(statistics.median(values[kind]), 3) for kind in CLIENTS)
-        print(f"median {what}: stock {stock}, service {service} ({service / stock - 1:+.0%})")
+        stock, httpx, service, bare = (round(statistics.median(values[kind]), 3) for kind in CLIENTS)
+        print(
+            f"median {what}: stock {stock}, httpx {httpx}, service {service} ({service / httpx - 1:+.0%} against "
+            f"httpx), bare {bare}"
+        )
 
 
 if __name__ == "__main__":

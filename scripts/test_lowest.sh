@@ -17,7 +17,7 @@ fi
 rm -rf .venv-lowest
 "$tools/bin/uv" venv --quiet --python "$PYTHON" .venv-lowest
 "$tools/bin/uv" pip install --quiet --python .venv-lowest/bin/python --resolution lowest-direct -e '.[test,embedded]'
-"$tools/bin/uv" pip list --python .venv-lowest/bin/python | grep -iE '^(fastapi|starlette|pydantic|pydantic-settings|openai|httpx2|httpcore2|asyncpg|redis|tiktoken|uvicorn) '
+"$tools/bin/uv" pip list --python .venv-lowest/bin/python | grep -iE '^(fastapi|starlette|pydantic|pydantic-settings|openai|httpx2|httpcore2|aiohttp|asyncpg|redis|tiktoken|uvicorn) '
 
 # Unit and small end-to-end tests of every layer (protocol, messages, tokens, context, the model client, config,
 # tools, the mock model, packaging, webhooks, log redaction with a live `copilot serve`, the turn summary); the slow
@@ -25,6 +25,7 @@ rm -rf .venv-lowest
 .venv-lowest/bin/python -m pytest -q -p no:cacheprovider \
   tests/chat/test_protocol.py tests/chat/test_messages.py tests/chat/test_tokens.py tests/chat/test_ui_stream.py \
   tests/chat/test_context.py tests/chat/test_system_prompt.py tests/chat/test_llm.py tests/chat/test_llm_http.py \
+  tests/chat/test_llm_streams.py \
   tests/chat/test_usage.py \
   tests/test_config.py tests/test_webhooks.py tests/test_log_redaction.py tests/tools tests/test_layering.py \
   tests/test_packaging.py tests/devtools/test_mock_llm.py tests/devtools/test_mock_demo.py tests/test_compose.py \

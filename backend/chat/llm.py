@@ -9,9 +9,10 @@ call's id and name are known), so what a call had received is known wherever its
 The model is reached through the SDK's client (base URL, auth headers, HTTP client, status errors) but not through
 its typed `chat.completions.create`: that walks every message and tool schema of the request to transform it, and
 builds a pydantic model per streamed chunk, costs that grow with the history and with the reply. We post the
-request body as JSON bytes (`orjson`) with `AsyncOpenAI.post` and read the stream's `data:` events ourselves as
-plain dicts, keeping the SDK's rules for them: `[DONE]` ends the stream, an event holding an `error` raises
-`openai.APIError`.
+request body as JSON bytes (`orjson`) and read the stream's `data:` events ourselves as plain dicts, keeping the
+SDK's rules for them: `[DONE]` ends the stream, an event holding an `error` raises `openai.APIError`. A streamed
+call goes out as the SDK's client builds it but over aiohttp (`llm_streams`: HTTP parsed in C, a token's read
+costs a fraction of httpx's), unless a proxy stands before the model; others with `AsyncOpenAI.post`.
 
 Two wires speak to the model: Chat Completions (`POST /chat/completions`, here) and the Responses API
 (`POST /responses`, `llm_responses`), chosen by `api`. Both give the same events and go through the same retry
@@ -50,6 +51,7 @@ from backend.chat.llm_http import model_http_client
 from backend.chat.llm_response_state import ResponseChains
 from backend.chat.llm_responses import ResponsesWire
 from backend.chat.llm_sse import sse_data
+from backend.chat.llm_streams import ModelStreams, StreamedReply
 from backend.chat.watchdogs import ReadDeadline
 from backend.errors import ModelError
 
@@ -131,9 +133,11 @@ class LLMClient:
         attempt and each usage (metrics). `response_chains` (Responses API only) links each session's calls through
         the provider's stored responses (`previous_response_id`); without it every call sends the whole input."""
         # Our retry policy knows what was already streamed; the SDK's would not, so it is off.
+        http = model_http_client()
         self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "unused", max_retries=0, http_client=model_http_client()
+            base_url=base_url, api_key=api_key or "unused", max_retries=0, http_client=http
         )
+        self._streams = ModelStreams(self._client, http, connect_timeout=_STREAMING.connect)
         self.model = model
         self._retry = retry
         self._idle_timeout = idle_timeout
@@ -144,6 +148,7 @@ class LLMClient:
         self._chains = response_chains if api == "responses" else None
 
     async def close(self) -> None:
+        await self._streams.close()
         await self._client.close()
 
     async def stream(
@@ -179,7 +184,7 @@ class LLMClient:
         body = self._wire.complete_body(model, messages, max_tokens)
         started = time.monotonic()
         try:
-            response = await self._post(body, stream=False)
+            response = await self._post(orjson.dumps(body), stream=False)
             completion = orjson.loads(response.content)
         except CLIENT_ERRORS as e:
             raise self._failed(model, translate(e)) from e
@@ -191,19 +196,24 @@ class LLMClient:
         self._report(usage, model)
         return text
 
-    async def _post(self, body: dict[str, Any], *, stream: bool) -> httpx2.Response:
+    async def _post(self, content: bytes, *, stream: bool) -> httpx2.Response:
         """POST to the wire's path through the SDK's client: its base URL, auth, headers and status errors (4xx and
         5xx raise `openai.APIStatusError`), without its request transform. Streamed responses must be closed."""
         response: httpx2.Response = await self._client.post(
             self._wire.path,
             cast_to=httpx2.Response,
-            # orjson (3.13) returns its write buffer, ~10x the body's size, as the bytes; the response keeps its request
-            # and the body for as long as the reply streams. `%` copies it into bytes of its own size.
-            content=b"%b" % orjson.dumps(body),
+            content=content,
             options={"security": {"bearer_auth": True}, "timeout": _STREAMING if stream else openai.DEFAULT_TIMEOUT},
             stream=stream,
         )
         return response
+
+    async def _open_stream(self, body: dict[str, Any]) -> StreamedReply:
+        """POST a streamed call (`llm_streams`: over aiohttp unless a proxy applies); the reply's head is in."""
+        # orjson (3.13) returns its write buffer, ~10x the body's size, as the bytes; the request keeps the body
+        # for as long as the reply streams. `%` copies it into bytes of its own size.
+        content = b"%b" % orjson.dumps(body)
+        return await self._streams.open(self._wire.path, content, sdk_post=lambda: self._post(content, stream=True))
 
     def _attempt(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
@@ -216,10 +226,10 @@ class LLMClient:
     async def _stream_body(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
         try:
             async with asyncio.timeout(self._idle_timeout):
-                response = await self._post(body, stream=True)
+                streamed = await self._open_stream(body)
             try:
-                reply = self._wire.reader(response)
-                async with contextlib.aclosing(sse_data(response)) as events:
+                reply = self._wire.reader(streamed.request)
+                async with contextlib.aclosing(sse_data(streamed)) as events:
                     # One timer per idle period rather than one per chunk; time spent by our caller between
                     # chunks does not count as the model's silence.
                     with ReadDeadline(self._idle_timeout) as deadline:
@@ -234,7 +244,7 @@ class LLMClient:
                             for event in reply.read(data):
                                 yield event
             finally:
-                await response.aclose()
+                await streamed.close()
         except TimeoutError as e:
             raise ModelError(
                 f"the model sent nothing for {self._idle_timeout:g}s", retryable=True, provider_code="idle_timeout"
@@ -295,7 +305,7 @@ class _Wire(Protocol):
 
     def complete_result(self, response: Any) -> tuple[str, Usage | None]: ...
 
-    def reader(self, response: httpx2.Response) -> _Reader: ...
+    def reader(self, request: httpx2.Request) -> _Reader: ...
 
 
 class _ChatWire:
@@ -329,18 +339,18 @@ class _ChatWire:
         message = choices[0].get("message")
         return (message.get("content") if isinstance(message, dict) else None) or "", usage
 
-    def reader(self, response: httpx2.Response) -> _Reply:
-        return _Reply(response)
+    def reader(self, request: httpx2.Request) -> _Reply:
+        return _Reply(request)
 
 
 class _Reply:
     """What the chunks of one streamed reply said so far: tool calls by index, finish reason, usage. Reasoning
     deltas are passed on as they come."""
 
-    __slots__ = ("_response", "calls", "finish_reason", "usage")
+    __slots__ = ("_request", "calls", "finish_reason", "usage")
 
-    def __init__(self, response: httpx2.Response) -> None:
-        self._response = response
+    def __init__(self, request: httpx2.Request) -> None:
+        self._request = request
         self.calls: dict[int, PartialCall] = {}
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -348,7 +358,7 @@ class _Reply:
     def read(self, data: bytes) -> list[ModelEvent]:
         """Take in one `chat.completion.chunk`; the events it gives (reasoning, text, tool calls whose id and name
         are known)."""
-        chunk = _chunk(data, self._response)
+        chunk = _chunk(data, self._request)
         events: list[ModelEvent] = []
         usage = _usage(chunk.get("usage"))
         if usage is not None:
@@ -413,7 +423,7 @@ def _count(value: Any) -> int:
     return value if type(value) is int and value > 0 else 0
 
 
-def _chunk(data: bytes, response: httpx2.Response) -> dict[str, Any]:
+def _chunk(data: bytes, request: httpx2.Request) -> dict[str, Any]:
     """One `chat.completion.chunk` as a dict. An `error` event raises `openai.APIError`, as the SDK's stream does."""
     try:
         chunk = orjson.loads(data)
@@ -428,5 +438,5 @@ def _chunk(data: bytes, response: httpx2.Response) -> dict[str, Any]:
         message = error.get("message") if isinstance(error, dict) else None
         if not message or not isinstance(message, str):
             message = "An error occurred during streaming"
-        raise openai.APIError(message, response.request, body=error)
+        raise openai.APIError(message, request, body=error)
     return chunk

@@ -1,4 +1,6 @@
 """The HTTP client the model is reached through: the `openai` SDK's own, on asyncio's streams rather than anyio's.
+It builds every request and sends the non-streamed ones (titles, summaries) and, behind a proxy, the streamed ones
+too; a streamed reply to a model reached directly is read over aiohttp (`llm_streams`).
 
 Every token of every reply is one read from the model's connection, so what a read costs is paid a thousand times
 per reply. httpcore's default network backend (anyio) enters a cancel scope and an exception map per read, and

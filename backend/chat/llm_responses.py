@@ -67,7 +67,7 @@ class ResponsesWire:
             return "", None
         return _output_text(response.get("output")), response_usage(response.get("usage"))
 
-    def reader(self, response: httpx2.Response) -> ResponsesReply:
+    def reader(self, request: httpx2.Request) -> ResponsesReply:
         return ResponsesReply()
 
 

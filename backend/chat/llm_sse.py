@@ -3,25 +3,20 @@ objects (`[DONE]` ends the stream), for chat completion chunks and Responses eve
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
-import httpx2
-
-from backend.chat.llm_errors import TRANSPORT_ERRORS
-
-_DRAIN_SECONDS = 0.1
+from backend.chat.llm_streams import StreamedReply
 
 
-async def sse_data(response: httpx2.Response) -> AsyncGenerator[bytes, None]:
-    """The `data` of each server-sent event of `response`, up to `[DONE]`.
+async def sse_data(reply: StreamedReply) -> AsyncGenerator[bytes, None]:
+    """The `data` of each server-sent event of `reply`, up to `[DONE]` (after which the rest of the body is
+    drained, so that the connection can be reused).
 
     Lines end in LF, CRLF or CR; an event ends at a blank line; its `data:` lines are joined with LF. Other fields
     (`event`, `id`, `retry`) and comments are ignored: a chat completion chunk and a Responses event both say in
     their `data` what they are.
     """
-    chunks = response.aiter_bytes()
+    chunks = reply.chunks()
     data: list[bytes] = []
     pending = b""
     async for chunk in chunks:
@@ -34,21 +29,10 @@ async def sse_data(response: httpx2.Response) -> AsyncGenerator[bytes, None]:
                     event = data[0] if len(data) == 1 else b"\n".join(data)
                     data = []
                     if event.startswith(b"[DONE]"):
-                        await drain(response, chunks)
+                        await reply.drain()
                         return
                     yield event
             elif line.startswith(b"data:"):
                 value = line[5:].rstrip(b"\r\n")
                 data.append(value[1:] if value.startswith(b" ") else value)
     # An event not ended by a blank line when the body ends is incomplete: dropped, as the SSE spec says.
-
-
-async def drain(response: httpx2.Response, chunks: AsyncIterator[bytes]) -> None:
-    """Read what follows `[DONE]`, normally only the end of the body, so that an HTTP/1.1 connection goes back to
-    the pool instead of being closed. Bounded: a server that keeps the body open after `[DONE]` costs 0.1 s."""
-    if response.http_version != "HTTP/1.1":
-        return
-    with contextlib.suppress(TimeoutError, *TRANSPORT_ERRORS):
-        async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in chunks:
-                pass

@@ -24,6 +24,7 @@ from backend.chat.llm import (
     Usage,
 )
 from backend.chat.llm_sse import sse_data
+from backend.chat.llm_streams import HttpxReply
 from backend.devtools.mock_llm import MockLLMServer
 from backend.errors import ModelError
 
@@ -508,8 +509,8 @@ async def test_sse_data_stops_at_done() -> None:
         for piece in (b"data: 1\n", b"\ndata: [DONE]\n\n", b"data: 2\n\n"):
             yield piece
 
-    response = httpx2.Response(200, content=pieces())
-    assert [d async for d in sse_data(response)] == [b"1"]
+    response = httpx2.Response(200, content=pieces(), request=httpx2.Request("POST", "http://model.test/"))
+    assert [d async for d in sse_data(HttpxReply(response))] == [b"1"]
 
 
 # --- the usage hook (per-user token budgets) -------------------------------------------------------------------

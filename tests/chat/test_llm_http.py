@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import socket
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,57 +13,11 @@ import httpcore2
 import httpx2
 import openai
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from backend.chat.llm import LLMClient, RetryPolicy
 from backend.chat.llm_http import AsyncioBackend, AsyncioStream, model_http_client, on_asyncio_streams
 from backend.errors import ModelError
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def raw_server(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[list[str]]:
-    """A server on 127.0.0.1 that runs `handler` per connection; yields its base URL, then what it saw: one
-    `connection` entry per connection accepted and each request line read by `request_line`."""
-    seen: list[str] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.append(task)
-        seen.append("connection")
-        try:
-            await handler(reader, writer)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ssl_context)
-    port = server.sockets[0].getsockname()[1]
-    seen.append(f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}")
-    try:
-        yield seen
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def request_line(reader: asyncio.StreamReader, seen: list[str]) -> None:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    seen.append(head.split("\r\n", 1)[0])
-
-
-def ok(body: bytes, *, close: bool = False) -> bytes:
-    connection = b"close" if close else b"keep-alive"
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: %s\r\n\r\n%s" % (len(body), connection, body)
+from tests.raw_http import ok, raw_server, request_line, tls_contexts
 
 
 async def test_the_models_client_is_the_sdks_on_asyncio_streams() -> None:
@@ -175,34 +125,6 @@ async def test_a_proxy_from_the_environment_is_still_used(monkeypatch: pytest.Mo
     assert seen[1:] == ["connection", "GET http://model.invalid/v1/models HTTP/1.1"]
     assert pools and all(isinstance(pool._network_backend, AsyncioBackend) for pool in pools)
     assert all(isinstance(pool, httpcore2.AsyncHTTPProxy) for pool in pools)
-
-
-def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a self-signed certificate for `localhost`, and a client context that trusts it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cafile=str(cert_file))
-    return server, client
 
 
 async def test_a_model_that_never_answers_is_bounded_by_the_idle_timeout() -> None:

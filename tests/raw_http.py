@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -84,3 +88,36 @@ def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     server.load_cert_chain(cert_file, key_file)
     client = ssl.create_default_context(cafile=str(cert_file))
     return server, client
+
+
+@asynccontextmanager
+async def address_that_drops_packets() -> AsyncIterator[tuple[str, int]]:
+    """An address whose SYNs go unanswered (a listener with a full accept queue: Linux drops further SYNs), as a
+    broken route would; skips the test on a kernel that answers them."""
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as sockets:
+        dropping = sockets.enter_context(socket.socket())
+        dropping.bind(("127.0.0.1", 0))
+        dropping.listen(0)
+        for _ in range(3):
+            filler = sockets.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(dropping.getsockname())
+        probe = sockets.enter_context(socket.socket())
+        probe.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(probe, dropping.getsockname()), 0.5)
+            pytest.skip("this kernel answers a connection to a full accept queue")
+        except TimeoutError:
+            pass
+        yield dropping.getsockname()
+
+
+def resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: tuple[str, int]) -> None:
+    """Every host name resolves to `addresses` (IPv4, in this order) on the running loop."""
+
+    async def resolved(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+        kind = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*kind, address) for address in addresses]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolved)

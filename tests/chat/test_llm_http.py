@@ -4,10 +4,7 @@ own backend gave must still hold (keep-alive reuse and its end, TLS, proxies fro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from pathlib import Path
-from typing import Any
 
 import httpcore2
 import httpx2
@@ -17,7 +14,7 @@ import pytest
 from backend.chat.llm import LLMClient, RetryPolicy
 from backend.chat.llm_http import AsyncioBackend, AsyncioStream, model_http_client, on_asyncio_streams
 from backend.errors import ModelError
-from tests.raw_http import ok, raw_server, request_line, tls_contexts
+from tests.raw_http import address_that_drops_packets, ok, raw_server, request_line, resolving_to, tls_contexts
 
 
 async def test_the_models_client_is_the_sdks_on_asyncio_streams() -> None:
@@ -155,21 +152,7 @@ async def test_connecting_races_the_addresses_so_one_that_drops_packets_costs_no
     """The host resolves to an address that drops every packet (a broken IPv6 route, say) and to one that works:
     the second is tried 250 ms after the first, as anyio did, instead of after the connect timeout."""
     loop = asyncio.get_running_loop()
-    with contextlib.ExitStack() as sockets:
-        dropping = sockets.enter_context(socket.socket())
-        dropping.bind(("127.0.0.1", 0))
-        dropping.listen(0)
-        for _ in range(3):  # a full accept queue: Linux drops further SYNs
-            filler = sockets.enter_context(socket.socket())
-            filler.setblocking(False)
-            filler.connect_ex(dropping.getsockname())
-        probe = sockets.enter_context(socket.socket())
-        probe.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(probe, dropping.getsockname()), 0.5)
-            pytest.skip("this kernel answers a connection to a full accept queue")
-        except TimeoutError:
-            pass
+    async with address_that_drops_packets() as dropping:
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await request_line(reader, seen)
@@ -179,11 +162,7 @@ async def test_connecting_races_the_addresses_so_one_that_drops_packets_costs_no
         async with raw_server(answer) as seen:
             working = ("127.0.0.1", int(seen[0].rsplit(":", 1)[1]))
 
-            async def two_addresses(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
-                kind = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
-                return [(*kind, dropping.getsockname()), (*kind, working)]
-
-            monkeypatch.setattr(loop, "getaddrinfo", two_addresses)
+            resolving_to(monkeypatch, dropping, working)
             client = model_http_client()
             started = loop.time()
             try:

@@ -5,10 +5,7 @@ SDK's client, addresses are raced, and failures read as the SDK's and httpx's er
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import openai
@@ -19,7 +16,7 @@ from backend.chat.llm import LLMClient, RetryPolicy, TextChunk
 from backend.chat.llm_http import model_http_client
 from backend.chat.llm_streams import ModelStreams
 from backend.errors import ModelError
-from tests.raw_http import raw_server, request_line, tls_contexts
+from tests.raw_http import address_that_drops_packets, raw_server, request_line, resolving_to, tls_contexts
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -43,6 +40,17 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
 
 async def texts(llm: LLMClient) -> str:
     return "".join([e.text async for e in llm.stream(MESSAGES) if isinstance(e, TextChunk)])
+
+
+async def failure(base_url: str) -> ModelError:
+    """How one call to `base_url`, not retried, fails."""
+    llm = LLMClient(base_url=base_url, api_key="k", model="m", retry=RetryPolicy(0), idle_timeout=5)
+    try:
+        with pytest.raises(ModelError) as caught:
+            await texts(llm)
+    finally:
+        await llm.close()
+    return caught.value
 
 
 async def test_a_streamed_reply_is_read_over_aiohttp_with_the_request_the_sdk_builds() -> None:
@@ -107,24 +115,14 @@ async def test_a_status_error_is_the_sdks_own_and_a_refused_connection_is_httpx_
         await writer.drain()
 
     async with raw_server(limited) as seen:
-        llm = LLMClient(base_url=f"{seen[0]}/v1", api_key="k", model="m", retry=RetryPolicy(0), idle_timeout=5)
-        try:
-            with pytest.raises(ModelError) as caught:
-                await texts(llm)
-        finally:
-            await llm.close()
-    assert isinstance(caught.value.__cause__, openai.RateLimitError)
-    assert caught.value.__cause__.body == orjson.loads(body)["error"]
-    assert caught.value.provider_code == "rate_limit_exceeded" and caught.value.retry_after == 0.01
+        limited_error = await failure(f"{seen[0]}/v1")
+    assert isinstance(limited_error.__cause__, openai.RateLimitError)
+    assert limited_error.__cause__.body == orjson.loads(body)["error"]
+    assert limited_error.provider_code == "rate_limit_exceeded" and limited_error.retry_after == 0.01
 
-    refused = LLMClient(base_url="http://127.0.0.1:9/v1", api_key="k", model="m", retry=RetryPolicy(0), idle_timeout=5)
-    try:
-        with pytest.raises(ModelError) as caught:
-            await texts(refused)
-    finally:
-        await refused.close()
-    assert isinstance(caught.value.__cause__, httpx2.ConnectError)
-    assert caught.value.provider_code == "connection_error" and caught.value.retryable
+    refused = await failure("http://127.0.0.1:9/v1")
+    assert isinstance(refused.__cause__, httpx2.ConnectError)
+    assert refused.provider_code == "connection_error" and refused.retryable
 
 
 async def test_a_body_cut_short_is_a_connection_error_retried_before_the_first_chunk() -> None:
@@ -211,21 +209,7 @@ async def test_connecting_races_the_addresses_so_one_that_drops_packets_costs_no
     """The model's host resolves to an address that drops every packet and to one that works: the second is
     tried 250 ms after the first (as `llm_http` does for the SDK's client), not after the connect timeout."""
     loop = asyncio.get_running_loop()
-    with contextlib.ExitStack() as sockets:
-        dropping = sockets.enter_context(socket.socket())
-        dropping.bind(("127.0.0.1", 0))
-        dropping.listen(0)
-        for _ in range(3):  # a full accept queue: Linux drops further SYNs
-            filler = sockets.enter_context(socket.socket())
-            filler.setblocking(False)
-            filler.connect_ex(dropping.getsockname())
-        probe = sockets.enter_context(socket.socket())
-        probe.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(probe, dropping.getsockname()), 0.5)
-            pytest.skip("this kernel answers a connection to a full accept queue")
-        except TimeoutError:
-            pass
+    async with address_that_drops_packets() as dropping:
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
@@ -235,11 +219,7 @@ async def test_connecting_races_the_addresses_so_one_that_drops_packets_costs_no
         async with raw_server(answer) as seen:
             working = ("127.0.0.1", int(seen[0].rsplit(":", 1)[1]))
 
-            async def two_addresses(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
-                kind = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
-                return [(*kind, dropping.getsockname()), (*kind, working)]
-
-            monkeypatch.setattr(loop, "getaddrinfo", two_addresses)
+            resolving_to(monkeypatch, dropping, working)
             llm = LLMClient(
                 base_url=f"http://model.test:{working[1]}/v1",
                 api_key="k",

@@ -1,10 +1,10 @@
 """The body of a streamed model reply, read over aiohttp where it can be: HTTP/1.1 parsed in C as the bytes come.
 
 Every token of a reply is one read of the model's connection. Through the SDK's client a read crosses httpx,
-httpcore and h11, pure Python: per token a state machine, a chunked-body reader and a stack of async iterators,
-about 60 µs on the benchmark's machine, three times what the rest of the model side costs. aiohttp parses the
-response in C (llhttp) and hands the body over as it arrives (`python -m bench.model_reads`: CPU per 1,000 model
-events and the model side of a first token, docs/benchmarks.md).
+httpcore and h11, pure Python: per token a state machine, a chunked-body reader and a stack of async iterators.
+aiohttp parses the response in C (llhttp) and hands the body over as it arrives: `python -m bench.model_reads`
+measured 86 against 46.5 ms of CPU per 1,000 model events at 100 streams, and 1.6 against 0.5 ms from a request to
+its first event (docs/benchmarks.md, issue 17 item 19).
 
 The request is still the SDK's: its URL and headers (authentication, user agent, organization and project) are
 built by the SDK's client, once per path; a status of 400 or more becomes the SDK's own error (the
@@ -36,7 +36,8 @@ from backend.chat.llm_http import HAPPY_EYEBALLS_DELAY
 
 _DRAIN_SECONDS = 0.1
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, ConnectionError)
+_AIOHTTP_ERRORS = (aiohttp.ClientError, ConnectionError)
+"""What aiohttp raises for a connection that fails; raised on as httpx's errors."""
 
 
 class StreamedReply(Protocol):
@@ -93,7 +94,7 @@ async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.content.iter_any():
             yield chunk
-    except _TRANSPORT_ERRORS as e:
+    except _AIOHTTP_ERRORS as e:
         raise httpx2.ReadError(f"the model's connection broke: {e}") from e
 
 
@@ -133,7 +134,7 @@ class ModelStreams:
             raise httpx2.ConnectError(str(e)) from e
         except TimeoutError as e:  # aiohttp's connect timeout
             raise httpx2.ConnectTimeout(str(e)) from e
-        except _TRANSPORT_ERRORS as e:
+        except _AIOHTTP_ERRORS as e:
             raise httpx2.ReadError(str(e)) from e
         if response.status >= 400:
             raise await self._status_error(response, request)
@@ -145,6 +146,8 @@ class ModelStreams:
             self._session = None
 
     def _open_session(self) -> aiohttp.ClientSession:
+        # The SDK client's own context (its trust store, `SSL_CERT_FILE`, a `verify=` given); httpx2 keeps it on the
+        # pool. Without it, aiohttp's default verification.
         pool = getattr(getattr(self._http, "_transport", None), "_pool", None)
         ssl_context = getattr(pool, "_ssl_context", None) or True
         connector = aiohttp.TCPConnector(
@@ -186,7 +189,7 @@ class ModelStreams:
     async def _status_error(self, response: aiohttp.ClientResponse, request: httpx2.Request) -> openai.APIStatusError:
         try:
             content = await response.read()
-        except _TRANSPORT_ERRORS:
+        except _AIOHTTP_ERRORS:
             content = b""
         finally:
             response.release()

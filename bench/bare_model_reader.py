@@ -90,7 +90,8 @@ class BareModelReader:
         ).encode()
         self._idle: list[_Connection] = []
 
-    async def stream_body(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
+    async def stream_body(self, body: dict[str, Any], ahead: object = None) -> AsyncIterator[ModelEvent]:
+        # `ahead`: `LLMClient._stream_body`'s call sent ahead; the bench's calls never have one.
         connection = self._idle.pop() if self._idle else await self._connect()
         connection.begin()
         payload = orjson.dumps(body)

@@ -34,6 +34,7 @@ import httpx2
 import openai
 import orjson
 
+from backend.chat.llm_ahead import CallAhead
 from backend.chat.llm_errors import CLIENT_ERRORS, translate
 from backend.chat.llm_events import (
     Completed,
@@ -151,17 +152,30 @@ class LLMClient:
         await self._streams.close()
         await self._client.close()
 
+    def send_ahead(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()) -> CallAhead | None:
+        """Send the streamed call for `messages` and `tools` now, for a `stream()` of the same call to take up
+        (`ahead=`). None where a call's body is not known in advance (the Responses API's chained state)."""
+        if self._chains is not None:
+            return None
+        content = _content(self._wire.stream_body(self.model, messages, tools))
+        return CallAhead.send(content, self._open_content(content))
+
     async def stream(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] = (),
+        *,
+        ahead: CallAhead | None = None,
     ) -> AsyncIterator[ModelEvent]:
         """One model call as events: text chunks, tool-call starts and argument fragments, then `Completed`.
-        Raises `ModelError`."""
+        Raises `ModelError`. `ahead`: the same call sent already (`send_ahead`); its first attempt takes it up if
+        its body is the same bytes, else discards it."""
         attempt = 0
         started = time.monotonic()
         while True:
             produced = False
             try:
-                async for event in self._attempt(messages, tools):
+                async for event in self._attempt(messages, tools, ahead if attempt == 0 else None):
                     produced = True
                     yield event
                 self._observer.succeeded(self.model, time.monotonic() - started)
@@ -208,25 +222,30 @@ class LLMClient:
         )
         return response
 
-    async def _open_stream(self, body: dict[str, Any]) -> StreamedReply:
-        """POST a streamed call (`llm_streams`: over aiohttp unless a proxy applies); the reply's head is in."""
-        # orjson (3.13) returns its write buffer, ~10x the body's size, as the bytes; the request keeps the body
-        # for as long as the reply streams. `%` copies it into bytes of its own size.
-        content = b"%b" % orjson.dumps(body)
+    async def _open_stream(self, body: dict[str, Any], ahead: CallAhead | None = None) -> StreamedReply:
+        """POST a streamed call (`llm_streams`: over aiohttp unless a proxy applies), or take up the same call sent
+        ahead; the reply's head is in."""
+        content = _content(body)
+        opening = ahead.take(content) if ahead is not None else None
+        if opening is not None:
+            return await opening
+        return await self._open_content(content)
+
+    async def _open_content(self, content: bytes) -> StreamedReply:
         return await self._streams.open(self._wire.path, content, sdk_post=lambda: self._post(content, stream=True))
 
     def _attempt(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], ahead: CallAhead | None
     ) -> AsyncIterator[ModelEvent]:
         body = self._wire.stream_body(self.model, messages, tools)
         if self._chains is None:
-            return self._stream_body(body)
+            return self._stream_body(body, ahead)
         return self._chains.stream(body, self._stream_body)
 
-    async def _stream_body(self, body: dict[str, Any]) -> AsyncIterator[ModelEvent]:
+    async def _stream_body(self, body: dict[str, Any], ahead: CallAhead | None = None) -> AsyncIterator[ModelEvent]:
         try:
             async with asyncio.timeout(self._idle_timeout):
-                streamed = await self._open_stream(body)
+                streamed = await self._open_stream(body, ahead)
             try:
                 reply = self._wire.reader(streamed.request)
                 async with contextlib.aclosing(sse_data(streamed)) as events:
@@ -440,3 +459,9 @@ def _chunk(data: bytes, request: httpx2.Request) -> dict[str, Any]:
             message = "An error occurred during streaming"
         raise openai.APIError(message, request, body=error)
     return chunk
+
+
+def _content(body: dict[str, Any]) -> bytes:
+    # orjson (3.13) returns its write buffer, ~10x the body's size, as the bytes; the request keeps the body for as
+    # long as the reply streams. `%` copies it into bytes of its own size.
+    return b"%b" % orjson.dumps(body)

@@ -68,7 +68,7 @@ class HttpxReply:
 
     async def drain(self) -> None:
         if self._response.http_version == "HTTP/1.1":  # HTTP/2 streams need no draining to be reused
-            await _read_to_end(self._chunks)
+            await read_to_end(self._chunks)
 
     async def close(self) -> None:
         await self._response.aclose()
@@ -84,7 +84,7 @@ class _AiohttpReply:
         return self._chunks
 
     async def drain(self) -> None:
-        await _read_to_end(self._chunks)
+        await read_to_end(self._chunks)
 
     async def close(self) -> None:
         self._response.release()
@@ -98,7 +98,7 @@ async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         raise httpx2.ReadError(f"the model's connection broke: {e}") from e
 
 
-async def _read_to_end(chunks: AsyncIterator[bytes]) -> None:
+async def read_to_end(chunks: AsyncIterator[bytes]) -> None:
     """Bounded: a server that keeps the body open after `[DONE]` costs 0.1 s, and then its connection is closed."""
     with contextlib.suppress(TimeoutError, *TRANSPORT_ERRORS):
         async with asyncio.timeout(_DRAIN_SECONDS):

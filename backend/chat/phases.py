@@ -61,7 +61,7 @@ async def prepare_prompt(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEv
     """Fit the history to the budget (summarising it first when it is over the hard mark) and build the prompt."""
     services, window = turn.services, turn.window
     policy = services.policy
-    if services.compactor is not None and policy.pressure(window.estimate(turn.fixed_tokens)) == "hard":
+    if must_compact(turn):
         async for event in _compact(turn, keep_tokens=policy.keep_tokens):
             yield event
     available = int(policy.budget.limit * turn.squeeze / policy.calibration.ratio) - turn.fixed_tokens
@@ -74,6 +74,13 @@ async def prepare_prompt(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEv
     step.estimated_tokens = window.estimate(turn.fixed_tokens)
 
 
+def must_compact(turn: TurnState) -> bool:
+    """Whether the history is over the hard mark: the prompt is built only after a summary."""
+    services = turn.services
+    estimate = turn.window.estimate(turn.fixed_tokens)
+    return services.compactor is not None and services.policy.pressure(estimate) == "hard"
+
+
 async def stream_model_call(turn: TurnState, step: Step) -> AsyncIterator[ev.TurnEvent]:
     """Stream the model's answer as it comes. A provider that finds the prompt too long before anything was
     streamed gets one retry of the step, after a forced compaction (or, failing that, a tighter trim)."""
@@ -81,7 +88,8 @@ async def stream_model_call(turn: TurnState, step: Step) -> AsyncIterator[ev.Tur
     step.stage = "model"
     started, first_token = time.time(), None
     try:
-        async for event in model.stream(step.messages, turn.tools.schemas()):
+        ahead = turn.request.ahead if step.index == 0 else None
+        async for event in model.stream(step.messages, turn.tools.schemas(), ahead=ahead):
             if isinstance(event, llm.TextChunk):
                 first_token = first_token or time.time()
                 step.text.append(event.text)

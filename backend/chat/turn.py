@@ -19,9 +19,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from backend.chat import events as ev
+from backend.chat.llm_ahead import CallAhead
 from backend.chat.phases import (
     compact_later,
     count_tool_round,
+    must_compact,
     prepare_prompt,
     run_tools,
     save_interrupted,
@@ -81,6 +83,28 @@ async def stream_chat_completion(
         if step is not None:
             await save_interrupted(turn, step)
         raise
+
+
+async def send_first_call_ahead(request: TurnRequest, prompt: SystemPrompt, services: TurnServices) -> CallAhead | None:
+    """Send the first model call of the turn `request` would run, built as its first step builds it, before the
+    turn runs: the caller stores the user message meanwhile and then runs the turn with `ahead` set. Nothing is
+    stored or shown here. None when the first step would not call the model at once (a continuation that settles
+    answers first, a history to summarise first, one that no longer fits) or its call cannot be sent ahead."""
+    if request.resume is not None:
+        return None
+    turn = await TurnState.open(request, prompt, services, None)
+    if must_compact(turn):
+        return None
+    step = turn.next_step()
+    events = prepare_prompt(turn, step)
+    try:
+        async for _ in events:
+            return None  # it compacts after all: no guess
+    except TurnFailure:
+        return None
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return services.llm.send_ahead(step.messages, turn.tools.schemas())
 
 
 def _finish_metadata(turn: TurnState) -> dict[str, Any] | None:

@@ -3,20 +3,24 @@ operation, and the stop button, whichever pod runs the session's turn.
 
 `submit` claims the session's active turn (the Redis pointer first, then Postgres in the message's own transaction:
 see `session_admission.py`), stores the user message and hands the turn to the driver; the request that asked only
-follows it. A message that finds the session busy gets the double-texting policy (`reject`, `interrupt`,
-`enqueue`). Waiting for a session to be free is one helper, `_until_free`, which closes the running turn itself
-when its owner is gone.
+follows it. The turn's first model call goes out before the message is stored, built from the history read with
+the claim (`_send_ahead`, `llm_ahead.py`): the store's round trips overlap the model's wait for its first token. A
+message that finds the session busy gets the double-texting policy (`reject`, `interrupt`, `enqueue`). Waiting for
+a session to be free is one helper, `_until_free`, which closes the running turn itself when its owner is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from redis.exceptions import RedisError
 
+from backend.chat.llm_ahead import CallAhead
 from backend.chat.local_turns import LocalTurns
 from backend.chat.quota import TurnQuota, billed_to
 from backend.chat.session_admission import SessionAdmission
@@ -27,12 +31,14 @@ from backend.chat.turn_driver import TurnDriver
 from backend.chat.turn_state import Resume, TurnRequest, UserMessage
 from backend.chat.turn_supervisor import TurnSupervisor
 from backend.errors import Conflict
-from backend.store.models import ActiveTurnHeld, ChatSession, NewMessage
+from backend.store.models import ActiveTurnHeld, ChatSession, MessageRow, NewMessage
 from backend.store.operations import Operation
-from backend.store.sessions import SessionStore
+from backend.store.sessions import SessionStore, message_rows_from
 from backend.streams.active import Claim
 from backend.streams.turns import TurnInfo, TurnRegistry, TurnStatus, info_from
 from backend.tools.frontend import FrontendTool
+
+log = logging.getLogger("copilot.admission")
 
 _TURN_NAMESPACE = uuid.UUID("6f6c1b2e-8d43-4c55-9b0e-2f1f6a7c9d10")
 _STOP_WAIT_SECONDS = 3.0
@@ -113,12 +119,15 @@ class TurnAdmission:
         look_along = message.client_message_id is not None and not self._capacity.full
         if message.client_message_id is not None and not look_along and _followed(await self._registry.info(turn_id)):
             return Submitted(turn_id, None, repeated=True)
+        # The claim's round trip also reads the history the prompt starts from: the first model call can then go
+        # out while the message is being stored (`_send_ahead`).
+        reading = self._store.reading_message_rows(session.id, after=session.summary_through)
         with self._capacity.seat(turn_id):
             if not look_along:
-                claim = await self._active.claim_fast(session.id, turn_id)
+                claim, (read,) = await self._active.claim_fast_along(session.id, turn_id, [reading])
             else:
-                claim, (found,) = await self._active.claim_fast_along(
-                    session.id, turn_id, [self._registry.looking_up(turn_id)]
+                claim, (found, read) = await self._active.claim_fast_along(
+                    session.id, turn_id, [self._registry.looking_up(turn_id), reading]
                 )
                 resend = True  # until the record says otherwise: a record that cannot be read gives the claim back too
                 try:
@@ -128,7 +137,10 @@ class TurnAdmission:
                         await self._active.drop_fast(session.id, turn_id)
                 if resend:
                     return Submitted(turn_id, None, repeated=True)  # the turn exists: follow it
-            return await self._admit_message(session, user_id, message, turn_id, is_authenticated, limited, claim)
+            history = message_rows_from(read) if claim is not None else None
+            return await self._admit_message(
+                session, user_id, message, turn_id, is_authenticated, limited, claim, history
+            )
 
     async def _admit_message(
         self,
@@ -139,88 +151,122 @@ class TurnAdmission:
         is_authenticated: bool,
         limited: bool,
         claim: Claim | None,
+        history: list[MessageRow] | None = None,
     ) -> Submitted:
         """`submit` for a message that starts a turn (or a new attempt of a failed one), its seat taken and the
-        session's pointer claimed once (`claim`: None when another turn held it)."""
+        session's pointer claimed once (`claim`: None when another turn held it). `history`: the session's cached
+        messages after its summary, read with that claim (None: not read, or not cached)."""
         active = self._active
-        while True:
-            while claim is None:
-                current = await active.current(session.id)
-                if current == turn_id:
-                    return Submitted(turn_id, None, repeated=True)
-                if current is not None:  # else released between our claim and our read: try again
-                    await self._make_way(session.id, current)
-                claim = await active.claim_fast(session.id, turn_id)
-            try:
-                # After a resend was recognised (it takes no second slot), before anything is stored.
-                await self._quota.admit(user_id, turn_id, enforce=limited)
-            except BaseException:
-                await active.drop_fast(session.id, turn_id)
-                raise
-            try:
-                stored = await self._store.append(
-                    session.id,
-                    [
-                        NewMessage(
-                            "user",
-                            message.text,
-                            client_message_id=message.client_message_id,
-                            token_count=self._counter.count_message({"role": "user", "content": message.text}),
-                        )
-                    ],
-                    claim=active.claim(turn_id),
-                    settle_awaiting=True,  # calls still waiting for the user close as unanswered (documented)
-                    no_pending=not claim.pending_writes,  # the claim asked
-                    read_after=session.summary_through,  # the turn's history, read with the cache update
-                    along=self._registry.opening(turn_id, str(session.id), user_id),  # the stream opens with it
-                )
-            except ActiveTurnHeld as held:
-                # Redis had forgotten the running turn (flushed, or restarted without its data); Postgres had not.
-                await active.drop_fast(session.id, turn_id)
-                if held.turn_id == turn_id:
-                    return Submitted(turn_id, None, repeated=True)  # its slot is that running turn's
-                await self._quota.release(user_id, turn_id)
-                if await self._ended(held.turn_id):
-                    # It ended while Postgres was down, so it could not free the session: do it for it.
-                    await active.release_anchor(session.id, held.turn_id)
-                else:
-                    await self._make_way(session.id, held.turn_id)
-                claim = await active.claim_fast(session.id, turn_id)
-                continue
-            except BaseException:
-                await self._quota.release(user_id, turn_id)
-                await active.drop_fast(session.id, turn_id)
-                raise
-            break
-        try:
-            user = stored.messages[0]
-            # A message stored before whose turn is unknown (expired, or its pod died before starting it) is
-            # answered now only if nothing answered it yet.
-            latest = stored.session or await self._store.get(session.id, user_id)
-            if stored.duplicates and user.sequence != latest.message_count:
-                raise Conflict("this message was already answered", message_id=str(user.id))
-        except BaseException:
-            await self._quota.release(user_id, turn_id)
-            await active.release(session.id, turn_id)
-            raise
-        if not stored.sent_along:  # the stream did not open with the cache update (nothing new, or it failed)
-            await self._open_stream(session.id, user_id, turn_id)
-        request = TurnRequest(
-            turn_id=turn_id,
-            session_id=session.id,
-            user_id=user_id,
-            is_authenticated=is_authenticated,
-            page_context=message.page_context,
-            session=session,
-            frontend_tools=message.frontend_tools or (),
-            no_pending_writes=not claim.pending_writes,
-            history=stored.history,
+        user = NewMessage(
+            "user",
+            message.text,
+            client_message_id=message.client_message_id,
+            token_count=self._counter.count_message({"role": "user", "content": message.text}),
         )
-        self._driver.start(request, message.text)
-        if session.title is None and user.sequence == 1:
+        ahead: CallAhead | None = None
+        try:
+            while True:
+                while claim is None:
+                    history = None  # read with a claim that failed: another turn may have added to it since
+                    current = await active.current(session.id)
+                    if current == turn_id:
+                        return Submitted(turn_id, None, repeated=True)
+                    if current is not None:  # else released between our claim and our read: try again
+                        await self._make_way(session.id, current)
+                    claim = await active.claim_fast(session.id, turn_id)
+                try:
+                    # After a resend was recognised (it takes no second slot), before anything is stored.
+                    await self._quota.admit(user_id, turn_id, enforce=limited)
+                except BaseException:
+                    await active.drop_fast(session.id, turn_id)
+                    raise
+                if history is not None and not claim.pending_writes:
+                    ahead = await self._send_ahead(session, user_id, message, turn_id, is_authenticated, user, history)
+                try:
+                    stored = await self._store.append(
+                        session.id,
+                        [user],
+                        claim=active.claim(turn_id),
+                        settle_awaiting=True,  # calls still waiting for the user close as unanswered (documented)
+                        no_pending=not claim.pending_writes,  # the claim asked
+                        read_after=session.summary_through,  # the turn's history, read with the cache update
+                        along=self._registry.opening(turn_id, str(session.id), user_id),  # the stream opens with it
+                    )
+                except ActiveTurnHeld as held:
+                    # Redis had forgotten the running turn (flushed, or restarted without its data); Postgres had not.
+                    if ahead is not None:
+                        ahead.discard()
+                        ahead = history = None
+                    await active.drop_fast(session.id, turn_id)
+                    if held.turn_id == turn_id:
+                        return Submitted(turn_id, None, repeated=True)  # its slot is that running turn's
+                    await self._quota.release(user_id, turn_id)
+                    if await self._ended(held.turn_id):
+                        # It ended while Postgres was down, so it could not free the session: do it for it.
+                        await active.release_anchor(session.id, held.turn_id)
+                    else:
+                        await self._make_way(session.id, held.turn_id)
+                    claim = await active.claim_fast(session.id, turn_id)
+                    continue
+                except BaseException:
+                    await self._quota.release(user_id, turn_id)
+                    await active.drop_fast(session.id, turn_id)
+                    raise
+                break
+            try:
+                stored_user = stored.messages[0]
+                # A message stored before whose turn is unknown (expired, or its pod died before starting it) is
+                # answered now only if nothing answered it yet.
+                latest = stored.session or await self._store.get(session.id, user_id)
+                if stored.duplicates and stored_user.sequence != latest.message_count:
+                    raise Conflict("this message was already answered", message_id=str(stored_user.id))
+            except BaseException:
+                await self._quota.release(user_id, turn_id)
+                await active.release(session.id, turn_id)
+                raise
+            if not stored.sent_along:  # the stream did not open with the cache update (nothing new, or it failed)
+                await self._open_stream(session.id, user_id, turn_id)
+            request = _turn_request(session, user_id, message, turn_id, is_authenticated, claim, stored.history)
+            self._driver.start(replace(request, ahead=ahead), message.text)
+            ahead = None  # the turn's now: it takes it up or discards it
+        finally:
+            if ahead is not None:
+                ahead.discard()
+        if session.title is None and stored_user.sequence == 1:
             with billed_to(user_id):  # the title task inherits who pays for its model call
                 self._titles.schedule(session.id, user_id, message.text)
-        return Submitted(turn_id, user.sequence, repeated=False)
+        return Submitted(turn_id, stored_user.sequence, repeated=False)
+
+    async def _send_ahead(
+        self,
+        session: ChatSession,
+        user_id: str,
+        message: UserMessage,
+        turn_id: str,
+        is_authenticated: bool,
+        user: NewMessage,
+        history: list[MessageRow],
+    ) -> CallAhead | None:
+        """Send the turn's first model call before its user message is stored, from the history read with the claim
+        and the message as it will be stored. The turn takes it up only if it builds the very same request from what
+        the append returns (`llm_ahead`); a failure here only means the turn sends its own."""
+        sequence = history[-1]["sequence"] + 1 if history else session.summary_through + 1
+        row = MessageRow(
+            sequence=sequence,
+            role="user",
+            content=user.content,
+            tool_calls=None,
+            tool_call_id=None,
+            name=None,
+            refusal=None,
+            token_count=user.token_count,
+        )
+        guess = _turn_request(session, user_id, message, turn_id, is_authenticated, None, [*history, row])
+        try:
+            return await self._driver.send_ahead(guess)
+        except Exception:
+            log.warning("turn %s: its first model call could not be sent ahead", turn_id, exc_info=True)
+            return None
 
     async def resume(
         self,
@@ -412,3 +458,26 @@ def turn_id_for(session_id: uuid.UUID, client_message_id: str | None) -> str:
 def continuation_id(session_id: uuid.UUID, asked_in: int) -> str:
     """The turn id of the continuation after the answers to the calls of the message at sequence `asked_in`."""
     return str(uuid.uuid5(_TURN_NAMESPACE, f"{session_id}:answers:{asked_in}"))
+
+
+def _turn_request(
+    session: ChatSession,
+    user_id: str,
+    message: UserMessage,
+    turn_id: str,
+    is_authenticated: bool,
+    claim: Claim | None,
+    history: Sequence[MessageRow] | None,
+) -> TurnRequest:
+    """The turn a user message starts."""
+    return TurnRequest(
+        turn_id=turn_id,
+        session_id=session.id,
+        user_id=user_id,
+        is_authenticated=is_authenticated,
+        page_context=message.page_context,
+        session=session,
+        frontend_tools=message.frontend_tools or (),
+        no_pending_writes=claim is not None and not claim.pending_writes,
+        history=history,
+    )

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from backend.chat import events as ev
 from backend.chat import protocol as p
 from backend.chat.chunk_writer import ChunkWriter
+from backend.chat.llm_ahead import CallAhead
 from backend.chat.llm_response_state import conversation_context
 from backend.chat.local_turns import CANCEL, SHUTDOWN, LocalTurns, stop
 from backend.chat.open_parts import OpenParts
@@ -25,7 +26,7 @@ from backend.chat.quota import TurnQuota, billed_context
 from backend.chat.recovery import explain_lost_tail
 from backend.chat.session_admission import SessionAdmission
 from backend.chat.system_prompt import SystemPrompt, turn_variables
-from backend.chat.turn import stream_chat_completion
+from backend.chat.turn import send_first_call_ahead, stream_chat_completion
 from backend.chat.turn_state import TurnRequest, TurnServices
 from backend.chat.turn_supervisor import TurnSupervisor
 from backend.chat.ui_stream import UIStreamTranslator
@@ -181,14 +182,22 @@ class TurnDriver:
 
         return explain_lost_tail(read(), turn_id=turn_id, after=after, registry=self._registry)
 
+    async def send_ahead(self, req: TurnRequest) -> CallAhead | None:
+        """Send the first model call of the turn `req` before `start`: see `turn.send_first_call_ahead`. Its caller
+        starts the turn with it (`TurnRequest.ahead`) or discards it."""
+        return await send_first_call_ahead(req, self._render_prompt(req), self._services)
+
+    def _render_prompt(self, req: TurnRequest) -> SystemPrompt:
+        return self._prompt().render(
+            turn_variables(user_id=req.user_id, is_authenticated=req.is_authenticated, page_context=req.page_context)
+        )
+
     async def _drive(self, req: TurnRequest, message_text: str, publisher: TurnPublisher) -> None:
         translator = UIStreamTranslator(approval_chunks=self._approval_chunks)
         status: TurnStatus = "completed"
         error_class: str | None = None
         freed = False
-        prompt = self._prompt().render(
-            turn_variables(user_id=req.user_id, is_authenticated=req.is_authenticated, page_context=req.page_context)
-        )
+        prompt = self._render_prompt(req)
         log.info("turn %s: prompt %s@%s", req.turn_id, prompt.name, prompt.version)
         facts = TurnFacts(
             turn_id=req.turn_id,
@@ -234,6 +243,8 @@ class TurnDriver:
             status, error_class = "failed", type(e).__name__
             emit(ev.TurnFailed("Something went wrong while generating the reply.", "internal_error"))
         finally:
+            if req.ahead is not None:
+                req.ahead.discard()  # not taken up: the turn ended before its first model call, or sent another
             reason = {"completed": "stop", "cancelled": "other"}.get(status, "error")
             for chunk in translator.close(reason):
                 publisher.emit(chunk)

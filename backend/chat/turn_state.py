@@ -16,6 +16,7 @@ from uuid import UUID
 from backend.chat.compaction import Compactor
 from backend.chat.context_window import ContextPolicy, ContextWindow
 from backend.chat.llm import Completed, LLMClient, ToolCall
+from backend.chat.llm_ahead import CallAhead
 from backend.chat.operation_runner import OperationRunner, Started
 from backend.chat.system_prompt import SystemPrompt
 from backend.chat.tokens import TokenCounter
@@ -85,6 +86,9 @@ class TurnRequest:
     end_work: list[Group] = field(default_factory=list)
     """Redis work the turn leaves for its end's round trip, sent before the end (the last step's cache update):
     filled while the turn runs, sent by the driver."""
+    ahead: CallAhead | None = None
+    """The turn's first model call, sent while its user message was being stored (`turn.send_first_call_ahead`):
+    the first step takes it up if it asks for the same request, byte for byte; the driver discards it at the end."""
 
 
 @dataclass(frozen=True, slots=True)

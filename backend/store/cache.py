@@ -165,6 +165,17 @@ class SessionCache:
         rows = await self._raw_messages(session_id, after, None)
         return None if rows is None else [orjson.loads(r) for r in rows]
 
+    def reading_message_rows(self, session_id: UUID, after: int) -> redis_batch.Group:
+        """`get_message_rows` as a group of a batch sent with other Redis work; its reply is read with
+        `message_rows_from`."""
+        key = keys.session_messages(session_id)
+
+        def read(pipe: Pipeline) -> None:
+            pipe.exists(key)
+            pipe.lrange(key, after + 1, -1)
+
+        return redis_batch.Group(read)
+
     async def _raw_messages(self, session_id: UUID, after: int, limit: int | None) -> list[bytes] | None:
         key = keys.session_messages(session_id)
         stop = -1 if limit is None else after + limit
@@ -255,3 +266,9 @@ class SessionCache:
         if messages:
             keys_.append(keys.session_messages(session_id))
         await self._invalidate(keys=keys_, args=[_GENERATION_TTL_MS, _new_generation()])
+
+
+def message_rows_from(reply: list[Any]) -> list[MessageRow] | None:
+    """The rows a `reading_message_rows` group read (None when the session's list is not cached)."""
+    exists, rows = reply
+    return [orjson.loads(r) for r in rows] if exists else None

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from backend.errors import NotFound, StorageUnavailable
 from backend.redis_batch import Group
-from backend.store.cache import SessionCache
+from backend.store.cache import SessionCache, message_rows_from
 from backend.store.models import (
     ActiveTurnClaim,
     AppendResult,
@@ -34,6 +34,8 @@ from backend.store.models import (
 )
 from backend.store.pending import PendingAppend, PendingWrites
 from backend.store.postgres import ChatRepository
+
+__all__ = ["SessionStore", "message_rows_from"]
 
 log = logging.getLogger("copilot.sessions")
 
@@ -360,6 +362,11 @@ class SessionStore:
             if len(page) < page_size:
                 return
             after = page[-1].sequence
+
+    def reading_message_rows(self, session_id: UUID, *, after: int) -> Group:
+        """The cached messages after sequence `after`, as plain rows, read as a group of a batch sent with other
+        Redis work (`redis_batch.send`); its reply is read with `cache.message_rows_from` (None: not cached)."""
+        return self._cache.reading_message_rows(session_id, after)
 
     async def message_rows(self, session_id: UUID, *, after: int = 0) -> list[MessageRow]:
         """`messages(session_id, after=after)` as plain rows: the cheap read a prompt is built from."""

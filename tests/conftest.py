@@ -24,6 +24,7 @@ from backend.devtools.mock_llm import MockLLMServer
 from backend.store.migrate import upgrade_dsn
 from backend.store.postgres import create_pool
 from tests.helpers import InProcessServer
+from tests.raw_http import RecordingModel, raw_server
 
 # Keys and endpoints in a developer's shell (a real OPENAI_API_KEY, LANGFUSE_*, POSTHOG_*, COPILOT_*, OTEL_*, ...)
 # must not reach the tests' settings, the SDKs that read them on their own, or the servers tests spawn: they would send
@@ -217,3 +218,12 @@ def chat_settings(settings: Settings, mock_llm: MockLLMServer) -> Settings:
 async def chat(chat_settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, LiveServer]]:
     async with LiveServer(chat_settings) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as client:
         yield client, live
+
+
+@pytest.fixture
+async def recording_model() -> AsyncIterator[RecordingModel]:
+    """A raw model server that records what it was asked and which calls were hung up (`tests/raw_http.py`)."""
+    answering = RecordingModel()
+    async with raw_server(answering) as seen:
+        answering.base_url = f"{seen[0]}/v1"
+        yield answering

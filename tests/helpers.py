@@ -126,3 +126,10 @@ def copilot_serve(env: Mapping[str, str], log_path: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async def holds() -> bool:
+        return condition()
+
+    await wait_for(holds, within=5, every=0.005)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -121,3 +122,62 @@ def resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: tuple[str, int]) -
         return [(*kind, address) for address in addresses]
 
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolved)
+
+
+def sse_reply(*texts: str) -> bytes:
+    """A chat completion stream as a chunked HTTP/1.1 response: one chunk per event, as providers send them."""
+    events = [{"choices": [{"index": 0, "delta": {"content": text}}]} for text in texts]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in (b"data: %b\n\n" % orjson.dumps(e) for e in events))
+    done = b"data: [DONE]\n\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    return head + body + b"%x\r\n%b\r\n0\r\n\r\n" % (len(done), done)
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    line, *fields = head.strip().split("\r\n")
+    headers = {name.lower(): value for name, value in (f.split(": ", 1) for f in fields)}
+    return line, headers, await reader.readexactly(int(headers["content-length"]))
+
+
+class RecordingModel:
+    """Answers each request with a reply naming its first user message, after `hold` (set: answer at once); records
+    the first user message of every request and of those whose client hung up before the answer."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.hung_up: list[str] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.base_url = ""
+        self.cut_first = False
+        """Cut the first reply short: its head, its first event and part of the next, then the connection closes."""
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                _, _, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            content = next(m["content"] for m in orjson.loads(body)["messages"] if m["role"] == "user")
+            self.asked.append(content)
+            waiting = asyncio.ensure_future(self.hold.wait())
+            gone = asyncio.ensure_future(reader.read(1))  # b"" once the client closed the connection
+            done, _ = await asyncio.wait([waiting, gone], return_when=asyncio.FIRST_COMPLETED)
+            if gone in done:
+                waiting.cancel()
+                self.hung_up.append(content)
+                return
+            gone.cancel()
+            await asyncio.wait([gone])  # cancelled before the next request is read from the same reader
+            reply = sse_reply("re: ", content)
+            if self.cut_first and len(self.asked) == 1:
+                head = reply.index(b"\r\n\r\n") + 4
+                size_end = reply.index(b"\r\n", head)
+                first = size_end + 2 + int(reply[head:size_end], 16) + 2  # the first event's chunk, whole
+                writer.write(reply[:first] + b"40\r\ndata: {")  # and part of the next
+                await writer.drain()
+                return  # the connection closes mid-body
+            writer.write(reply)
+            await writer.drain()

@@ -5,132 +5,74 @@ cancelled, a discarded call's connection is closed, and a call ahead that failed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 
-import orjson
 import pytest
 
 from backend.chat.llm import LLMClient, RetryPolicy, TextChunk
 from backend.chat.llm_ahead import CallAhead
 from backend.errors import ModelError
-from tests.chat.test_llm_streams import read_request, sse_reply
-from tests.helpers import wait_for
-from tests.raw_http import raw_server
+from tests.helpers import until
+from tests.raw_http import RecordingModel, raw_server, read_request, sse_reply
 
 ASKED = [{"role": "user", "content": "hi"}]
 OTHER = [{"role": "user", "content": "something else"}]
 RETRY_ONCE = RetryPolicy(1, base_seconds=0.01, max_seconds=0.01)
 
 
-class Model:
-    """Answers each request with a reply naming its first user message, after `hold` (set: answer at once); records
-    the first user message of every request and of those whose client hung up before the answer."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-        self.hung_up: list[str] = []
-        self.hold = asyncio.Event()
-        self.hold.set()
-        self.base_url = ""
-        self.cut_first = False
-        """Cut the first reply short: its head, its first event and part of the next, then the connection closes."""
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                _, _, body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            content = next(m["content"] for m in orjson.loads(body)["messages"] if m["role"] == "user")
-            self.asked.append(content)
-            waiting = asyncio.ensure_future(self.hold.wait())
-            gone = asyncio.ensure_future(reader.read(1))  # b"" once the client closed the connection
-            done, _ = await asyncio.wait([waiting, gone], return_when=asyncio.FIRST_COMPLETED)
-            if gone in done:
-                waiting.cancel()
-                self.hung_up.append(content)
-                return
-            gone.cancel()
-            await asyncio.wait([gone])  # cancelled before the next request is read from the same reader
-            reply = sse_reply("re: ", content)
-            if self.cut_first and len(self.asked) == 1:
-                head = reply.index(b"\r\n\r\n") + 4
-                size_end = reply.index(b"\r\n", head)
-                first = size_end + 2 + int(reply[head:size_end], 16) + 2  # the first event's chunk, whole
-                writer.write(reply[:first] + b"40\r\ndata: {")  # and part of the next
-                await writer.drain()
-                return  # the connection closes mid-body
-            writer.write(reply)
-            await writer.drain()
-
-
 async def texts(llm: LLMClient, messages: list[dict[str, str]], ahead: CallAhead | None = None) -> str:
     return "".join([e.text async for e in llm.stream(messages, ahead=ahead) if isinstance(e, TextChunk)])
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    async def holds() -> bool:
-        return condition()
-
-    await wait_for(holds, within=5, every=0.005)
+def client(recording_model: RecordingModel) -> LLMClient:
+    return LLMClient(base_url=recording_model.base_url, api_key="k", model="m", retry=RETRY_ONCE, idle_timeout=5)
 
 
-@pytest.fixture
-async def model() -> AsyncIterator[Model]:
-    answering = Model()
-    async with raw_server(answering) as seen:
-        answering.base_url = f"{seen[0]}/v1"
-        yield answering
-
-
-def client(model: Model) -> LLMClient:
-    return LLMClient(base_url=model.base_url, api_key="k", model="m", retry=RETRY_ONCE, idle_timeout=5)
-
-
-async def test_the_same_call_is_taken_up_and_sent_once(model: Model) -> None:
-    llm = client(model)
+async def test_the_same_call_is_taken_up_and_sent_once(recording_model: RecordingModel) -> None:
+    llm = client(recording_model)
     try:
-        model.hold.clear()
+        recording_model.hold.clear()
         ahead = llm.send_ahead(ASKED)
         assert ahead is not None
-        await until(lambda: model.asked == ["hi"])  # out before anyone asked for it
-        model.hold.set()
+        await until(lambda: recording_model.asked == ["hi"])  # out before anyone asked for it
+        recording_model.hold.set()
         assert await texts(llm, ASKED, ahead=ahead) == "re: hi"
         ahead.discard()  # taken: nothing left to cancel
         assert await texts(llm, ASKED) == "re: hi"
     finally:
         await llm.close()
-    assert model.asked == ["hi", "hi"] and model.hung_up == []
+    assert recording_model.asked == ["hi", "hi"] and recording_model.hung_up == []
 
 
-async def test_another_call_is_sent_afresh_and_the_one_ahead_is_cancelled(model: Model) -> None:
-    llm = client(model)
+async def test_another_call_is_sent_afresh_and_the_one_ahead_is_cancelled(recording_model: RecordingModel) -> None:
+    llm = client(recording_model)
     try:
-        model.hold.clear()
+        recording_model.hold.clear()
         ahead = llm.send_ahead(OTHER)
         assert ahead is not None
-        await until(lambda: model.asked == ["something else"])
+        await until(lambda: recording_model.asked == ["something else"])
         reply = asyncio.create_task(texts(llm, ASKED, ahead=ahead))
-        await until(lambda: model.hung_up == ["something else"])
-        model.hold.set()
+        await until(lambda: recording_model.hung_up == ["something else"])
+        recording_model.hold.set()
         assert await reply == "re: hi"
     finally:
         await llm.close()
-    assert model.asked == ["something else", "hi"]
+    assert recording_model.asked == ["something else", "hi"]
 
 
-async def test_a_discarded_call_is_cancelled_whether_or_not_its_reply_had_begun(model: Model) -> None:
-    llm = client(model)
+async def test_a_discarded_call_is_cancelled_whether_or_not_its_reply_had_begun(
+    recording_model: RecordingModel,
+) -> None:
+    llm = client(recording_model)
     try:
-        model.hold.clear()
+        recording_model.hold.clear()
         waiting = llm.send_ahead([{"role": "user", "content": "waiting"}])
         assert waiting is not None
-        await until(lambda: model.asked == ["waiting"])
+        await until(lambda: recording_model.asked == ["waiting"])
         waiting.discard()
-        await until(lambda: model.hung_up == ["waiting"])
+        await until(lambda: recording_model.hung_up == ["waiting"])
 
         # A reply whose head is in (here: its whole body) is closed, not left to the pool half read.
-        model.hold.set()
+        recording_model.hold.set()
         answered = llm.send_ahead(ASKED)
         assert answered is not None
         await until(lambda: answered._opening.done())
@@ -139,7 +81,7 @@ async def test_a_discarded_call_is_cancelled_whether_or_not_its_reply_had_begun(
         assert await texts(llm, OTHER) == "re: something else"  # the pool still serves
     finally:
         await llm.close()
-    assert model.asked == ["waiting", "hi", "something else"]
+    assert recording_model.asked == ["waiting", "hi", "something else"]
 
 
 async def test_a_call_ahead_that_failed_fails_the_attempt_that_takes_it_and_is_retried() -> None:
@@ -184,9 +126,11 @@ async def test_a_failure_ahead_is_the_calls_own_when_no_retry_is_left() -> None:
     assert caught.value.retryable and seen[1:] == ["connection"]
 
 
-async def test_what_arrived_before_the_call_was_taken_up_survives_a_broken_connection(model: Model) -> None:
-    model.cut_first = True
-    llm = LLMClient(base_url=model.base_url, api_key="k", model="m", retry=RetryPolicy(0), idle_timeout=5)
+async def test_what_arrived_before_the_call_was_taken_up_survives_a_broken_connection(
+    recording_model: RecordingModel,
+) -> None:
+    recording_model.cut_first = True
+    llm = LLMClient(base_url=recording_model.base_url, api_key="k", model="m", retry=RetryPolicy(0), idle_timeout=5)
     received: list[str] = []
     try:
         ahead = llm.send_ahead(ASKED)

@@ -16,26 +16,17 @@ from backend.chat.llm import LLMClient, RetryPolicy, TextChunk
 from backend.chat.llm_http import model_http_client
 from backend.chat.llm_streams import ModelStreams
 from backend.errors import ModelError
-from tests.raw_http import address_that_drops_packets, raw_server, request_line, resolving_to, tls_contexts
+from tests.raw_http import (
+    address_that_drops_packets,
+    raw_server,
+    read_request,
+    request_line,
+    resolving_to,
+    sse_reply,
+    tls_contexts,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def sse_reply(*texts: str) -> bytes:
-    """A chat completion stream as a chunked HTTP/1.1 response: one chunk per event, as providers send them."""
-    events = [{"choices": [{"index": 0, "delta": {"content": text}}]} for text in texts]
-    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    body = b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in (b"data: %b\n\n" % orjson.dumps(e) for e in events))
-    done = b"data: [DONE]\n\n"
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    return head + body + b"%x\r\n%b\r\n0\r\n\r\n" % (len(done), done)
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    line, *fields = head.strip().split("\r\n")
-    headers = {name.lower(): value for name, value in (f.split(": ", 1) for f in fields)}
-    return line, headers, await reader.readexactly(int(headers["content-length"]))
 
 
 async def texts(llm: LLMClient) -> str:
